@@ -1,0 +1,862 @@
+//! A running mesh node: chitchat gossip + replicated session state + eager push +
+//! custodians + convergence frontier, over any [`Link`].
+//!
+//! Keys this node writes in its chitchat namespace:
+//! - `s/<session key>`: the registers of that session this node wrote or keeps alive;
+//! - `seen`: its [`Seen`] frontier (newest session write merged, per origin);
+//! - `node` and any other owner-written key the agent sets with [`MeshNode::set_owned`].
+//!
+//! The converged record of a session is the join of its `s/` key over every node state
+//! chitchat holds, plus what arrived by eager push or was reloaded from disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chitchat::{
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ListenerHandle,
+    spawn_chitchat,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{self, CodecError};
+use crate::gossip::{GossipTransport, IdentityGuard};
+use crate::hlc::{Hlc, HlcClock, WallClock};
+use crate::network::{Frame, FrameKind, Link, LinkStatsSnapshot, Received};
+use crate::state::{self, RegisterName, Replica, SessionId, SessionOp, SessionRecord, StateError};
+use crate::view::{Member, Membership, NodeInfo, Seen, WritePosition};
+
+/// Key prefix of session records.
+pub const SESSION_PREFIX: &str = "s/";
+/// Key of a node's frontier.
+pub const SEEN_KEY: &str = "seen";
+/// Key of a node's [`NodeInfo`].
+pub const NODE_KEY: &str = "node";
+
+/// Tunables of a mesh node.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// This node's id (must equal its certificate's).
+    pub node_id: String,
+    /// Chitchat generation: strictly greater on every restart.
+    pub generation: u64,
+    /// Cluster name; nodes of other clusters are refused by chitchat.
+    pub cluster_id: String,
+    /// Gossip round interval.
+    pub gossip_interval: Duration,
+    /// Addresses to gossip with at start (`host:port`).
+    pub seeds: Vec<String>,
+    /// Phi-accrual threshold above which a node is considered dead.
+    pub phi_threshold: f64,
+    /// How long a dead node's state is kept before chitchat forgets it.
+    pub dead_node_grace: Duration,
+    /// At most this many peers receive an eager push directly.
+    pub push_fanout: usize,
+    /// How many live nodes keep alive a register no live writer carries.
+    pub custodians: usize,
+}
+
+impl MeshConfig {
+    /// Defaults for a LAN cluster.
+    pub fn new(node_id: impl Into<String>, generation: u64) -> Self {
+        Self {
+            node_id: node_id.into(),
+            generation,
+            cluster_id: "georep".into(),
+            gossip_interval: Duration::from_millis(500),
+            seeds: Vec::new(),
+            phi_threshold: 8.0,
+            dead_node_grace: Duration::from_secs(24 * 3600),
+            push_fanout: 64,
+            custodians: 2,
+        }
+    }
+}
+
+/// What a node persists to come back with everything it knew.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshSnapshot {
+    /// The records in this node's own namespace.
+    pub own: Vec<SessionRecord>,
+    /// The converged replica.
+    pub replica: Replica,
+    /// The greatest HLC stamp issued or seen.
+    pub hlc_last: Option<Hlc>,
+}
+
+/// Proof of a local write: where it sits in the writer's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReceipt {
+    /// The session written.
+    pub session: SessionId,
+    /// The writer (this node).
+    pub origin: String,
+    /// Generation and version of the written key.
+    pub position: WritePosition,
+    /// HLC stamp of the written registers.
+    pub stamp: Hlc,
+}
+
+/// How far a write has spread.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteProgress {
+    /// Live nodes that merged the write (acknowledged push or published frontier).
+    pub confirmed: Vec<String>,
+    /// Live nodes that have not confirmed yet.
+    pub lagging: Vec<String>,
+    /// Dead nodes: they catch up when they return.
+    pub dead: Vec<String>,
+}
+
+impl WriteProgress {
+    /// Whether every live node confirmed.
+    pub fn complete(&self) -> bool {
+        self.lagging.is_empty()
+    }
+}
+
+/// Errors of a mesh node.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The operation was refused by validation; nothing was written.
+    #[error(transparent)]
+    Refused(#[from] StateError),
+    /// The value could not be encoded (too large); nothing was written.
+    #[error("cannot encode session record: {0}")]
+    Encode(#[from] CodecError),
+    /// Chitchat could not start.
+    #[error("cannot start gossip: {0}")]
+    Start(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct PushMsg {
+    origin: String,
+    position: WritePosition,
+    record: SessionRecord,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PushAck {
+    origin: String,
+    position: WritePosition,
+}
+
+/// Decoded `s/` values, so each version is decoded once.
+type DecodeCache = HashMap<(ChitchatId, String), (u64, Option<SessionRecord>)>;
+
+struct Local {
+    hlc: HlcClock,
+    own: BTreeMap<SessionId, SessionRecord>,
+    held: Replica,
+    replica: Replica,
+    acks: BTreeMap<WritePosition, BTreeSet<String>>,
+    decoded: DecodeCache,
+    heard: HashMap<ChitchatId, (u64, Instant)>,
+    uncarried_since: HashMap<(SessionId, RegisterName, Hlc), Instant>,
+    published_seen: Seen,
+    undecodable: u64,
+}
+
+struct Shared {
+    config: MeshConfig,
+    chitchat_id: ChitchatId,
+    link: Arc<dyn Link>,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    local: Mutex<Local>,
+    wake: Notify,
+    changes: watch::Sender<u64>,
+    guard: IdentityGuard,
+    wall: Arc<dyn WallClock>,
+}
+
+/// A running mesh node.
+pub struct MeshNode {
+    shared: Arc<Shared>,
+    handle: Option<ChitchatHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+    _listener: ListenerHandle,
+}
+
+impl Shared {
+    fn local(&self) -> MutexGuard<'_, Local> {
+        // The state is only mutated in small critical sections that cannot leave it
+        // half-updated in a way a later reader would misread; recover from poisoning.
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn session_key(id: &SessionId) -> String {
+    format!("{SESSION_PREFIX}{}", id.key())
+}
+
+impl MeshNode {
+    /// Starts a node on `link`, restoring `snapshot` if the node ran before.
+    pub async fn start(
+        config: MeshConfig,
+        link: Arc<dyn Link>,
+        wall: Arc<dyn WallClock>,
+        snapshot: Option<MeshSnapshot>,
+        owned: Vec<(String, String)>,
+    ) -> Result<MeshNode, MeshError> {
+        let chitchat_id = ChitchatId::new(
+            config.node_id.clone(),
+            config.generation,
+            link.local_addr(),
+        );
+        let mut hlc = HlcClock::new(config.node_id.clone(), wall.clone());
+        let snapshot = snapshot.unwrap_or_default();
+        if let Some(last) = &snapshot.hlc_last {
+            hlc.observe(last);
+        }
+        if let Some(max) = snapshot.replica.max_stamp() {
+            hlc.observe(&max);
+        }
+        let mut initial = owned;
+        let mut own = BTreeMap::new();
+        for record in snapshot.own {
+            initial.push((session_key(&record.id), codec::encode(&record)?));
+            own.insert(record.id.clone(), record);
+        }
+        let (transport, gossip_tx) = GossipTransport::new(link.clone());
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: chitchat_id.clone(),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: link.local_addr(),
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: config.gossip_interval,
+                dead_node_grace_period: config.dead_node_grace,
+            },
+            marked_for_deletion_grace_period: config.dead_node_grace,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let handle = spawn_chitchat(chitchat_config, initial, &transport)
+            .await
+            .map_err(|e| MeshError::Start(e.to_string()))?;
+        let chitchat = handle.chitchat();
+        let (changes, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            config,
+            chitchat_id,
+            link,
+            chitchat: chitchat.clone(),
+            local: Mutex::new(Local {
+                hlc,
+                own,
+                held: snapshot.replica,
+                replica: Replica::default(),
+                acks: BTreeMap::new(),
+                decoded: HashMap::new(),
+                heard: HashMap::new(),
+                uncarried_since: HashMap::new(),
+                published_seen: Seen::new(),
+                undecodable: 0,
+            }),
+            wake: Notify::new(),
+            changes,
+            guard: IdentityGuard::default(),
+            wall,
+        });
+        let listener = {
+            let waker = Arc::downgrade(&shared);
+            chitchat.lock().await.subscribe_event("", move |_event| {
+                if let Some(shared) = waker.upgrade() {
+                    shared.wake.notify_one();
+                }
+            })
+        };
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(demux_loop(shared.clone(), gossip_tx, shutdown.clone())),
+            tokio::spawn(refresh_loop(shared.clone(), shutdown.clone())),
+        ];
+        refresh(&shared, false).await;
+        Ok(MeshNode {
+            shared,
+            handle: Some(handle),
+            tasks,
+            shutdown,
+            _listener: listener,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.config.node_id
+    }
+
+    /// This node's chitchat generation.
+    pub fn generation(&self) -> u64 {
+        self.shared.config.generation
+    }
+
+    /// The gossip address.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.shared.link.local_addr()
+    }
+
+    /// Validates `op` against the local view, applies it locally, publishes it in this
+    /// node's namespace and pushes it to live peers.
+    pub async fn apply(&self, id: &SessionId, op: &SessionOp) -> Result<WriteReceipt, MeshError> {
+        let shared = &self.shared;
+        let now_secs = shared.wall.now_millis() / 1000;
+        let (receipt, push, peers) = {
+            let mut chitchat = shared.chitchat.lock().await;
+            let membership = membership_of(shared, &chitchat, &shared.local());
+            let mut local = shared.local();
+            let stamp = local.hlc.now();
+            let delta = state::plan(&local.replica, &membership, id, op, stamp.clone(), now_secs)?;
+            let mut own = local
+                .own
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| SessionRecord::empty(id.clone()));
+            own.join(&delta);
+            let value = codec::encode(&own)?;
+            let key = session_key(id);
+            let node_state = chitchat.self_node_state();
+            node_state.set(key.clone(), value);
+            let version = node_state.get_versioned(&key).map_or(0, |v| v.version);
+            local.own.insert(id.clone(), own.clone());
+            local.replica.join_record(&delta);
+            local.held.join_record(&delta);
+            let position = WritePosition {
+                generation: shared.config.generation,
+                version,
+            };
+            let peers: Vec<SocketAddr> = membership
+                .live()
+                .filter(|m| m.node_id != shared.config.node_id)
+                .map(|m| m.gossip_addr)
+                .take(shared.config.push_fanout)
+                .collect();
+            let push = PushMsg {
+                origin: shared.config.node_id.clone(),
+                position,
+                record: own,
+            };
+            let receipt = WriteReceipt {
+                session: id.clone(),
+                origin: shared.config.node_id.clone(),
+                position,
+                stamp,
+            };
+            (receipt, push, peers)
+        };
+        shared.bump();
+        match codec::to_bytes(&push) {
+            Ok(payload) => {
+                for peer in peers {
+                    let frame = Frame::new(FrameKind::Push, payload.clone());
+                    if let Err(error) = shared.link.send(peer, frame).await {
+                        tracing::debug!(%peer, %error, "eager push failed; gossip will repair");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "eager push not sent; gossip will carry it"),
+        }
+        Ok(receipt)
+    }
+
+    /// The converged replica as this node sees it now.
+    pub fn replica(&self) -> Replica {
+        self.shared.local().replica.clone()
+    }
+
+    /// The records this node carries in its own namespace.
+    pub fn own_records(&self) -> Vec<SessionRecord> {
+        self.shared.local().own.values().cloned().collect()
+    }
+
+    /// The membership view.
+    pub async fn membership(&self) -> Membership {
+        let chitchat = self.shared.chitchat.lock().await;
+        let local = self.shared.local();
+        membership_of(&self.shared, &chitchat, &local)
+    }
+
+    /// How far a write has spread: confirmed, lagging and dead nodes.
+    pub async fn progress(&self, receipt: &WriteReceipt) -> WriteProgress {
+        let membership = self.membership().await;
+        let acked = self
+            .shared
+            .local()
+            .acks
+            .get(&receipt.position)
+            .cloned()
+            .unwrap_or_default();
+        let mut progress = WriteProgress::default();
+        for member in membership.members.values() {
+            let merged = member.node_id == receipt.origin
+                || acked.contains(&member.node_id)
+                || member.has_seen(&receipt.origin, receipt.position);
+            if !member.live {
+                progress.dead.push(member.node_id.clone());
+            } else if merged {
+                progress.confirmed.push(member.node_id.clone());
+            } else {
+                progress.lagging.push(member.node_id.clone());
+            }
+        }
+        progress
+    }
+
+    /// Sets an owner-written key in this node's namespace (no-op if unchanged).
+    pub async fn set_owned(&self, key: &str, value: String) {
+        let mut chitchat = self.shared.chitchat.lock().await;
+        let node_state = chitchat.self_node_state();
+        if node_state.get(key) != Some(value.as_str()) {
+            node_state.set(key, value);
+            drop(chitchat);
+            self.shared.bump();
+        }
+    }
+
+    /// Deletes an owner-written key from this node's namespace.
+    pub async fn delete_owned(&self, key: &str) {
+        let mut chitchat = self.shared.chitchat.lock().await;
+        let node_state = chitchat.self_node_state();
+        if node_state.get(key).is_some() {
+            node_state.delete(key);
+        }
+    }
+
+    /// Every live (non-deleted) value under `prefix`, per node id (latest generation).
+    pub async fn owned_values(&self, prefix: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+        let chitchat = self.shared.chitchat.lock().await;
+        let mut latest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
+        for id in chitchat.node_states().keys() {
+            let entry = latest.entry(id.node_id.to_string()).or_insert(id);
+            if id.generation_id > entry.generation_id {
+                *entry = id;
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (node, id) in latest {
+            let Some(state) = chitchat.node_state(id) else {
+                continue;
+            };
+            let values: BTreeMap<String, String> = state
+                .iter_prefix(prefix)
+                .filter(|(_, v)| !v.is_deleted())
+                .map(|(k, v)| (k.to_string(), v.value.clone()))
+                .collect();
+            if !values.is_empty() {
+                out.insert(node, values);
+            }
+        }
+        out
+    }
+
+    /// Raw key/value pairs of one node's namespace: key -> (version, value, deleted).
+    pub async fn raw_keys(&self, node_id: &str) -> Option<BTreeMap<String, (u64, String, bool)>> {
+        let chitchat = self.shared.chitchat.lock().await;
+        let id = chitchat
+            .node_states()
+            .keys()
+            .filter(|id| &*id.node_id == node_id)
+            .max_by_key(|id| id.generation_id)?
+            .clone();
+        let state = chitchat.node_state(&id)?;
+        Some(
+            state
+                .key_values_including_deleted()
+                .map(|(k, v)| (k.to_string(), (v.version, v.value.clone(), v.is_deleted())))
+                .collect(),
+        )
+    }
+
+    /// A receiver notified whenever state or membership may have changed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// What to persist to come back with everything this node knew.
+    pub fn snapshot(&self) -> MeshSnapshot {
+        let local = self.shared.local();
+        MeshSnapshot {
+            own: local.own.values().cloned().collect(),
+            replica: local.replica.clone(),
+            hlc_last: Some(local.hlc.last()),
+        }
+    }
+
+    /// Traffic counters of the node's link.
+    pub fn link_stats(&self) -> LinkStatsSnapshot {
+        self.shared.link.stats().snapshot()
+    }
+
+    /// Number of undecodable session values seen from peers (rejected, logged).
+    pub fn undecodable_values(&self) -> u64 {
+        self.shared.local().undecodable
+    }
+
+    /// Recomputes the converged view now (normally done on every change and tick).
+    pub async fn refresh_now(&self) {
+        refresh(&self.shared, true).await;
+    }
+
+    /// Stops gossiping and closes the link. Persist [`MeshNode::snapshot`] first.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.shutdown().await;
+        }
+        self.shared.link.close().await;
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
+    }
+}
+
+fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &Local) -> Membership {
+    let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let scheduled: BTreeSet<&ChitchatId> = chitchat.scheduled_for_deletion_nodes().collect();
+    let now = Instant::now();
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+    for (id, state) in chitchat.node_states() {
+        if members
+            .get(&*id.node_id)
+            .is_some_and(|m| m.generation > id.generation_id)
+        {
+            continue;
+        }
+        let is_self = *id == shared.chitchat_id;
+        let info = state
+            .get(NODE_KEY)
+            .and_then(|v| codec::decode::<NodeInfo>(v).ok());
+        let seen = state
+            .get(SEEN_KEY)
+            .and_then(|v| codec::decode::<Seen>(v).ok())
+            .unwrap_or_default();
+        let last_heard_ms = if is_self {
+            Some(0)
+        } else {
+            local
+                .heard
+                .get(id)
+                .map(|(_, at)| now.duration_since(*at).as_millis() as u64)
+        };
+        let mut seen = seen;
+        if is_self {
+            seen = local.published_seen.clone();
+        }
+        members.insert(
+            id.node_id.to_string(),
+            Member {
+                node_id: id.node_id.to_string(),
+                generation: id.generation_id,
+                gossip_addr: id.gossip_advertise_addr,
+                live: is_self || live.contains(id),
+                scheduled_for_deletion: scheduled.contains(id),
+                heartbeat: u64::from(state.heartbeat()),
+                last_heard_ms,
+                key_count: state.num_key_values(),
+                max_version: state.max_version(),
+                info,
+                seen,
+            },
+        );
+    }
+    Membership {
+        self_id: shared.config.node_id.clone(),
+        members,
+    }
+}
+
+async fn demux_loop(
+    shared: Arc<Shared>,
+    gossip_tx: mpsc::Sender<(SocketAddr, chitchat::ChitchatMessage)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = shared.link.recv() => match received {
+                Ok(received) => received,
+                Err(_) => return,
+            },
+        };
+        match received.frame.kind {
+            FrameKind::Gossip => match shared.guard.check(&received) {
+                Ok(message) => {
+                    // Full queue: shed; anti-entropy repairs on the next round.
+                    if gossip_tx.try_send((received.from, message)).is_err() {
+                        shared.link.stats().record_rejected();
+                    }
+                }
+                Err(refusal) => {
+                    shared.link.stats().record_rejected();
+                    shared.guard.log_refusal(&received, &refusal);
+                }
+            },
+            FrameKind::Push => handle_push(&shared, received).await,
+            FrameKind::PushAck => handle_push_ack(&shared, &received),
+        }
+    }
+}
+
+async fn handle_push(shared: &Shared, received: Received) {
+    let push: PushMsg = match codec::from_bytes(&received.frame.payload) {
+        Ok(push) => push,
+        Err(error) => {
+            shared.link.stats().record_rejected();
+            tracing::warn!(peer = %received.peer_node, %error, "undecodable push dropped");
+            return;
+        }
+    };
+    if push.origin != received.peer_node {
+        shared.link.stats().record_rejected();
+        tracing::warn!(peer = %received.peer_node, origin = %push.origin, "push on behalf of another node refused");
+        return;
+    }
+    {
+        let mut local = shared.local();
+        if let Some(max) = push.record.max_stamp() {
+            local.hlc.observe(&max);
+        }
+        local.held.join_record(&push.record);
+        local.replica.join_record(&push.record);
+    }
+    shared.bump();
+    let ack = PushAck {
+        origin: push.origin,
+        position: push.position,
+    };
+    if let Ok(payload) = codec::to_bytes(&ack) {
+        let _ = shared
+            .link
+            .send(received.from, Frame::new(FrameKind::PushAck, payload))
+            .await;
+    }
+}
+
+fn handle_push_ack(shared: &Shared, received: &Received) {
+    let Ok(ack) = codec::from_bytes::<PushAck>(&received.frame.payload) else {
+        shared.link.stats().record_rejected();
+        return;
+    };
+    if ack.origin != shared.config.node_id {
+        return;
+    }
+    {
+        let mut local = shared.local();
+        local
+            .acks
+            .entry(ack.position)
+            .or_default()
+            .insert(received.peer_node.clone());
+        // Bound the map: acknowledgements of old writes are also visible through `seen`.
+        while local.acks.len() > 1024 {
+            local.acks.pop_first();
+        }
+    }
+    shared.bump();
+}
+
+async fn refresh_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.gossip_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = shared.wake.notified() => refresh(&shared, false).await,
+            _ = tick.tick() => refresh(&shared, true).await,
+        }
+    }
+}
+
+/// Recomputes the converged replica and frontier; on ticks also keeps uncarried
+/// registers alive and tracks heartbeats.
+async fn refresh(shared: &Shared, tick: bool) {
+    let mut chitchat = shared.chitchat.lock().await;
+    let live: BTreeSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
+    let mut changed = false;
+    let mut publish: Vec<(String, String)> = Vec::new();
+    {
+        let mut local = shared.local();
+        let local = &mut *local;
+        let now = Instant::now();
+        let mut merged = local.held.clone();
+        let mut seen = Seen::new();
+        // Per live node: the records its namespace carries (for custodianship).
+        let mut carried: Vec<&SessionRecord> = Vec::new();
+        let mut fresh_cache: DecodeCache = HashMap::new();
+        for (id, state) in chitchat.node_states() {
+            let heartbeat = u64::from(state.heartbeat());
+            let entry = local.heard.entry(id.clone()).or_insert((heartbeat, now));
+            if entry.0 != heartbeat {
+                *entry = (heartbeat, now);
+            }
+            for (key, value) in state.iter_prefix(SESSION_PREFIX) {
+                let cache_key = (id.clone(), key.to_string());
+                let cached = local
+                    .decoded
+                    .remove(&cache_key)
+                    .filter(|(version, _)| *version == value.version);
+                let record = match cached {
+                    Some((_, record)) => record,
+                    None => match codec::decode::<SessionRecord>(&value.value) {
+                        Ok(record) if session_key(&record.id) == key => Some(record),
+                        Ok(_) | Err(_) => {
+                            local.undecodable += 1;
+                            tracing::warn!(node = %id.node_id, key, "undecodable or mislabelled session record ignored");
+                            None
+                        }
+                    },
+                };
+                let position = WritePosition {
+                    generation: id.generation_id,
+                    version: value.version,
+                };
+                let best = seen.entry(id.node_id.to_string()).or_default();
+                *best = (*best).max(position);
+                fresh_cache.insert(cache_key, (value.version, record));
+            }
+        }
+        local.decoded = fresh_cache;
+        for ((id, _), (_, record)) in &local.decoded {
+            if let Some(record) = record {
+                merged.join_record(record);
+                if live.contains(id) || *id == shared.chitchat_id {
+                    carried.push(record);
+                }
+            }
+        }
+        let carried = carried_ids(&carried);
+        for record in local.own.values() {
+            merged.join_record(record);
+        }
+        if merged != local.replica {
+            if let Some(max) = merged.max_stamp() {
+                local.hlc.observe(&max);
+            }
+            local.replica = merged;
+            changed = true;
+        }
+        local.heard.retain(|id, _| chitchat.node_state(id).is_some());
+        if tick {
+            if seen != local.published_seen {
+                if let Ok(value) = codec::encode(&seen) {
+                    publish.push((SEEN_KEY.to_string(), value));
+                }
+                local.published_seen = seen;
+            }
+            publish.extend(keep_alive(shared, local, &live, &carried, now));
+        }
+    }
+    if !publish.is_empty() {
+        let node_state = chitchat.self_node_state();
+        for (key, value) in publish {
+            node_state.set(key, value);
+        }
+        changed = true;
+    }
+    drop(chitchat);
+    if changed || tick {
+        shared.bump();
+    }
+}
+
+/// Which (session, register, stamp) some live namespace carries.
+fn carried_ids(carried: &[&SessionRecord]) -> BTreeMap<(SessionId, RegisterName), Hlc> {
+    let mut out: BTreeMap<(SessionId, RegisterName), Hlc> = BTreeMap::new();
+    for record in carried {
+        for (name, stamp) in record.registers() {
+            let slot = out.entry((record.id.clone(), name)).or_insert(stamp.clone());
+            if stamp > *slot {
+                *slot = stamp;
+            }
+        }
+    }
+    out
+}
+
+/// Custodianship: a winning register that no live namespace carries (its writer died, or
+/// it only arrived by push) is republished here if this node ranks among the
+/// `custodians` lowest live ids, or after a rank-proportional delay otherwise (so a
+/// register held only by high-ranked nodes is not lost either).
+fn keep_alive(
+    shared: &Shared,
+    local: &mut Local,
+    live: &BTreeSet<ChitchatId>,
+    carried: &BTreeMap<(SessionId, RegisterName), Hlc>,
+    now: Instant,
+) -> Vec<(String, String)> {
+    let mut live_ids: Vec<&str> = live.iter().map(|id| &*id.node_id).collect();
+    live_ids.push(&shared.config.node_id);
+    live_ids.sort_unstable();
+    live_ids.dedup();
+    let rank = live_ids
+        .iter()
+        .position(|id| *id == shared.config.node_id)
+        .unwrap_or(0);
+    let patience = if rank < shared.config.custodians {
+        Duration::ZERO
+    } else {
+        shared.config.gossip_interval * 2 * rank as u32
+    };
+    let mut adopt: BTreeMap<SessionId, Vec<RegisterName>> = BTreeMap::new();
+    let mut still_uncarried = HashMap::new();
+    for record in local.replica.sessions.values() {
+        for (name, stamp) in record.registers() {
+            let key = (record.id.clone(), name.clone());
+            if carried.get(&key).is_some_and(|c| *c >= stamp) {
+                continue;
+            }
+            let slot = (record.id.clone(), name.clone(), stamp);
+            let since = local.uncarried_since.get(&slot).copied().unwrap_or(now);
+            if now.duration_since(since) >= patience {
+                adopt.entry(record.id.clone()).or_default().push(name);
+            } else {
+                still_uncarried.insert(slot, since);
+            }
+        }
+    }
+    local.uncarried_since = still_uncarried;
+    let mut publish = Vec::new();
+    for (id, names) in adopt {
+        let Some(record) = local.replica.sessions.get(&id) else {
+            continue;
+        };
+        let part = record.extract(&names);
+        let own = local
+            .own
+            .entry(id.clone())
+            .or_insert_with(|| SessionRecord::empty(id.clone()));
+        own.join(&part);
+        match codec::encode(&*own) {
+            Ok(value) => {
+                tracing::debug!(session = %id, registers = ?names, "keeping uncarried registers alive");
+                publish.push((session_key(&id), value));
+            }
+            Err(error) => tracing::warn!(session = %id, %error, "cannot republish session record"),
+        }
+    }
+    publish
+}

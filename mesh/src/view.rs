@@ -1,0 +1,217 @@
+//! Owner-written node records and the membership view built from gossip.
+//!
+//! Only a node writes its own `node` key ([`NodeInfo`]: agent version, bricks). The
+//! [`Membership`] is what the local agent currently believes about every node: live or
+//! dead, generation, bricks, and the convergence frontier ([`Seen`]) each node published.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::VolumeDirectory;
+
+/// A brick a node declares: a directory of a volume, in a replica set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Brick {
+    /// Volume name.
+    pub volume: String,
+    /// Absolute brick path on the node.
+    pub path: String,
+    /// Index of the replica set the brick belongs to.
+    pub replica_set: u32,
+}
+
+/// What a node publishes about itself under the `node` key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `georepd` version.
+    pub agent_version: String,
+    /// Declared bricks.
+    pub bricks: Vec<Brick>,
+}
+
+impl NodeInfo {
+    /// Whether the node hosts a brick of `volume`.
+    pub fn hosts(&self, volume: &str) -> bool {
+        self.bricks.iter().any(|b| b.volume == volume)
+    }
+
+    /// The node's bricks of `volume`.
+    pub fn bricks_of<'a>(&'a self, volume: &'a str) -> impl Iterator<Item = &'a Brick> + 'a {
+        self.bricks.iter().filter(move |b| b.volume == volume)
+    }
+}
+
+/// Position of a writer's history: its chitchat generation and the version within it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WritePosition {
+    /// Writer's chitchat generation.
+    pub generation: u64,
+    /// Chitchat version of the write's key in that generation.
+    pub version: u64,
+}
+
+/// A node's convergence frontier: per origin node, the newest session write merged.
+pub type Seen = BTreeMap<String, WritePosition>;
+
+/// One node as the local agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub node_id: String,
+    /// Chitchat generation (a new one on every restart).
+    pub generation: u64,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// Live according to the failure detector (always true for the local node).
+    pub live: bool,
+    /// Whether chitchat scheduled the node's state for deletion.
+    pub scheduled_for_deletion: bool,
+    /// Heartbeat counter.
+    pub heartbeat: u64,
+    /// Milliseconds since its heartbeat last advanced here (0 for the local node).
+    pub last_heard_ms: Option<u64>,
+    /// Number of keys it holds (live ones).
+    pub key_count: usize,
+    /// Highest chitchat version of its state known here.
+    pub max_version: u64,
+    /// Its published node info, if received and decodable.
+    pub info: Option<NodeInfo>,
+    /// Its published frontier.
+    pub seen: Seen,
+}
+
+impl Member {
+    /// Whether the node hosts a brick of `volume` (false if its info is unknown).
+    pub fn hosts(&self, volume: &str) -> bool {
+        self.info.as_ref().is_some_and(|info| info.hosts(volume))
+    }
+
+    /// Whether a write by `origin` at `position` is merged on this node.
+    pub fn has_seen(&self, origin: &str, position: WritePosition) -> bool {
+        self.seen.get(origin).is_some_and(|mine| *mine >= position)
+    }
+}
+
+/// Every node the local agent knows, latest generation per node id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The local node's id.
+    pub self_id: String,
+    /// Members by node id.
+    pub members: BTreeMap<String, Member>,
+}
+
+impl Membership {
+    /// Live members.
+    pub fn live(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(|m| m.live)
+    }
+
+    /// Dead members.
+    pub fn dead(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(|m| !m.live)
+    }
+
+    /// The local member.
+    pub fn local(&self) -> Option<&Member> {
+        self.members.get(&self.self_id)
+    }
+
+    /// Members (live or not) hosting bricks of `volume`.
+    pub fn hosts_of<'a>(&'a self, volume: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
+        self.members.values().filter(move |m| m.hosts(volume))
+    }
+
+    /// The Active brick of every replica set of `volume`: among live nodes' bricks of the
+    /// set, the lowest (node id, path). Every node computes the same answer from the same
+    /// converged membership, so exactly one worker per replica set is Active.
+    pub fn active_bricks(&self, volume: &str) -> BTreeSet<(String, String)> {
+        let mut best: BTreeMap<u32, (String, String)> = BTreeMap::new();
+        for member in self.live() {
+            let Some(info) = &member.info else { continue };
+            for brick in info.bricks_of(volume) {
+                let candidate = (member.node_id.clone(), brick.path.clone());
+                best.entry(brick.replica_set)
+                    .and_modify(|current| {
+                        if candidate < *current {
+                            *current = candidate.clone();
+                        }
+                    })
+                    .or_insert(candidate);
+            }
+        }
+        best.into_values().collect()
+    }
+}
+
+impl VolumeDirectory for Membership {
+    fn has_bricks(&self, volume: &str) -> bool {
+        self.hosts_of(volume).next().is_some()
+    }
+
+    fn hosted_by_live_node(&self, volume: &str) -> bool {
+        self.live().any(|m| m.hosts(volume))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, live: bool, bricks: &[(&str, &str, u32)]) -> Member {
+        Member {
+            node_id: id.into(),
+            generation: 1,
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            live,
+            scheduled_for_deletion: false,
+            heartbeat: 1,
+            last_heard_ms: Some(0),
+            key_count: 0,
+            max_version: 0,
+            info: Some(NodeInfo {
+                agent_version: "0.1.0".into(),
+                bricks: bricks
+                    .iter()
+                    .map(|(v, p, r)| Brick {
+                        volume: v.to_string(),
+                        path: p.to_string(),
+                        replica_set: *r,
+                    })
+                    .collect(),
+            }),
+            seen: Seen::new(),
+        }
+    }
+
+    #[test]
+    fn one_active_brick_per_replica_set_and_failover_to_live_nodes() {
+        let mut view = Membership {
+            self_id: "n1".into(),
+            members: BTreeMap::new(),
+        };
+        for m in [
+            member("n1", true, &[("gv0", "/b1", 0)]),
+            member("n2", true, &[("gv0", "/b2", 0), ("gv0", "/b3", 1)]),
+            member("n3", true, &[("gv0", "/b4", 1)]),
+            member("n4", true, &[("gv1", "/s1", 0)]),
+        ] {
+            view.members.insert(m.node_id.clone(), m);
+        }
+        let active = view.active_bricks("gv0");
+        assert_eq!(
+            active,
+            [("n1".into(), "/b1".into()), ("n2".into(), "/b3".into())].into()
+        );
+        view.members.get_mut("n1").unwrap().live = false;
+        let active = view.active_bricks("gv0");
+        assert!(active.contains(&("n2".into(), "/b2".into())));
+        assert!(view.has_bricks("gv0"));
+        assert!(view.hosted_by_live_node("gv1"));
+        view.members.get_mut("n4").unwrap().live = false;
+        assert!(!view.hosted_by_live_node("gv1"));
+        assert!(view.has_bricks("gv1"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Scenario tests of whole mesh nodes over the in-memory and fault-injecting links.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use georep_mesh::faults::{Faults, LinkFaults};
+use georep_mesh::mem::MemHub;
+use georep_mesh::network::Link;
+use georep_mesh::node::MeshNode;
+use georep_mesh::state::{DesiredState, SessionOp};
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16))
+}
+
+async fn cluster(n: usize, faults: &Faults, interval: Duration) -> Vec<MeshNode> {
+    let hub = MemHub::new();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let link: Arc<dyn Link> = faults.wrap(hub.bind(&node_name(i), addr(i)).unwrap());
+        nodes.push(start(i, link, addr(0), interval).await);
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn five_nodes_converge_and_report_progress() {
+    let faults = Faults::new(1);
+    let nodes = cluster(5, &faults, Duration::from_millis(50)).await;
+    let refs: Vec<&MeshNode> = nodes.iter().collect();
+    wait_members(&refs, 5, Duration::from_secs(10)).await;
+    let receipt = nodes[3].apply(&session(), &create()).await.unwrap();
+    wait_converged(&refs, Duration::from_secs(10), |r| {
+        r.view(&session()).is_some_and(|v| v.exists)
+    })
+    .await;
+    // every node publishes its frontier; the writer then sees all five confirmed
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let progress = nodes[3].progress(&receipt).await;
+        if progress.confirmed.len() == 5 {
+            assert!(progress.lagging.is_empty() && progress.dead.is_empty());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{progress:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn eager_push_beats_the_gossip_round() {
+    let faults = Faults::new(2);
+    // Slow gossip (2 s): a write seen everywhere within 500 ms must have been pushed.
+    let nodes = cluster(4, &faults, Duration::from_secs(2)).await;
+    let refs: Vec<&MeshNode> = nodes.iter().collect();
+    wait_members(&refs, 4, Duration::from_secs(30)).await;
+    let took = {
+        nodes[2].apply(&session(), &create()).await.unwrap();
+        wait_converged(&refs, Duration::from_millis(500), |r| {
+            r.view(&session()).is_some_and(|v| v.exists)
+        })
+        .await
+    };
+    assert!(took < Duration::from_millis(500), "{took:?}");
+}
+
+#[tokio::test]
+async fn loss_and_partition_heal_to_the_lww_outcome() {
+    let faults = Faults::new(3);
+    let nodes = cluster(5, &faults, Duration::from_millis(50)).await;
+    let refs: Vec<&MeshNode> = nodes.iter().collect();
+    wait_members(&refs, 5, Duration::from_secs(10)).await;
+    nodes[0].apply(&session(), &create()).await.unwrap();
+    wait_converged(&refs, Duration::from_secs(10), |r| {
+        r.view(&session()).is_some_and(|v| v.exists)
+    })
+    .await;
+    faults.set_default(LinkFaults {
+        loss: 0.3,
+        ..Default::default()
+    });
+    faults.partition(&[vec![addr(0), addr(1)], vec![addr(2), addr(3), addr(4)]]);
+    // both sides write during the partition; the later write must win everywhere
+    nodes[1]
+        .apply(&session(), &SessionOp::Start { force: false })
+        .await
+        .unwrap();
+    nodes[4]
+        .apply(
+            &session(),
+            &SessionOp::SetConfig {
+                key: "sync-jobs".into(),
+                value: "7".into(),
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    nodes[3]
+        .apply(&session(), &SessionOp::Stop { force: true })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    nodes[0]
+        .apply(
+            &session(),
+            &SessionOp::SetConfig {
+                key: "sync-jobs".into(),
+                value: "9".into(),
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_ne!(nodes[0].replica(), nodes[4].replica(), "partition must hold");
+    faults.heal();
+    faults.set_default(LinkFaults {
+        loss: 0.3,
+        ..Default::default()
+    });
+    wait_converged(&refs, Duration::from_secs(20), |r| {
+        r.view(&session()).is_some_and(|v| {
+            v.desired == DesiredState::Stopped && v.config_value("sync-jobs").as_deref() == Some("9")
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn state_survives_its_writer_through_custodians() {
+    let faults = Faults::new(4);
+    let mut nodes = cluster(4, &faults, Duration::from_millis(50)).await;
+    let refs: Vec<&MeshNode> = nodes.iter().collect();
+    wait_members(&refs, 4, Duration::from_secs(10)).await;
+    nodes[3].apply(&session(), &create()).await.unwrap();
+    wait_converged(&refs, Duration::from_secs(10), |r| {
+        r.view(&session()).is_some_and(|v| v.exists)
+    })
+    .await;
+    // the writer dies; its registers must end up in a live node's own namespace
+    let writer = nodes.pop().unwrap();
+    writer.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let custodians = nodes
+            .iter()
+            .filter(|n| n.own_records().iter().any(|r| r.exists()))
+            .count();
+        if custodians >= 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no custodian took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
