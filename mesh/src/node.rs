@@ -161,6 +161,8 @@ struct Local {
     uncarried_since: HashMap<(SessionId, RegisterName, Hlc), Instant>,
     published_seen: Seen,
     undecodable: u64,
+    /// Per session: the newest register's stamp, and which namespace write carries it.
+    latest_writes: BTreeMap<SessionId, (Hlc, String, WritePosition)>,
 }
 
 struct Shared {
@@ -267,6 +269,7 @@ impl MeshNode {
                 uncarried_since: HashMap::new(),
                 published_seen: Seen::new(),
                 undecodable: 0,
+                latest_writes: BTreeMap::new(),
             }),
             wake: Notify::new(),
             changes,
@@ -401,21 +404,21 @@ impl MeshNode {
             .get(&receipt.position)
             .cloned()
             .unwrap_or_default();
-        let mut progress = WriteProgress::default();
-        for member in membership.members.values() {
-            let merged = member.node_id == receipt.origin
-                || acked.contains(&member.node_id)
-                || member.has_seen(&receipt.origin, receipt.position);
-            if !member.live {
-                progress.dead.push(member.node_id.clone());
-            } else if merged {
-                progress.confirmed.push(member.node_id.clone());
-            } else {
-                progress.lagging.push(member.node_id.clone());
-            }
-        }
-        progress
+        progress_in(&membership, &receipt.origin, receipt.position, &acked)
     }
+
+    /// How far the newest write of a session has spread (which nodes merged it).
+    pub async fn session_progress(&self, id: &SessionId) -> Option<WriteProgress> {
+        let membership = self.membership().await;
+        let (_, origin, position) = self.shared.local().latest_writes.get(id).cloned()?;
+        Some(progress_in(&membership, &origin, position, &BTreeSet::new()))
+    }
+
+    /// The newest register stamp of a session and the node whose namespace carries it.
+    pub fn latest_write(&self, id: &SessionId) -> Option<(Hlc, String, WritePosition)> {
+        self.shared.local().latest_writes.get(id).cloned()
+    }
+
 
     /// Sets an owner-written key in this node's namespace (no-op if unchanged).
     pub async fn set_owned(&self, key: &str, value: String) {
@@ -532,6 +535,28 @@ impl Drop for MeshNode {
             handle.abort();
         }
     }
+}
+
+fn progress_in(
+    membership: &Membership,
+    origin: &str,
+    position: WritePosition,
+    acked: &BTreeSet<String>,
+) -> WriteProgress {
+    let mut progress = WriteProgress::default();
+    for member in membership.members.values() {
+        let merged = member.node_id == origin
+            || acked.contains(&member.node_id)
+            || member.has_seen(origin, position);
+        if !member.live {
+            progress.dead.push(member.node_id.clone());
+        } else if merged {
+            progress.confirmed.push(member.node_id.clone());
+        } else {
+            progress.lagging.push(member.node_id.clone());
+        }
+    }
+    progress
 }
 
 fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &Local) -> Membership {
@@ -740,8 +765,22 @@ async fn refresh(shared: &Shared, tick: bool) {
             }
         }
         local.decoded = fresh_cache;
-        for ((id, _), (_, record)) in &local.decoded {
+        let mut latest_writes: BTreeMap<SessionId, (Hlc, String, WritePosition)> = BTreeMap::new();
+        for ((id, _), (version, record)) in &local.decoded {
             if let Some(record) = record {
+                if let Some(stamp) = record.max_stamp() {
+                    let position = WritePosition {
+                        generation: id.generation_id,
+                        version: *version,
+                    };
+                    let newer = latest_writes
+                        .get(&record.id)
+                        .is_none_or(|(best, _, _)| stamp > *best);
+                    if newer {
+                        latest_writes
+                            .insert(record.id.clone(), (stamp, id.node_id.to_string(), position));
+                    }
+                }
                 merged.join_record(record);
                 if live.contains(id) || *id == shared.chitchat_id {
                     carried.push(record);
@@ -749,6 +788,7 @@ async fn refresh(shared: &Shared, tick: bool) {
             }
         }
         let carried = carried_ids(&carried);
+        local.latest_writes = latest_writes;
         for record in local.own.values() {
             merged.join_record(record);
         }

@@ -1,1 +1,327 @@
-//! placeholder
+//! Test harness for real-process tests: a cluster of real `georepd` binaries on
+//! loopback, driven through the real `georep` CLI.
+//!
+//! Binaries are taken from the cargo target directory this test binary runs from
+//! (`cargo test --workspace` builds them).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Where the workspace's binaries are.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for bin in ["georepd", "georep"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} not built: run `cargo build --workspace` (or `cargo test --workspace`)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// A free UDP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind ephemeral port");
+    socket.local_addr().expect("local addr").port()
+}
+
+/// One node of a test cluster.
+pub struct NodeSpec {
+    /// Node id.
+    pub id: String,
+    /// Bricks as `VOL:PATH[:SET]`.
+    pub bricks: Vec<String>,
+}
+
+impl NodeSpec {
+    /// A node with the given bricks.
+    pub fn new(id: &str, bricks: &[&str]) -> Self {
+        Self {
+            id: id.into(),
+            bricks: bricks.iter().map(|b| b.to_string()).collect(),
+        }
+    }
+}
+
+/// A running (or stopped) `georepd`.
+pub struct Node {
+    /// Node id.
+    pub id: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// API socket.
+    pub socket: PathBuf,
+    /// Gossip address.
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Pid of the running agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A cluster of real agents in a temporary directory; everything is killed on drop.
+pub struct Cluster {
+    /// The temporary directory (CA, certs, data dirs).
+    pub dir: TempDir,
+    /// The nodes, in spec order.
+    pub nodes: Vec<Node>,
+    bins: PathBuf,
+}
+
+/// Gossip interval used by test clusters.
+pub const TEST_GOSSIP_MS: u64 = 100;
+
+impl Cluster {
+    /// Starts one agent per spec; node 0 is everyone's seed. `monitor_command` replaces
+    /// the built-in monitor when given.
+    pub fn start(specs: &[NodeSpec], monitor_command: Option<&str>) -> Cluster {
+        let bins = bin_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = dir.path().join("tls");
+        georep_mesh::tls::write_ca(&tls).expect("write CA");
+        let addrs: Vec<SocketAddr> = specs
+            .iter()
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let mut nodes = Vec::new();
+        for (spec, addr) in specs.iter().zip(&addrs) {
+            georep_mesh::tls::write_node_cert(&tls, &spec.id, &[addr.ip()], &[], &tls)
+                .expect("write node cert");
+            let data_dir = dir.path().join(&spec.id);
+            std::fs::create_dir_all(&data_dir).expect("data dir");
+            let socket = data_dir.join("georepd.sock");
+            let mut args = vec![
+                "--node-id".to_string(),
+                spec.id.clone(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--listen".into(),
+                addr.to_string(),
+                "--seed".into(),
+                addrs[0].to_string(),
+                "--api-socket".into(),
+                socket.display().to_string(),
+                "--tls-ca".into(),
+                tls.join("ca.crt").display().to_string(),
+                "--tls-cert".into(),
+                tls.join(format!("{}.crt", spec.id)).display().to_string(),
+                "--tls-key".into(),
+                tls.join(format!("{}.key", spec.id)).display().to_string(),
+                "--gossip-interval-ms".into(),
+                TEST_GOSSIP_MS.to_string(),
+            ];
+            for brick in &spec.bricks {
+                args.push("--brick".into());
+                args.push(brick.clone());
+            }
+            if let Some(command) = monitor_command {
+                args.push("--monitor-command".into());
+                args.push(command.to_string());
+            }
+            nodes.push(Node {
+                id: spec.id.clone(),
+                data_dir,
+                socket,
+                addr: *addr,
+                args,
+                child: None,
+            });
+        }
+        let mut cluster = Cluster { dir, nodes, bins };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.join("georepd.log"))
+            .expect("agent log");
+        let child = Command::new(self.bins.join("georepd"))
+            .args(&node.args)
+            .env("RUST_LOG", "info,georep_mesh=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn georepd");
+        node.child = Some(child);
+    }
+
+    /// Restarts a stopped or killed agent with the same data directory.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} still running");
+        self.spawn(i);
+    }
+
+    /// SIGKILLs an agent (its monitors keep running).
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs an agent and waits for it to exit; returns its exit status.
+    pub fn terminate(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let mut child = self.nodes[i].child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `georep --socket <node i's socket> ARGS...`.
+    pub fn georep(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(self.bins.join("georep"))
+            .arg("--socket")
+            .arg(&self.nodes[i].socket)
+            .args(args)
+            .output()
+            .expect("run georep")
+    }
+
+    /// Runs `georep` and asserts exit code 0; returns stdout.
+    pub fn ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.georep(i, args);
+        assert!(
+            out.status.success(),
+            "georep {args:?} on {} failed ({:?}):\nstdout: {}\nstderr: {}\n{}",
+            self.nodes[i].id,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `georep --json ARGS` parsed.
+    pub fn json(&self, i: usize, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.georep(i, &all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "georep {all:?} printed no JSON ({e}):\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Waits until node `i` sees `live` live nodes.
+    pub fn wait_live(&self, i: usize, live: usize, within: Duration) {
+        self.wait_until(within, &format!("{live} live nodes seen by node {i}"), || {
+            let out = self.georep(i, &["--json", "nodes"]);
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            value["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().filter(|m| m["live"] == true).count() == live)
+        });
+    }
+
+    /// Polls `check` until true, or panics with `what` and the agents' log tails.
+    pub fn wait_until(&self, within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out after {within:?} waiting for {what}\n{}", self.logs_tail());
+    }
+
+    /// The last lines of every agent's log, for failure messages.
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let log = std::fs::read_to_string(node.data_dir.join("georepd.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- {} log tail ---\n{}\n", node.id, tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+        // Monitors outlive agents by design; the test's own must not outlive the test.
+        kill_processes_matching(&self.dir.path().display().to_string());
+    }
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && process_state(pid).is_some_and(|s| s != 'Z') {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The state letter of a process (`R`, `S`, `T` stopped, `Z` zombie...).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.trim_start().chars().next()
+}
+
+/// SIGKILLs every process whose command line contains `needle`.
+pub fn kill_processes_matching(needle: &str) {
+    for pid in processes_matching(needle) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

@@ -20,7 +20,7 @@ pub fn node_name(i: usize) -> String {
 
 /// Node info: even nodes host bricks of gv0 (primary), odd nodes of gv1 (secondary).
 pub fn node_info(i: usize) -> NodeInfo {
-    let volume = if i % 2 == 0 { "gv0" } else { "gv1" };
+    let volume = if i.is_multiple_of(2) { "gv0" } else { "gv1" };
     NodeInfo {
         agent_version: "test".into(),
         bricks: vec![Brick {

@@ -1,0 +1,807 @@
+//! The running agent: a mesh node, the monitor supervisor, session directories, the
+//! answers of the local API, and persistence, tied together by a level-triggered loop.
+//!
+//! [`Agent::start`] takes its link, process backend and clock as parameters, so the
+//! simulator runs this very code; [`run`] wires the real ones (QUIC, processes, system
+//! clock) for `georepd`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use georep_mesh::codec;
+use georep_mesh::hlc::{Hlc, SystemClock, WallClock};
+use georep_mesh::network::Link;
+use georep_mesh::node::{MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY};
+use georep_mesh::quic::{QuicLink, QuicOptions};
+use georep_mesh::state::{DesiredState, SessionId, SessionOp, SessionView};
+use georep_mesh::tls::NodeIdentity;
+use georep_mesh::view::{Brick, Membership, NodeInfo};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api_types::{
+    ConfigResponse, ConfigRow, ExistsResponse, NodeRow, NodesResponse, OpRequest, OpResponse,
+    SessionStatus, StatusResponse, WorkerRow,
+};
+use crate::config::AgentConfig;
+use crate::reconcile::SessionPlan;
+use crate::session_dir::{self, SessionDirState};
+use crate::store::{StateFile, StoreError};
+use crate::supervise::{
+    MonitorReport, MonitorState, ProcessBackend, RealBackend, SupervisePolicy, Supervisor,
+};
+
+/// Key prefix of the per-session status each node publishes.
+pub const MONITOR_PREFIX: &str = "m/";
+/// The agent's version, published in its node info.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Period of the reconcile loop when nothing changes.
+const RECONCILE_TICK: Duration = Duration::from_secs(1);
+/// How often a waiting command re-checks convergence.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// A worker's status as the monitor writes it to `<session_dir>/<brick>.status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerFile {
+    /// Brick path.
+    pub brick: String,
+    /// Initializing..., Active, Passive, Stopped, Faulty.
+    pub status: String,
+    /// Crawl status.
+    pub crawl_status: String,
+    /// Last synced time.
+    pub last_synced: Option<String>,
+    /// Entry operations pending.
+    pub entry: u64,
+    /// Data operations pending.
+    pub data: u64,
+    /// Metadata operations pending.
+    pub meta: u64,
+    /// Failures.
+    pub failures: u64,
+    /// Checkpoint time.
+    pub checkpoint_time: Option<String>,
+    /// Whether the checkpoint completed.
+    pub checkpoint_completed: bool,
+    /// Checkpoint completion time.
+    pub checkpoint_completion_time: Option<String>,
+}
+
+/// What a node publishes per session under `m/<session key>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSessionStatus {
+    /// The local monitor's report.
+    pub report: MonitorReport,
+    /// Worker statuses read from the session directory.
+    pub workers: Vec<WorkerFile>,
+}
+
+/// What the agent persists in `<data-dir>/state.bin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    /// Node id the data directory belongs to.
+    pub node_id: String,
+    /// Chitchat generation of the last run.
+    pub generation: u64,
+    /// The mesh state.
+    pub mesh: MeshSnapshot,
+}
+
+/// A refusal or failure of an API call, mapped to an HTTP status by the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request was malformed (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The operation was refused (HTTP 409), naming the session.
+    #[error("{message}")]
+    Refused {
+        /// Session concerned.
+        session: Option<String>,
+        /// What was wrong and what to do.
+        message: String,
+    },
+}
+
+impl From<MeshError> for ApiError {
+    fn from(error: MeshError) -> Self {
+        let session = match &error {
+            MeshError::Refused(refusal) => refused_session(refusal),
+            _ => None,
+        };
+        ApiError::Refused {
+            session,
+            message: error.to_string(),
+        }
+    }
+}
+
+fn refused_session(error: &georep_mesh::state::StateError) -> Option<String> {
+    use georep_mesh::state::StateError::*;
+    match error {
+        NotCreated(id) | AlreadyExists(id) => Some(id.to_string()),
+        PrimaryVolumeUnknown { session, .. }
+        | SecondaryNotHosted { session, .. }
+        | WrongState { session, .. }
+        | Config { session, .. } => Some(session.to_string()),
+        BadSessionName { .. } => None,
+    }
+}
+
+/// The running agent.
+pub struct Agent {
+    config: AgentConfig,
+    mesh: MeshNode,
+    supervisor: tokio::sync::Mutex<Supervisor>,
+    store: StateFile<PersistedState>,
+    sessions_root: PathBuf,
+    last_persisted: Mutex<Option<MeshSnapshot>>,
+    wake: Notify,
+}
+
+fn sessions_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("geo-replication")
+}
+
+fn monitor_key(id: &SessionId) -> String {
+    format!("{MONITOR_PREFIX}{}", id.key())
+}
+
+/// Loads the persisted state; a corrupt file is quarantined (kept for post-mortem) and the
+/// agent starts from what its peers gossip, saying so loudly.
+fn load_state(store: &StateFile<PersistedState>, node_id: &str) -> anyhow::Result<Option<PersistedState>> {
+    match store.load() {
+        Ok(Some(state)) if state.node_id != node_id => anyhow::bail!(
+            "data directory {} belongs to node `{}`, not `{node_id}`",
+            store.path().display(),
+            state.node_id
+        ),
+        Ok(state) => Ok(state),
+        Err(StoreError::Corrupt { path, reason }) => {
+            let kept = store.quarantine().ok();
+            tracing::error!(
+                path = %path.display(),
+                %reason,
+                kept_as = ?kept,
+                "persisted state is corrupt; starting from what peers gossip (sessions this node alone knew may be missing until a peer republishes them)"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(anyhow::anyhow!(error)),
+    }
+}
+
+impl Agent {
+    /// Starts the agent on the given link, process backend and clock.
+    pub async fn start(
+        config: AgentConfig,
+        link: Arc<dyn Link>,
+        backend: Arc<dyn ProcessBackend>,
+        wall: Arc<dyn WallClock>,
+        policy: SupervisePolicy,
+    ) -> anyhow::Result<Arc<Agent>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = StateFile::new(config.data_dir.join("state.bin"));
+        let persisted = load_state(&store, &config.node_id)?;
+        // A new chitchat generation on every start, strictly above the last one.
+        let generation = (wall.now_millis()).max(persisted.as_ref().map_or(0, |p| p.generation + 1));
+        let mut mesh_config = MeshConfig::new(config.node_id.clone(), generation);
+        mesh_config.cluster_id = config.cluster_id.clone();
+        mesh_config.gossip_interval = Duration::from_millis(config.gossip_interval_ms);
+        mesh_config.seeds = config.seeds.clone();
+        let info = NodeInfo {
+            agent_version: AGENT_VERSION.to_string(),
+            bricks: config
+                .bricks
+                .iter()
+                .map(|b| Brick {
+                    volume: b.volume.clone(),
+                    path: b.path.display().to_string(),
+                    replica_set: b.replica_set,
+                })
+                .collect(),
+        };
+        let snapshot = persisted.map(|p| p.mesh);
+        let mesh = MeshNode::start(
+            mesh_config,
+            link,
+            wall.clone(),
+            snapshot.clone(),
+            vec![(NODE_KEY.to_string(), codec::encode(&info)?)],
+        )
+        .await?;
+        let sessions_root = sessions_root(&config.data_dir);
+        std::fs::create_dir_all(&sessions_root)?;
+        let template = match &config.monitor_command {
+            Some(command) => shell_words::split(command)?,
+            None => default_monitor_command()?,
+        };
+        let mut supervisor = Supervisor::new(
+            backend,
+            sessions_root.clone(),
+            config.node_id.clone(),
+            template,
+            policy,
+        );
+        let known: Vec<SessionId> = mesh.replica().sessions.keys().cloned().collect();
+        supervisor.adopt(&known);
+        let agent = Arc::new(Agent {
+            config,
+            mesh,
+            supervisor: tokio::sync::Mutex::new(supervisor),
+            store,
+            sessions_root,
+            last_persisted: Mutex::new(snapshot),
+            wake: Notify::new(),
+        });
+        agent.persist();
+        Ok(agent)
+    }
+
+    /// The mesh node (for tests, the simulator and inspection).
+    pub fn mesh(&self) -> &MeshNode {
+        &self.mesh
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Runs the reconcile loop until `shutdown`.
+    pub async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.mesh.subscribe();
+        loop {
+            self.reconcile_once().await;
+            let wakeup = self
+                .supervisor
+                .lock()
+                .await
+                .next_wakeup()
+                .unwrap_or_else(|| Instant::now() + RECONCILE_TICK)
+                .min(Instant::now() + RECONCILE_TICK);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(wakeup) => {}
+            }
+        }
+    }
+
+    /// One pass: converge local monitors and session directories on the converged
+    /// view, publish this node's per-session status, persist if anything changed.
+    pub async fn reconcile_once(&self) {
+        let replica = self.mesh.replica();
+        let membership = self.mesh.membership().await;
+        let views: Vec<(SessionView, Option<Hlc>)> = replica
+            .sessions
+            .values()
+            .map(|record| {
+                let view = record.view();
+                let restart = view.restart_stamp(record);
+                (view, restart)
+            })
+            .filter(|(view, _)| view.exists)
+            .collect();
+        let plans: BTreeMap<SessionId, SessionPlan> = views
+            .iter()
+            .map(|(view, restart)| {
+                let plan = SessionPlan {
+                    id: view.id.clone(),
+                    desired: view.desired,
+                    desired_stamp: view.desired_stamp.clone(),
+                    restart_stamp: restart.clone(),
+                    local_bricks: self.local_bricks(&view.id.primary_volume),
+                };
+                (view.id.clone(), plan)
+            })
+            .collect();
+        let reports = {
+            let mut supervisor = self.supervisor.lock().await;
+            supervisor.reconcile(&plans, Instant::now());
+            supervisor.reports()
+        };
+        let dir_states: Vec<SessionDirState> = views
+            .iter()
+            .map(|(view, _)| {
+                let report = reports.get(&view.id);
+                let monitor_status = match report {
+                    Some(report) if plans.get(&view.id).is_some_and(SessionPlan::is_primary) => {
+                        report.status_word(view.desired)
+                    }
+                    _ => view.desired.to_string(),
+                };
+                let active = membership.active_bricks(&view.id.primary_volume);
+                SessionDirState {
+                    view: view.clone(),
+                    monitor_status,
+                    active_local_bricks: active
+                        .into_iter()
+                        .filter(|(node, _)| *node == self.config.node_id)
+                        .map(|(_, path)| path)
+                        .collect(),
+                }
+            })
+            .collect();
+        if let Err(error) = session_dir::sync_all(&self.sessions_root, &dir_states) {
+            tracing::warn!(%error, root = %self.sessions_root.display(), "cannot update session directories");
+        }
+        self.publish_status(&plans, &reports).await;
+        self.persist();
+    }
+
+    fn local_bricks(&self, volume: &str) -> Vec<String> {
+        self.config
+            .bricks
+            .iter()
+            .filter(|b| b.volume == volume)
+            .map(|b| b.path.display().to_string())
+            .collect()
+    }
+
+    async fn publish_status(
+        &self,
+        plans: &BTreeMap<SessionId, SessionPlan>,
+        reports: &BTreeMap<SessionId, MonitorReport>,
+    ) {
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        for (id, report) in reports {
+            let primary = plans.get(id).is_some_and(SessionPlan::is_primary);
+            // Keep publishing for a deleted session until its monitor is gone, so
+            // `delete --wait` can see it stop.
+            if !primary && report.pid.is_none() {
+                continue;
+            }
+            let workers = read_workers(&self.sessions_root.join(id.dir_name()));
+            let status = NodeSessionStatus {
+                report: report.clone(),
+                workers,
+            };
+            let key = monitor_key(id);
+            match codec::encode(&status) {
+                Ok(value) => self.mesh.set_owned(&key, value).await,
+                Err(error) => tracing::warn!(session = %id, %error, "cannot publish monitor status"),
+            }
+            wanted.insert(key);
+        }
+        let mine = self
+            .mesh
+            .owned_values(MONITOR_PREFIX)
+            .await
+            .remove(&self.config.node_id)
+            .unwrap_or_default();
+        for key in mine.keys().filter(|k| !wanted.contains(*k)) {
+            self.mesh.delete_owned(key).await;
+        }
+    }
+
+    /// Persists the mesh snapshot if it changed since the last write.
+    pub fn persist(&self) {
+        let snapshot = self.mesh.snapshot();
+        let Ok(mut last) = self.last_persisted.lock() else {
+            return;
+        };
+        // The HLC moves on every refresh; persist when the records change, and always
+        // carry the latest stamp along.
+        let unchanged = last
+            .as_ref()
+            .is_some_and(|l| l.own == snapshot.own && l.replica == snapshot.replica);
+        if unchanged {
+            return;
+        }
+        let state = PersistedState {
+            node_id: self.config.node_id.clone(),
+            generation: self.mesh.generation(),
+            mesh: snapshot.clone(),
+        };
+        match self.store.save(&state) {
+            Ok(()) => *last = Some(snapshot),
+            Err(error) => tracing::error!(%error, path = %self.store.path().display(), "cannot persist state"),
+        }
+    }
+
+    /// Applies an operation locally and (optionally) waits for the mesh to follow.
+    pub async fn op(&self, request: OpRequest) -> Result<OpResponse, ApiError> {
+        let id = SessionId::parse(&request.primary, &request.secondary)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let receipt = self.mesh.apply(&id, &request.op).await?;
+        self.wake.notify_one();
+        self.persist();
+        let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
+        let (progress, pending, converged) = loop {
+            let progress = self.mesh.progress(&receipt).await;
+            let pending = self.pending_monitors(&id, &request.op, &receipt.stamp).await;
+            let done = progress.complete() && pending.is_empty();
+            if done || !request.wait || Instant::now() >= deadline {
+                break (progress, pending, done && request.wait);
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        };
+        let message = success_message(&request.op, &id);
+        Ok(OpResponse {
+            ok: true,
+            session: id.to_string(),
+            message,
+            confirmed_nodes: progress.confirmed,
+            dead_nodes: progress.dead,
+            lagging_nodes: progress.lagging,
+            pending_monitors: pending,
+            converged,
+            waited: request.wait,
+        })
+    }
+
+    /// Live primary nodes whose monitor does not yet match what `op` asked for.
+    async fn pending_monitors(&self, id: &SessionId, op: &SessionOp, stamp: &Hlc) -> Vec<String> {
+        let wanted = match op {
+            SessionOp::Delete { .. } => None,
+            other => match other.target_state() {
+                Some(state) => Some(state),
+                None => return Vec::new(),
+            },
+        };
+        let membership = self.mesh.membership().await;
+        let statuses = self.node_statuses(id).await;
+        membership
+            .live()
+            .filter(|m| m.hosts(&id.primary_volume))
+            .filter(|m| {
+                let status = statuses.get(&m.node_id);
+                let matches = match (wanted, status) {
+                    (None, None) => true,
+                    (None, Some(s)) => s.report.pid.is_none(),
+                    (Some(_), None) => false,
+                    (Some(state), Some(s)) => {
+                        s.report.desired_stamp.as_ref().is_some_and(|acted| acted >= stamp)
+                            && report_matches(&s.report, state)
+                    }
+                };
+                !matches
+            })
+            .map(|m| m.node_id.clone())
+            .collect()
+    }
+
+    async fn node_statuses(&self, id: &SessionId) -> BTreeMap<String, NodeSessionStatus> {
+        let key = monitor_key(id);
+        self.mesh
+            .owned_values(&key)
+            .await
+            .into_iter()
+            .filter_map(|(node, values)| {
+                let value = values.get(&key)?;
+                match codec::decode::<NodeSessionStatus>(value) {
+                    Ok(status) => Some((node, status)),
+                    Err(error) => {
+                        tracing::warn!(%node, %error, "undecodable monitor status ignored");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// `status`, for all sessions, one primary volume, or one session.
+    pub async fn status(
+        &self,
+        primary: Option<&str>,
+        secondary: Option<&str>,
+    ) -> Result<StatusResponse, ApiError> {
+        let replica = self.mesh.replica();
+        let membership = self.mesh.membership().await;
+        let only = match (primary, secondary) {
+            (Some(p), Some(s)) => {
+                let id = SessionId::parse(p, s).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                if !replica.view(&id).is_some_and(|v| v.exists) {
+                    return Err(ApiError::Refused {
+                        session: Some(id.to_string()),
+                        message: georep_mesh::state::StateError::NotCreated(id).to_string(),
+                    });
+                }
+                Some(id)
+            }
+            _ => None,
+        };
+        let mut sessions = Vec::new();
+        for view in replica.existing() {
+            if only.as_ref().is_some_and(|id| *id != view.id)
+                || primary.is_some_and(|p| p != view.id.primary_volume)
+            {
+                continue;
+            }
+            sessions.push(self.session_status(&view, &membership).await);
+        }
+        Ok(StatusResponse { sessions })
+    }
+
+    async fn session_status(&self, view: &SessionView, membership: &Membership) -> SessionStatus {
+        let id = &view.id;
+        let progress = self.mesh.session_progress(id).await.unwrap_or_default();
+        let statuses = self.node_statuses(id).await;
+        let secondary_node = membership
+            .live()
+            .find(|m| m.hosts(&id.secondary_volume))
+            .map(|m| m.node_id.clone());
+        let mut workers = Vec::new();
+        for member in membership.hosts_of(&id.primary_volume) {
+            let Some(info) = &member.info else { continue };
+            let status = statuses.get(&member.node_id);
+            for brick in info.bricks_of(&id.primary_volume) {
+                let file = status.and_then(|s| s.workers.iter().find(|w| w.brick == brick.path));
+                let report = status.map(|s| &s.report);
+                let state = if !member.live {
+                    "Offline".to_string()
+                } else {
+                    worker_state(view.desired, report, file)
+                };
+                let file = file.cloned().unwrap_or_default();
+                workers.push(WorkerRow {
+                    node: member.node_id.clone(),
+                    brick: brick.path.clone(),
+                    status: state,
+                    crawl_status: if file.crawl_status.is_empty() {
+                        "N/A".into()
+                    } else {
+                        file.crawl_status
+                    },
+                    last_synced: file.last_synced,
+                    monitor_pid: report.and_then(|r| r.pid),
+                    secondary_node: secondary_node.clone(),
+                    entry: file.entry,
+                    data: file.data,
+                    meta: file.meta,
+                    failures: file.failures,
+                    checkpoint_time: file.checkpoint_time,
+                    checkpoint_completed: file.checkpoint_completed,
+                    checkpoint_completion_time: file.checkpoint_completion_time,
+                    last_heard_ms: member.last_heard_ms,
+                    restarts: report.map_or(0, |r| r.restarts),
+                    last_error: report.and_then(|r| r.last_error.clone()),
+                });
+            }
+        }
+        SessionStatus {
+            primary_volume: id.primary_volume.clone(),
+            secondary_user: id.secondary_user.clone(),
+            secondary_host: id.secondary_host.clone(),
+            secondary_volume: id.secondary_volume.clone(),
+            name: id.dir_name(),
+            desired_state: view.desired.to_string(),
+            converged_nodes: progress.confirmed,
+            lagging_nodes: progress.lagging,
+            dead_nodes: progress.dead,
+            config: view.config.clone(),
+            workers,
+        }
+    }
+
+    /// `nodes`.
+    pub async fn nodes(&self) -> NodesResponse {
+        let membership = self.mesh.membership().await;
+        NodesResponse {
+            nodes: membership
+                .members
+                .values()
+                .map(|m| NodeRow {
+                    node: m.node_id.clone(),
+                    address: m.gossip_addr.to_string(),
+                    live: m.live,
+                    generation: m.generation,
+                    agent_version: m.info.as_ref().map(|i| i.agent_version.clone()),
+                    last_heard_ms: m.last_heard_ms,
+                    bricks: m.info.as_ref().map(|i| i.bricks.clone()).unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// `config` list or get.
+    pub async fn config_get(
+        &self,
+        primary: &str,
+        secondary: &str,
+        key: Option<&str>,
+    ) -> Result<ConfigResponse, ApiError> {
+        let id = SessionId::parse(primary, secondary).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let view = self
+            .mesh
+            .replica()
+            .view(&id)
+            .filter(|v| v.exists)
+            .ok_or_else(|| ApiError::Refused {
+                session: Some(id.to_string()),
+                message: georep_mesh::state::StateError::NotCreated(id.clone()).to_string(),
+            })?;
+        let wanted = match key {
+            Some(key) => Some(
+                georep_mesh::session_config::lookup(key)
+                    .map_err(|error| ApiError::Refused {
+                        session: Some(id.to_string()),
+                        message: format!("Session {id}: {error}"),
+                    })?
+                    .name,
+            ),
+            None => None,
+        };
+        let keys = view
+            .effective_config()
+            .into_iter()
+            .filter(|(name, ..)| wanted.is_none_or(|w| w == *name))
+            .map(|(name, value, default, set)| ConfigRow {
+                key: name.to_string(),
+                value,
+                default: default.to_string(),
+                set,
+                live: georep_mesh::session_config::lookup(name).is_ok_and(|k| k.live),
+            })
+            .collect();
+        Ok(ConfigResponse {
+            ok: true,
+            session: id.to_string(),
+            keys,
+        })
+    }
+
+    /// `exists` / `running`: answered from the local replica, no network round-trip.
+    pub fn exists(&self, volume: &str, secondary: Option<&str>) -> Result<ExistsResponse, ApiError> {
+        let only = match secondary {
+            Some(s) => Some(SessionId::parse(volume, s).map_err(|e| ApiError::BadRequest(e.to_string()))?),
+            None => None,
+        };
+        let replica = self.mesh.replica();
+        let matching: Vec<SessionView> = replica
+            .existing()
+            .filter(|v| match &only {
+                Some(id) => v.id == *id,
+                None => v.id.primary_volume == volume || v.id.secondary_volume == volume,
+            })
+            .collect();
+        Ok(ExistsResponse {
+            ok: true,
+            exists: !matching.is_empty(),
+            running: matching.iter().any(|v| v.desired.is_running()),
+            sessions: matching.iter().map(|v| v.id.to_string()).collect(),
+        })
+    }
+
+    /// Stops gossiping and persists. Monitors keep running for re-adoption.
+    pub async fn shutdown(self: Arc<Self>) {
+        self.persist();
+        match Arc::try_unwrap(self) {
+            Ok(agent) => {
+                agent.persist();
+                agent.mesh.shutdown().await;
+            }
+            Err(agent) => agent.persist(),
+        }
+    }
+}
+
+fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
+    match state {
+        DesiredState::Started => report.state == MonitorState::Started,
+        DesiredState::Paused => report.state == MonitorState::Paused,
+        DesiredState::Stopped | DesiredState::Created => report.pid.is_none(),
+    }
+}
+
+fn worker_state(desired: DesiredState, report: Option<&MonitorReport>, file: Option<&WorkerFile>) -> String {
+    match report.map(|r| r.state) {
+        Some(MonitorState::Faulty) => "Faulty".into(),
+        Some(MonitorState::Paused) => "Paused".into(),
+        Some(MonitorState::Started) => file
+            .map(|f| f.status.clone())
+            .filter(|s| !s.is_empty() && s != "Stopped")
+            .unwrap_or_else(|| "Initializing...".into()),
+        Some(MonitorState::Starting) => "Initializing...".into(),
+        _ => match desired {
+            DesiredState::Created => "Created".into(),
+            DesiredState::Started => "Initializing...".into(),
+            DesiredState::Paused => "Paused".into(),
+            DesiredState::Stopped => "Stopped".into(),
+        },
+    }
+}
+
+fn success_message(op: &SessionOp, id: &SessionId) -> String {
+    let between = format!("{} & {}", id.primary_volume, id.secondary());
+    match op {
+        SessionOp::Create { .. } => format!("Creating geo-replication session between {between} has been successful"),
+        SessionOp::Start { .. } => format!("Starting geo-replication session between {between} has been successful"),
+        SessionOp::Stop { .. } => format!("Stopping geo-replication session between {between} has been successful"),
+        SessionOp::Pause { .. } => format!("Pausing geo-replication session between {between} has been successful"),
+        SessionOp::Resume { .. } => format!("Resuming geo-replication session between {between} has been successful"),
+        SessionOp::SetConfig { key, .. } => format!("geo-replication config-set of {key} for {between} has been successful"),
+        SessionOp::ResetConfig { key } => format!("geo-replication config-reset of {key} for {between} has been successful"),
+        SessionOp::Delete { .. } => format!("Deleting geo-replication session between {between} has been successful"),
+    }
+}
+
+/// Reads every `<brick>.status` file of a session directory (malformed ones skipped).
+fn read_workers(dir: &Path) -> Vec<WorkerFile> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut workers: Vec<WorkerFile> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".status") && name != session_dir::STATUS_FILE
+        })
+        .filter_map(|e| {
+            let bytes = std::fs::read(e.path()).ok()?;
+            if bytes.len() > 64 * 1024 {
+                return None;
+            }
+            serde_json::from_slice::<WorkerFile>(&bytes).ok()
+        })
+        .collect();
+    workers.sort_by(|a, b| a.brick.cmp(&b.brick));
+    workers
+}
+
+/// The built-in monitor: this very binary's `monitor` subcommand.
+fn default_monitor_command() -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe()?;
+    Ok(vec![
+        exe.display().to_string(),
+        "monitor".into(),
+        "--session-dir".into(),
+        "{session_dir}".into(),
+        "--bricks".into(),
+        "{bricks}".into(),
+        "--node".into(),
+        "{node}".into(),
+        "--session".into(),
+        "{session}".into(),
+    ])
+}
+
+/// Runs `georepd` with real QUIC, processes and clock until `shutdown`.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let identity = NodeIdentity::load(&config.tls_ca, &config.tls_cert, &config.tls_key)
+        .context("cannot load TLS material")?;
+    if identity.node_id() != config.node_id {
+        anyhow::bail!(
+            "certificate {} is for node `{}`, but this agent is `{}`",
+            config.tls_cert.display(),
+            identity.node_id(),
+            config.node_id
+        );
+    }
+    let listener = crate::http::bind_socket(&config.api_socket)
+        .with_context(|| format!("cannot serve the local API on {}", config.api_socket.display()))?;
+    let link = QuicLink::bind(config.listen, &identity, QuicOptions::default())
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let link: Arc<dyn Link> = link;
+    let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
+    let agent = Agent::start(
+        config.clone(),
+        link,
+        backend,
+        Arc::new(SystemClock),
+        SupervisePolicy::default(),
+    )
+    .await?;
+    tracing::info!(node = %config.node_id, listen = %config.listen, api = %config.api_socket.display(), "georepd running");
+    let api_task = tokio::spawn(crate::http::serve(
+        listener,
+        Arc::new(crate::api::ApiHandler::new(agent.clone())),
+        shutdown.clone(),
+    ));
+    let loop_task = tokio::spawn(agent.clone().run_loop(shutdown.clone()));
+    shutdown.cancelled().await;
+    let _ = loop_task.await;
+    let _ = api_task.await;
+    let _ = std::fs::remove_file(&config.api_socket);
+    agent.shutdown().await;
+    Ok(())
+}

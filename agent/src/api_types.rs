@@ -1,0 +1,204 @@
+//! The JSON of the local API (`georepd.sock`): requests and responses, shared by the
+//! agent and the CLI. Stable: fields may be added, never renamed.
+//!
+//! Routes (HTTP/1.1, one request per connection):
+//! - `GET  /v1/status[?primary=P[&secondary=S]]` -> [`StatusResponse`]
+//! - `GET  /v1/nodes` -> [`NodesResponse`]
+//! - `POST /v1/op` with [`OpRequest`] -> [`OpResponse`] (200 done or timed out, 409 refused, 400 bad request)
+//! - `GET  /v1/config?primary=P&secondary=S[&key=K]` -> [`ConfigResponse`]
+//! - `GET  /v1/exists?volume=V[&secondary=S]` -> [`ExistsResponse`]
+//!
+//! Every error body is an [`ErrorBody`].
+
+use std::collections::BTreeMap;
+
+use georep_mesh::state::SessionOp;
+use georep_mesh::view::Brick;
+use serde::{Deserialize, Serialize};
+
+/// One worker row of `status` (one per primary brick).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    /// Primary node id.
+    pub node: String,
+    /// Primary brick path.
+    pub brick: String,
+    /// Created, Initializing..., Active, Passive, Faulty, Stopped, Paused, Offline.
+    pub status: String,
+    /// Crawl status (`N/A` until data transfer exists).
+    pub crawl_status: String,
+    /// Last synced time, if any.
+    pub last_synced: Option<String>,
+    /// Pid of the node's monitor for this session.
+    pub monitor_pid: Option<u32>,
+    /// Secondary node the worker talks to, if known.
+    pub secondary_node: Option<String>,
+    /// Entry operations pending.
+    pub entry: u64,
+    /// Data operations pending.
+    pub data: u64,
+    /// Metadata operations pending.
+    pub meta: u64,
+    /// Failures.
+    pub failures: u64,
+    /// Checkpoint time, if a checkpoint is set.
+    pub checkpoint_time: Option<String>,
+    /// Whether the checkpoint completed.
+    pub checkpoint_completed: bool,
+    /// When the checkpoint completed.
+    pub checkpoint_completion_time: Option<String>,
+    /// Milliseconds since the primary node was last heard from (Offline rows).
+    pub last_heard_ms: Option<u64>,
+    /// Monitor restarts on that node.
+    pub restarts: u32,
+    /// The monitor's last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// One session in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// Primary volume.
+    pub primary_volume: String,
+    /// Secondary user.
+    pub secondary_user: String,
+    /// Secondary host.
+    pub secondary_host: String,
+    /// Secondary volume.
+    pub secondary_volume: String,
+    /// Session directory name.
+    pub name: String,
+    /// Desired state.
+    pub desired_state: String,
+    /// Live nodes whose replica holds this session's latest write.
+    pub converged_nodes: Vec<String>,
+    /// Live nodes that do not yet.
+    pub lagging_nodes: Vec<String>,
+    /// Dead nodes.
+    pub dead_nodes: Vec<String>,
+    /// Explicitly set configuration keys.
+    pub config: BTreeMap<String, String>,
+    /// One row per primary brick.
+    pub workers: Vec<WorkerRow>,
+}
+
+/// Response of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// Sessions in scope.
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// One node in `nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    /// Node id.
+    pub node: String,
+    /// Gossip address.
+    pub address: String,
+    /// Live according to the failure detector.
+    pub live: bool,
+    /// Chitchat generation.
+    pub generation: u64,
+    /// Agent version, if known.
+    pub agent_version: Option<String>,
+    /// Milliseconds since its heartbeat last advanced.
+    pub last_heard_ms: Option<u64>,
+    /// Declared bricks.
+    pub bricks: Vec<Brick>,
+}
+
+/// Response of `GET /v1/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodesResponse {
+    /// Every known node.
+    pub nodes: Vec<NodeRow>,
+}
+
+/// Body of `POST /v1/op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpRequest {
+    /// Primary volume.
+    pub primary: String,
+    /// Secondary, `[USER@]HOST::VOL`.
+    pub secondary: String,
+    /// The operation.
+    pub op: SessionOp,
+    /// Wait for every live node (and, for run-state changes, every live primary monitor).
+    pub wait: bool,
+    /// How long to wait, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Response of `POST /v1/op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpResponse {
+    /// Whether the operation was applied.
+    pub ok: bool,
+    /// `PRIMARYVOL -> [USER@]HOST::SECONDARYVOL`.
+    pub session: String,
+    /// Human summary.
+    pub message: String,
+    /// Live nodes that confirmed.
+    pub confirmed_nodes: Vec<String>,
+    /// Dead nodes (they catch up when they return).
+    pub dead_nodes: Vec<String>,
+    /// Live nodes that had not confirmed when the wait ended.
+    pub lagging_nodes: Vec<String>,
+    /// Live primary nodes whose monitor did not match yet when the wait ended.
+    pub pending_monitors: Vec<String>,
+    /// Whether everything waited for was confirmed (false after a timeout or `--no-wait`).
+    pub converged: bool,
+    /// Whether the agent waited at all.
+    pub waited: bool,
+}
+
+/// One key of `config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigRow {
+    /// Canonical key name.
+    pub key: String,
+    /// Effective value.
+    pub value: String,
+    /// Default value.
+    pub default: String,
+    /// Whether explicitly set.
+    pub set: bool,
+    /// Whether a change applies without a monitor restart.
+    pub live: bool,
+}
+
+/// Response of `GET /v1/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigResponse {
+    /// Always true (errors use [`ErrorBody`]).
+    pub ok: bool,
+    /// Session name.
+    pub session: String,
+    /// Keys (one when `key` was given).
+    pub keys: Vec<ConfigRow>,
+}
+
+/// Response of `GET /v1/exists`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExistsResponse {
+    /// Always true (errors use [`ErrorBody`]).
+    pub ok: bool,
+    /// Whether a matching session exists.
+    pub exists: bool,
+    /// Whether a matching session is Started or Paused.
+    pub running: bool,
+    /// Names of the matching sessions.
+    pub sessions: Vec<String>,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Always false.
+    pub ok: bool,
+    /// Session concerned, if any.
+    pub session: Option<String>,
+    /// What was wrong and what to do.
+    pub message: String,
+}

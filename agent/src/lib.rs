@@ -1,0 +1,25 @@
+//! `georepd`, the georep agent, as a library (the binary is a thin `main`).
+//!
+//! - [`agent`]: the running agent tying mesh, supervisor, session dirs and API together.
+//! - [`api`]: the local API's routes.
+//! - [`api_types`]: the JSON of the local API, shared with the CLI.
+//! - [`config`]: flags and TOML file resolved into one validated `AgentConfig`.
+//! - [`http`]: a minimal HTTP/1.1 JSON server and client for the local API
+//!   on a Unix socket.
+//! - [`reconcile`]: the pure decision of what to do to local monitors.
+//! - [`session_dir`]: the per-session directory on disk.
+//! - [`store`]: durable files (atomic replace, checked state envelopes).
+//! - [`supervise`]: monitor processes: spawn, signal, adopt, back off.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod api;
+pub mod api_types;
+pub mod config;
+pub mod http;
+pub mod monitor;
+pub mod reconcile;
+pub mod session_dir;
+pub mod store;
+pub mod supervise;

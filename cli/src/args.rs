@@ -1,0 +1,450 @@
+//! The command line of `georep` (cli.md "georep (the CLI)"), as clap derive
+//! types, and the resolved global options every command receives.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+
+/// Environment variable naming the agent's socket when `--socket` is absent.
+pub const SOCKET_ENV: &str = "GEOREP_SOCKET";
+/// Agent socket when neither `--socket` nor [`SOCKET_ENV`] is given.
+pub const DEFAULT_SOCKET: &str = "/run/georep/georepd.sock";
+/// Default `--timeout`, in seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
+/// Largest accepted `--timeout`: a day is already longer than any sensible wait.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// `georep`: manage geo-replication sessions through the local georepd.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(name = "georep", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options accepted before or after the subcommand.
+    #[command(flatten)]
+    pub globals: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after the subcommand.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct GlobalArgs {
+    /// The agent's local API socket [default: $GEOREP_SOCKET, else /run/georep/georepd.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output (one JSON object) on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for every live node to confirm a change.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        default_value_t = DEFAULT_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+    )]
+    pub timeout: u64,
+}
+
+impl GlobalArgs {
+    /// Resolves the options against the process environment.
+    pub fn resolve(&self) -> Globals {
+        self.resolve_with(std::env::var_os(SOCKET_ENV))
+    }
+
+    /// Resolves the options, `env_socket` standing for `$GEOREP_SOCKET`.
+    pub fn resolve_with(&self, env_socket: Option<OsString>) -> Globals {
+        let socket = self
+            .socket
+            .clone()
+            .or_else(|| env_socket.filter(|s| !s.is_empty()).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        Globals {
+            socket,
+            json: self.json,
+            timeout: Duration::from_secs(self.timeout),
+        }
+    }
+}
+
+/// The global options, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Globals {
+    /// The agent's local API socket.
+    pub socket: PathBuf,
+    /// Machine output.
+    pub json: bool,
+    /// How long a mutating command waits for confirmation.
+    pub timeout: Duration,
+}
+
+impl Globals {
+    /// A client for the agent at [`Globals::socket`].
+    pub fn client(&self) -> Client {
+        Client::new(self.socket.clone(), self.timeout)
+    }
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Create a session (validated against the local converged view).
+    Create(CreateArgs),
+    /// Start a session's monitors on every primary node.
+    Start(RunStateArgs),
+    /// Stop a session's monitors.
+    Stop(RunStateArgs),
+    /// Pause a session's monitors.
+    Pause(RunStateArgs),
+    /// Resume a paused session.
+    Resume(RunStateArgs),
+    /// List, get, set or reset session configuration keys.
+    Config(ConfigArgs),
+    /// Delete a session.
+    Delete(DeleteArgs),
+    /// Show sessions, one row per primary brick.
+    Status(StatusArgs),
+    /// Exit 0 if a session exists with VOL as primary (or secondary) volume, else 1.
+    Exists(ExistsArgs),
+    /// Exit 0 if such a session is Started or Paused, else 1.
+    Running(ExistsArgs),
+    /// Show cluster membership.
+    Nodes,
+    /// Create the cluster CA and node certificates.
+    Tls {
+        /// Which TLS material.
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Start a local cluster on loopback and show a session's whole lifecycle.
+    Demo(DemoArgs),
+}
+
+/// `PRIMARYVOL SECONDARY`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct SessionArgs {
+    /// Primary volume.
+    #[arg(value_name = "PRIMARYVOL")]
+    pub primary: String,
+    /// Secondary, `[USER@]HOST::SECONDARYVOL`.
+    #[arg(value_name = "SECONDARY")]
+    pub secondary: String,
+}
+
+/// `create`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct CreateArgs {
+    /// The session.
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Install the primary nodes' public keys on the secondary.
+    #[arg(long)]
+    pub push_pem: bool,
+    /// Skip the secondary checks (never the duplicate check).
+    #[arg(long)]
+    pub force: bool,
+    /// Return right after the local apply.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `start`, `stop`, `pause`, `resume`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct RunStateArgs {
+    /// The session.
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Skip the state check.
+    #[arg(long)]
+    pub force: bool,
+    /// Return right after the local apply.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `config`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ConfigArgs {
+    /// The session.
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Key to print or set; `'!KEY'` resets it.
+    #[arg(value_name = "KEY")]
+    pub key: Option<String>,
+    /// Value to set.
+    #[arg(value_name = "VALUE")]
+    pub value: Option<String>,
+    /// Reset KEY to its default.
+    #[arg(long, value_name = "KEY")]
+    pub reset: Option<String>,
+    /// Return right after the local apply.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `delete`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct DeleteArgs {
+    /// The session.
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Forget the sync time (no effect yet: no sync time is recorded).
+    #[arg(long)]
+    pub reset_sync_time: bool,
+    /// Delete even a Started or Paused session.
+    #[arg(long)]
+    pub force: bool,
+    /// Return right after the local apply.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `status`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct StatusArgs {
+    /// Only sessions of this primary volume.
+    #[arg(value_name = "PRIMARYVOL")]
+    pub primary: Option<String>,
+    /// Only the session with this secondary.
+    #[arg(value_name = "SECONDARY")]
+    pub secondary: Option<String>,
+    /// Add ENTRY, DATA, META, FAILURES and checkpoint columns.
+    #[arg(long)]
+    pub detail: bool,
+}
+
+/// `exists` and `running`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ExistsArgs {
+    /// Volume (primary, or without SECONDARY also secondary).
+    #[arg(value_name = "VOL")]
+    pub volume: String,
+    /// Secondary, `[USER@]HOST::SECONDARYVOL`.
+    #[arg(value_name = "SECONDARY")]
+    pub secondary: Option<String>,
+}
+
+/// `tls ...`.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum TlsCommand {
+    /// The cluster CA.
+    Ca {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Node certificates.
+    Cert {
+        /// What to do with them.
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+/// `tls ca ...`.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum CaCommand {
+    /// Write DIR/ca.crt and DIR/ca.key (0600).
+    Create {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// `tls cert ...`.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum CertCommand {
+    /// Write DIR/ID.crt and DIR/ID.key (0600), signed by the CA.
+    Create(CertCreateArgs),
+}
+
+/// `tls cert create`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct CertCreateArgs {
+    /// Directory holding ca.crt and ca.key.
+    #[arg(long, value_name = "DIR")]
+    pub ca: PathBuf,
+    /// Node id the certificate names.
+    #[arg(long, value_name = "ID")]
+    pub node: String,
+    /// IP address SAN (repeatable).
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<IpAddr>,
+    /// DNS name SAN (repeatable).
+    #[arg(long = "dns", value_name = "NAME")]
+    pub dns: Vec<String>,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// `demo`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct DemoArgs {
+    /// Number of agents (about 60% primaries, the rest secondaries).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u8).range(2..=32))]
+    pub nodes: u8,
+    /// Keep the cluster's files here instead of a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("georep").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn globals_before_and_after_the_subcommand() {
+        let before = parse(&["--socket", "/s", "--json", "--timeout", "5", "nodes"]).unwrap();
+        let after = parse(&["nodes", "--socket", "/s", "--json", "--timeout", "5"]).unwrap();
+        assert_eq!(before, after);
+        let g = after.globals.resolve_with(None);
+        assert_eq!(g.socket, PathBuf::from("/s"));
+        assert!(g.json);
+        assert_eq!(g.timeout, Duration::from_secs(5));
+
+        let mixed = parse(&[
+            "--json",
+            "start",
+            "gv0",
+            "n4::gv1",
+            "--timeout",
+            "7",
+            "--no-wait",
+        ])
+        .unwrap();
+        assert!(mixed.globals.json);
+        assert_eq!(mixed.globals.timeout, 7);
+        match mixed.command {
+            Command::Start(a) => {
+                assert!(a.no_wait && !a.force);
+                assert_eq!(a.session.secondary, "n4::gv1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn socket_defaults_to_env_then_run_dir() {
+        let cli = parse(&["nodes"]).unwrap();
+        assert_eq!(cli.globals.timeout, DEFAULT_TIMEOUT_SECS);
+        assert_eq!(
+            cli.globals.resolve_with(None).socket,
+            PathBuf::from(DEFAULT_SOCKET)
+        );
+        assert_eq!(
+            cli.globals.resolve_with(Some("/e.sock".into())).socket,
+            PathBuf::from("/e.sock")
+        );
+        let cli = parse(&["nodes", "--socket", "/flag.sock"]).unwrap();
+        assert_eq!(
+            cli.globals.resolve_with(Some("/e.sock".into())).socket,
+            PathBuf::from("/flag.sock")
+        );
+    }
+
+    #[test]
+    fn exists_and_running_arity() {
+        for cmd in ["exists", "running"] {
+            assert!(parse(&[cmd]).is_err(), "{cmd} with no VOL");
+            assert!(parse(&[cmd, "gv0"]).is_ok());
+            assert!(parse(&[cmd, "gv0", "n4::gv1"]).is_ok());
+            let err = parse(&[cmd, "gv0", "n4::gv1", "extra"]).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn config_forms_parse() {
+        let cli = parse(&["config", "gv0", "n4::gv1", "!sync-jobs"]).unwrap();
+        match cli.command {
+            Command::Config(a) => assert_eq!(a.key.as_deref(), Some("!sync-jobs")),
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "config",
+            "gv0",
+            "n4::gv1",
+            "--reset",
+            "sync-jobs",
+            "--no-wait",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Config(a) => {
+                assert_eq!(a.reset.as_deref(), Some("sync-jobs"));
+                assert!(a.no_wait && a.key.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["config", "gv0", "n4::gv1", "k", "v", "extra"]).is_err());
+    }
+
+    #[test]
+    fn tls_and_demo_parse() {
+        let cli = parse(&[
+            "tls",
+            "cert",
+            "create",
+            "--ca",
+            "/ca",
+            "--node",
+            "n1",
+            "--ip",
+            "127.0.0.1",
+            "--ip",
+            "::1",
+            "--dns",
+            "n1.example",
+            "--out",
+            "/o",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Tls {
+                command:
+                    TlsCommand::Cert {
+                        command: CertCommand::Create(a),
+                    },
+            } => {
+                assert_eq!(a.ips.len(), 2);
+                assert_eq!(a.dns, vec!["n1.example".to_owned()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&[
+                "tls", "cert", "create", "--ca", "/ca", "--node", "n1", "--ip", "nope", "--out",
+                "/o"
+            ])
+            .is_err()
+        );
+        match parse(&["demo"]).unwrap().command {
+            Command::Demo(a) => assert_eq!((a.nodes, a.dir), (5, None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["demo", "--nodes", "1"]).is_err());
+    }
+
+    #[test]
+    fn timeout_must_be_positive() {
+        assert_eq!(
+            parse(&["nodes", "--timeout", "0"]).unwrap_err().exit_code(),
+            2
+        );
+        assert_eq!(
+            parse(&["nodes", "--timeout", "x"]).unwrap_err().exit_code(),
+            2
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! `georep`, the command-line client of `georepd` (the contract is
+//! `cli.md`, "georep (the CLI)").
+//!
+//! - [`args`]: the command line (clap derive) and the resolved global options.
+//! - [`client`]: the local API client over the agent's Unix socket.
+//! - [`lifecycle`]: `create`, `start`, `stop`, `pause`, `resume`, `delete`.
+//! - [`config_cmd`]: `config` (list, get, set, reset).
+//! - [`status`]: `status`, `exists`, `running`.
+//! - [`nodes`]: `nodes`, the cluster membership.
+//! - [`tls_cmd`]: `tls ca create`, `tls cert create`.
+//! - [`demo`]: `demo`, a local cluster running a session's whole lifecycle.
+//! - [`output`]: reports, exit codes, tables, JSON and error rendering.
+//!
+//! Every command returns an [`output::Report`] rather than printing, so that
+//! `demo` replays commands in-process and tests read what users would see.
+#![forbid(unsafe_code)]
+
+mod args;
+mod client;
+mod config_cmd;
+mod demo;
+mod lifecycle;
+mod nodes;
+mod output;
+mod status;
+mod tls_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{CaCommand, CertCommand, Cli, Command, TlsCommand};
+use crate::lifecycle::RunState;
+use crate::output::{CommandError, Exit, Report};
+
+fn main() -> ExitCode {
+    // Parse errors exit 2 (and --help/--version 0) inside clap.
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("georep: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Failed.code());
+        }
+    };
+    let exit = runtime.block_on(async {
+        match &cli.command {
+            Command::Demo(a) => demo::run(&cli.globals.resolve(), a).await,
+            _ => {
+                let report = execute(&cli).await;
+                report.print();
+                report.exit
+            }
+        }
+    });
+    ExitCode::from(exit.code())
+}
+
+/// Runs one command and returns what it has to say. `demo` is not a command
+/// here: it drives commands itself.
+pub async fn execute(cli: &Cli) -> Report {
+    let g = cli.globals.resolve();
+    match &cli.command {
+        Command::Create(a) => lifecycle::create(&g, a).await,
+        Command::Start(a) => lifecycle::run_state(&g, RunState::Start, a).await,
+        Command::Stop(a) => lifecycle::run_state(&g, RunState::Stop, a).await,
+        Command::Pause(a) => lifecycle::run_state(&g, RunState::Pause, a).await,
+        Command::Resume(a) => lifecycle::run_state(&g, RunState::Resume, a).await,
+        Command::Config(a) => config_cmd::config(&g, a).await,
+        Command::Delete(a) => lifecycle::delete(&g, a).await,
+        Command::Status(a) => status::status(&g, a).await,
+        Command::Exists(a) => status::exists(&g, a, false).await,
+        Command::Running(a) => status::exists(&g, a, true).await,
+        Command::Nodes => nodes::nodes(&g).await,
+        Command::Tls {
+            command:
+                TlsCommand::Ca {
+                    command: CaCommand::Create { out },
+                },
+        } => tls_cmd::ca_create(&g, out),
+        Command::Tls {
+            command:
+                TlsCommand::Cert {
+                    command: CertCommand::Create(a),
+                },
+        } => tls_cmd::cert_create(&g, a),
+        Command::Demo(_) => CommandError::Usage("demo cannot run inside another command".into())
+            .report(g.json, None),
+    }
+}

@@ -1,0 +1,127 @@
+//! `nodes`: cluster membership as the local agent sees it.
+
+use georep_agent::api_types::{NodeRow, NodesResponse};
+
+use crate::args::Globals;
+use crate::client::decode;
+use crate::output::{Exit, NA, Report, Table, compact_duration};
+
+/// The columns of `nodes`.
+pub const COLUMNS: &[&str] = &[
+    "NODE",
+    "ADDRESS",
+    "STATE",
+    "GENERATION",
+    "VERSION",
+    "LAST HEARD",
+    "BRICKS",
+];
+
+/// `nodes`.
+pub async fn nodes(g: &Globals) -> Report {
+    let fetched = match g.client().get("/v1/nodes").await {
+        Ok(raw) => decode::<NodesResponse>(&raw).map(|resp| (resp, raw)),
+        Err(e) => Err(e),
+    };
+    match fetched {
+        Ok((_, raw)) if g.json => Report::json(Exit::Done, &raw),
+        Ok((resp, _)) => {
+            let mut report = Report::new(Exit::Done);
+            report.stdout = render_nodes(&resp);
+            report
+        }
+        Err(e) => e.report(g.json, None),
+    }
+}
+
+/// The human form of a membership answer.
+pub fn render_nodes(resp: &NodesResponse) -> String {
+    let mut table = Table::new(COLUMNS);
+    for node in &resp.nodes {
+        table.push(cells(node));
+    }
+    table.render()
+}
+
+fn cells(n: &NodeRow) -> Vec<String> {
+    let bricks = if n.bricks.is_empty() {
+        "-".to_owned()
+    } else {
+        n.bricks
+            .iter()
+            .map(|b| format!("{}:{}:{}", b.volume, b.path, b.replica_set))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        n.node.clone(),
+        n.address.clone(),
+        if n.live { "live" } else { "dead" }.to_owned(),
+        n.generation.to_string(),
+        n.agent_version.clone().unwrap_or_else(|| NA.to_owned()),
+        n.last_heard_ms
+            .map(|ms| format!("{} ago", compact_duration(ms)))
+            .unwrap_or_else(|| NA.to_owned()),
+        bricks,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use georep_mesh::view::Brick;
+
+    use super::*;
+
+    #[test]
+    fn nodes_table() {
+        let resp = NodesResponse {
+            nodes: vec![
+                NodeRow {
+                    node: "n1".into(),
+                    address: "127.0.0.1:7401".into(),
+                    live: true,
+                    generation: 3,
+                    agent_version: Some("0.1.0".into()),
+                    last_heard_ms: Some(120),
+                    bricks: vec![
+                        Brick {
+                            volume: "gv0".into(),
+                            path: "/data/gv0/b1".into(),
+                            replica_set: 0,
+                        },
+                        Brick {
+                            volume: "gv0".into(),
+                            path: "/data/gv0/b4".into(),
+                            replica_set: 1,
+                        },
+                    ],
+                },
+                NodeRow {
+                    node: "n5".into(),
+                    address: "127.0.0.1:7405".into(),
+                    live: false,
+                    generation: 1,
+                    agent_version: None,
+                    last_heard_ms: Some(42_000),
+                    bricks: vec![],
+                },
+            ],
+        };
+        let text = render_nodes(&resp);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(
+            lines[0],
+            "NODE    ADDRESS           STATE    GENERATION    VERSION    LAST HEARD    BRICKS"
+        );
+        assert!(lines[1].chars().all(|c| c == '-'));
+        assert_eq!(
+            lines[2],
+            "n1      127.0.0.1:7401    live     3             0.1.0      120ms ago     gv0:/data/gv0/b1:0, gv0:/data/gv0/b4:1"
+        );
+        assert_eq!(
+            lines[3],
+            "n5      127.0.0.1:7405    dead     1             N/A        42s ago       -"
+        );
+    }
+}

@@ -1,0 +1,1146 @@
+//! The QUIC [`Link`]: quinn over mutual TLS (ring), one cached connection per peer.
+//!
+//! One quinn endpoint is both server and client on a single UDP socket, so the
+//! remote address of a peer's connection is the peer's gossip address, and a
+//! connection the peer dialled is reused for sending to it (DESIGN: a connection
+//! costs ~200 KB, keep one per peer pair). Every frame travels on its own
+//! unidirectional stream: header, payload, finish.
+//!
+//! A peer is authenticated by rustls during the handshake (certificate chaining to
+//! the cluster CA, both directions); its node id is then read from its certificate
+//! and attached to every frame it delivers. What a peer can make us do is bounded:
+//! over-size headers are refused before allocation, reads have a deadline, the
+//! receive queue is bounded (a full queue drops and counts; anti-entropy repairs),
+//! as are concurrent streams per connection, connections and dials.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, TransportConfig, VarInt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::network::{
+    FRAME_HEADER_LEN, Frame, Link, LinkStats, MAX_FRAME_PAYLOAD, Received, TransportError,
+};
+use crate::tls::{NodeIdentity, node_id_from_cert};
+
+/// Server name put in the TLS ClientHello. Peers do not check it: identity is the
+/// node id in the certificate, and a dialler knows only an address.
+const TLS_SERVER_NAME: &str = "georep";
+
+/// Per-stream receive window: one maximal frame fits without waiting for credit.
+const STREAM_RECEIVE_WINDOW: u32 = (MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN) as u32;
+
+/// Per-connection receive window: one maximal frame plus room for gossip beside it.
+/// Buffers are allocated as data arrives, so this caps, not reserves, memory.
+const CONNECTION_RECEIVE_WINDOW: u32 = 2 * STREAM_RECEIVE_WINDOW;
+
+/// Per-connection send window (bytes in flight).
+const SEND_WINDOW: u64 = 2 * STREAM_RECEIVE_WINDOW as u64;
+
+/// Two connections to one peer established within this span are a simultaneous
+/// dial, resolved by address order; otherwise the newer replaces the older (which
+/// is likely dead: the peer restarted).
+const DUPLICATE_WINDOW_FACTOR: u32 = 2;
+
+/// How long a superseded connection stays open so frames in flight on it land.
+const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long `close` waits for tasks and for quinn to send its close frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Application close codes.
+const CLOSE_SHUTDOWN: u32 = 0;
+const CLOSE_DUPLICATE: u32 = 1;
+const CLOSE_NO_NODE_ID: u32 = 2;
+
+/// Stream stop code telling a peer its frame was refused.
+const STOP_REJECTED: u32 = 1;
+
+/// Tunables of a [`QuicLink`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicOptions {
+    /// A connection silent for this long is closed (negotiated: the lower side wins).
+    pub idle_timeout: Duration,
+    /// Keep-alive interval on open connections, so a quiet peer is not dropped.
+    pub keep_alive: Duration,
+    /// Longest a dial (waiting for a dial slot plus the handshake) may take.
+    pub connect_timeout: Duration,
+    /// Longest opening a stream and writing one frame may take.
+    pub send_timeout: Duration,
+    /// Longest reading one frame may take once its stream opened.
+    pub frame_read_timeout: Duration,
+    /// Received frames waiting for `recv`; beyond this, frames are dropped and counted.
+    pub recv_queue: usize,
+    /// Dials in progress at once; further dials wait (within `connect_timeout`).
+    pub max_concurrent_dials: usize,
+    /// Connections open at once (incoming ones beyond this are refused).
+    pub max_connections: usize,
+    /// Unidirectional streams (frames) a peer may have open at once on one connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            send_timeout: Duration::from_secs(5),
+            frame_read_timeout: Duration::from_secs(10),
+            recv_queue: 4096,
+            max_concurrent_dials: 64,
+            max_connections: 1024,
+            max_streams_per_connection: 64,
+        }
+    }
+}
+
+/// A node's QUIC endpoint on the mesh network.
+pub struct QuicLink {
+    shared: Arc<Shared>,
+    node_id: String,
+    received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
+}
+
+/// State shared by the link and its tasks.
+struct Shared {
+    endpoint: Endpoint,
+    local_addr: SocketAddr,
+    client_config: quinn::ClientConfig,
+    options: QuicOptions,
+    /// One slot per peer address: the connection used to send to it.
+    peers: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+    dial_permits: Semaphore,
+    live_connections: AtomicUsize,
+    stats: Arc<LinkStats>,
+    deliver: mpsc::Sender<Received>,
+    shutdown: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+type PeerSlot = tokio::sync::Mutex<Slot>;
+
+/// What we know about sending to one peer address.
+#[derive(Default)]
+struct Slot {
+    conn: Option<Cached>,
+    /// Last failed dial, so that sends queued behind it fail at once instead of
+    /// each waiting out its own connect timeout.
+    failure: Option<(Instant, String)>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    conn: Connection,
+    dialled: bool,
+    since: Instant,
+}
+
+impl Cached {
+    fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+}
+
+/// Counts a connection as live while its reader runs (even if the reader is aborted).
+struct LiveConnection<'a>(&'a AtomicUsize);
+
+impl<'a> LiveConnection<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for LiveConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a stream did not yield a frame.
+enum StreamFailure {
+    /// The peer sent something that is not a frame; counted and logged.
+    Rejected(String),
+    /// The link is shutting down.
+    Shutdown,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Cache key and reported address of a peer: IPv4-mapped IPv6 addresses (seen on
+/// dual-stack sockets) are folded to IPv4 so both spellings share one connection.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// The node id proven by a connection's peer certificate.
+fn peer_node_id(conn: &Connection) -> Result<String, String> {
+    let identity = conn
+        .peer_identity()
+        .ok_or_else(|| "peer presented no certificate".to_owned())?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| "peer identity is not a certificate chain".to_owned())?;
+    let end_entity = certs
+        .first()
+        .ok_or_else(|| "peer presented an empty certificate chain".to_owned())?;
+    node_id_from_cert(end_entity).map_err(|e| e.to_string())
+}
+
+fn transport_config(options: &QuicOptions) -> Result<TransportConfig, String> {
+    let idle = IdleTimeout::try_from(options.idle_timeout)
+        .map_err(|_| format!("idle timeout {:?} is too large", options.idle_timeout))?;
+    let mut config = TransportConfig::default();
+    config
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval((!options.keep_alive.is_zero()).then_some(options.keep_alive))
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(options.max_streams_per_connection))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        .datagram_receive_buffer_size(None);
+    Ok(config)
+}
+
+impl QuicLink {
+    /// Binds a QUIC endpoint on `listen` (port 0 picks one; see [`Link::local_addr`])
+    /// authenticating as `identity`, and starts accepting peers.
+    ///
+    /// Must be called inside a Tokio runtime.
+    pub fn bind(
+        listen: SocketAddr,
+        identity: &NodeIdentity,
+        options: QuicOptions,
+    ) -> Result<Arc<QuicLink>, TransportError> {
+        let bind_err = |reason: String| TransportError::Bind {
+            addr: listen,
+            reason,
+        };
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| bind_err("QuicLink::bind must run inside a Tokio runtime".into()))?;
+        let mut options = options;
+        options.recv_queue = options.recv_queue.max(1);
+        options.max_concurrent_dials = options.max_concurrent_dials.max(1);
+        options.max_connections = options.max_connections.max(1);
+        options.max_streams_per_connection = options.max_streams_per_connection.max(1);
+
+        let transport = Arc::new(transport_config(&options).map_err(bind_err)?);
+        let server_crypto = QuicServerConfig::try_from(identity.server_config()?)
+            .map_err(|e| bind_err(format!("TLS server config unusable for QUIC: {e}")))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config
+            .transport_config(transport.clone())
+            // The remote address is the peer's gossip address; it must not move.
+            .migration(false)
+            .max_incoming(options.max_connections);
+        let client_crypto = QuicClientConfig::try_from(identity.client_config()?)
+            .map_err(|e| bind_err(format!("TLS client config unusable for QUIC: {e}")))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+
+        let endpoint =
+            Endpoint::server(server_config, listen).map_err(|e| bind_err(e.to_string()))?;
+        let local_addr = endpoint.local_addr().map_err(|e| bind_err(e.to_string()))?;
+        let (deliver, received) = mpsc::channel(options.recv_queue);
+        let shared = Arc::new(Shared {
+            endpoint,
+            local_addr,
+            client_config,
+            dial_permits: Semaphore::new(options.max_concurrent_dials),
+            options,
+            peers: Mutex::new(HashMap::new()),
+            live_connections: AtomicUsize::new(0),
+            stats: Arc::new(LinkStats::default()),
+            deliver,
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(JoinSet::new()),
+        });
+        let accepting = shared.clone();
+        shared.spawn(async move { accepting.accept_loop().await });
+        tracing::debug!(%local_addr, node = identity.node_id(), "QUIC link listening");
+        Ok(Arc::new(QuicLink {
+            shared,
+            node_id: identity.node_id().to_owned(),
+            received: tokio::sync::Mutex::new(received),
+        }))
+    }
+
+    /// Established connections (dialled or accepted), for tests and `inspect`.
+    pub fn connection_count(&self) -> usize {
+        self.shared.live_connections.load(Ordering::Relaxed)
+    }
+
+    async fn try_send(&self, to: SocketAddr, bytes: &[u8]) -> Result<(), TransportError> {
+        let send_err = |reason: String| TransportError::Send { to, reason };
+        // A cached connection may have died without us noticing yet: retry once on a
+        // fresh one when the failure is the connection's, not the stream's.
+        for attempt in 0..2 {
+            let conn = self.shared.connection_to(to).await?;
+            let write = async {
+                let mut stream = conn.open_uni().await.map_err(|e| (true, e.to_string()))?;
+                stream.write_all(bytes).await.map_err(|e| {
+                    let lost = matches!(e, quinn::WriteError::ConnectionLost(_));
+                    (lost, e.to_string())
+                })?;
+                stream.finish().map_err(|e| (false, e.to_string()))
+            };
+            let outcome = tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => return Err(TransportError::Closed),
+                outcome = tokio::time::timeout(self.shared.options.send_timeout, write) => outcome,
+            };
+            match outcome {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err((true, reason))) if attempt == 0 => {
+                    tracing::debug!(%to, %reason, "cached connection failed, reconnecting");
+                    self.shared.forget(to, &conn).await;
+                }
+                Ok(Err((_, reason))) => return Err(send_err(reason)),
+                Err(_) => return Err(send_err("timed out writing the frame".into())),
+            }
+        }
+        Err(send_err("connection lost twice".into()))
+    }
+}
+
+impl Drop for QuicLink {
+    fn drop(&mut self) {
+        // Tasks hold `Shared`, not the link: stop them when the link goes away.
+        self.shared.shutdown.cancel();
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+    }
+}
+
+impl std::fmt::Debug for QuicLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicLink")
+            .field("node_id", &self.node_id)
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Link for QuicLink {
+    fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    async fn send(&self, to: SocketAddr, frame: Frame) -> Result<(), TransportError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(TransportError::Closed);
+        }
+        if frame.payload.len() > MAX_FRAME_PAYLOAD {
+            return Err(TransportError::Send {
+                to,
+                reason: format!(
+                    "frame payload of {} bytes exceeds the {MAX_FRAME_PAYLOAD}-byte cap",
+                    frame.payload.len()
+                ),
+            });
+        }
+        let bytes = frame.encode();
+        self.try_send(canonical(to), &bytes).await?;
+        self.shared.stats.record_sent(bytes.len());
+        Ok(())
+    }
+
+    async fn recv(&self) -> Result<Received, TransportError> {
+        let shutdown = &self.shared.shutdown;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(TransportError::Closed),
+            received = async { self.received.lock().await.recv().await } => {
+                received.ok_or(TransportError::Closed)
+            }
+        }
+    }
+
+    fn stats(&self) -> Arc<LinkStats> {
+        self.shared.stats.clone()
+    }
+
+    async fn close(&self) {
+        let shared = &self.shared;
+        shared.shutdown.cancel();
+        shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        let mut tasks = std::mem::take(&mut *lock(&shared.tasks));
+        let drained = tokio::time::timeout(CLOSE_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(local_addr = %shared.local_addr, "QUIC link tasks slow to stop, aborting them");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        lock(&shared.peers).clear();
+        // Let quinn tell peers we are gone, so they drop their connections now.
+        let _ = tokio::time::timeout(CLOSE_GRACE, shared.endpoint.wait_idle()).await;
+    }
+}
+
+impl Shared {
+    /// Spawns a task owned by the link; refused once shutdown began.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = lock(&self.tasks);
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    fn duplicate_window(&self) -> Duration {
+        self.options.connect_timeout * DUPLICATE_WINDOW_FACTOR
+    }
+
+    /// The slot of `to`, created if needed (bounded by `max_connections`).
+    fn slot(&self, to: SocketAddr) -> Result<Arc<PeerSlot>, TransportError> {
+        let mut peers = lock(&self.peers);
+        if let Some(slot) = peers.get(&to) {
+            return Ok(slot.clone());
+        }
+        if peers.len() >= self.options.max_connections {
+            // Drop slots holding nothing useful; busy ones (a dial) are kept.
+            peers.retain(|_, slot| {
+                slot.try_lock()
+                    .map(|s| s.conn.as_ref().is_some_and(Cached::is_open))
+                    .unwrap_or(true)
+            });
+            if peers.len() >= self.options.max_connections {
+                return Err(TransportError::Send {
+                    to,
+                    reason: format!("{} peers already connected (max_connections)", peers.len()),
+                });
+            }
+        }
+        Ok(peers.entry(to).or_default().clone())
+    }
+
+    fn is_current(&self, to: SocketAddr, slot: &Arc<PeerSlot>) -> bool {
+        lock(&self.peers)
+            .get(&to)
+            .is_some_and(|current| Arc::ptr_eq(current, slot))
+    }
+
+    /// Removes the slot of `to` if it holds no open connection and nobody uses it.
+    fn prune(&self, to: SocketAddr) {
+        let mut peers = lock(&self.peers);
+        if let Entry::Occupied(entry) = peers.entry(to) {
+            let idle = entry
+                .get()
+                .try_lock()
+                .is_ok_and(|s| !s.conn.as_ref().is_some_and(Cached::is_open));
+            if idle {
+                entry.remove();
+            }
+        }
+    }
+
+    /// The connection to send to `to` on: the cached one, or a fresh dial.
+    async fn connection_to(self: &Arc<Self>, to: SocketAddr) -> Result<Connection, TransportError> {
+        let started = Instant::now();
+        loop {
+            let slot = self.slot(to)?;
+            let mut guard = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(TransportError::Closed),
+                guard = slot.lock() => guard,
+            };
+            if !self.is_current(to, &slot) {
+                continue; // pruned while we waited; use the live slot
+            }
+            if let Some(cached) = &guard.conn {
+                if cached.is_open() {
+                    return Ok(cached.conn.clone());
+                }
+                guard.conn = None;
+            }
+            if let Some((at, reason)) = &guard.failure
+                && *at >= started
+            {
+                return Err(TransportError::Send {
+                    to,
+                    reason: reason.clone(),
+                });
+            }
+            // Holding this peer's slot (not the map) across the dial: concurrent sends
+            // to the same peer share one dial, sends to other peers are not delayed.
+            match self.dial(to).await {
+                Ok((conn, peer_node)) => {
+                    guard.failure = None;
+                    guard.conn = Some(Cached {
+                        conn: conn.clone(),
+                        dialled: true,
+                        since: Instant::now(),
+                    });
+                    drop(guard);
+                    let reader = self.clone();
+                    let reading = conn.clone();
+                    self.spawn(async move { reader.run_connection(reading, to, peer_node).await });
+                    return Ok(conn);
+                }
+                Err(TransportError::Send { reason, .. }) => {
+                    guard.failure = Some((Instant::now(), reason.clone()));
+                    drop(guard);
+                    self.prune(to);
+                    return Err(TransportError::Send { to, reason });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    async fn dial(&self, to: SocketAddr) -> Result<(Connection, String), TransportError> {
+        let send_err = |reason: String| TransportError::Send { to, reason };
+        let deadline = Instant::now() + self.options.connect_timeout;
+        let dialling = async {
+            let _permit = tokio::time::timeout_at(deadline, self.dial_permits.acquire())
+                .await
+                .map_err(|_| send_err("timed out waiting for a dial slot".into()))?
+                .map_err(|_| TransportError::Closed)?;
+            let connecting = self
+                .endpoint
+                .connect_with(self.client_config.clone(), to, TLS_SERVER_NAME)
+                .map_err(|e| send_err(format!("cannot connect: {e}")))?;
+            let conn = tokio::time::timeout_at(deadline, connecting)
+                .await
+                .map_err(|_| {
+                    send_err(format!(
+                        "no handshake within {:?}",
+                        self.options.connect_timeout
+                    ))
+                })?
+                .map_err(|e| send_err(format!("handshake failed: {e}")))?;
+            match peer_node_id(&conn) {
+                Ok(peer_node) => Ok((conn, peer_node)),
+                Err(reason) => {
+                    conn.close(VarInt::from_u32(CLOSE_NO_NODE_ID), b"no node id");
+                    Err(send_err(reason))
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(TransportError::Closed),
+            dialled = dialling => dialled,
+        }
+    }
+
+    /// Drops `conn` from the slot of `to` if it is still the cached one.
+    async fn forget(&self, to: SocketAddr, conn: &Connection) {
+        let slot = lock(&self.peers).get(&to).cloned();
+        if let Some(slot) = slot {
+            let mut guard = slot.lock().await;
+            if guard
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.conn.stable_id() == conn.stable_id())
+            {
+                guard.conn = None;
+            }
+        }
+        self.prune(to);
+    }
+
+    /// Caches an accepted connection for sending to `from`, resolving duplicates.
+    async fn register_accepted(self: &Arc<Self>, from: SocketAddr, conn: &Connection) {
+        let Ok(slot) = self.slot(from) else {
+            return; // full: the connection still delivers, we just do not send on it
+        };
+        let mut guard = slot.lock().await;
+        let new = Cached {
+            conn: conn.clone(),
+            dialled: false,
+            since: Instant::now(),
+        };
+        let retired = match guard.conn.take() {
+            Some(old) if old.is_open() => {
+                if self.keep_new(from, &old, &new) {
+                    guard.conn = Some(new.clone());
+                    old.conn
+                } else {
+                    guard.conn = Some(old);
+                    new.conn
+                }
+            }
+            _ => {
+                guard.conn = Some(new);
+                return;
+            }
+        };
+        drop(guard);
+        tracing::debug!(peer = %from, "two connections to one peer, closing one");
+        let shutdown = self.shutdown.clone();
+        self.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(DUPLICATE_GRACE) => {
+                    retired.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
+                }
+            }
+        });
+    }
+
+    /// Whether `new` should replace the open connection `old` to `peer`.
+    fn keep_new(&self, peer: SocketAddr, old: &Cached, new: &Cached) -> bool {
+        let simultaneous = new.since.duration_since(old.since) < self.duplicate_window();
+        // Both ends agree on this rule: keep the connection the lower address dialled.
+        let lower_dialled = |c: &Cached| c.dialled == (self.local_addr < peer);
+        if simultaneous && lower_dialled(old) != lower_dialled(new) {
+            lower_dialled(new)
+        } else {
+            // The older one is likely dead (the peer restarted and dialled anew).
+            true
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let incoming = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let remote = canonical(incoming.remote_address());
+            let open = self.endpoint.open_connections();
+            if open >= self.options.max_connections {
+                tracing::warn!(%remote, open, "refusing mesh connection: too many connections");
+                incoming.refuse();
+                continue;
+            }
+            let handler = self.clone();
+            self.spawn(async move { handler.handle_incoming(incoming, remote).await });
+        }
+    }
+
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming, remote: SocketAddr) {
+        let connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
+            Err(e) => {
+                tracing::warn!(%remote, reason = %e, "refused mesh connection");
+                return;
+            }
+        };
+        let handshake = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return,
+            handshake = tokio::time::timeout(self.options.connect_timeout, connecting) => handshake,
+        };
+        let conn = match handshake {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::warn!(%remote, reason = %e, "refused mesh connection");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%remote, reason = "handshake timed out", "refused mesh connection");
+                return;
+            }
+        };
+        let peer_node = match peer_node_id(&conn) {
+            Ok(peer_node) => peer_node,
+            Err(reason) => {
+                tracing::warn!(%remote, %reason, "refused mesh connection");
+                conn.close(VarInt::from_u32(CLOSE_NO_NODE_ID), b"no node id");
+                return;
+            }
+        };
+        tracing::debug!(%remote, %peer_node, "accepted mesh connection");
+        // Registered before reading: once a peer's frame is seen, replies reuse its connection.
+        self.register_accepted(remote, &conn).await;
+        self.run_connection(conn, remote, peer_node).await;
+    }
+
+    /// Reads frames from every stream the peer opens on `conn`, until it closes.
+    async fn run_connection(
+        self: Arc<Self>,
+        conn: Connection,
+        remote: SocketAddr,
+        peer_node: String,
+    ) {
+        let live = LiveConnection::new(&self.live_connections);
+        let mut streams = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                Some(_) = streams.join_next(), if !streams.is_empty() => {}
+                accepted = conn.accept_uni() => match accepted {
+                    Ok(stream) => {
+                        let reader = self.clone();
+                        let peer_node = peer_node.clone();
+                        streams.spawn(async move { reader.read_stream(stream, remote, peer_node).await });
+                    }
+                    Err(e) => {
+                        tracing::debug!(%remote, %peer_node, reason = %e, "mesh connection ended");
+                        break;
+                    }
+                },
+            }
+        }
+        // Streams already accepted finish on their own: each read ends with the data,
+        // the connection's error, the read deadline or shutdown.
+        while streams.join_next().await.is_some() {}
+        drop(live);
+        if !self.shutdown.is_cancelled() {
+            self.forget(remote, &conn).await;
+        }
+    }
+
+    async fn read_stream(
+        self: Arc<Self>,
+        mut stream: RecvStream,
+        from: SocketAddr,
+        peer_node: String,
+    ) {
+        let outcome = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(StreamFailure::Shutdown),
+            read = tokio::time::timeout(self.options.frame_read_timeout, read_frame(&mut stream)) => {
+                read.unwrap_or_else(|_| Err(StreamFailure::Rejected("frame not complete in time".into())))
+            }
+        };
+        match outcome {
+            Ok(frame) => {
+                let bytes = FRAME_HEADER_LEN + frame.payload.len();
+                let received = Received {
+                    from,
+                    peer_node,
+                    frame,
+                };
+                match self.deliver.try_send(received) {
+                    Ok(()) => self.stats.record_received(bytes),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.stats.record_rejected();
+                        tracing::debug!(%from, "receive queue full, frame dropped");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            Err(StreamFailure::Rejected(reason)) => {
+                self.stats.record_rejected();
+                tracing::warn!(%from, %peer_node, %reason, "dropping malformed frame");
+                let _ = stream.stop(VarInt::from_u32(STOP_REJECTED));
+            }
+            Err(StreamFailure::Shutdown) => {}
+        }
+    }
+}
+
+/// Reads one frame: the header first, validated before the payload is allocated.
+async fn read_frame(stream: &mut RecvStream) -> Result<Frame, StreamFailure> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| StreamFailure::Rejected(format!("reading the header: {e}")))?;
+    let (kind, len) =
+        Frame::decode_header(&header).map_err(|e| StreamFailure::Rejected(e.to_string()))?;
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(|e| StreamFailure::Rejected(format!("reading a {len}-byte payload: {e}")))?;
+    Ok(Frame::new(kind, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::FrameKind;
+    use crate::tls::{PemCert, generate_ca, issue_node_cert};
+
+    const LOOPBACK: &str = "127.0.0.1:0";
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct TestCa {
+        ca: PemCert,
+    }
+
+    impl TestCa {
+        fn new() -> Self {
+            let _ = tracing_subscriber::fmt()
+                .with_test_writer()
+                .with_env_filter("georep_mesh=debug")
+                .try_init();
+            Self {
+                ca: generate_ca().unwrap(),
+            }
+        }
+
+        fn identity(&self, node_id: &str) -> NodeIdentity {
+            let node =
+                issue_node_cert(&self.ca.cert_pem, &self.ca.key_pem, node_id, &[], &[]).unwrap();
+            NodeIdentity::from_pem(&self.ca.cert_pem, &node.cert_pem, &node.key_pem).unwrap()
+        }
+
+        fn link(&self, node_id: &str, options: QuicOptions) -> Arc<QuicLink> {
+            QuicLink::bind(LOOPBACK.parse().unwrap(), &self.identity(node_id), options).unwrap()
+        }
+    }
+
+    async fn recv_within(link: &QuicLink, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, link.recv())
+            .await
+            .ok()
+            .map(|r| r.unwrap())
+    }
+
+    async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A raw quinn client authenticated by `identity`, for writing arbitrary bytes.
+    async fn raw_connection(identity: &NodeIdentity, to: SocketAddr) -> (Endpoint, Connection) {
+        let crypto = QuicClientConfig::try_from(identity.client_config().unwrap()).unwrap();
+        let config = quinn::ClientConfig::new(Arc::new(crypto));
+        let endpoint = Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(config, to, TLS_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        (endpoint, conn)
+    }
+
+    async fn write_raw(conn: &Connection, bytes: &[u8], finish: bool) -> quinn::SendStream {
+        let mut stream = conn.open_uni().await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        if finish {
+            stream.finish().unwrap();
+        }
+        stream
+    }
+
+    fn pseudo_random_bytes(len: usize) -> Vec<u8> {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn quic_two_nodes_exchange_frames_both_ways() {
+        let ca = TestCa::new();
+        let a = ca.link("node-a", QuicOptions::default());
+        let b = ca.link("node-b", QuicOptions::default());
+        assert_eq!(a.node_id(), "node-a");
+
+        let ping = Frame::new(FrameKind::Gossip, b"ping".to_vec());
+        a.send(b.local_addr(), ping.clone()).await.unwrap();
+        let got = recv_within(&b, WAIT).await.expect("b received nothing");
+        assert_eq!(got.frame, ping);
+        assert_eq!(got.peer_node, "node-a");
+        assert_eq!(got.from, a.local_addr());
+
+        let pong = Frame::new(FrameKind::PushAck, vec![7; 100_000]);
+        b.send(a.local_addr(), pong.clone()).await.unwrap();
+        let got = recv_within(&a, WAIT).await.expect("a received nothing");
+        assert_eq!(got.frame, pong);
+        assert_eq!(got.peer_node, "node-b");
+        assert_eq!(got.from, b.local_addr());
+
+        for i in 0..20u8 {
+            a.send(b.local_addr(), Frame::new(FrameKind::Push, vec![i]))
+                .await
+                .unwrap();
+            b.send(a.local_addr(), Frame::new(FrameKind::Push, vec![i]))
+                .await
+                .unwrap();
+        }
+        for _ in 0..20 {
+            recv_within(&a, WAIT).await.expect("a missed a frame");
+            recv_within(&b, WAIT).await.expect("b missed a frame");
+        }
+        let max = Frame::new(FrameKind::Push, vec![1; MAX_FRAME_PAYLOAD]);
+        a.send(b.local_addr(), max.clone()).await.unwrap();
+        assert_eq!(recv_within(&b, WAIT).await.unwrap().frame, max);
+        let over = Frame::new(FrameKind::Push, vec![1; MAX_FRAME_PAYLOAD + 1]);
+        assert!(a.send(b.local_addr(), over).await.is_err());
+
+        // b replied on the connection a dialled: one connection per pair.
+        assert_eq!(a.connection_count(), 1);
+        assert_eq!(b.connection_count(), 1);
+        let a_stats = a.stats().snapshot();
+        let b_stats = b.stats().snapshot();
+        assert_eq!(a_stats.frames_sent, 22);
+        assert_eq!(b_stats.frames_received, 22);
+        assert_eq!(a_stats.frames_received, 21);
+        assert_eq!(b_stats.frames_rejected, 0);
+        assert_eq!(
+            b_stats.bytes_received, a_stats.bytes_sent,
+            "every byte a sent arrived"
+        );
+
+        a.close().await;
+        b.close().await;
+        assert!(matches!(a.recv().await, Err(TransportError::Closed)));
+        assert!(matches!(
+            a.send(b.local_addr(), ping).await,
+            Err(TransportError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn quic_close_wakes_pending_recv() {
+        let ca = TestCa::new();
+        let a = ca.link("node-a", QuicOptions::default());
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move { a.recv().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a.close().await;
+        let result = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+        assert!(matches!(result, Err(TransportError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn quic_simultaneous_dials_converge_to_one_connection() {
+        let ca = TestCa::new();
+        let a = ca.link("node-a", QuicOptions::default());
+        let b = ca.link("node-b", QuicOptions::default());
+        let frame = Frame::new(FrameKind::Gossip, b"hello".to_vec());
+        let (sent_a, sent_b) = tokio::join!(
+            a.send(b.local_addr(), frame.clone()),
+            b.send(a.local_addr(), frame.clone())
+        );
+        sent_a.unwrap();
+        sent_b.unwrap();
+        recv_within(&a, WAIT).await.unwrap();
+        recv_within(&b, WAIT).await.unwrap();
+        eventually("one connection per side", || {
+            a.connection_count() == 1 && b.connection_count() == 1
+        })
+        .await;
+        // Both still talk over the survivor.
+        a.send(b.local_addr(), frame.clone()).await.unwrap();
+        b.send(a.local_addr(), frame.clone()).await.unwrap();
+        assert_eq!(recv_within(&b, WAIT).await.unwrap().frame, frame);
+        assert_eq!(recv_within(&a, WAIT).await.unwrap().frame, frame);
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn quic_peer_from_another_ca_is_refused() {
+        let ours = TestCa::new();
+        let theirs = TestCa::new();
+        let honest = ours.link("honest", QuicOptions::default());
+        let intruder = theirs.link("intruder", QuicOptions::default());
+        let frame = Frame::new(FrameKind::Push, b"forged".to_vec());
+
+        // Under TLS 1.3 the intruder's own send may look successful; what matters
+        // is that nothing reaches the honest node.
+        let _ = intruder.send(honest.local_addr(), frame.clone()).await;
+        assert!(recv_within(&honest, Duration::from_secs(1)).await.is_none());
+
+        let sent = honest.send(intruder.local_addr(), frame).await;
+        assert!(
+            sent.is_err(),
+            "honest node accepted the intruder's certificate"
+        );
+        assert!(
+            recv_within(&intruder, Duration::from_secs(1))
+                .await
+                .is_none()
+        );
+        assert_eq!(honest.stats().snapshot().frames_received, 0);
+        assert_eq!(honest.connection_count(), 0);
+        honest.close().await;
+        intruder.close().await;
+    }
+
+    #[tokio::test]
+    async fn quic_garbage_streams_are_rejected() {
+        let ca = TestCa::new();
+        let options = QuicOptions {
+            frame_read_timeout: Duration::from_millis(300),
+            ..QuicOptions::default()
+        };
+        let node = ca.link("node", options);
+        let (raw_endpoint, conn) = raw_connection(&ca.identity("raw"), node.local_addr()).await;
+
+        let mut noise = pseudo_random_bytes(1000);
+        noise[0] = 0xAB; // not FRAME_VERSION, whatever the seed
+        write_raw(&conn, &noise, true).await;
+        let whole = Frame::new(FrameKind::Push, vec![5; 100]).encode();
+        write_raw(&conn, &whole[..50], true).await;
+        let mut huge = Frame::new(FrameKind::Gossip, vec![0; 16]).encode();
+        huge[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+        let _huge_stream = write_raw(&conn, &huge, false).await;
+        // Header promises more than ever comes, and the stream stays open.
+        let _stalled = write_raw(&conn, &whole[..20], false).await;
+        write_raw(&conn, &[], true).await;
+
+        let valid = Frame::new(FrameKind::Gossip, b"after the garbage".to_vec());
+        write_raw(&conn, &valid.encode(), true).await;
+        let got = recv_within(&node, WAIT).await.expect("valid frame lost");
+        assert_eq!(got.frame, valid);
+        assert_eq!(got.peer_node, "raw");
+        assert_eq!(got.from, raw_endpoint.local_addr().unwrap());
+
+        let stats = node.stats();
+        eventually("five rejections", || stats.snapshot().frames_rejected == 5).await;
+        assert!(
+            recv_within(&node, Duration::from_millis(300))
+                .await
+                .is_none()
+        );
+        assert_eq!(stats.snapshot().frames_received, 1);
+
+        // The connection survived all that.
+        write_raw(&conn, &valid.encode(), true).await;
+        assert_eq!(recv_within(&node, WAIT).await.unwrap().frame, valid);
+        conn.close(VarInt::from_u32(0), b"done");
+        node.close().await;
+    }
+
+    #[tokio::test]
+    async fn quic_full_receive_queue_drops_and_counts() {
+        let ca = TestCa::new();
+        let a = ca.link("node-a", QuicOptions::default());
+        let b = ca.link(
+            "node-b",
+            QuicOptions {
+                recv_queue: 2,
+                ..QuicOptions::default()
+            },
+        );
+        for i in 0..5u8 {
+            a.send(b.local_addr(), Frame::new(FrameKind::Push, vec![i]))
+                .await
+                .unwrap();
+        }
+        let stats = b.stats();
+        eventually("all frames handled", || {
+            let s = stats.snapshot();
+            s.frames_received + s.frames_rejected == 5
+        })
+        .await;
+        let s = stats.snapshot();
+        assert_eq!((s.frames_received, s.frames_rejected), (2, 3));
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn quic_dead_address_does_not_hang_or_stall_others() {
+        let ca = TestCa::new();
+        let options = QuicOptions {
+            connect_timeout: Duration::from_secs(1),
+            ..QuicOptions::default()
+        };
+        let a = ca.link("node-a", options.clone());
+        let b = ca.link("node-b", options);
+        // A bound UDP socket that never answers: the worst case (no ICMP error).
+        let silent = std::net::UdpSocket::bind(LOOPBACK).unwrap();
+        let dead = silent.local_addr().unwrap();
+        let frame = Frame::new(FrameKind::Gossip, b"anyone?".to_vec());
+
+        let started = Instant::now();
+        let to_dead = {
+            let a = a.clone();
+            let frame = frame.clone();
+            tokio::spawn(async move { a.send(dead, frame).await })
+        };
+        // A send to a live peer is not held up by the dead one.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        a.send(b.local_addr(), frame.clone()).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(800));
+        assert_eq!(recv_within(&b, WAIT).await.unwrap().frame, frame);
+
+        let result = tokio::time::timeout(Duration::from_secs(3), to_dead)
+            .await
+            .expect("send to a dead address hung")
+            .unwrap();
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_millis(2500));
+
+        // Nobody at all on a closed port either.
+        drop(silent);
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(3), a.send(dead, frame)).await;
+        assert!(result.expect("send to a closed port hung").is_err());
+        assert!(started.elapsed() < Duration::from_millis(2500));
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn quic_reconnects_after_peer_restart() {
+        let ca = TestCa::new();
+        let a = ca.link("node-a", QuicOptions::default());
+        let b_identity = ca.identity("node-b");
+        let b = QuicLink::bind(
+            LOOPBACK.parse().unwrap(),
+            &b_identity,
+            QuicOptions::default(),
+        )
+        .unwrap();
+        let b_addr = b.local_addr();
+        let frame = Frame::new(FrameKind::Gossip, b"again".to_vec());
+        a.send(b_addr, frame.clone()).await.unwrap();
+        recv_within(&b, WAIT).await.unwrap();
+        b.close().await;
+        drop(b);
+        eventually("a notices b left", || a.connection_count() == 0).await;
+
+        // quinn's endpoint driver releases the socket shortly after the last handle.
+        let deadline = Instant::now() + WAIT;
+        let b = loop {
+            match QuicLink::bind(b_addr, &b_identity, QuicOptions::default()) {
+                Ok(b) => break b,
+                Err(e) => assert!(Instant::now() < deadline, "cannot rebind: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        a.send(b_addr, frame.clone()).await.unwrap();
+        assert_eq!(recv_within(&b, WAIT).await.unwrap().frame, frame);
+        a.close().await;
+        b.close().await;
+    }
+}

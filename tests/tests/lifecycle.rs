@@ -1,0 +1,174 @@
+//! Real-process tests of the agent and the CLI: real `georepd` binaries on loopback
+//! with separate data dirs, real QUIC, real monitor processes and signals.
+
+use std::time::Duration;
+
+use georep_tests::{Cluster, NodeSpec, process_state, processes_matching};
+
+/// A monitor the tests can find: its command line carries the session dir (under the
+/// cluster's temp dir); it exits 0 on SIGTERM.
+const TEST_MONITOR: &str =
+    "/bin/sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.2; done' georep-test-monitor {session_dir} {node}";
+
+const SECONDARY: &str = "n4::gv1";
+
+fn five_nodes(monitor: Option<&str>) -> Cluster {
+    let brick = |n: &str, set: u32| format!("gv0:/bricks/{n}/gv0:{set}");
+    let b1 = brick("n1", 0);
+    let b2 = brick("n2", 0);
+    let b3 = brick("n3", 1);
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &[&b1]),
+            NodeSpec::new("n2", &[&b2]),
+            NodeSpec::new("n3", &[&b3]),
+            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
+            NodeSpec::new("n5", &["gv1:/bricks/n5/gv1"]),
+        ],
+        monitor,
+    );
+    for i in 0..5 {
+        cluster.wait_live(i, 5, Duration::from_secs(30));
+    }
+    cluster
+}
+
+fn monitors_of(cluster: &Cluster, node: usize) -> Vec<u32> {
+    let needle = format!(
+        "georep-test-monitor {}",
+        cluster.nodes[node].data_dir.join("geo-replication").display()
+    );
+    processes_matching(&needle)
+}
+
+fn session_dir(cluster: &Cluster, node: usize) -> std::path::PathBuf {
+    cluster.nodes[node]
+        .data_dir
+        .join("geo-replication")
+        .join("gv0_n4_gv1")
+}
+
+fn wait_monitor_counts(cluster: &Cluster, expected: [usize; 5], what: &str) {
+    cluster.wait_until(Duration::from_secs(20), what, || {
+        (0..5).all(|i| monitors_of(cluster, i).len() == expected[i])
+    });
+}
+
+#[test]
+fn full_lifecycle_from_every_node() {
+    let cluster = five_nodes(Some(TEST_MONITOR));
+    // create on a primary; every node learns it (exists exit codes)
+    let out = cluster.ok(0, &["create", "gv0", SECONDARY, "--push-pem"]);
+    assert!(out.contains("successful"), "{out}");
+    for i in 0..5 {
+        cluster.wait_until(Duration::from_secs(10), "exists everywhere", || {
+            cluster.georep(i, &["exists", "gv0", SECONDARY]).status.code() == Some(0)
+        });
+        assert_eq!(cluster.georep(i, &["running", "gv0"]).status.code(), Some(1));
+        assert!(session_dir(&cluster, i).join("gsyncd.conf").exists());
+    }
+    assert_eq!(cluster.georep(2, &["exists", "gv9"]).status.code(), Some(1));
+    assert_eq!(cluster.georep(2, &["exists", "gv1"]).status.code(), Some(0));
+
+    // start from a secondary: monitors on primaries only, exactly one each
+    let started = cluster.json(3, &["start", "gv0", SECONDARY]);
+    assert_eq!(started["ok"], true, "{started}");
+    assert_eq!(started["confirmed_nodes"].as_array().unwrap().len(), 5, "{started}");
+    for i in 0..3 {
+        assert_eq!(monitors_of(&cluster, i).len(), 1, "node {i} right after start --wait");
+    }
+    for i in 3..5 {
+        assert!(monitors_of(&cluster, i).is_empty(), "secondary {i} runs no monitor");
+    }
+    assert_eq!(cluster.georep(4, &["running", "gv0", SECONDARY]).status.code(), Some(0));
+    let status = cluster.json(4, &["status", "gv0", SECONDARY]);
+    let session = &status["sessions"][0];
+    assert_eq!(session["desired_state"], "Started");
+    assert_eq!(session["workers"].as_array().unwrap().len(), 3, "{status}");
+    for worker in session["workers"].as_array().unwrap() {
+        assert!(worker["monitor_pid"].as_u64().is_some(), "{worker}");
+    }
+
+    // config set on one node, read back on every other
+    cluster.ok(1, &["config", "gv0", SECONDARY, "sync_jobs", "8"]);
+    for i in 0..5 {
+        cluster.wait_until(Duration::from_secs(10), "config converged", || {
+            let out = cluster.georep(i, &["config", "gv0", SECONDARY, "sync-jobs"]);
+            String::from_utf8_lossy(&out.stdout).trim() == "8"
+        });
+        let conf = std::fs::read_to_string(session_dir(&cluster, i).join("gsyncd.conf")).unwrap();
+        assert!(conf.contains("sync-jobs = 8"), "node {i}: {conf}");
+    }
+    // sync-jobs requires a restart: monitors are replaced, still exactly one per node
+    wait_monitor_counts(&cluster, [1, 1, 1, 0, 0], "one monitor per primary after restart");
+
+    // pause from n5: monitors SIGSTOPped (state T); resume from n2: running again
+    cluster.ok(4, &["pause", "gv0", SECONDARY]);
+    for i in 0..3 {
+        let pids = monitors_of(&cluster, i);
+        assert_eq!(pids.len(), 1);
+        assert_eq!(process_state(pids[0]), Some('T'), "node {i} monitor stopped");
+    }
+    assert_eq!(cluster.georep(0, &["running", "gv0"]).status.code(), Some(0));
+    cluster.ok(1, &["resume", "gv0", SECONDARY]);
+    for i in 0..3 {
+        let pids = monitors_of(&cluster, i);
+        assert_eq!(pids.len(), 1);
+        assert_ne!(process_state(pids[0]), Some('T'), "node {i} monitor continued");
+    }
+
+    // stop from n3: monitors gone everywhere
+    cluster.ok(2, &["stop", "gv0", SECONDARY]);
+    for i in 0..5 {
+        assert!(monitors_of(&cluster, i).is_empty(), "node {i} after stop");
+    }
+    assert_eq!(cluster.georep(0, &["running", "gv0"]).status.code(), Some(1));
+
+    // delete from n4: session dirs removed everywhere; exists fails
+    cluster.ok(3, &["delete", "gv0", SECONDARY]);
+    for i in 0..5 {
+        cluster.wait_until(Duration::from_secs(10), "session dir removed", || {
+            !session_dir(&cluster, i).exists()
+        });
+        assert_eq!(cluster.georep(i, &["exists", "gv0"]).status.code(), Some(1));
+    }
+}
+
+#[test]
+fn validation_refusals_name_the_session() {
+    let cluster = five_nodes(Some(TEST_MONITOR));
+    let refused = |node: usize, args: &[&str], needle: &str| {
+        let out = cluster.georep(node, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    };
+    refused(0, &["start", "gv0", SECONDARY], "gv0 -> n4::gv1 has not been created");
+    refused(0, &["create", "gv9", SECONDARY], "gv9");
+    refused(0, &["create", "gv0", "n4::gv7"], "gv7");
+    cluster.ok(0, &["create", "gv0", SECONDARY]);
+    refused(1, &["create", "gv0", SECONDARY], "already exists");
+    refused(1, &["stop", "gv0", SECONDARY], "gv0 -> n4::gv1");
+    refused(1, &["pause", "gv0", SECONDARY], "gv0 -> n4::gv1");
+    refused(1, &["resume", "gv0", SECONDARY], "gv0 -> n4::gv1");
+    refused(2, &["config", "gv0", SECONDARY, "no-such-key", "1"], "change-interval");
+    refused(2, &["config", "gv0", SECONDARY, "sync-jobs", "1000"], "from 1 to 100");
+    cluster.ok(3, &["start", "gv0", SECONDARY]);
+    refused(3, &["start", "gv0", SECONDARY], "already Started");
+    refused(4, &["delete", "gv0", SECONDARY], "Please stop the session");
+    // --force overrides the state checks, never the duplicate check
+    cluster.ok(4, &["delete", "gv0", SECONDARY, "--force"]);
+    let usage = cluster.georep(0, &["start", "gv0", "n4:gv1"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn no_agent_at_the_socket_exits_3() {
+    let bins = georep_tests::bin_dir();
+    let out = std::process::Command::new(bins.join("georep"))
+        .args(["--socket", "/nonexistent/georepd.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/georepd.sock"));
+}
