@@ -971,9 +971,18 @@ impl Supervisor {
         };
         match self.backend.identity(record.pid) {
             None => Err(Skip::Stale(format!("pid {} is not running", record.pid))),
+            // Our own spawn may have read the child's command line a moment before its
+            // exec completed; the argv we asked for is what an exec'd monitor shows.
+            Some(found)
+                if found.start_ticks == record.start_ticks && found.cmdline == record.argv =>
+            {
+                let mut record = record;
+                record.cmdline = found.cmdline;
+                Ok((id, record))
+            }
             Some(found) if found != recorded => Err(Skip::Stale(format!(
-                "pid {} is now another process ({:?}, started at tick {})",
-                record.pid, found.cmdline, found.start_ticks
+                "pid {} is now another process ({:?}, started at tick {}; recorded {:?}, tick {})",
+                record.pid, found.cmdline, found.start_ticks, recorded.cmdline, recorded.start_ticks
             ))),
             Some(_) => Ok((id, record)),
         }

@@ -16,8 +16,8 @@ pub const SOCKET_ENV: &str = "GEOREP_SOCKET";
 pub const DEFAULT_SOCKET: &str = "/run/georep/georepd.sock";
 /// Default `--timeout`, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
-/// Largest accepted `--timeout`: a day is already longer than any sensible wait.
-const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Largest accepted `--timeout`: the agent caps any wait at 10 minutes.
+const MAX_TIMEOUT_SECS: u64 = 600;
 
 /// `georep`: manage geo-replication sessions through the local georepd.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]

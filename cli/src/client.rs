@@ -132,10 +132,16 @@ pub fn with_query(path: &str, params: &[(&str, Option<&str>)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use georep_agent::http::{Request, Response, bind_socket, serve};
     use serde_json::json;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::output::Exit;
+    use crate::args::Cli;
+    use crate::output::{Exit, Report};
 
     #[test]
     fn query_is_encoded() {
@@ -168,6 +174,132 @@ mod tests {
         let err = refusal(500, Value::Null);
         assert!(err.message().contains("500"));
         assert_eq!(err.exit(), Exit::Failed);
+    }
+
+    /// A stand-in agent: `primary` of an op picks the answer.
+    async fn fake_agent(req: Request) -> Response {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("POST", "/v1/op") => {
+                let op: OpRequest = match req.json() {
+                    Ok(op) => op,
+                    Err(resp) => return resp,
+                };
+                assert_eq!(op.timeout_ms, 7_000);
+                if op.primary == "dup" {
+                    return Response::json(
+                        409,
+                        &json!({"ok": false, "session": "dup -> n4::gv1", "message": "Session dup -> n4::gv1 already exists."}),
+                    );
+                }
+                let converged = op.primary != "lag" && op.wait;
+                Response::json(
+                    200,
+                    &OpResponse {
+                        ok: true,
+                        session: format!("{} -> {}", op.primary, op.secondary),
+                        message: "done".into(),
+                        confirmed_nodes: vec!["n1".into()],
+                        dead_nodes: vec![],
+                        lagging_nodes: if converged || !op.wait {
+                            vec![]
+                        } else {
+                            vec!["n2".into()]
+                        },
+                        pending_monitors: vec![],
+                        converged,
+                        waited: op.wait,
+                    },
+                )
+            }
+            ("GET", "/v1/exists") => {
+                let exists = req.query.get("volume").map(String::as_str) == Some("gv0");
+                Response::json(
+                    200,
+                    &json!({"ok": true, "exists": exists, "running": false, "sessions": []}),
+                )
+            }
+            ("GET", "/v1/status") => Response::json(200, &json!({"sessions": [], "extra": 1})),
+            _ => Response::error(404, format!("no such endpoint: {}", req.path)),
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trips_through_a_real_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("georepd.sock");
+        let listener = bind_socket(&socket).unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(fake_agent), shutdown.clone()));
+        let run = |args: &[&str]| {
+            let argv: Vec<String> = [
+                "georep",
+                "--timeout",
+                "7",
+                "--socket",
+                socket.to_str().unwrap(),
+            ]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect();
+            async move { crate::execute(&Cli::try_parse_from(argv).unwrap()).await }
+        };
+
+        let report = run(&["start", "gv0", "n4::gv1"]).await;
+        assert_eq!(report.exit, Exit::Done, "{report:?}");
+        assert!(report.stdout.starts_with(
+            "Starting geo-replication session between gv0 & n4::gv1 has been successful\n"
+        ));
+        let report = run(&["start", "lag", "n4::gv1"]).await;
+        assert_eq!(report.exit, Exit::NotConverged, "{report:?}");
+        assert!(
+            report.stderr.contains("lagging nodes: n2"),
+            "{}",
+            report.stderr
+        );
+        let report = run(&["pause", "lag", "n4::gv1", "--no-wait"]).await;
+        assert_eq!(report.exit, Exit::Done, "{report:?}");
+        let report = run(&["create", "dup", "n4::gv1", "--json"]).await;
+        assert_eq!(report.exit, Exit::Failed);
+        assert_eq!(report.stderr, "Session dup -> n4::gv1 already exists.\n");
+        let v: Value = serde_json::from_str(report.stdout.trim()).unwrap();
+        assert_eq!(
+            (v["ok"].as_bool(), v["session"].as_str()),
+            (Some(false), Some("dup -> n4::gv1"))
+        );
+
+        assert_eq!(run(&["exists", "gv0"]).await, Report::new(Exit::Done));
+        assert_eq!(run(&["exists", "gv9"]).await, Report::new(Exit::Failed));
+        assert_eq!(run(&["running", "gv0", "n4::gv1"]).await.exit, Exit::Failed);
+        let report = run(&["exists", "gv0", "--json"]).await;
+        assert_eq!(
+            report.stdout,
+            "{\"ok\":true,\"exists\":true,\"running\":false,\"sessions\":[]}\n"
+        );
+
+        // Status JSON is passed through as the agent sent it, new fields included.
+        let report = run(&["status", "--json"]).await;
+        let v: Value = serde_json::from_str(report.stdout.trim()).unwrap();
+        assert_eq!(v, json!({"sessions": [], "extra": 1}));
+        assert_eq!(
+            run(&["status"]).await.stdout,
+            "No active geo-replication sessions\n"
+        );
+        // A session asked for by name that the agent does not list: exit 1.
+        let report = run(&["status", "gv0", "n4::gv1"]).await;
+        assert_eq!(report.exit, Exit::Failed);
+        assert!(
+            report.stderr.contains("has not been created"),
+            "{}",
+            report.stderr
+        );
+        // An agent error with no session: exit 1, its message on stderr.
+        let report = run(&["nodes"]).await;
+        assert_eq!(report.exit, Exit::Failed);
+        assert_eq!(report.stderr, "no such endpoint: /v1/nodes\n");
+
+        shutdown.cancel();
+        server.await.unwrap();
     }
 
     #[tokio::test]

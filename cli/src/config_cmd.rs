@@ -2,6 +2,7 @@
 //! one (`POST /v1/op`).
 
 use georep_agent::api_types::{ConfigResponse, ConfigRow};
+use georep_mesh::session_config;
 use georep_mesh::state::{SessionId, SessionOp};
 use serde_json::json;
 
@@ -67,7 +68,8 @@ pub async fn config(g: &Globals, a: &ConfigArgs) -> Report {
         },
         ConfigAction::Set(key, value) => {
             let doing = format!(
-                "Setting config {key} = {value} of geo-replication session between {}",
+                "Setting config {} = {value} of geo-replication session between {}",
+                canonical(&key),
                 between(&id)
             );
             let op = SessionOp::SetConfig { key, value };
@@ -75,7 +77,8 @@ pub async fn config(g: &Globals, a: &ConfigArgs) -> Report {
         }
         ConfigAction::Reset(key) => {
             let doing = format!(
-                "Resetting config {key} of geo-replication session between {}",
+                "Resetting config {} of geo-replication session between {}",
+                canonical(&key),
                 between(&id)
             );
             let op = SessionOp::ResetConfig { key };
@@ -83,6 +86,11 @@ pub async fn config(g: &Globals, a: &ConfigArgs) -> Report {
         }
     };
     result.unwrap_or_else(|e| e.report(g.json, Some(&session)))
+}
+
+/// The key's canonical spelling when it is known (the agent judges unknown ones).
+fn canonical(key: &str) -> &str {
+    session_config::lookup(key).map_or(key, |k| k.name)
 }
 
 async fn read(

@@ -25,7 +25,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
-use crate::args::{Cli, DemoArgs, Globals};
+use crate::args::{Cli, DemoArgs};
 use crate::output::Exit;
 
 /// Volume the primaries host.
@@ -48,6 +48,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Log lines shown per agent when something goes wrong.
 const LOG_TAIL_LINES: usize = 15;
+/// File name of each agent's API socket in its data directory.
+const SOCKET_FILE: &str = "georepd.sock";
 /// Longest Unix socket path (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -113,7 +115,7 @@ pub fn plan_cluster(root: &Path, ports: &[u16]) -> Vec<NodePlan> {
             let brick = format!("{volume}:{}:{}", brick_dir.display(), index / REPLICA_COUNT);
             NodePlan {
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, *port)),
-                socket: dir.join("georepd.sock"),
+                socket: dir.join(SOCKET_FILE),
                 log: dir.join("georepd.log"),
                 id,
                 role,
@@ -163,7 +165,7 @@ pub fn steps(plans: &[NodePlan]) -> Vec<Step> {
 }
 
 /// `georep demo`. Prints as it goes; exit 0 only if every step succeeded.
-pub async fn run(_g: &Globals, a: &DemoArgs) -> Exit {
+pub async fn run(a: &DemoArgs) -> Exit {
     match demo(a).await {
         Ok(true) => Exit::Done,
         Ok(false) => Exit::Failed,
@@ -178,18 +180,9 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<bool> {
     let georepd = georepd_path()?;
     let n = usize::from(a.nodes);
     // Declared before the agents so that it is removed after they are gone.
-    let (root, temp) = prepare_root(a.dir.as_deref())?;
+    let (root, temp) = prepare_root(a.dir.as_deref(), n)?;
     let ports = free_udp_ports(n)?;
     let plans = plan_cluster(&root, &ports);
-    for plan in &plans {
-        let len = plan.socket.as_os_str().len();
-        if len > MAX_SOCKET_PATH_BYTES {
-            bail!(
-                "socket path {} is {len} bytes, longer than a Unix socket allows ({MAX_SOCKET_PATH_BYTES}); use a shorter --dir",
-                plan.socket.display()
-            );
-        }
-    }
     let tls = root.join("tls");
     write_tls(&tls, &plans)?;
 
@@ -251,7 +244,8 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<bool> {
     if succeeded {
         println!("demo: every step succeeded");
     }
-    outcome.map(|_| succeeded)
+    // A failure was reported above, before the log tails.
+    Ok(succeeded)
 }
 
 /// Starts the agents, waits for them, runs the steps. `Ok(false)` if a step failed.
@@ -304,11 +298,15 @@ fn georepd_path() -> anyhow::Result<PathBuf> {
 
 /// The demo's root directory: `dir` (made absolute, must be new or empty,
 /// kept afterwards) or a temporary directory (removed afterwards).
-fn prepare_root(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+fn prepare_root(
+    dir: Option<&Path>,
+    nodes: usize,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     match dir {
         Some(dir) => {
             let dir = std::path::absolute(dir)
                 .with_context(|| format!("cannot resolve {}", dir.display()))?;
+            check_socket_room(&dir, nodes)?;
             if dir.exists() {
                 let mut entries =
                     fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
@@ -327,9 +325,24 @@ fn prepare_root(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile:
                 .prefix("georep-demo-")
                 .tempdir()
                 .context("cannot create a temporary directory")?;
+            check_socket_room(temp.path(), nodes)?;
             Ok((temp.path().to_path_buf(), Some(temp)))
         }
     }
+}
+
+/// Refuses a root under which the longest agent socket path would not fit
+/// in a Unix socket address.
+fn check_socket_room(root: &Path, nodes: usize) -> anyhow::Result<()> {
+    let longest = root.join(format!("n{nodes}")).join(SOCKET_FILE);
+    let len = longest.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        bail!(
+            "socket path {} would be {len} bytes, longer than a Unix socket allows ({MAX_SOCKET_PATH_BYTES}); use a shorter --dir",
+            longest.display()
+        );
+    }
+    Ok(())
 }
 
 /// `n` distinct free UDP ports on 127.0.0.1 (QUIC listens on UDP). All are
@@ -506,7 +519,9 @@ impl Agents {
             .try_clone()
             .with_context(|| format!("cannot reopen {}", plan.log.display()))?;
         let mut command = std::process::Command::new(georepd);
+        // Plain log files: no terminal colour codes.
         command
+            .env("NO_COLOR", "1")
             .arg("--node-id")
             .arg(&plan.id)
             .arg("--data-dir")

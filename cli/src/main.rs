@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     };
     let exit = runtime.block_on(async {
         match &cli.command {
-            Command::Demo(a) => demo::run(&cli.globals.resolve(), a).await,
+            Command::Demo(a) => demo::run(a).await,
             _ => {
                 let report = execute(&cli).await;
                 report.print();

@@ -22,6 +22,10 @@ use crate::network::{Frame, FrameKind, Link, Received};
 /// Chitchat messages queued between the demultiplexer and chitchat's server loop.
 pub const GOSSIP_QUEUE: usize = 1024;
 
+/// Gossip sends in flight at once; beyond that a message is dropped (gossip is lossy by
+/// design and the next round repairs it).
+pub const MAX_SENDS_IN_FLIGHT: usize = 256;
+
 const SYN: u8 = 0;
 const SYN_ACK: u8 = 1;
 const ACK: u8 = 2;
@@ -150,7 +154,11 @@ impl GossipTransport {
     /// forwards through the returned sender.
     pub fn new(link: Arc<dyn Link>) -> (Self, mpsc::Sender<(SocketAddr, ChitchatMessage)>) {
         let (tx, rx) = mpsc::channel(GOSSIP_QUEUE);
-        let socket = GossipSocket { link, rx };
+        let socket = GossipSocket {
+            link,
+            rx,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT)),
+        };
         (
             Self {
                 socket: Mutex::new(Some(socket)),
@@ -177,16 +185,28 @@ impl Transport for GossipTransport {
 pub struct GossipSocket {
     link: Arc<dyn Link>,
     rx: mpsc::Receiver<(SocketAddr, ChitchatMessage)>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[async_trait]
 impl Socket for GossipSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
         let frame = Frame::new(FrameKind::Gossip, msg.serialize_to_vec());
-        // A failed send is a lost datagram to chitchat, not a broken socket.
-        if let Err(error) = self.link.send(to, frame).await {
-            tracing::debug!(%to, %error, "gossip send failed");
-        }
+        // Chitchat awaits each send in its one server loop: a peer that is slow to
+        // connect (dead, restarting) must not stall gossip with everyone else, so sends
+        // run in the background, bounded. A failed or shed send is a lost datagram to
+        // chitchat, not a broken socket.
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.link.stats().record_rejected();
+            return Ok(());
+        };
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            if let Err(error) = link.send(to, frame).await {
+                tracing::debug!(%to, %error, "gossip send failed");
+            }
+            drop(permit);
+        });
         Ok(())
     }
 

@@ -365,11 +365,15 @@ impl MeshNode {
         shared.bump();
         match codec::to_bytes(&push) {
             Ok(payload) => {
+                // In parallel: one slow or dead peer must not delay the others.
                 for peer in peers {
                     let frame = Frame::new(FrameKind::Push, payload.clone());
-                    if let Err(error) = shared.link.send(peer, frame).await {
-                        tracing::debug!(%peer, %error, "eager push failed; gossip will repair");
-                    }
+                    let link = shared.link.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = link.send(peer, frame).await {
+                            tracing::debug!(%peer, %error, "eager push failed; gossip will repair");
+                        }
+                    });
                 }
             }
             Err(error) => tracing::warn!(%error, "eager push not sent; gossip will carry it"),

@@ -93,8 +93,8 @@ pub struct QuicOptions {
 impl Default for QuicOptions {
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(3),
             send_timeout: Duration::from_secs(5),
             frame_read_timeout: Duration::from_secs(10),

@@ -88,7 +88,7 @@ pub struct Cluster {
 pub const TEST_GOSSIP_MS: u64 = 100;
 
 impl Cluster {
-    /// Starts one agent per spec; node 0 is everyone's seed. `monitor_command` replaces
+    /// Starts one agent per spec; nodes 0 and 1 are everyone's seeds. `monitor_command` replaces
     /// the built-in monitor when given.
     pub fn start(specs: &[NodeSpec], monitor_command: Option<&str>) -> Cluster {
         let bins = bin_dir();
@@ -115,6 +115,8 @@ impl Cluster {
                 addr.to_string(),
                 "--seed".into(),
                 addrs[0].to_string(),
+                "--seed".into(),
+                addrs[addrs.len().min(2) - 1].to_string(),
                 "--api-socket".into(),
                 socket.display().to_string(),
                 "--tls-ca".into(),

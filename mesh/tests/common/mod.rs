@@ -40,7 +40,12 @@ pub fn config(i: usize, seed: SocketAddr, interval: Duration) -> MeshConfig {
 }
 
 /// Starts one node on `link`.
-pub async fn start(i: usize, link: Arc<dyn Link>, seed: SocketAddr, interval: Duration) -> MeshNode {
+pub async fn start(
+    i: usize,
+    link: Arc<dyn Link>,
+    seed: SocketAddr,
+    interval: Duration,
+) -> MeshNode {
     let info = codec::encode(&node_info(i)).unwrap();
     MeshNode::start(
         config(i, seed, interval),
@@ -105,7 +110,10 @@ pub async fn wait_converged(
                 .zip(nodes)
                 .map(|(r, n)| format!("{}: {:?}", n.node_id(), r.view(&session())))
                 .collect();
-            panic!("replicas did not converge within {within:?}:\n{}", summary.join("\n"));
+            panic!(
+                "replicas did not converge within {within:?}:\n{}",
+                summary.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
