@@ -75,10 +75,27 @@ pub struct WorkerFile {
 /// What a node publishes per session under `m/<session key>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSessionStatus {
-    /// The local monitor's report.
+    /// The local monitor's report. Its relative times (`since_ms`,
+    /// `backoff_remaining_ms`) are as of `published_at_ms`.
     pub report: MonitorReport,
     /// Worker statuses read from the session directory.
     pub workers: Vec<WorkerFile>,
+    /// Wall-clock time (Unix ms, the publisher's clock) the report was taken.
+    #[serde(default)]
+    pub published_at_ms: u64,
+}
+
+impl NodeSessionStatus {
+    /// The part that matters for republishing: relative times tick on every pass and
+    /// would otherwise make every node rewrite its key (and everyone re-gossip it)
+    /// many times a second.
+    fn without_clock(&self) -> NodeSessionStatus {
+        let mut stable = self.clone();
+        stable.report.since_ms = 0;
+        stable.report.backoff_remaining_ms = stable.report.backoff_remaining_ms.map(|_| 0);
+        stable.published_at_ms = 0;
+        stable
+    }
 }
 
 /// What the agent persists in `<data-dir>/state.bin`.
@@ -141,6 +158,9 @@ pub struct Agent {
     store: StateFile<PersistedState>,
     sessions_root: PathBuf,
     last_persisted: Mutex<Option<MeshSnapshot>>,
+    /// What this node last published under `m/`, without its clock fields.
+    published: Mutex<BTreeMap<SessionId, NodeSessionStatus>>,
+    wall: Arc<dyn WallClock>,
     wake: Notify,
 }
 
@@ -237,6 +257,8 @@ impl Agent {
             store,
             sessions_root,
             last_persisted: Mutex::new(snapshot),
+            published: Mutex::new(BTreeMap::new()),
+            wall,
             wake: Notify::new(),
         });
         agent.persist();
@@ -362,13 +384,27 @@ impl Agent {
             let status = NodeSessionStatus {
                 report: report.clone(),
                 workers,
+                published_at_ms: self.wall.now_millis(),
             };
             let key = monitor_key(id);
+            wanted.insert(key.clone());
+            let stable = status.without_clock();
+            let unchanged = self
+                .published
+                .lock()
+                .is_ok_and(|published| published.get(id) == Some(&stable));
+            if unchanged {
+                continue;
+            }
             match codec::encode(&status) {
-                Ok(value) => self.mesh.set_owned(&key, value).await,
+                Ok(value) => {
+                    self.mesh.set_owned(&key, value).await;
+                    if let Ok(mut published) = self.published.lock() {
+                        published.insert(id.clone(), stable);
+                    }
+                }
                 Err(error) => tracing::warn!(session = %id, %error, "cannot publish monitor status"),
             }
-            wanted.insert(key);
         }
         let mine = self
             .mesh
@@ -378,6 +414,9 @@ impl Agent {
             .unwrap_or_default();
         for key in mine.keys().filter(|k| !wanted.contains(*k)) {
             self.mesh.delete_owned(key).await;
+        }
+        if let Ok(mut published) = self.published.lock() {
+            published.retain(|id, _| wanted.contains(&monitor_key(id)));
         }
     }
 
@@ -434,6 +473,7 @@ impl Agent {
             pending_monitors: pending,
             converged,
             waited: request.wait,
+            stamp: Some(receipt.stamp.to_string()),
         })
     }
 

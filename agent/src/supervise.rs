@@ -1961,6 +1961,7 @@ mod tests {
             },
             PidRecord {
                 cmdline: vec!["bash".into()],
+                argv: vec!["bash".into()],
                 ..matching.clone()
             },
             PidRecord {
