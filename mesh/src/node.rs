@@ -160,6 +160,7 @@ struct Local {
     heard: HashMap<ChitchatId, (u64, Instant)>,
     uncarried_since: HashMap<(SessionId, RegisterName, Hlc), Instant>,
     published_seen: Seen,
+    seen_published_at: Option<Instant>,
     undecodable: u64,
     /// Per session: the newest register's stamp, and which namespace write carries it.
     latest_writes: BTreeMap<SessionId, (Hlc, String, WritePosition)>,
@@ -268,6 +269,7 @@ impl MeshNode {
                 heard: HashMap::new(),
                 uncarried_since: HashMap::new(),
                 published_seen: Seen::new(),
+                seen_published_at: None,
                 undecodable: 0,
                 latest_writes: BTreeMap::new(),
             }),
@@ -414,8 +416,17 @@ impl MeshNode {
     /// How far the newest write of a session has spread (which nodes merged it).
     pub async fn session_progress(&self, id: &SessionId) -> Option<WriteProgress> {
         let membership = self.membership().await;
-        let (_, origin, position) = self.shared.local().latest_writes.get(id).cloned()?;
-        Some(progress_in(&membership, &origin, position, &BTreeSet::new()))
+        let local = self.shared.local();
+        let (_, origin, position) = local.latest_writes.get(id).cloned()?;
+        // Our own writes are also confirmed by push acknowledgements, which arrive
+        // before the peers' next published frontier.
+        let acked = if origin == self.shared.config.node_id {
+            local.acks.get(&position).cloned().unwrap_or_default()
+        } else {
+            BTreeSet::new()
+        };
+        drop(local);
+        Some(progress_in(&membership, &origin, position, &acked))
     }
 
     /// The newest register stamp of a session and the node whose namespace carries it.
@@ -804,13 +815,21 @@ async fn refresh(shared: &Shared, tick: bool) {
             changed = true;
         }
         local.heard.retain(|id, _| chitchat.node_state(id).is_some());
-        if tick {
-            if seen != local.published_seen {
-                if let Ok(value) = codec::encode(&seen) {
-                    publish.push((SEEN_KEY.to_string(), value));
-                }
-                local.published_seen = seen;
+        // The frontier is what `--wait` and `status` read on other nodes: publish it as
+        // soon as it moves, but at most twice per gossip round (each publish is a
+        // new version of our `seen` key that everyone gossips).
+        let seen_due = tick
+            || local
+                .seen_published_at
+                .is_none_or(|at| now.duration_since(at) >= shared.config.gossip_interval / 2);
+        if seen != local.published_seen && seen_due {
+            if let Ok(value) = codec::encode(&seen) {
+                publish.push((SEEN_KEY.to_string(), value));
             }
+            local.published_seen = seen;
+            local.seen_published_at = Some(now);
+        }
+        if tick {
             publish.extend(keep_alive(shared, local, &live, &carried, now));
         }
     }
