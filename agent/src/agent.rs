@@ -28,6 +28,7 @@ use crate::api_types::{
     SessionStatus, StatusResponse, WorkerRow,
 };
 use crate::config::AgentConfig;
+use crate::monitor::BrickStatus;
 use crate::reconcile::SessionPlan;
 use crate::session_dir::{self, SessionDirState};
 use crate::store::{StateFile, StoreError};
@@ -44,34 +45,6 @@ const RECONCILE_TICK: Duration = Duration::from_secs(1);
 /// How often a waiting command re-checks convergence.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
-/// A worker's status as the monitor writes it to `<session_dir>/<brick>.status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct WorkerFile {
-    /// Brick path.
-    pub brick: String,
-    /// Initializing..., Active, Passive, Stopped, Faulty.
-    pub status: String,
-    /// Crawl status.
-    pub crawl_status: String,
-    /// Last synced time.
-    pub last_synced: Option<String>,
-    /// Entry operations pending.
-    pub entry: u64,
-    /// Data operations pending.
-    pub data: u64,
-    /// Metadata operations pending.
-    pub meta: u64,
-    /// Failures.
-    pub failures: u64,
-    /// Checkpoint time.
-    pub checkpoint_time: Option<String>,
-    /// Whether the checkpoint completed.
-    pub checkpoint_completed: bool,
-    /// Checkpoint completion time.
-    pub checkpoint_completion_time: Option<String>,
-}
-
 /// What a node publishes per session under `m/<session key>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSessionStatus {
@@ -79,7 +52,7 @@ pub struct NodeSessionStatus {
     /// `backoff_remaining_ms`) are as of `published_at_ms`.
     pub report: MonitorReport,
     /// Worker statuses read from the session directory.
-    pub workers: Vec<WorkerFile>,
+    pub workers: Vec<BrickStatus>,
     /// Wall-clock time (Unix ms, the publisher's clock) the report was taken.
     #[serde(default)]
     pub published_at_ms: u64,
@@ -94,6 +67,9 @@ impl NodeSessionStatus {
         stable.report.since_ms = 0;
         stable.report.backoff_remaining_ms = stable.report.backoff_remaining_ms.map(|_| 0);
         stable.published_at_ms = 0;
+        for worker in &mut stable.workers {
+            worker.updated_ms = 0;
+        }
         stable
     }
 }
@@ -731,7 +707,7 @@ fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
     }
 }
 
-fn worker_state(desired: DesiredState, report: Option<&MonitorReport>, file: Option<&WorkerFile>) -> String {
+fn worker_state(desired: DesiredState, report: Option<&MonitorReport>, file: Option<&BrickStatus>) -> String {
     match report.map(|r| r.state) {
         Some(MonitorState::Faulty) => "Faulty".into(),
         Some(MonitorState::Paused) => "Paused".into(),
@@ -764,11 +740,11 @@ fn success_message(op: &SessionOp, id: &SessionId) -> String {
 }
 
 /// Reads every `<brick>.status` file of a session directory (malformed ones skipped).
-fn read_workers(dir: &Path) -> Vec<WorkerFile> {
+fn read_workers(dir: &Path) -> Vec<BrickStatus> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut workers: Vec<WorkerFile> = entries
+    let mut workers: Vec<BrickStatus> = entries
         .filter_map(Result::ok)
         .filter(|e| {
             let name = e.file_name();
@@ -780,7 +756,7 @@ fn read_workers(dir: &Path) -> Vec<WorkerFile> {
             if bytes.len() > 64 * 1024 {
                 return None;
             }
-            serde_json::from_slice::<WorkerFile>(&bytes).ok()
+            serde_json::from_slice::<BrickStatus>(&bytes).ok()
         })
         .collect();
     workers.sort_by(|a, b| a.brick.cmp(&b.brick));
@@ -844,4 +820,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let _ = std::fs::remove_file(&config.api_socket);
     agent.shutdown().await;
     Ok(())
+}
+
+impl Agent {
+    /// The agent's wall clock, Unix milliseconds (`inspect` ages published reports by it).
+    pub fn now_millis(&self) -> u64 {
+        self.wall.now_millis()
+    }
 }

@@ -151,6 +151,10 @@ pub struct OpResponse {
     pub converged: bool,
     /// Whether the agent waited at all.
     pub waited: bool,
+    /// HLC stamp of the registers the operation wrote (`millis.counter@node`), so a
+    /// client can tell its write from a later one. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
 }
 
 /// One key of `config`.

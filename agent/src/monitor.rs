@@ -112,8 +112,10 @@ fn worker_error(ended: Result<io::Result<()>, tokio::task::JoinError>) -> Option
     }
 }
 
-/// What a worker reports about its brick (the `<brick>.status` file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a worker reports about its brick (the `<brick>.status` file). Missing fields
+/// read as their defaults, so a custom monitor may write only what it knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BrickStatus {
     /// Brick path.
     pub brick: String,

@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// Where the workspace's binaries are.
+/// Where the workspace's binaries are: `GEOREP_BIN_DIR`, else the target directory this
+/// test binary runs from.
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GEOREP_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>
     let dir = exe
@@ -84,6 +88,13 @@ pub struct Cluster {
     bins: PathBuf,
 }
 
+/// A monitor command the tests can find: its command line carries the session dir
+/// (under the cluster's temp dir); it exits 0 on SIGTERM.
+pub const TEST_MONITOR: &str = "/bin/sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.2; done' georep-test-monitor {session_dir} {node}";
+
+/// A monitor command that exits with status 3 at once (for crash handling).
+pub const CRASHING_MONITOR: &str = "/bin/sh -c 'exit 3' georep-test-monitor {session_dir} {node}";
+
 /// Gossip interval used by test clusters.
 pub const TEST_GOSSIP_MS: u64 = 100;
 
@@ -91,6 +102,15 @@ impl Cluster {
     /// Starts one agent per spec; nodes 0 and 1 are everyone's seeds. `monitor_command` replaces
     /// the built-in monitor when given.
     pub fn start(specs: &[NodeSpec], monitor_command: Option<&str>) -> Cluster {
+        Self::start_with_gossip(specs, monitor_command, TEST_GOSSIP_MS)
+    }
+
+    /// [`Cluster::start`] with a chosen gossip interval.
+    pub fn start_with_gossip(
+        specs: &[NodeSpec],
+        monitor_command: Option<&str>,
+        gossip_ms: u64,
+    ) -> Cluster {
         let bins = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let tls = dir.path().join("tls");
@@ -126,7 +146,7 @@ impl Cluster {
                 "--tls-key".into(),
                 tls.join(format!("{}.key", spec.id)).display().to_string(),
                 "--gossip-interval-ms".into(),
-                TEST_GOSSIP_MS.to_string(),
+                gossip_ms.to_string(),
             ];
             for brick in &spec.bricks {
                 args.push("--brick".into());
@@ -200,6 +220,15 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Pids of the [`TEST_MONITOR`] processes of node `i` (any session).
+    pub fn test_monitors(&self, i: usize) -> Vec<u32> {
+        let needle = format!(
+            "georep-test-monitor {}",
+            self.nodes[i].data_dir.join("geo-replication").display()
+        );
+        processes_matching(&needle)
     }
 
     /// Runs `georep --socket <node i's socket> ARGS...`.

@@ -3,12 +3,8 @@
 
 use std::time::Duration;
 
-use georep_tests::{Cluster, NodeSpec, process_state, processes_matching};
+use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, process_state};
 
-/// A monitor the tests can find: its command line carries the session dir (under the
-/// cluster's temp dir); it exits 0 on SIGTERM.
-const TEST_MONITOR: &str =
-    "/bin/sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.2; done' georep-test-monitor {session_dir} {node}";
 
 const SECONDARY: &str = "n4::gv1";
 
@@ -33,13 +29,6 @@ fn five_nodes(monitor: Option<&str>) -> Cluster {
     cluster
 }
 
-fn monitors_of(cluster: &Cluster, node: usize) -> Vec<u32> {
-    let needle = format!(
-        "georep-test-monitor {}",
-        cluster.nodes[node].data_dir.join("geo-replication").display()
-    );
-    processes_matching(&needle)
-}
 
 fn session_dir(cluster: &Cluster, node: usize) -> std::path::PathBuf {
     cluster.nodes[node]
@@ -50,7 +39,7 @@ fn session_dir(cluster: &Cluster, node: usize) -> std::path::PathBuf {
 
 fn wait_monitor_counts(cluster: &Cluster, expected: [usize; 5], what: &str) {
     cluster.wait_until(Duration::from_secs(20), what, || {
-        (0..5).all(|i| monitors_of(cluster, i).len() == expected[i])
+        (0..5).all(|i| cluster.test_monitors(i).len() == expected[i])
     });
 }
 
@@ -75,10 +64,10 @@ fn full_lifecycle_from_every_node() {
     assert_eq!(started["ok"], true, "{started}");
     assert_eq!(started["confirmed_nodes"].as_array().unwrap().len(), 5, "{started}");
     for i in 0..3 {
-        assert_eq!(monitors_of(&cluster, i).len(), 1, "node {i} right after start --wait");
+        assert_eq!(cluster.test_monitors(i).len(), 1, "node {i} right after start --wait");
     }
     for i in 3..5 {
-        assert!(monitors_of(&cluster, i).is_empty(), "secondary {i} runs no monitor");
+        assert!(cluster.test_monitors(i).is_empty(), "secondary {i} runs no monitor");
     }
     assert_eq!(cluster.georep(4, &["running", "gv0", SECONDARY]).status.code(), Some(0));
     let status = cluster.json(4, &["status", "gv0", SECONDARY]);
@@ -105,14 +94,14 @@ fn full_lifecycle_from_every_node() {
     // pause from n5: monitors SIGSTOPped (state T); resume from n2: running again
     cluster.ok(4, &["pause", "gv0", SECONDARY]);
     for i in 0..3 {
-        let pids = monitors_of(&cluster, i);
+        let pids = cluster.test_monitors(i);
         assert_eq!(pids.len(), 1);
         assert_eq!(process_state(pids[0]), Some('T'), "node {i} monitor stopped");
     }
     assert_eq!(cluster.georep(0, &["running", "gv0"]).status.code(), Some(0));
     cluster.ok(1, &["resume", "gv0", SECONDARY]);
     for i in 0..3 {
-        let pids = monitors_of(&cluster, i);
+        let pids = cluster.test_monitors(i);
         assert_eq!(pids.len(), 1);
         assert_ne!(process_state(pids[0]), Some('T'), "node {i} monitor continued");
     }
@@ -120,7 +109,7 @@ fn full_lifecycle_from_every_node() {
     // stop from n3: monitors gone everywhere
     cluster.ok(2, &["stop", "gv0", SECONDARY]);
     for i in 0..5 {
-        assert!(monitors_of(&cluster, i).is_empty(), "node {i} after stop");
+        assert!(cluster.test_monitors(i).is_empty(), "node {i} after stop");
     }
     assert_eq!(cluster.georep(0, &["running", "gv0"]).status.code(), Some(1));
 

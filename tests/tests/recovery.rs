@@ -4,11 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use georep_tests::{Cluster, NodeSpec, bin_dir, processes_matching};
+use georep_tests::{CRASHING_MONITOR, Cluster, NodeSpec, TEST_MONITOR, bin_dir};
 
-const TEST_MONITOR: &str =
-    "/bin/sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.2; done' georep-test-monitor {session_dir} {node}";
-const CRASHING_MONITOR: &str = "/bin/sh -c 'exit 3' georep-test-monitor {session_dir} {node}";
 const SECONDARY: &str = "n4::gv1";
 
 fn cluster(monitor: &str) -> Cluster {
@@ -27,39 +24,53 @@ fn cluster(monitor: &str) -> Cluster {
     cluster
 }
 
-fn monitors_of(cluster: &Cluster, node: usize) -> Vec<u32> {
-    let needle = format!(
-        "georep-test-monitor {}",
-        cluster.nodes[node].data_dir.join("geo-replication").display()
-    );
-    processes_matching(&needle)
-}
 
 fn started(cluster: &Cluster) {
     cluster.ok(0, &["create", "gv0", SECONDARY]);
     cluster.ok(1, &["start", "gv0", SECONDARY]);
     for i in 0..3 {
-        assert_eq!(monitors_of(cluster, i).len(), 1, "node {i}");
+        assert_eq!(cluster.test_monitors(i).len(), 1, "node {i}");
     }
 }
 
 #[test]
-fn killed_primary_catches_up_with_a_stop_issued_while_it_was_dead() {
+fn killed_primary_catches_up_with_a_stop_and_delete_issued_while_it_was_dead() {
     let mut cluster = cluster(TEST_MONITOR);
     started(&cluster);
-    let orphan = monitors_of(&cluster, 0);
+    let orphan = cluster.test_monitors(0);
     cluster.kill9(0);
     // the monitor survives its agent (replication is not interrupted)
-    assert_eq!(monitors_of(&cluster, 0), orphan);
+    assert_eq!(cluster.test_monitors(0), orphan);
     cluster.wait_live(1, 3, Duration::from_secs(30));
     let stop = cluster.json(1, &["stop", "gv0", SECONDARY]);
     assert_eq!(stop["ok"], true, "{stop}");
     assert_eq!(stop["dead_nodes"], serde_json::json!(["n1"]), "{stop}");
-    assert!(monitors_of(&cluster, 1).is_empty() && monitors_of(&cluster, 2).is_empty());
-    assert_eq!(monitors_of(&cluster, 0), orphan, "n1 cannot act while its agent is down");
+    assert!(cluster.test_monitors(1).is_empty() && cluster.test_monitors(2).is_empty());
+    assert_eq!(cluster.test_monitors(0), orphan, "n1 cannot act while its agent is down");
+    // status elsewhere shows n1's row Offline, with how long ago it was heard from
+    let status = cluster.json(3, &["status", "gv0", SECONDARY]);
+    let row = status["sessions"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == "n1")
+        .cloned()
+        .unwrap();
+    assert_eq!(row["status"], "Offline", "{row}");
+    assert!(row["last_heard_ms"].as_u64().is_some(), "{row}");
+    // and the session is deleted while n1 is down
+    cluster.ok(2, &["delete", "gv0", SECONDARY]);
+    let session_dir = cluster.nodes[0]
+        .data_dir
+        .join("geo-replication")
+        .join("gv0_n4_gv1");
+    assert!(session_dir.exists(), "n1 could not clean up while down");
     cluster.restart(0);
     cluster.wait_until(Duration::from_secs(15), "n1 stops its monitor after restart", || {
-        monitors_of(&cluster, 0).is_empty()
+        cluster.test_monitors(0).is_empty()
+    });
+    cluster.wait_until(Duration::from_secs(15), "n1 removes the deleted session's dir", || {
+        !session_dir.exists()
     });
 }
 
@@ -67,21 +78,21 @@ fn killed_primary_catches_up_with_a_stop_issued_while_it_was_dead() {
 fn restarted_agent_adopts_its_running_monitor() {
     let mut cluster = cluster(TEST_MONITOR);
     started(&cluster);
-    let before = monitors_of(&cluster, 2);
+    let before = cluster.test_monitors(2);
     let status = cluster.terminate(2).expect("agent exit status");
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
-    assert_eq!(monitors_of(&cluster, 2), before, "monitor kept running");
+    assert_eq!(cluster.test_monitors(2), before, "monitor kept running");
     cluster.restart(2);
     cluster.wait_live(2, 4, Duration::from_secs(30));
     // give the restarted agent several reconcile rounds to (wrongly) start another one
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(monitors_of(&cluster, 2), before, "same monitor, no second one");
+    assert_eq!(cluster.test_monitors(2), before, "same monitor, no second one");
     // kill -9 + restart: same
     cluster.kill9(2);
     cluster.restart(2);
     cluster.wait_live(2, 4, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(monitors_of(&cluster, 2), before);
+    assert_eq!(cluster.test_monitors(2), before);
     let status = cluster.json(2, &["status", "gv0", SECONDARY]);
     let worker = status["sessions"][0]["workers"]
         .as_array()
@@ -124,7 +135,7 @@ fn whole_cluster_restart_loses_nothing() {
     cluster.ok(3, &["config", "gv0", SECONDARY, "log-level", "debug"]);
     cluster.ok(2, &["create", "gv0", "n4::gv2", "--force"]);
     cluster.ok(2, &["config", "gv0", "n4::gv2", "ignore-deletes", "yes"]);
-    let monitors: Vec<Vec<u32>> = (0..4).map(|i| monitors_of(&cluster, i)).collect();
+    let monitors: Vec<Vec<u32>> = (0..4).map(|i| cluster.test_monitors(i)).collect();
     for i in 0..4 {
         cluster.kill9(i);
     }
@@ -147,7 +158,7 @@ fn whole_cluster_restart_loses_nothing() {
     }
     std::thread::sleep(Duration::from_secs(2));
     for (i, before) in monitors.iter().enumerate() {
-        assert_eq!(&monitors_of(&cluster, i), before, "node {i} kept exactly its monitor");
+        assert_eq!(&cluster.test_monitors(i), before, "node {i} kept exactly its monitor");
     }
 }
 
