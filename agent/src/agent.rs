@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub const MONITOR_PREFIX: &str = "m/";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Period of the reconcile loop when nothing changes.
 const RECONCILE_TICK: Duration = Duration::from_secs(1);
+/// Shortest time a restarted agent waits for a peer before acting on its persisted view.
+const WARM_UP_MIN: Duration = Duration::from_secs(2);
 /// How often a waiting command re-checks convergence.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
@@ -138,6 +141,8 @@ pub struct Agent {
     published: Mutex<BTreeMap<SessionId, NodeSessionStatus>>,
     wall: Arc<dyn WallClock>,
     wake: Notify,
+    started: Instant,
+    caught_up: AtomicBool,
 }
 
 fn sessions_root(data_dir: &Path) -> PathBuf {
@@ -236,6 +241,8 @@ impl Agent {
             published: Mutex::new(BTreeMap::new()),
             wall,
             wake: Notify::new(),
+            started: Instant::now(),
+            caught_up: AtomicBool::new(false),
         });
         agent.persist();
         Ok(agent)
@@ -302,7 +309,9 @@ impl Agent {
             .collect();
         let reports = {
             let mut supervisor = self.supervisor.lock().await;
-            supervisor.reconcile(&plans, Instant::now());
+            if self.caught_up(&membership) {
+                supervisor.reconcile(&plans, Instant::now());
+            }
             supervisor.reports()
         };
         let dir_states: Vec<SessionDirState> = views
@@ -332,6 +341,27 @@ impl Agent {
         }
         self.publish_status(&plans, &reports).await;
         self.persist();
+    }
+
+    /// Whether this agent may act on its view. Right after a start, the view is what
+    /// was persisted, possibly stale (the session may have been stopped while this node
+    /// was down): acting on it could start a monitor only to stop it a moment later.
+    /// So monitors are left as they are (adopted ones keep running) until state from a
+    /// live peer has been merged, or a warm-up period has passed (a lone node).
+    fn caught_up(&self, membership: &Membership) -> bool {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let heard_a_peer = membership
+            .live()
+            .any(|m| m.node_id != self.config.node_id && m.max_version > 0);
+        let warmed_up = self.started.elapsed()
+            >= (Duration::from_millis(self.config.gossip_interval_ms) * 4).max(WARM_UP_MIN);
+        if heard_a_peer || warmed_up {
+            self.caught_up.store(true, Ordering::Relaxed);
+            tracing::debug!(heard_a_peer, "caught up; acting on the converged view");
+        }
+        self.caught_up.load(Ordering::Relaxed)
     }
 
     fn local_bricks(&self, volume: &str) -> Vec<String> {

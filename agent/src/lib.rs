@@ -6,6 +6,10 @@
 //! - [`config`]: flags and TOML file resolved into one validated `AgentConfig`.
 //! - [`http`]: a minimal HTTP/1.1 JSON server and client for the local API
 //!   on a Unix socket.
+//! - [`inspect`]: gossip-state inspection (members, registers, raw keys, explain,
+//!   diff) and offline decoding of a stopped agent's data directory.
+//! - [`inspect_types`]: the JSON of `georep inspect` (`/v1/inspect/...`).
+//! - [`monitor`]: the built-in monitor (`georepd monitor`): one worker per local primary brick.
 //! - [`reconcile`]: the pure decision of what to do to local monitors.
 //! - [`session_dir`]: the per-session directory on disk.
 //! - [`store`]: durable files (atomic replace, checked state envelopes).
@@ -18,6 +22,8 @@ pub mod api;
 pub mod api_types;
 pub mod config;
 pub mod http;
+pub mod inspect;
+pub mod inspect_types;
 pub mod monitor;
 pub mod reconcile;
 pub mod session_dir;

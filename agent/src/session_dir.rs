@@ -16,8 +16,8 @@
 //! (the monitor, other tools) never see a torn file and mtimes mean something.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use georep_mesh::state::SessionView;
@@ -146,39 +146,14 @@ pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so a
-/// reader sees the old or the new content, never a mix. `durable` also fsyncs the file
-/// and its directory, for files that must survive a crash (the pid file).
+/// Replaces `path` atomically; `durable` also fsyncs (for files that must survive a
+/// crash, like the pid file).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no directory"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // The pid keeps two processes (agent, monitor) from sharing a temp name.
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        if durable {
-            file.sync_all()?;
-        }
-        drop(file);
-        fs::rename(&tmp, path)?;
-        if durable {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if durable {
+        crate::store::write_atomic(path, bytes)
+    } else {
+        crate::store::write_atomic_unsynced(path, bytes)
     }
-    result
 }
 
 #[cfg(test)]

@@ -69,6 +69,17 @@ pub enum StoreError {
 /// permissions. On error the temporary file is removed and `path` is
 /// untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+/// Like [`write_atomic`] without the fsyncs: a reader sees the old or the new
+/// content, never a mix, but a power loss may keep the old one. For files
+/// rewritten often whose loss costs nothing (status files).
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
 
     let file_name = path.file_name().ok_or_else(|| {
@@ -105,10 +116,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         // The umask may have narrowed `mode`; an existing file's mode wins.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

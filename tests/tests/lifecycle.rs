@@ -70,13 +70,16 @@ fn full_lifecycle_from_every_node() {
         assert!(cluster.test_monitors(i).is_empty(), "secondary {i} runs no monitor");
     }
     assert_eq!(cluster.georep(4, &["running", "gv0", SECONDARY]).status.code(), Some(0));
-    let status = cluster.json(4, &["status", "gv0", SECONDARY]);
-    let session = &status["sessions"][0];
-    assert_eq!(session["desired_state"], "Started");
-    assert_eq!(session["workers"].as_array().unwrap().len(), 3, "{status}");
-    for worker in session["workers"].as_array().unwrap() {
-        assert!(worker["monitor_pid"].as_u64().is_some(), "{worker}");
-    }
+    // another node's status follows as the monitors' reports gossip in
+    cluster.wait_until(Duration::from_secs(10), "status on n5 shows 3 monitor pids", || {
+        let status = cluster.json(4, &["status", "gv0", SECONDARY]);
+        let session = &status["sessions"][0];
+        session["desired_state"] == "Started"
+            && session["workers"].as_array().is_some_and(|workers| {
+                workers.len() == 3 && workers.iter().all(|w| w["monitor_pid"].as_u64().is_some())
+            })
+    });
+    let before: Vec<Vec<u32>> = (0..3).map(|i| cluster.test_monitors(i)).collect();
 
     // config set on one node, read back on every other
     cluster.ok(1, &["config", "gv0", SECONDARY, "sync_jobs", "8"]);
@@ -88,14 +91,20 @@ fn full_lifecycle_from_every_node() {
         let conf = std::fs::read_to_string(session_dir(&cluster, i).join("gsyncd.conf")).unwrap();
         assert!(conf.contains("sync-jobs = 8"), "node {i}: {conf}");
     }
-    // sync-jobs requires a restart: monitors are replaced, still exactly one per node
+    // sync-jobs requires a restart: every monitor is replaced, still exactly one per node
+    cluster.wait_until(Duration::from_secs(20), "monitors restarted for sync-jobs", || {
+        (0..3).all(|i| {
+            let now = cluster.test_monitors(i);
+            now.len() == 1 && now != before[i]
+        })
+    });
     wait_monitor_counts(&cluster, [1, 1, 1, 0, 0], "one monitor per primary after restart");
 
     // pause from n5: monitors SIGSTOPped (state T); resume from n2: running again
     cluster.ok(4, &["pause", "gv0", SECONDARY]);
     for i in 0..3 {
         let pids = cluster.test_monitors(i);
-        assert_eq!(pids.len(), 1);
+        assert_eq!(pids.len(), 1, "node {i}: {pids:?}\n{}", cluster.logs_tail());
         assert_eq!(process_state(pids[0]), Some('T'), "node {i} monitor stopped");
     }
     assert_eq!(cluster.georep(0, &["running", "gv0"]).status.code(), Some(0));
