@@ -1,4 +1,5 @@
-//! The local API's routes: HTTP requests to [`Agent`] calls (see [`crate::api_types`]).
+//! The local API's routes: HTTP requests to [`Agent`] calls (see [`crate::api_types`],
+//! and [`crate::inspect_types`] for `/v1/inspect/...`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +54,49 @@ impl ApiHandler {
                 op.timeout_ms = op.timeout_ms.min(MAX_WAIT_MS);
                 reply(self.agent.op(op).await)
             }
+            ("GET", "/v1/inspect/members") => {
+                Response::json(200, &self.agent.inspect_members().await)
+            }
+            ("GET", "/v1/inspect/sessions") => reply(
+                self.agent
+                    .inspect_sessions(query("primary"), query("secondary"))
+                    .await,
+            ),
+            ("GET", "/v1/inspect/keys") => {
+                let Some(node) = query("node") else {
+                    return bad_request("inspect keys needs `node`");
+                };
+                reply(self.agent.inspect_keys(node, query("prefix")).await)
+            }
+            ("GET", "/v1/inspect/explain") => {
+                let (Some(primary), Some(secondary)) = (query("primary"), query("secondary"))
+                else {
+                    return bad_request("inspect explain needs `primary` and `secondary`");
+                };
+                reply(
+                    self.agent
+                        .inspect_explain(primary, secondary, query("node"))
+                        .await,
+                )
+            }
+            ("GET", "/v1/inspect/diff") => {
+                let (Some(a), Some(b)) = (query("a"), query("b")) else {
+                    return bad_request("inspect diff needs `a` and `b`");
+                };
+                reply(self.agent.inspect_diff(a, b).await)
+            }
+            (
+                _,
+                "/v1/inspect/members"
+                | "/v1/inspect/sessions"
+                | "/v1/inspect/keys"
+                | "/v1/inspect/explain"
+                | "/v1/inspect/diff",
+            ) => error(
+                405,
+                None,
+                format!("method {} not allowed on {}", request.method, request.path),
+            ),
             (_, "/v1/status" | "/v1/nodes" | "/v1/config" | "/v1/exists" | "/v1/op") => {
                 error(405, None, format!("method {} not allowed on {}", request.method, request.path))
             }

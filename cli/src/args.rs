@@ -115,6 +115,12 @@ pub enum Command {
     Running(ExistsArgs),
     /// Show cluster membership.
     Nodes,
+    /// Gossip-state inspection: what every node knows, and why a node does what it does.
+    Inspect {
+        /// What to inspect.
+        #[command(subcommand)]
+        command: InspectCommand,
+    },
     /// Create the cluster CA and node certificates.
     Tls {
         /// Which TLS material.
@@ -227,6 +233,96 @@ pub struct ExistsArgs {
     /// Secondary, `[USER@]HOST::SECONDARYVOL`.
     #[arg(value_name = "SECONDARY")]
     pub secondary: Option<String>,
+}
+
+/// `inspect ...`.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum InspectCommand {
+    /// Every node the local agent knows: liveness, generation, heartbeat, keys, frontier.
+    Members,
+    /// Every register of each session, and which nodes merged its latest write.
+    Sessions(InspectSessionsArgs),
+    /// A node's raw chitchat keys as the local agent holds them, decoded.
+    Keys(InspectKeysArgs),
+    /// Why a session's monitor is or is not running on a node.
+    Explain(InspectExplainArgs),
+    /// The session writes and frontier entries on which two nodes' views differ.
+    Diff(InspectDiffArgs),
+    /// A live, refreshing view of members and sessions.
+    Watch(InspectWatchArgs),
+    /// Decode a stopped agent's data directory (no agent needed).
+    Offline(InspectOfflineArgs),
+}
+
+/// `inspect sessions`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct InspectSessionsArgs {
+    /// Only sessions of this primary volume.
+    #[arg(value_name = "PRIMARYVOL")]
+    pub primary: Option<String>,
+    /// Only the session with this secondary.
+    #[arg(value_name = "SECONDARY")]
+    pub secondary: Option<String>,
+}
+
+/// `inspect keys`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct InspectKeysArgs {
+    /// Node whose namespace to show.
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// Only keys starting with this (`s/`, `m/`, `node`, `seen`).
+    #[arg(value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Print the stored (undecoded) values.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// `inspect explain`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct InspectExplainArgs {
+    /// The session.
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// The node to explain [default: the local node].
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+}
+
+/// `inspect diff`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct InspectDiffArgs {
+    /// One node.
+    #[arg(value_name = "NODE_A")]
+    pub a: String,
+    /// The other node.
+    #[arg(value_name = "NODE_B")]
+    pub b: String,
+}
+
+/// `inspect watch`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct InspectWatchArgs {
+    /// Milliseconds between refreshes.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(50..=3_600_000)
+    )]
+    pub interval: u64,
+    /// Stop after this many refreshes [default: run until interrupted].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
+/// `inspect offline`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct InspectOfflineArgs {
+    /// The stopped agent's data directory (holding `state.bin`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
 }
 
 /// `tls ...`.
@@ -434,6 +530,51 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["demo", "--nodes", "1"]).is_err());
+    }
+
+    #[test]
+    fn inspect_forms_parse() {
+        let cli = parse(&[
+            "inspect", "explain", "gv0", "n4::gv1", "--node", "n3", "--json",
+        ])
+        .unwrap();
+        assert!(cli.globals.json);
+        match cli.command {
+            Command::Inspect {
+                command: InspectCommand::Explain(a),
+            } => {
+                assert_eq!(a.node.as_deref(), Some("n3"));
+                assert_eq!(a.session.primary, "gv0");
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["inspect", "keys", "n2", "s/", "--raw"])
+            .unwrap()
+            .command
+        {
+            Command::Inspect {
+                command: InspectCommand::Keys(a),
+            } => assert_eq!(
+                (a.node.as_str(), a.prefix.as_deref(), a.raw),
+                ("n2", Some("s/"), true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["inspect", "watch"]).unwrap().command {
+            Command::Inspect {
+                command: InspectCommand::Watch(a),
+            } => assert_eq!((a.interval, a.count), (1000, None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["inspect", "watch", "--count", "0"]).is_err());
+        assert!(parse(&["inspect", "watch", "--interval", "1"]).is_err());
+        assert!(parse(&["inspect", "diff", "n1"]).is_err());
+        assert!(
+            parse(&["inspect", "offline"]).is_err(),
+            "--data-dir is required"
+        );
+        assert!(parse(&["inspect", "sessions", "gv0", "n4::gv1"]).is_ok());
+        assert!(parse(&["inspect", "members"]).is_ok());
     }
 
     #[test]

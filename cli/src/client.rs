@@ -208,6 +208,7 @@ mod tests {
                         pending_monitors: vec![],
                         converged,
                         waited: op.wait,
+                        stamp: None,
                     },
                 )
             }

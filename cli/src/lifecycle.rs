@@ -238,6 +238,7 @@ mod tests {
             pending_monitors: vec![],
             converged,
             waited,
+            stamp: None,
         }
     }
 

@@ -7,6 +7,8 @@
 //! - [`config_cmd`]: `config` (list, get, set, reset).
 //! - [`status`]: `status`, `exists`, `running`.
 //! - [`nodes`]: `nodes`, the cluster membership.
+//! - [`inspect`]: `inspect`, gossip-state inspection (members, sessions, keys,
+//!   explain, diff, watch, offline).
 //! - [`tls_cmd`]: `tls ca create`, `tls cert create`.
 //! - [`demo`]: `demo`, a local cluster running a session's whole lifecycle.
 //! - [`output`]: reports, exit codes, tables, JSON and error rendering.
@@ -19,6 +21,7 @@ mod args;
 mod client;
 mod config_cmd;
 mod demo;
+mod inspect;
 mod lifecycle;
 mod nodes;
 mod output;
@@ -75,6 +78,7 @@ pub async fn execute(cli: &Cli) -> Report {
         Command::Exists(a) => status::exists(&g, a, false).await,
         Command::Running(a) => status::exists(&g, a, true).await,
         Command::Nodes => nodes::nodes(&g).await,
+        Command::Inspect { command } => inspect::inspect(&g, command).await,
         Command::Tls {
             command:
                 TlsCommand::Ca {

@@ -788,9 +788,13 @@ async fn refresh(shared: &Shared, tick: bool) {
                         generation: id.generation_id,
                         version: *version,
                     };
-                    let newer = latest_writes
-                        .get(&record.id)
-                        .is_none_or(|(best, _, _)| stamp > *best);
+                    // Custodians carry copies of a write: among equal stamps prefer the
+                    // writer's own namespace, then the lowest node id, so the answer does
+                    // not depend on map iteration order.
+                    let rank = |node: &str| (node != stamp.node, node.to_string());
+                    let newer = latest_writes.get(&record.id).is_none_or(|(best, node, _)| {
+                        stamp > *best || (stamp == *best && rank(&id.node_id) < rank(node))
+                    });
                     if newer {
                         latest_writes
                             .insert(record.id.clone(), (stamp, id.node_id.to_string(), position));

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod loopback_ns;
+
 /// Where the workspace's binaries are: `GEOREP_BIN_DIR`, else the target directory this
 /// test binary runs from.
 pub fn bin_dir() -> PathBuf {
@@ -86,6 +88,8 @@ pub struct Cluster {
     /// The nodes, in spec order.
     pub nodes: Vec<Node>,
     bins: PathBuf,
+    /// Words run before `georepd` (e.g. `ip netns exec NS`); empty: run it directly.
+    launcher: Vec<String>,
 }
 
 /// A monitor command the tests can find: its command line carries the session dir
@@ -110,6 +114,31 @@ impl Cluster {
         specs: &[NodeSpec],
         monitor_command: Option<&str>,
         gossip_ms: u64,
+    ) -> Cluster {
+        Self::launch(specs, monitor_command, gossip_ms, Vec::new())
+    }
+
+    /// [`Cluster::start`], every agent started as `LAUNCHER... georepd ARGS...` when
+    /// `launcher` is given (e.g. `ip netns exec NS`, see [`loopback_ns`]). The launcher
+    /// must exec the agent, so that the child's pid is the agent's.
+    pub fn start_with(
+        specs: &[NodeSpec],
+        monitor_command: Option<&str>,
+        launcher: Option<Vec<String>>,
+    ) -> Cluster {
+        Self::launch(
+            specs,
+            monitor_command,
+            TEST_GOSSIP_MS,
+            launcher.unwrap_or_default(),
+        )
+    }
+
+    fn launch(
+        specs: &[NodeSpec],
+        monitor_command: Option<&str>,
+        gossip_ms: u64,
+        launcher: Vec<String>,
     ) -> Cluster {
         let bins = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -165,7 +194,12 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut cluster = Cluster { dir, nodes, bins };
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            bins,
+            launcher,
+        };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i);
         }
@@ -179,7 +213,15 @@ impl Cluster {
             .append(true)
             .open(node.data_dir.join("georepd.log"))
             .expect("agent log");
-        let child = Command::new(self.bins.join("georepd"))
+        let mut command = match self.launcher.split_first() {
+            Some((program, words)) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(self.bins.join("georepd"));
+                command
+            }
+            None => Command::new(self.bins.join("georepd")),
+        };
+        let child = command
             .args(&node.args)
             .env("RUST_LOG", "info,georep_mesh=debug")
             .stdin(Stdio::null())
