@@ -155,7 +155,10 @@ fn monitor_key(id: &SessionId) -> String {
 
 /// Loads the persisted state; a corrupt file is quarantined (kept for post-mortem) and the
 /// agent starts from what its peers gossip, saying so loudly.
-fn load_state(store: &StateFile<PersistedState>, node_id: &str) -> anyhow::Result<Option<PersistedState>> {
+fn load_state(
+    store: &StateFile<PersistedState>,
+    node_id: &str,
+) -> anyhow::Result<Option<PersistedState>> {
     match store.load() {
         Ok(Some(state)) if state.node_id != node_id => anyhow::bail!(
             "data directory {} belongs to node `{}`, not `{node_id}`",
@@ -190,7 +193,8 @@ impl Agent {
         let store = StateFile::new(config.data_dir.join("state.bin"));
         let persisted = load_state(&store, &config.node_id)?;
         // A new chitchat generation on every start, strictly above the last one.
-        let generation = (wall.now_millis()).max(persisted.as_ref().map_or(0, |p| p.generation + 1));
+        let generation =
+            (wall.now_millis()).max(persisted.as_ref().map_or(0, |p| p.generation + 1));
         let mut mesh_config = MeshConfig::new(config.node_id.clone(), generation);
         mesh_config.cluster_id = config.cluster_id.clone();
         mesh_config.gossip_interval = Duration::from_millis(config.gossip_interval_ms);
@@ -409,7 +413,9 @@ impl Agent {
                         published.insert(id.clone(), stable);
                     }
                 }
-                Err(error) => tracing::warn!(session = %id, %error, "cannot publish monitor status"),
+                Err(error) => {
+                    tracing::warn!(session = %id, %error, "cannot publish monitor status")
+                }
             }
         }
         let mine = self
@@ -447,7 +453,9 @@ impl Agent {
         };
         match self.store.save(&state) {
             Ok(()) => *last = Some(snapshot),
-            Err(error) => tracing::error!(%error, path = %self.store.path().display(), "cannot persist state"),
+            Err(error) => {
+                tracing::error!(%error, path = %self.store.path().display(), "cannot persist state")
+            }
         }
     }
 
@@ -461,7 +469,9 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
         let (progress, pending, converged) = loop {
             let progress = self.mesh.progress(&receipt).await;
-            let pending = self.pending_monitors(&id, &request.op, &receipt.stamp).await;
+            let pending = self
+                .pending_monitors(&id, &request.op, &receipt.stamp)
+                .await;
             let done = progress.complete() && pending.is_empty();
             if done || !request.wait || Instant::now() >= deadline {
                 break (progress, pending, done && request.wait);
@@ -504,7 +514,10 @@ impl Agent {
                     (None, Some(s)) => s.report.pid.is_none(),
                     (Some(_), None) => false,
                     (Some(state), Some(s)) => {
-                        s.report.desired_stamp.as_ref().is_some_and(|acted| acted >= stamp)
+                        s.report
+                            .desired_stamp
+                            .as_ref()
+                            .is_some_and(|acted| acted >= stamp)
                             && report_matches(&s.report, state)
                     }
                 };
@@ -641,7 +654,11 @@ impl Agent {
                     generation: m.generation,
                     agent_version: m.info.as_ref().map(|i| i.agent_version.clone()),
                     last_heard_ms: m.last_heard_ms,
-                    bricks: m.info.as_ref().map(|i| i.bricks.clone()).unwrap_or_default(),
+                    bricks: m
+                        .info
+                        .as_ref()
+                        .map(|i| i.bricks.clone())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -654,7 +671,8 @@ impl Agent {
         secondary: &str,
         key: Option<&str>,
     ) -> Result<ConfigResponse, ApiError> {
-        let id = SessionId::parse(primary, secondary).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let id = SessionId::parse(primary, secondary)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let view = self
             .mesh
             .replica()
@@ -695,9 +713,15 @@ impl Agent {
     }
 
     /// `exists` / `running`: answered from the local replica, no network round-trip.
-    pub fn exists(&self, volume: &str, secondary: Option<&str>) -> Result<ExistsResponse, ApiError> {
+    pub fn exists(
+        &self,
+        volume: &str,
+        secondary: Option<&str>,
+    ) -> Result<ExistsResponse, ApiError> {
         let only = match secondary {
-            Some(s) => Some(SessionId::parse(volume, s).map_err(|e| ApiError::BadRequest(e.to_string()))?),
+            Some(s) => {
+                Some(SessionId::parse(volume, s).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+            }
             None => None,
         };
         let replica = self.mesh.replica();
@@ -737,7 +761,11 @@ fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
     }
 }
 
-fn worker_state(desired: DesiredState, report: Option<&MonitorReport>, file: Option<&BrickStatus>) -> String {
+fn worker_state(
+    desired: DesiredState,
+    report: Option<&MonitorReport>,
+    file: Option<&BrickStatus>,
+) -> String {
     match report.map(|r| r.state) {
         Some(MonitorState::Faulty) => "Faulty".into(),
         Some(MonitorState::Paused) => "Paused".into(),
@@ -758,14 +786,30 @@ fn worker_state(desired: DesiredState, report: Option<&MonitorReport>, file: Opt
 fn success_message(op: &SessionOp, id: &SessionId) -> String {
     let between = format!("{} & {}", id.primary_volume, id.secondary());
     match op {
-        SessionOp::Create { .. } => format!("Creating geo-replication session between {between} has been successful"),
-        SessionOp::Start { .. } => format!("Starting geo-replication session between {between} has been successful"),
-        SessionOp::Stop { .. } => format!("Stopping geo-replication session between {between} has been successful"),
-        SessionOp::Pause { .. } => format!("Pausing geo-replication session between {between} has been successful"),
-        SessionOp::Resume { .. } => format!("Resuming geo-replication session between {between} has been successful"),
-        SessionOp::SetConfig { key, .. } => format!("geo-replication config-set of {key} for {between} has been successful"),
-        SessionOp::ResetConfig { key } => format!("geo-replication config-reset of {key} for {between} has been successful"),
-        SessionOp::Delete { .. } => format!("Deleting geo-replication session between {between} has been successful"),
+        SessionOp::Create { .. } => {
+            format!("Creating geo-replication session between {between} has been successful")
+        }
+        SessionOp::Start { .. } => {
+            format!("Starting geo-replication session between {between} has been successful")
+        }
+        SessionOp::Stop { .. } => {
+            format!("Stopping geo-replication session between {between} has been successful")
+        }
+        SessionOp::Pause { .. } => {
+            format!("Pausing geo-replication session between {between} has been successful")
+        }
+        SessionOp::Resume { .. } => {
+            format!("Resuming geo-replication session between {between} has been successful")
+        }
+        SessionOp::SetConfig { key, .. } => {
+            format!("geo-replication config-set of {key} for {between} has been successful")
+        }
+        SessionOp::ResetConfig { key } => {
+            format!("geo-replication config-reset of {key} for {between} has been successful")
+        }
+        SessionOp::Delete { .. } => {
+            format!("Deleting geo-replication session between {between} has been successful")
+        }
     }
 }
 
@@ -823,8 +867,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             config.node_id
         );
     }
-    let listener = crate::http::bind_socket(&config.api_socket)
-        .with_context(|| format!("cannot serve the local API on {}", config.api_socket.display()))?;
+    let listener = crate::http::bind_socket(&config.api_socket).with_context(|| {
+        format!(
+            "cannot serve the local API on {}",
+            config.api_socket.display()
+        )
+    })?;
     let link = QuicLink::bind(config.listen, &identity, QuicOptions::default())
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let link: Arc<dyn Link> = link;

@@ -35,10 +35,15 @@ impl ApiHandler {
             ),
             ("GET", "/v1/nodes") => Response::json(200, &self.agent.nodes().await),
             ("GET", "/v1/config") => {
-                let (Some(primary), Some(secondary)) = (query("primary"), query("secondary")) else {
+                let (Some(primary), Some(secondary)) = (query("primary"), query("secondary"))
+                else {
                     return bad_request("config needs `primary` and `secondary`");
                 };
-                reply(self.agent.config_get(primary, secondary, query("key")).await)
+                reply(
+                    self.agent
+                        .config_get(primary, secondary, query("key"))
+                        .await,
+                )
             }
             ("GET", "/v1/exists") => {
                 let Some(volume) = query("volume") else {
@@ -97,9 +102,11 @@ impl ApiHandler {
                 None,
                 format!("method {} not allowed on {}", request.method, request.path),
             ),
-            (_, "/v1/status" | "/v1/nodes" | "/v1/config" | "/v1/exists" | "/v1/op") => {
-                error(405, None, format!("method {} not allowed on {}", request.method, request.path))
-            }
+            (_, "/v1/status" | "/v1/nodes" | "/v1/config" | "/v1/exists" | "/v1/op") => error(
+                405,
+                None,
+                format!("method {} not allowed on {}", request.method, request.path),
+            ),
             _ => error(404, None, format!("no such endpoint: {}", request.path)),
         }
     }

@@ -7,7 +7,12 @@ use tokio_util::sync::CancellationToken;
 
 /// georepd: geo-replication session agent (one per primary and secondary node).
 #[derive(Debug, Parser)]
-#[command(name = "georepd", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "georepd",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -982,7 +982,11 @@ impl Supervisor {
             }
             Some(found) if found != recorded => Err(Skip::Stale(format!(
                 "pid {} is now another process ({:?}, started at tick {}; recorded {:?}, tick {})",
-                record.pid, found.cmdline, found.start_ticks, recorded.cmdline, recorded.start_ticks
+                record.pid,
+                found.cmdline,
+                found.start_ticks,
+                recorded.cmdline,
+                recorded.start_ticks
             ))),
             Some(_) => Ok((id, record)),
         }

@@ -279,7 +279,10 @@ mod tests {
         assert_ne!(run(7), run(8));
         let fates = run(7);
         let dropped = fates.iter().filter(|f| **f == Fate::Dropped).count();
-        assert!((10..=50).contains(&dropped), "{dropped} of 100 dropped at 30% loss");
+        assert!(
+            (10..=50).contains(&dropped),
+            "{dropped} of 100 dropped at 30% loss"
+        );
     }
 
     #[test]

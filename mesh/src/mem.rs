@@ -39,10 +39,7 @@ impl MemHub {
 
     /// Binds a link for `node_id` at `addr`; fails if the address is taken.
     pub fn bind(&self, node_id: &str, addr: SocketAddr) -> Result<Arc<MemLink>, TransportError> {
-        let mut endpoints = self
-            .endpoints
-            .lock()
-            .map_err(|_| TransportError::Closed)?;
+        let mut endpoints = self.endpoints.lock().map_err(|_| TransportError::Closed)?;
         if endpoints.contains_key(&addr) {
             return Err(TransportError::Bind {
                 addr,
@@ -117,7 +114,12 @@ impl Link for MemLink {
     }
 
     async fn recv(&self) -> Result<Received, TransportError> {
-        self.rx.lock().await.recv().await.ok_or(TransportError::Closed)
+        self.rx
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(TransportError::Closed)
     }
 
     fn stats(&self) -> Arc<LinkStats> {

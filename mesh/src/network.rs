@@ -72,7 +72,9 @@ impl Frame {
     }
 
     /// Validates a frame header, returning the kind and the payload length to read.
-    pub fn decode_header(header: &[u8; FRAME_HEADER_LEN]) -> Result<(FrameKind, usize), FrameError> {
+    pub fn decode_header(
+        header: &[u8; FRAME_HEADER_LEN],
+    ) -> Result<(FrameKind, usize), FrameError> {
         if header[0] != FRAME_VERSION {
             return Err(FrameError::Version(header[0]));
         }
@@ -179,7 +181,8 @@ impl LinkStats {
     /// Records one delivered frame of `bytes` bytes.
     pub fn record_received(&self, bytes: usize) {
         self.frames_received.fetch_add(1, Ordering::Relaxed);
-        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Records one rejected frame.

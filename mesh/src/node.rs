@@ -212,11 +212,8 @@ impl MeshNode {
         snapshot: Option<MeshSnapshot>,
         owned: Vec<(String, String)>,
     ) -> Result<MeshNode, MeshError> {
-        let chitchat_id = ChitchatId::new(
-            config.node_id.clone(),
-            config.generation,
-            link.local_addr(),
-        );
+        let chitchat_id =
+            ChitchatId::new(config.node_id.clone(), config.generation, link.local_addr());
         let mut hlc = HlcClock::new(config.node_id.clone(), wall.clone());
         let snapshot = snapshot.unwrap_or_default();
         if let Some(last) = &snapshot.hlc_last {
@@ -433,7 +430,6 @@ impl MeshNode {
     pub fn latest_write(&self, id: &SessionId) -> Option<(Hlc, String, WritePosition)> {
         self.shared.local().latest_writes.get(id).cloned()
     }
-
 
     /// Sets an owner-written key in this node's namespace (no-op if unchanged).
     pub async fn set_owned(&self, key: &str, value: String) {
@@ -818,7 +814,9 @@ async fn refresh(shared: &Shared, tick: bool) {
             local.replica = merged;
             changed = true;
         }
-        local.heard.retain(|id, _| chitchat.node_state(id).is_some());
+        local
+            .heard
+            .retain(|id, _| chitchat.node_state(id).is_some());
         // The frontier is what `--wait` and `status` read on other nodes: publish it as
         // soon as it moves, but at most twice per gossip round (each publish is a
         // new version of our `seen` key that everyone gossips).
@@ -855,7 +853,9 @@ fn carried_ids(carried: &[&SessionRecord]) -> BTreeMap<(SessionId, RegisterName)
     let mut out: BTreeMap<(SessionId, RegisterName), Hlc> = BTreeMap::new();
     for record in carried {
         for (name, stamp) in record.registers() {
-            let slot = out.entry((record.id.clone(), name)).or_insert(stamp.clone());
+            let slot = out
+                .entry((record.id.clone(), name))
+                .or_insert(stamp.clone());
             if stamp > *slot {
                 *slot = stamp;
             }

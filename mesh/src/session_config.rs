@@ -157,11 +157,7 @@ pub fn lookup(key: &str) -> Result<&'static ConfigKey, ConfigKeyError> {
 }
 
 /// Validates and normalises `value` for `key`; `now_secs` resolves `checkpoint now`.
-pub fn normalise(
-    key: &ConfigKey,
-    value: &str,
-    now_secs: u64,
-) -> Result<String, ConfigKeyError> {
+pub fn normalise(key: &ConfigKey, value: &str, now_secs: u64) -> Result<String, ConfigKeyError> {
     let invalid = || ConfigKeyError::InvalidValue {
         key: key.name.to_string(),
         value: value.to_string(),

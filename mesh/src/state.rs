@@ -71,7 +71,9 @@ impl SessionId {
             return Err(bad("the secondary host is empty or has invalid characters"));
         }
         if !valid_name(volume) {
-            return Err(bad("the secondary volume name is empty or has invalid characters"));
+            return Err(bad(
+                "the secondary volume name is empty or has invalid characters",
+            ));
         }
         Ok(SessionId {
             primary_volume: primary.to_string(),
@@ -662,7 +664,9 @@ pub fn plan(
             if current.is_running() && !force {
                 return Err(wrong(
                     current,
-                    format!("geo-replication session is already {current}. Use --force to start it anyway."),
+                    format!(
+                        "geo-replication session is already {current}. Use --force to start it anyway."
+                    ),
                 ));
             }
             set_desired(&mut delta, DesiredState::Started);
@@ -671,7 +675,9 @@ pub fn plan(
             if !current.is_running() && !force {
                 return Err(wrong(
                     current,
-                    format!("geo-replication session is not running (it is {current}). Use --force to stop it anyway."),
+                    format!(
+                        "geo-replication session is not running (it is {current}). Use --force to stop it anyway."
+                    ),
                 ));
             }
             set_desired(&mut delta, DesiredState::Stopped);
@@ -680,7 +686,9 @@ pub fn plan(
             if current != DesiredState::Started && !force {
                 return Err(wrong(
                     current,
-                    format!("geo-replication session is {current}; only a Started session can be paused."),
+                    format!(
+                        "geo-replication session is {current}; only a Started session can be paused."
+                    ),
                 ));
             }
             set_desired(&mut delta, DesiredState::Paused);
@@ -689,7 +697,9 @@ pub fn plan(
             if current != DesiredState::Paused && !force {
                 return Err(wrong(
                     current,
-                    format!("geo-replication session is {current}; only a Paused session can be resumed."),
+                    format!(
+                        "geo-replication session is {current}; only a Paused session can be resumed."
+                    ),
                 ));
             }
             set_desired(&mut delta, DesiredState::Started);
@@ -726,7 +736,9 @@ pub fn plan(
             if current.is_running() && !force {
                 return Err(wrong(
                     current,
-                    format!("geo-replication session is {current}. Please stop the session and retry, or use --force."),
+                    format!(
+                        "geo-replication session is {current}. Please stop the session and retry, or use --force."
+                    ),
                 ));
             }
             delta.deleted = Some(stamp);

@@ -44,7 +44,9 @@ impl NodeInfo {
 }
 
 /// Position of a writer's history: its chitchat generation and the version within it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct WritePosition {
     /// Writer's chitchat generation.
     pub generation: u64,

@@ -116,7 +116,11 @@ async fn loss_and_partition_heal_to_the_lww_outcome() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_ne!(nodes[0].replica(), nodes[4].replica(), "partition must hold");
+    assert_ne!(
+        nodes[0].replica(),
+        nodes[4].replica(),
+        "partition must hold"
+    );
     faults.heal();
     faults.set_default(LinkFaults {
         loss: 0.3,
@@ -124,7 +128,8 @@ async fn loss_and_partition_heal_to_the_lww_outcome() {
     });
     wait_converged(&refs, Duration::from_secs(20), |r| {
         r.view(&session()).is_some_and(|v| {
-            v.desired == DesiredState::Stopped && v.config_value("sync-jobs").as_deref() == Some("9")
+            v.desired == DesiredState::Stopped
+                && v.config_value("sync-jobs").as_deref() == Some("9")
         })
     })
     .await;
@@ -153,7 +158,10 @@ async fn state_survives_its_writer_through_custodians() {
         if custodians >= 1 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no custodian took over");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no custodian took over"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

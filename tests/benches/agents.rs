@@ -53,7 +53,11 @@ fn main() {
             let secondary = format!("s{round}::gv1");
             let writer = round % n;
             merged.push(timed(&cluster, writer, &["create", "gv0", &secondary]));
-            running.push(timed(&cluster, (writer + 1) % n, &["start", "gv0", &secondary]));
+            running.push(timed(
+                &cluster,
+                (writer + 1) % n,
+                &["start", "gv0", &secondary],
+            ));
         }
         let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
         println!(

@@ -314,15 +314,19 @@ impl Cluster {
 
     /// Waits until node `i` sees `live` live nodes.
     pub fn wait_live(&self, i: usize, live: usize, within: Duration) {
-        self.wait_until(within, &format!("{live} live nodes seen by node {i}"), || {
-            let out = self.georep(i, &["--json", "nodes"]);
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-                return false;
-            };
-            value["nodes"]
-                .as_array()
-                .is_some_and(|n| n.iter().filter(|m| m["live"] == true).count() == live)
-        });
+        self.wait_until(
+            within,
+            &format!("{live} live nodes seen by node {i}"),
+            || {
+                let out = self.georep(i, &["--json", "nodes"]);
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                    return false;
+                };
+                value["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().filter(|m| m["live"] == true).count() == live)
+            },
+        );
     }
 
     /// Polls `check` until true, or panics with `what` and the agents' log tails.
@@ -334,17 +338,25 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out after {within:?} waiting for {what}\n{}", self.logs_tail());
+        panic!(
+            "timed out after {within:?} waiting for {what}\n{}",
+            self.logs_tail()
+        );
     }
 
     /// The last lines of every agent's log, for failure messages.
     pub fn logs_tail(&self) -> String {
         let mut out = String::new();
         for node in &self.nodes {
-            let log = std::fs::read_to_string(node.data_dir.join("georepd.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(node.data_dir.join("georepd.log")).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(15)..];
-            out.push_str(&format!("--- {} log tail ---\n{}\n", node.id, tail.join("\n")));
+            out.push_str(&format!(
+                "--- {} log tail ---\n{}\n",
+                node.id,
+                tail.join("\n")
+            ));
         }
         out
     }

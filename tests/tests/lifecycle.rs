@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, process_state};
 
-
 const SECONDARY: &str = "n4::gv1";
 
 fn five_nodes(monitor: Option<&str>) -> Cluster {
@@ -29,7 +28,6 @@ fn five_nodes(monitor: Option<&str>) -> Cluster {
     cluster
 }
 
-
 fn session_dir(cluster: &Cluster, node: usize) -> std::path::PathBuf {
     cluster.nodes[node]
         .data_dir
@@ -51,9 +49,16 @@ fn full_lifecycle_from_every_node() {
     assert!(out.contains("successful"), "{out}");
     for i in 0..5 {
         cluster.wait_until(Duration::from_secs(10), "exists everywhere", || {
-            cluster.georep(i, &["exists", "gv0", SECONDARY]).status.code() == Some(0)
+            cluster
+                .georep(i, &["exists", "gv0", SECONDARY])
+                .status
+                .code()
+                == Some(0)
         });
-        assert_eq!(cluster.georep(i, &["running", "gv0"]).status.code(), Some(1));
+        assert_eq!(
+            cluster.georep(i, &["running", "gv0"]).status.code(),
+            Some(1)
+        );
         assert!(session_dir(&cluster, i).join("gsyncd.conf").exists());
     }
     assert_eq!(cluster.georep(2, &["exists", "gv9"]).status.code(), Some(1));
@@ -62,23 +67,45 @@ fn full_lifecycle_from_every_node() {
     // start from a secondary: monitors on primaries only, exactly one each
     let started = cluster.json(3, &["start", "gv0", SECONDARY]);
     assert_eq!(started["ok"], true, "{started}");
-    assert_eq!(started["confirmed_nodes"].as_array().unwrap().len(), 5, "{started}");
+    assert_eq!(
+        started["confirmed_nodes"].as_array().unwrap().len(),
+        5,
+        "{started}"
+    );
     for i in 0..3 {
-        assert_eq!(cluster.test_monitors(i).len(), 1, "node {i} right after start --wait");
+        assert_eq!(
+            cluster.test_monitors(i).len(),
+            1,
+            "node {i} right after start --wait"
+        );
     }
     for i in 3..5 {
-        assert!(cluster.test_monitors(i).is_empty(), "secondary {i} runs no monitor");
+        assert!(
+            cluster.test_monitors(i).is_empty(),
+            "secondary {i} runs no monitor"
+        );
     }
-    assert_eq!(cluster.georep(4, &["running", "gv0", SECONDARY]).status.code(), Some(0));
+    assert_eq!(
+        cluster
+            .georep(4, &["running", "gv0", SECONDARY])
+            .status
+            .code(),
+        Some(0)
+    );
     // another node's status follows as the monitors' reports gossip in
-    cluster.wait_until(Duration::from_secs(10), "status on n5 shows 3 monitor pids", || {
-        let status = cluster.json(4, &["status", "gv0", SECONDARY]);
-        let session = &status["sessions"][0];
-        session["desired_state"] == "Started"
-            && session["workers"].as_array().is_some_and(|workers| {
-                workers.len() == 3 && workers.iter().all(|w| w["monitor_pid"].as_u64().is_some())
-            })
-    });
+    cluster.wait_until(
+        Duration::from_secs(10),
+        "status on n5 shows 3 monitor pids",
+        || {
+            let status = cluster.json(4, &["status", "gv0", SECONDARY]);
+            let session = &status["sessions"][0];
+            session["desired_state"] == "Started"
+                && session["workers"].as_array().is_some_and(|workers| {
+                    workers.len() == 3
+                        && workers.iter().all(|w| w["monitor_pid"].as_u64().is_some())
+                })
+        },
+    );
     let before: Vec<Vec<u32>> = (0..3).map(|i| cluster.test_monitors(i)).collect();
 
     // config set on one node, read back on every other
@@ -92,27 +119,46 @@ fn full_lifecycle_from_every_node() {
         assert!(conf.contains("sync-jobs = 8"), "node {i}: {conf}");
     }
     // sync-jobs requires a restart: every monitor is replaced, still exactly one per node
-    cluster.wait_until(Duration::from_secs(20), "monitors restarted for sync-jobs", || {
-        (0..3).all(|i| {
-            let now = cluster.test_monitors(i);
-            now.len() == 1 && now != before[i]
-        })
-    });
-    wait_monitor_counts(&cluster, [1, 1, 1, 0, 0], "one monitor per primary after restart");
+    cluster.wait_until(
+        Duration::from_secs(20),
+        "monitors restarted for sync-jobs",
+        || {
+            (0..3).all(|i| {
+                let now = cluster.test_monitors(i);
+                now.len() == 1 && now != before[i]
+            })
+        },
+    );
+    wait_monitor_counts(
+        &cluster,
+        [1, 1, 1, 0, 0],
+        "one monitor per primary after restart",
+    );
 
     // pause from n5: monitors SIGSTOPped (state T); resume from n2: running again
     cluster.ok(4, &["pause", "gv0", SECONDARY]);
     for i in 0..3 {
         let pids = cluster.test_monitors(i);
         assert_eq!(pids.len(), 1, "node {i}: {pids:?}\n{}", cluster.logs_tail());
-        assert_eq!(process_state(pids[0]), Some('T'), "node {i} monitor stopped");
+        assert_eq!(
+            process_state(pids[0]),
+            Some('T'),
+            "node {i} monitor stopped"
+        );
     }
-    assert_eq!(cluster.georep(0, &["running", "gv0"]).status.code(), Some(0));
+    assert_eq!(
+        cluster.georep(0, &["running", "gv0"]).status.code(),
+        Some(0)
+    );
     cluster.ok(1, &["resume", "gv0", SECONDARY]);
     for i in 0..3 {
         let pids = cluster.test_monitors(i);
         assert_eq!(pids.len(), 1);
-        assert_ne!(process_state(pids[0]), Some('T'), "node {i} monitor continued");
+        assert_ne!(
+            process_state(pids[0]),
+            Some('T'),
+            "node {i} monitor continued"
+        );
     }
 
     // stop from n3: monitors gone everywhere
@@ -120,7 +166,10 @@ fn full_lifecycle_from_every_node() {
     for i in 0..5 {
         assert!(cluster.test_monitors(i).is_empty(), "node {i} after stop");
     }
-    assert_eq!(cluster.georep(0, &["running", "gv0"]).status.code(), Some(1));
+    assert_eq!(
+        cluster.georep(0, &["running", "gv0"]).status.code(),
+        Some(1)
+    );
 
     // delete from n4: session dirs removed everywhere; exists fails
     cluster.ok(3, &["delete", "gv0", SECONDARY]);
@@ -141,7 +190,11 @@ fn validation_refusals_name_the_session() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     };
-    refused(0, &["start", "gv0", SECONDARY], "gv0 -> n4::gv1 has not been created");
+    refused(
+        0,
+        &["start", "gv0", SECONDARY],
+        "gv0 -> n4::gv1 has not been created",
+    );
     refused(0, &["create", "gv9", SECONDARY], "gv9");
     refused(0, &["create", "gv0", "n4::gv7"], "gv7");
     cluster.ok(0, &["create", "gv0", SECONDARY]);
@@ -149,8 +202,16 @@ fn validation_refusals_name_the_session() {
     refused(1, &["stop", "gv0", SECONDARY], "gv0 -> n4::gv1");
     refused(1, &["pause", "gv0", SECONDARY], "gv0 -> n4::gv1");
     refused(1, &["resume", "gv0", SECONDARY], "gv0 -> n4::gv1");
-    refused(2, &["config", "gv0", SECONDARY, "no-such-key", "1"], "change-interval");
-    refused(2, &["config", "gv0", SECONDARY, "sync-jobs", "1000"], "from 1 to 100");
+    refused(
+        2,
+        &["config", "gv0", SECONDARY, "no-such-key", "1"],
+        "change-interval",
+    );
+    refused(
+        2,
+        &["config", "gv0", SECONDARY, "sync-jobs", "1000"],
+        "from 1 to 100",
+    );
     cluster.ok(3, &["start", "gv0", SECONDARY]);
     refused(3, &["start", "gv0", SECONDARY], "already Started");
     refused(4, &["delete", "gv0", SECONDARY], "Please stop the session");

@@ -24,7 +24,6 @@ fn cluster(monitor: &str) -> Cluster {
     cluster
 }
 
-
 fn started(cluster: &Cluster) {
     cluster.ok(0, &["create", "gv0", SECONDARY]);
     cluster.ok(1, &["start", "gv0", SECONDARY]);
@@ -46,7 +45,11 @@ fn killed_primary_catches_up_with_a_stop_and_delete_issued_while_it_was_dead() {
     assert_eq!(stop["ok"], true, "{stop}");
     assert_eq!(stop["dead_nodes"], serde_json::json!(["n1"]), "{stop}");
     assert!(cluster.test_monitors(1).is_empty() && cluster.test_monitors(2).is_empty());
-    assert_eq!(cluster.test_monitors(0), orphan, "n1 cannot act while its agent is down");
+    assert_eq!(
+        cluster.test_monitors(0),
+        orphan,
+        "n1 cannot act while its agent is down"
+    );
     // status elsewhere shows n1's row Offline, with how long ago it was heard from
     let status = cluster.json(3, &["status", "gv0", SECONDARY]);
     let row = status["sessions"][0]["workers"]
@@ -66,12 +69,16 @@ fn killed_primary_catches_up_with_a_stop_and_delete_issued_while_it_was_dead() {
         .join("gv0_n4_gv1");
     assert!(session_dir.exists(), "n1 could not clean up while down");
     cluster.restart(0);
-    cluster.wait_until(Duration::from_secs(15), "n1 stops its monitor after restart", || {
-        cluster.test_monitors(0).is_empty()
-    });
-    cluster.wait_until(Duration::from_secs(15), "n1 removes the deleted session's dir", || {
-        !session_dir.exists()
-    });
+    cluster.wait_until(
+        Duration::from_secs(15),
+        "n1 stops its monitor after restart",
+        || cluster.test_monitors(0).is_empty(),
+    );
+    cluster.wait_until(
+        Duration::from_secs(15),
+        "n1 removes the deleted session's dir",
+        || !session_dir.exists(),
+    );
 }
 
 #[test]
@@ -86,7 +93,11 @@ fn restarted_agent_adopts_its_running_monitor() {
     cluster.wait_live(2, 4, Duration::from_secs(30));
     // give the restarted agent several reconcile rounds to (wrongly) start another one
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(cluster.test_monitors(2), before, "same monitor, no second one");
+    assert_eq!(
+        cluster.test_monitors(2),
+        before,
+        "same monitor, no second one"
+    );
     // kill -9 + restart: same
     cluster.kill9(2);
     cluster.restart(2);
@@ -101,7 +112,11 @@ fn restarted_agent_adopts_its_running_monitor() {
         .find(|w| w["node"] == "n3")
         .cloned()
         .unwrap();
-    assert_eq!(worker["monitor_pid"].as_u64(), Some(u64::from(before[0])), "{worker}");
+    assert_eq!(
+        worker["monitor_pid"].as_u64(),
+        Some(u64::from(before[0])),
+        "{worker}"
+    );
 }
 
 #[test]
@@ -110,13 +125,22 @@ fn crashing_monitor_is_retried_with_backoff_and_reported_faulty() {
     cluster.ok(0, &["create", "gv0", SECONDARY]);
     // the monitors never match Started: the wait times out with exit 4 (applied, not confirmed)
     let out = cluster.georep(1, &["start", "gv0", SECONDARY, "--timeout", "2"]);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
-    cluster.wait_until(Duration::from_secs(30), "all primaries Faulty in status", || {
-        let status = cluster.json(3, &["status", "gv0", SECONDARY]);
-        status["sessions"][0]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 3 && w.iter().all(|w| w["status"] == "Faulty"))
-    });
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.wait_until(
+        Duration::from_secs(30),
+        "all primaries Faulty in status",
+        || {
+            let status = cluster.json(3, &["status", "gv0", SECONDARY]);
+            status["sessions"][0]["workers"]
+                .as_array()
+                .is_some_and(|w| w.len() == 3 && w.iter().all(|w| w["status"] == "Faulty"))
+        },
+    );
     let status = cluster.json(3, &["status", "gv0", SECONDARY]);
     let worker = &status["sessions"][0]["workers"][0];
     assert!(worker["restarts"].as_u64().unwrap() >= 2, "{worker}");
@@ -149,16 +173,26 @@ fn whole_cluster_restart_loses_nothing() {
         let status = cluster.json(i, &["status"]);
         let sessions = status["sessions"].as_array().unwrap();
         assert_eq!(sessions.len(), 2, "node {i}: {status}");
-        let first = sessions.iter().find(|s| s["secondary_volume"] == "gv1").unwrap();
+        let first = sessions
+            .iter()
+            .find(|s| s["secondary_volume"] == "gv1")
+            .unwrap();
         assert_eq!(first["desired_state"], "Started");
         assert_eq!(first["config"]["log-level"], "DEBUG");
-        let second = sessions.iter().find(|s| s["secondary_volume"] == "gv2").unwrap();
+        let second = sessions
+            .iter()
+            .find(|s| s["secondary_volume"] == "gv2")
+            .unwrap();
         assert_eq!(second["desired_state"], "Created");
         assert_eq!(second["config"]["ignore-deletes"], "true");
     }
     std::thread::sleep(Duration::from_secs(2));
     for (i, before) in monitors.iter().enumerate() {
-        assert_eq!(&cluster.test_monitors(i), before, "node {i} kept exactly its monitor");
+        assert_eq!(
+            &cluster.test_monitors(i),
+            before,
+            "node {i} kept exactly its monitor"
+        );
     }
 }
 
@@ -170,21 +204,39 @@ fn corrupt_state_file_is_reported_kept_and_repaired_from_peers() {
     let state = cluster.nodes[3].data_dir.join("state.bin");
     std::fs::write(&state, b"GRPS\x01garbage").unwrap();
     cluster.restart(3);
-    cluster.wait_until(Duration::from_secs(20), "n4 relearns the session from peers", || {
-        cluster.georep(3, &["exists", "gv0", SECONDARY]).status.code() == Some(0)
-    });
+    cluster.wait_until(
+        Duration::from_secs(20),
+        "n4 relearns the session from peers",
+        || {
+            cluster
+                .georep(3, &["exists", "gv0", SECONDARY])
+                .status
+                .code()
+                == Some(0)
+        },
+    );
     let log = std::fs::read_to_string(cluster.nodes[3].data_dir.join("georepd.log")).unwrap();
     assert!(log.contains("corrupt"), "{log}");
     let kept = std::fs::read_dir(&cluster.nodes[3].data_dir)
         .unwrap()
         .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("state.bin.corrupt-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.bin.corrupt-")
+        });
     assert!(kept, "the corrupt file is kept for post-mortem");
 }
 
 fn georepd(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(bin_dir().join("georepd")).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(bin_dir().join("georepd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -202,7 +254,10 @@ fn bad_configuration_is_refused_with_a_one_line_reason() {
     assert!(stderr.contains("gossip_interval_ms"), "{stderr}");
     std::fs::write(&file, "node_id = \"n1\"\nbogus = 1\n").unwrap();
     let (_, stderr) = georepd(&["--config", file.to_str().unwrap()]);
-    assert!(stderr.contains(":2") && stderr.contains("bogus"), "{stderr}");
+    assert!(
+        stderr.contains(":2") && stderr.contains("bogus"),
+        "{stderr}"
+    );
 
     // TLS files missing
     let data = dir.path().join("d");
@@ -245,7 +300,10 @@ fn bad_configuration_is_refused_with_a_one_line_reason() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, stderr) = georepd(&args);
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("not accepted by the cluster CA"), "{stderr}");
+    assert!(
+        stderr.contains("not accepted by the cluster CA"),
+        "{stderr}"
+    );
 
     // port taken
     let _taken = std::net::UdpSocket::bind(&listen).unwrap();
