@@ -35,6 +35,11 @@ use crate::view::{Member, Membership, NodeInfo, Seen, WritePosition};
 pub const SESSION_PREFIX: &str = "s/";
 /// Key of a node's frontier.
 pub const SEEN_KEY: &str = "seen";
+/// Gossip rounds an uncarried register waits before the lowest-ranked custodians
+/// republish it, when its writer is not live.
+const CUSTODIAN_ROUNDS: u32 = 3;
+/// The same when its writer is live (its own namespace should carry it shortly).
+const CUSTODIAN_ROUNDS_WRITER_LIVE: u32 = 12;
 /// Key of a node's [`NodeInfo`].
 pub const NODE_KEY: &str = "node";
 
@@ -883,10 +888,16 @@ fn keep_alive(
         .iter()
         .position(|id| *id == shared.config.node_id)
         .unwrap_or(0);
-    let patience = if rank < shared.config.custodians {
-        Duration::ZERO
-    } else {
-        shared.config.gossip_interval * 2 * rank as u32
+    // A fresh write normally reaches us by push before its writer's namespace does by
+    // gossip: give gossip a few rounds before stepping in, more when the writer is
+    // alive (it carries the write itself), and more for higher-ranked nodes.
+    let rounds = |writer: &str| {
+        let base = if live_ids.contains(&writer) {
+            CUSTODIAN_ROUNDS_WRITER_LIVE
+        } else {
+            CUSTODIAN_ROUNDS
+        };
+        base * (1 + rank.saturating_sub(shared.config.custodians.saturating_sub(1))) as u32
     };
     let mut adopt: BTreeMap<SessionId, Vec<RegisterName>> = BTreeMap::new();
     let mut still_uncarried = HashMap::new();
@@ -896,6 +907,7 @@ fn keep_alive(
             if carried.get(&key).is_some_and(|c| *c >= stamp) {
                 continue;
             }
+            let patience = shared.config.gossip_interval * rounds(&stamp.node);
             let slot = (record.id.clone(), name.clone(), stamp);
             let since = local.uncarried_since.get(&slot).copied().unwrap_or(now);
             if now.duration_since(since) >= patience {
