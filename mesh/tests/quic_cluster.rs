@@ -264,6 +264,99 @@ fn forged_push(origin: &str, node: &MeshNode) -> Frame {
     Frame::new(FrameKind::Push, payload)
 }
 
+/// Accepts any server certificate: an intruder that knows the cluster CA certificate
+/// (it is public) or skips checks altogether, so that only the honest acceptor's
+/// verdict on the intruder's client certificate decides.
+#[derive(Debug)]
+struct TrustAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for TrustAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Dials `to` presenting `node_id`'s certificate of `pki`, trusting any server, and
+/// writes `frame`. Returns whether the connection was still open `wait` later (an
+/// acceptor refusing the certificate closes it; under TLS 1.3 the dialler may first
+/// see the handshake succeed).
+async fn permissive_dial_survives(
+    pki: &Pki,
+    node_id: &str,
+    to: SocketAddr,
+    frame: &Frame,
+    wait: Duration,
+) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = pki.dir.path();
+    let cert = CertificateDer::from_pem_file(dir.join(format!("{node_id}.crt"))).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{node_id}.key"))).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TrustAnything(provider)))
+        .with_client_auth_cert(vec![cert], key)
+        .unwrap();
+    tls.alpn_protocols = vec![georep_mesh::tls::ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(Arc::new(tls)).unwrap();
+    let endpoint = quinn::Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
+    let connecting = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), to, "georep")
+        .unwrap();
+    let Ok(conn) = connecting.await else {
+        return false;
+    };
+    if let Ok(mut stream) = conn.open_uni().await {
+        let _ = stream.write_all(&frame.encode()).await;
+        let _ = stream.finish();
+    }
+    let survived = tokio::time::timeout(wait, conn.closed()).await.is_err();
+    conn.close(0u32.into(), b"done");
+    survived
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_node_from_another_ca_cannot_join() {
     init_tracing();
@@ -290,6 +383,39 @@ async fn quic_node_from_another_ca_cannot_join() {
             .send(link.local_addr(), forged_push("n09", &intruder))
             .await;
     }
+    // Even an intruder that accepts the honest servers' certificates is cut off by
+    // them: the acceptor refuses the foreign client certificate.
+    for link in &links {
+        let frame = forged_push("n09", &intruder);
+        let survived = permissive_dial_survives(
+            &other,
+            "n09",
+            link.local_addr(),
+            &frame,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            !survived,
+            "{} kept a connection from another CA",
+            link.local_addr()
+        );
+    }
+    // Control: the same dial with a certificate of the cluster CA stays connected.
+    pki.identity("control");
+    let harmless = Frame::new(FrameKind::PushAck, Vec::new());
+    let survived = permissive_dial_survives(
+        &pki,
+        "control",
+        links[0].local_addr(),
+        &harmless,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        survived,
+        "the permissive dial fails even with a cluster certificate"
+    );
     let honest_received: Vec<u64> = links
         .iter()
         .map(|l| l.stats().snapshot().frames_received)
