@@ -45,8 +45,8 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 const RECONCILE_TICK: Duration = Duration::from_secs(1);
 /// Shortest time a restarted agent waits for a peer before acting on its persisted view.
 const WARM_UP_MIN: Duration = Duration::from_secs(2);
-/// How often a waiting command re-checks convergence.
-const WAIT_POLL: Duration = Duration::from_millis(50);
+/// Longest a waiting command goes without re-checking convergence.
+const WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// What a node publishes per session under `m/<session key>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -467,6 +467,7 @@ impl Agent {
         self.wake.notify_one();
         self.persist();
         let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
+        let mut changes = self.mesh.subscribe();
         let (progress, pending, converged) = loop {
             let progress = self.mesh.progress(&receipt).await;
             let pending = self
@@ -476,7 +477,12 @@ impl Agent {
             if done || !request.wait || Instant::now() >= deadline {
                 break (progress, pending, done && request.wait);
             }
-            tokio::time::sleep(WAIT_POLL).await;
+            // Acknowledgements and gossip wake us; the poll bounds the wait if a
+            // change slipped between the check and the subscription.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(WAIT_POLL) => {}
+            }
         };
         let message = success_message(&request.op, &id);
         Ok(OpResponse {
