@@ -409,8 +409,17 @@ impl Agent {
             match codec::encode(&status) {
                 Ok(value) => {
                     self.mesh.set_owned(&key, value).await;
-                    if let Ok(mut published) = self.published.lock() {
-                        published.insert(id.clone(), stable);
+                    let acted_on_new_command = {
+                        let Ok(mut published) = self.published.lock() else {
+                            continue;
+                        };
+                        let before = published.insert(id.clone(), stable);
+                        before.map(|b| b.report.desired_stamp) != Some(report.desired_stamp.clone())
+                    };
+                    // Whoever issued the command may be waiting for this report: tell
+                    // it now rather than in a gossip round or two.
+                    if let (true, Some(stamp)) = (acted_on_new_command, &report.desired_stamp) {
+                        self.mesh.gossip_with(&[stamp.node.as_str()]).await;
                     }
                 }
                 Err(error) => {

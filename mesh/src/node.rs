@@ -447,6 +447,27 @@ impl MeshNode {
         }
     }
 
+    /// Starts a gossip exchange with the given live nodes right away, instead of
+    /// waiting for chitchat to pick them: scuttlebutt's third message carries our
+    /// newer keys to each (used to tell a waiting writer that its command took effect).
+    pub async fn gossip_with(&self, nodes: &[&str]) {
+        let Some(handle) = &self.handle else {
+            return;
+        };
+        let membership = self.membership().await;
+        for node in nodes {
+            let Some(member) = membership.members.get(*node).filter(|m| m.live) else {
+                continue;
+            };
+            if member.node_id == self.shared.config.node_id {
+                continue;
+            }
+            if let Err(error) = handle.gossip(member.gossip_addr) {
+                tracing::debug!(peer = %member.gossip_addr, %error, "cannot start a gossip exchange");
+            }
+        }
+    }
+
     /// Deletes an owner-written key from this node's namespace.
     pub async fn delete_owned(&self, key: &str) {
         let mut chitchat = self.shared.chitchat.lock().await;
