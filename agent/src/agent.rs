@@ -901,6 +901,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     )
     .await?;
     tracing::info!(node = %config.node_id, listen = %config.listen, api = %config.api_socket.display(), "georepd running");
+    // Accepted so configuration files written for later versions load, but say plainly
+    // that nothing acts on them yet.
+    if !config.webhooks.is_empty() {
+        tracing::warn!(webhooks = ?config.webhooks, "--webhook is not implemented yet (no event stream): no events will be delivered");
+    }
+    if let Some(path) = &config.authorized_keys {
+        tracing::warn!(path = %path.display(), "--authorized-keys is not implemented yet (no SSH key distribution): the file is not touched");
+    }
     let api_task = tokio::spawn(crate::http::serve(
         listener,
         Arc::new(crate::api::ApiHandler::new(agent.clone())),
