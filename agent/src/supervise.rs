@@ -1412,7 +1412,9 @@ impl Supervisor {
             .values()
             .filter_map(|monitor| match &monitor.phase {
                 Phase::Idle => None,
-                Phase::Backoff { until } => Some(*until),
+                // A retry that is already due but was not taken (the session is paused)
+                // waits for a plan change; waking for it now would spin.
+                Phase::Backoff { until } => Some(*until).filter(|until| *until > now),
                 Phase::Stopping {
                     since, kill_sent, ..
                 } => Some(if *kill_sent {
@@ -1732,6 +1734,28 @@ mod tests {
         assert_eq!(rig.at(&plans(DesiredState::Paused, 1), 0.0), vec![]);
         assert!(rig.fake.spawned().is_empty());
         assert_eq!(rig.report().state, MonitorState::Paused);
+    }
+
+    #[test]
+    fn a_due_retry_of_a_paused_session_does_not_wake_the_loop() {
+        // Found by georep-sim: the loop slept until a retry that pausing had put off,
+        // which was already past, so it spun.
+        let mut rig = Rig::new();
+        rig.at(&plans(DesiredState::Started, 1), 0.0);
+        rig.fake
+            .crash(rig.report().pid.unwrap(), "exited with status 1");
+        rig.at(&plans(DesiredState::Started, 1), 0.1);
+        rig.at(&plans(DesiredState::Paused, 1), 0.2);
+        let later = rig.t0 + Duration::from_secs(5);
+        assert_eq!(
+            rig.sup.reconcile(&plans(DesiredState::Paused, 1), later),
+            vec![]
+        );
+        assert!(
+            rig.sup.next_wakeup().is_none_or(|at| at > later),
+            "{:?} is not after {later:?}",
+            rig.sup.next_wakeup()
+        );
     }
 
     #[test]

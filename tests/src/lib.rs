@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod loopback_ns;
+pub mod sites;
 
 /// Where the workspace's binaries are: `GEOREP_BIN_DIR`, else the target directory this
 /// test binary runs from.
@@ -71,6 +72,8 @@ pub struct Node {
     /// Gossip address.
     pub addr: SocketAddr,
     args: Vec<String>,
+    /// Words run before `georepd` (e.g. `ip netns exec NS`); empty: run it directly.
+    launcher: Vec<String>,
     child: Option<Child>,
 }
 
@@ -88,8 +91,17 @@ pub struct Cluster {
     /// The nodes, in spec order.
     pub nodes: Vec<Node>,
     bins: PathBuf,
-    /// Words run before `georepd` (e.g. `ip netns exec NS`); empty: run it directly.
-    launcher: Vec<String>,
+}
+
+/// Where one agent of [`Cluster::start_placed`] runs: its gossip address (its
+/// certificate carries that IP) and the launcher that puts it there (e.g.
+/// `ip netns exec NS`; it must exec the agent so that the child's pid is the agent's).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Gossip address.
+    pub addr: SocketAddr,
+    /// Words run before `georepd`.
+    pub launcher: Vec<String>,
 }
 
 /// A monitor command the tests can find: its command line carries the session dir
@@ -115,7 +127,7 @@ impl Cluster {
         monitor_command: Option<&str>,
         gossip_ms: u64,
     ) -> Cluster {
-        Self::launch(specs, monitor_command, gossip_ms, Vec::new())
+        Self::launch(specs, monitor_command, gossip_ms, Vec::new(), None)
     }
 
     /// [`Cluster::start`], every agent started as `LAUNCHER... georepd ARGS...` when
@@ -131,6 +143,25 @@ impl Cluster {
             monitor_command,
             TEST_GOSSIP_MS,
             launcher.unwrap_or_default(),
+            None,
+        )
+    }
+
+    /// [`Cluster::start`] with each agent at its own address and launcher (one network
+    /// namespace per host, see [`sites`]); `placements` pairs with `specs`.
+    pub fn start_placed(
+        specs: &[NodeSpec],
+        monitor_command: Option<&str>,
+        gossip_ms: u64,
+        placements: Vec<Placement>,
+    ) -> Cluster {
+        assert_eq!(specs.len(), placements.len(), "one placement per node");
+        Self::launch(
+            specs,
+            monitor_command,
+            gossip_ms,
+            Vec::new(),
+            Some(placements),
         )
     }
 
@@ -139,17 +170,24 @@ impl Cluster {
         monitor_command: Option<&str>,
         gossip_ms: u64,
         launcher: Vec<String>,
+        placements: Option<Vec<Placement>>,
     ) -> Cluster {
         let bins = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let tls = dir.path().join("tls");
         georep_mesh::tls::write_ca(&tls).expect("write CA");
-        let addrs: Vec<SocketAddr> = specs
-            .iter()
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-            .collect();
+        let placements: Vec<Placement> = placements.unwrap_or_else(|| {
+            specs
+                .iter()
+                .map(|_| Placement {
+                    addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    launcher: launcher.clone(),
+                })
+                .collect()
+        });
+        let addrs: Vec<SocketAddr> = placements.iter().map(|p| p.addr).collect();
         let mut nodes = Vec::new();
-        for (spec, addr) in specs.iter().zip(&addrs) {
+        for ((spec, addr), placement) in specs.iter().zip(&addrs).zip(&placements) {
             georep_mesh::tls::write_node_cert(&tls, &spec.id, &[addr.ip()], &[], &tls)
                 .expect("write node cert");
             let data_dir = dir.path().join(&spec.id);
@@ -191,15 +229,11 @@ impl Cluster {
                 socket,
                 addr: *addr,
                 args,
+                launcher: placement.launcher.clone(),
                 child: None,
             });
         }
-        let mut cluster = Cluster {
-            dir,
-            nodes,
-            bins,
-            launcher,
-        };
+        let mut cluster = Cluster { dir, nodes, bins };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i);
         }
@@ -213,7 +247,7 @@ impl Cluster {
             .append(true)
             .open(node.data_dir.join("georepd.log"))
             .expect("agent log");
-        let mut command = match self.launcher.split_first() {
+        let mut command = match node.launcher.split_first() {
             Some((program, words)) => {
                 let mut command = Command::new(program);
                 command.args(words).arg(self.bins.join("georepd"));

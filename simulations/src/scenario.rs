@@ -1,0 +1,1007 @@
+//! What a run does, and when: scripted scenarios (TOML) and the seeded random
+//! workload, both resolved to one timeline of [`Step`]s.
+//!
+//! A scenario file:
+//!
+//! ```toml
+//! name = "partition-heal"
+//! nodes = 5            # default: --nodes
+//! sessions = 1         # sessions gv0 -> site<k>::gv1, k = 0..sessions
+//! duration = "2m"      # optional; default: the last step (the final check follows)
+//!
+//! [[step]]
+//! at = "10s"           # absolute virtual time; or `after = "2s"` (relative to the
+//! action = "create"    # previous step); `wait` steps move the cursor by `duration`
+//! node = 0
+//! session = 0
+//!
+//! [[step]]
+//! after = "5s"
+//! action = "partition"
+//! groups = [[0, 1], [2, 3, 4]]
+//! ```
+//!
+//! Actions: `create`, `start`, `stop`, `pause`, `resume`, `config` (`key`, `value`;
+//! no value resets), `delete` (each with `node`, `session`, optional `force`, `wait`);
+//! `partition` (`groups`, optional `oneway = true`: only group i -> group j, i < j, is
+//! cut), `degrade` (`loss`, `delay`, `jitter`, `duplicate`, optional `groups` of two
+//! between which it applies, both ways; otherwise on every link), `heal`, `crash`
+//! (`node`, `mode = "agent"` (monitors survive) or `"host"`), `restart` (`node`,
+//! `disk = "kept"` or `"lost"`), `skew` (`node`, `offset = "-3s"`), `monitor-crash` and
+//! `monitor-hang` (`node`, `session`), `wait` (`duration`), `check` (heal is not
+//! implied: wait for the invariants to hold, up to the quiet window).
+//!
+//! Nodes are numbered from 0; node `i` has id `n<i>`. The first 60 % (at least one)
+//! are primary nodes with one brick of `gv0` each, in replica sets of two; the others
+//! host `gv1`, the secondary volume.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use georep_mesh::faults::{LinkFaults, SeededRng};
+use georep_mesh::state::{SessionId, SessionOp, SessionOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::{format_duration, parse_duration, parse_offset_ms};
+
+/// The primary volume every session replicates.
+pub const PRIMARY_VOLUME: &str = "gv0";
+/// The secondary volume.
+pub const SECONDARY_VOLUME: &str = "gv1";
+
+/// Who hosts what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Nodes `0..primaries` host `gv0`; the rest host `gv1`.
+    pub primaries: usize,
+    /// Sessions `0..sessions`.
+    pub sessions: usize,
+}
+
+impl Layout {
+    /// About 60 % primaries (at least one, and at least one secondary from 2 nodes).
+    pub fn new(nodes: usize, sessions: usize) -> Self {
+        let primaries =
+            ((nodes as f64 * 0.6).round() as usize).clamp(1, nodes.saturating_sub(1).max(1));
+        Self {
+            nodes,
+            primaries,
+            sessions: sessions.max(1),
+        }
+    }
+
+    /// Whether node `i` hosts the primary volume.
+    pub fn is_primary(&self, node: usize) -> bool {
+        node < self.primaries
+    }
+
+    /// The id of node `i`.
+    pub fn node_id(node: usize) -> String {
+        format!("n{node}")
+    }
+
+    /// The id of session `k`.
+    pub fn session(&self, k: usize) -> SessionId {
+        SessionId {
+            primary_volume: PRIMARY_VOLUME.into(),
+            secondary_user: "root".into(),
+            secondary_host: format!("site{k}"),
+            secondary_volume: SECONDARY_VOLUME.into(),
+        }
+    }
+}
+
+/// How an agent dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CrashMode {
+    /// Only the agent process: its monitors keep running and are adopted on restart.
+    Agent,
+    /// The whole host: monitors die too.
+    Host,
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Disk {
+    /// The data directory is kept.
+    Kept,
+    /// The data directory is wiped (a replaced host: no processes either).
+    Lost,
+}
+
+/// Link faults as scenarios write them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FaultSpec {
+    /// Loss probability.
+    pub loss: f64,
+    /// Fixed delay, ms.
+    pub delay_ms: u64,
+    /// Random extra delay in `[0, jitter)`, ms (reorders frames).
+    pub jitter_ms: u64,
+    /// Duplication probability.
+    pub duplicate: f64,
+}
+
+impl FaultSpec {
+    /// As the mesh's fault controller takes it.
+    pub fn link_faults(&self) -> LinkFaults {
+        LinkFaults {
+            loss: self.loss,
+            delay: Duration::from_millis(self.delay_ms),
+            jitter: Duration::from_millis(self.jitter_ms),
+            duplicate: self.duplicate,
+        }
+    }
+}
+
+/// One thing that happens during a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// A command issued on a node's local API.
+    Op {
+        /// Node the command is issued on.
+        node: usize,
+        /// Session index.
+        session: usize,
+        /// The command.
+        op: SessionOp,
+        /// `--wait` (up to 5 s) rather than `--no-wait`.
+        wait: bool,
+    },
+    /// Cut links between groups (both ways, or only from earlier to later groups).
+    Partition {
+        /// Groups of node indices.
+        groups: Vec<Vec<usize>>,
+        /// Only group i -> group j (i < j) is cut.
+        oneway: bool,
+    },
+    /// Loss, delay, jitter, duplication on every link or between two groups.
+    Degrade {
+        /// Two groups between which the faults apply (both ways); `None`: everywhere.
+        between: Option<(Vec<usize>, Vec<usize>)>,
+        /// The faults.
+        faults: FaultSpec,
+    },
+    /// Remove every partition and link fault.
+    Heal,
+    /// Kill an agent.
+    Crash {
+        /// Node.
+        node: usize,
+        /// What dies with it.
+        mode: CrashMode,
+    },
+    /// Start a crashed agent again.
+    Restart {
+        /// Node.
+        node: usize,
+        /// Whether its data directory survived.
+        disk: Disk,
+    },
+    /// Step a node's clock to `offset_ms` from true time.
+    Skew {
+        /// Node.
+        node: usize,
+        /// Offset, ms (negative: behind).
+        offset_ms: i64,
+    },
+    /// A session's monitor on a node exits on its own.
+    MonitorCrash {
+        /// Node.
+        node: usize,
+        /// Session index.
+        session: usize,
+    },
+    /// A session's monitor on a node stops answering SIGTERM.
+    MonitorHang {
+        /// Node.
+        node: usize,
+        /// Session index.
+        session: usize,
+    },
+    /// Wait (at most the quiet window) for the invariants to hold, then check them.
+    Check,
+}
+
+/// An action at a virtual time (since the start of the run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// When, since the start of the run.
+    pub at: Duration,
+    /// What.
+    pub action: Action,
+}
+
+fn op_name(op: &SessionOp) -> String {
+    match op {
+        SessionOp::SetConfig { key, value } => format!("config {key}={value}"),
+        SessionOp::ResetConfig { key } => format!("config reset {key}"),
+        SessionOp::Start { force: true }
+        | SessionOp::Stop { force: true }
+        | SessionOp::Pause { force: true }
+        | SessionOp::Resume { force: true }
+        | SessionOp::Delete { force: true } => format!("{} --force", op.name()),
+        other => other.name().to_string(),
+    }
+}
+
+fn groups_text(groups: &[Vec<usize>]) -> String {
+    let inner: Vec<String> = groups
+        .iter()
+        .map(|g| {
+            let ids: Vec<String> = g.iter().map(|n| Layout::node_id(*n)).collect();
+            format!("[{}]", ids.join(","))
+        })
+        .collect();
+    inner.join(" | ")
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Op {
+                node,
+                session,
+                op,
+                wait,
+            } => write!(
+                f,
+                "{} on n{node} session {session}{}",
+                op_name(op),
+                if *wait { " --wait" } else { "" }
+            ),
+            Action::Partition { groups, oneway } => write!(
+                f,
+                "partition{} {}",
+                if *oneway {
+                    " (one-way, left to right)"
+                } else {
+                    ""
+                },
+                groups_text(groups)
+            ),
+            Action::Degrade { between, faults } => {
+                let scope = match between {
+                    Some((a, b)) => groups_text(&[a.clone(), b.clone()]),
+                    None => "all links".into(),
+                };
+                write!(
+                    f,
+                    "degrade {scope}: loss {:.0}% delay {}ms jitter {}ms dup {:.0}%",
+                    faults.loss * 100.0,
+                    faults.delay_ms,
+                    faults.jitter_ms,
+                    faults.duplicate * 100.0
+                )
+            }
+            Action::Heal => f.write_str("heal"),
+            Action::Crash { node, mode } => write!(f, "crash n{node} ({mode:?})"),
+            Action::Restart { node, disk } => write!(f, "restart n{node} (disk {disk:?})"),
+            Action::Skew { node, offset_ms } => write!(f, "skew n{node} to {offset_ms:+}ms"),
+            Action::MonitorCrash { node, session } => {
+                write!(f, "monitor crash on n{node} session {session}")
+            }
+            Action::MonitorHang { node, session } => {
+                write!(f, "monitor hang on n{node} session {session}")
+            }
+            Action::Check => f.write_str("check invariants"),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t={:>9.3}s  {}", self.at.as_secs_f64(), self.action)
+    }
+}
+
+/// A resolved plan: the layout and the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    /// Name shown in reports (`random` for the random workload).
+    pub name: String,
+    /// Who hosts what.
+    pub layout: Layout,
+    /// The steps, in time order.
+    pub steps: Vec<Step>,
+    /// Virtual time at which the run ends (a final heal and check follow).
+    pub duration: Duration,
+    /// Seed of the simulated network's fault decisions (and of the random workload).
+    pub seed: u64,
+}
+
+/// Why a scenario file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown fields.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: String,
+        /// toml's message (with line and column).
+        message: String,
+    },
+    /// A step is invalid.
+    #[error("{path}: step {index} ({action}): {reason}")]
+    Step {
+        /// The file.
+        path: String,
+        /// 1-based step number.
+        index: usize,
+        /// Its action.
+        action: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: Option<String>,
+    #[allow(dead_code)]
+    description: Option<String>,
+    nodes: Option<usize>,
+    sessions: Option<usize>,
+    seed: Option<u64>,
+    duration: Option<String>,
+    #[serde(default, rename = "step")]
+    steps: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    at: Option<String>,
+    after: Option<String>,
+    action: String,
+    node: Option<usize>,
+    session: Option<usize>,
+    groups: Option<Vec<Vec<usize>>>,
+    oneway: Option<bool>,
+    force: Option<bool>,
+    wait: Option<bool>,
+    key: Option<String>,
+    value: Option<String>,
+    mode: Option<String>,
+    disk: Option<String>,
+    loss: Option<f64>,
+    duplicate: Option<f64>,
+    delay: Option<String>,
+    jitter: Option<String>,
+    offset: Option<String>,
+    duration: Option<String>,
+}
+
+impl Scenario {
+    /// Reads a scenario file; `default_nodes` and `default_seed` apply when the file
+    /// does not say.
+    pub fn load(
+        path: &Path,
+        default_nodes: usize,
+        default_seed: u64,
+    ) -> Result<Scenario, ScenarioError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".into());
+        Self::parse(&text, &shown, &name, default_nodes, default_seed)
+    }
+
+    /// Parses scenario TOML (`origin` names it in errors).
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        default_name: &str,
+        default_nodes: usize,
+        default_seed: u64,
+    ) -> Result<Scenario, ScenarioError> {
+        let file: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError::Toml {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let nodes = file.nodes.unwrap_or(default_nodes);
+        let layout = Layout::new(nodes, file.sessions.unwrap_or(1));
+        let mut cursor = Duration::ZERO;
+        let mut steps = Vec::new();
+        for (i, raw) in file.steps.iter().enumerate() {
+            let bad = |reason: String| ScenarioError::Step {
+                path: origin.to_string(),
+                index: i + 1,
+                action: raw.action.clone(),
+                reason,
+            };
+            let dur = |text: &Option<String>| -> Result<Option<Duration>, ScenarioError> {
+                text.as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| bad(e.to_string()))
+            };
+            match (dur(&raw.at)?, dur(&raw.after)?) {
+                (Some(_), Some(_)) => return Err(bad("give `at` or `after`, not both".into())),
+                (Some(at), None) => {
+                    if at < cursor {
+                        return Err(bad(format!(
+                            "at = {} is before the previous step ({})",
+                            format_duration(at),
+                            format_duration(cursor)
+                        )));
+                    }
+                    cursor = at;
+                }
+                (None, Some(after)) => cursor += after,
+                (None, None) => {}
+            }
+            if raw.action == "wait" {
+                cursor +=
+                    dur(&raw.duration)?.ok_or_else(|| bad("`wait` needs `duration`".into()))?;
+                continue;
+            }
+            let action = resolve_action(raw, &layout).map_err(bad)?;
+            steps.push(Step { at: cursor, action });
+        }
+        let duration = match dur_opt(&file.duration).map_err(|e| ScenarioError::Toml {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })? {
+            Some(d) => d.max(cursor),
+            None => cursor,
+        };
+        Ok(Scenario {
+            name: file.name.unwrap_or_else(|| default_name.to_string()),
+            layout,
+            steps,
+            duration,
+            seed: file.seed.unwrap_or(default_seed),
+        })
+    }
+}
+
+fn dur_opt(text: &Option<String>) -> Result<Option<Duration>, crate::duration::DurationError> {
+    text.as_deref().map(parse_duration).transpose()
+}
+
+fn resolve_action(raw: &StepFile, layout: &Layout) -> Result<Action, String> {
+    let node = || -> Result<usize, String> {
+        let node = raw.node.ok_or("needs `node`")?;
+        if node >= layout.nodes {
+            return Err(format!(
+                "node {node} does not exist (nodes are 0..{})",
+                layout.nodes
+            ));
+        }
+        Ok(node)
+    };
+    let session = || -> Result<usize, String> {
+        let session = raw.session.unwrap_or(0);
+        if session >= layout.sessions {
+            return Err(format!(
+                "session {session} does not exist (sessions are 0..{})",
+                layout.sessions
+            ));
+        }
+        Ok(session)
+    };
+    let force = raw.force.unwrap_or(false);
+    let op = |op: SessionOp| -> Result<Action, String> {
+        Ok(Action::Op {
+            node: node()?,
+            session: session()?,
+            op,
+            wait: raw.wait.unwrap_or(false),
+        })
+    };
+    let groups = || -> Result<Vec<Vec<usize>>, String> {
+        let groups = raw.groups.clone().ok_or("needs `groups`")?;
+        if groups.len() < 2 {
+            return Err("needs at least two groups".into());
+        }
+        if let Some(n) = groups.iter().flatten().find(|n| **n >= layout.nodes) {
+            return Err(format!("node {n} does not exist"));
+        }
+        Ok(groups)
+    };
+    let ms = |text: &Option<String>| -> Result<u64, String> {
+        Ok(dur_opt(text)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |d| d.as_millis() as u64))
+    };
+    let probability = |p: Option<f64>| -> Result<f64, String> {
+        let p = p.unwrap_or(0.0);
+        if (0.0..=1.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(format!("probability {p} is not within 0..=1"))
+        }
+    };
+    Ok(match raw.action.as_str() {
+        "create" => op(SessionOp::Create {
+            options: SessionOptions::default(),
+            force,
+        })?,
+        "start" => op(SessionOp::Start { force })?,
+        "stop" => op(SessionOp::Stop { force })?,
+        "pause" => op(SessionOp::Pause { force })?,
+        "resume" => op(SessionOp::Resume { force })?,
+        "delete" => op(SessionOp::Delete { force })?,
+        "config" => {
+            let key = raw.key.clone().ok_or("needs `key`")?;
+            match &raw.value {
+                Some(value) => op(SessionOp::SetConfig {
+                    key,
+                    value: value.clone(),
+                })?,
+                None => op(SessionOp::ResetConfig { key })?,
+            }
+        }
+        "partition" => Action::Partition {
+            groups: groups()?,
+            oneway: raw.oneway.unwrap_or(false),
+        },
+        "degrade" => {
+            let between = match raw.groups.as_ref() {
+                None => None,
+                Some(_) => {
+                    let groups = groups()?;
+                    let [a, b] = <[Vec<usize>; 2]>::try_from(groups)
+                        .map_err(|_| "`degrade` takes exactly two groups".to_string())?;
+                    Some((a, b))
+                }
+            };
+            Action::Degrade {
+                between,
+                faults: FaultSpec {
+                    loss: probability(raw.loss)?,
+                    delay_ms: ms(&raw.delay)?,
+                    jitter_ms: ms(&raw.jitter)?,
+                    duplicate: probability(raw.duplicate)?,
+                },
+            }
+        }
+        "heal" => Action::Heal,
+        "crash" => Action::Crash {
+            node: node()?,
+            mode: match raw.mode.as_deref().unwrap_or("agent") {
+                "agent" => CrashMode::Agent,
+                "host" => CrashMode::Host,
+                other => return Err(format!("mode `{other}`: use \"agent\" or \"host\"")),
+            },
+        },
+        "restart" => Action::Restart {
+            node: node()?,
+            disk: match raw.disk.as_deref().unwrap_or("kept") {
+                "kept" => Disk::Kept,
+                "lost" => Disk::Lost,
+                other => return Err(format!("disk `{other}`: use \"kept\" or \"lost\"")),
+            },
+        },
+        "skew" => Action::Skew {
+            node: node()?,
+            offset_ms: parse_offset_ms(raw.offset.as_deref().ok_or("needs `offset`")?)
+                .map_err(|e| e.to_string())?,
+        },
+        "monitor-crash" => Action::MonitorCrash {
+            node: node()?,
+            session: session()?,
+        },
+        "monitor-hang" => Action::MonitorHang {
+            node: node()?,
+            session: session()?,
+        },
+        "check" => Action::Check,
+        other => return Err(format!("unknown action `{other}`")),
+    })
+}
+
+/// Rates and shape of the random workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RandomWorkload {
+    /// Commands per virtual second, cluster-wide, during chaos windows.
+    pub command_rate: f64,
+    /// Faults per virtual second during chaos windows.
+    pub fault_rate: f64,
+    /// Shortest and longest chaos window.
+    pub chaos: (Duration, Duration),
+    /// Quiet window after each heal (the check must pass within it).
+    pub quiet: Duration,
+    /// Time given to the cluster to form before the first command.
+    pub warmup: Duration,
+}
+
+impl RandomWorkload {
+    /// Defaults for `nodes` nodes gossiping every `gossip` (warm-up grows with log N).
+    pub fn new(nodes: usize, gossip: Duration, quiet: Duration) -> Self {
+        let rounds = (nodes.max(2) as f64).log2().ceil() as u32 * 3 + 4;
+        Self {
+            command_rate: 1.0,
+            fault_rate: 0.15,
+            chaos: (Duration::from_secs(15), Duration::from_secs(40)),
+            quiet,
+            warmup: (gossip * rounds).max(Duration::from_secs(8)),
+        }
+    }
+}
+
+struct Gen {
+    rng: SeededRng,
+}
+
+impl Gen {
+    fn below(&mut self, n: usize) -> usize {
+        self.rng.below(n as u64) as usize
+    }
+
+    fn pick(&mut self, from: &[usize]) -> Option<usize> {
+        (!from.is_empty()).then(|| from[self.below(from.len())])
+    }
+
+    fn between(&mut self, range: (Duration, Duration)) -> Duration {
+        let span = range.1.saturating_sub(range.0).as_millis() as u64;
+        range.0 + Duration::from_millis(self.rng.below(span + 1))
+    }
+
+    /// Exponential inter-arrival time for `rate` events per second.
+    fn gap(&mut self, rate: f64) -> Duration {
+        if rate <= 0.0 {
+            return Duration::MAX;
+        }
+        let u = self.rng.next_f64().max(1e-12);
+        Duration::from_secs_f64((-u.ln() / rate).min(3600.0))
+    }
+
+    fn split(&mut self, nodes: usize, parts: usize) -> Vec<Vec<usize>> {
+        let mut groups = vec![Vec::new(); parts];
+        for node in 0..nodes {
+            let g = self.below(parts);
+            groups[g].push(node);
+        }
+        // No empty group: move one node into each empty one.
+        for g in 0..parts {
+            if groups[g].is_empty() {
+                let donor = (0..parts).max_by_key(|d| groups[*d].len()).unwrap_or(0);
+                if let Some(node) = groups[donor].pop() {
+                    groups[g].push(node);
+                }
+            }
+        }
+        groups
+    }
+
+    fn op(&mut self, layout: &Layout) -> SessionOp {
+        let force = self.rng.chance(0.3);
+        match self.below(100) {
+            0..15 => SessionOp::Create {
+                options: SessionOptions::default(),
+                force: self.rng.chance(0.5),
+            },
+            15..35 => SessionOp::Start { force },
+            35..50 => SessionOp::Stop { force },
+            50..60 => SessionOp::Pause { force },
+            60..70 => SessionOp::Resume { force },
+            70..78 => SessionOp::SetConfig {
+                key: "sync-jobs".into(),
+                value: (1 + self.below(20)).to_string(),
+            },
+            78..84 => SessionOp::SetConfig {
+                key: "log-sync-performance".into(),
+                value: if self.rng.chance(0.5) {
+                    "true"
+                } else {
+                    "false"
+                }
+                .into(),
+            },
+            84..88 => SessionOp::ResetConfig {
+                key: "sync-jobs".into(),
+            },
+            _ => {
+                let _ = layout;
+                SessionOp::Delete { force }
+            }
+        }
+    }
+}
+
+/// The seeded random workload over `duration`: after a warm-up, all sessions are
+/// created and started, then chaos windows (commands and faults at their rates)
+/// alternate with heal + quiet windows ending in a check. A node that is down at the
+/// end of a chaos window is restarted at the heal.
+pub fn random_scenario(
+    layout: Layout,
+    seed: u64,
+    duration: Duration,
+    workload: &RandomWorkload,
+) -> Scenario {
+    let mut generator = Gen {
+        rng: SeededRng::new(seed ^ 0x05EE_D0FC_4A05_u64),
+    };
+    let g = &mut generator;
+    let n = layout.nodes;
+    let mut steps = Vec::new();
+    let mut down: Vec<bool> = vec![false; n];
+    let mut at = workload.warmup;
+    for session in 0..layout.sessions {
+        let node = g.below(n);
+        steps.push(Step {
+            at,
+            action: Action::Op {
+                node,
+                session,
+                op: SessionOp::Create {
+                    options: SessionOptions::default(),
+                    force: false,
+                },
+                wait: false,
+            },
+        });
+        at += Duration::from_millis(200);
+        steps.push(Step {
+            at,
+            action: Action::Op {
+                node: g.below(n),
+                session,
+                op: SessionOp::Start { force: false },
+                wait: true,
+            },
+        });
+        at += Duration::from_millis(200);
+    }
+    at += Duration::from_secs(5);
+    while at < duration {
+        let window_end =
+            (at + g.between(workload.chaos)).min(duration.max(at + Duration::from_secs(5)));
+        let mut next_command = at + g.gap(workload.command_rate);
+        let mut next_fault = at + g.gap(workload.fault_rate);
+        loop {
+            let now = next_command.min(next_fault);
+            if now >= window_end {
+                break;
+            }
+            let up: Vec<usize> = (0..n).filter(|i| !down[*i]).collect();
+            if now == next_command {
+                next_command = now + g.gap(workload.command_rate);
+                if let Some(node) = g.pick(&up) {
+                    let session = g.below(layout.sessions);
+                    let op = g.op(&layout);
+                    let wait = g.rng.chance(0.25);
+                    steps.push(Step {
+                        at: now,
+                        action: Action::Op {
+                            node,
+                            session,
+                            op,
+                            wait,
+                        },
+                    });
+                }
+                continue;
+            }
+            next_fault = now + g.gap(workload.fault_rate);
+            let downs: Vec<usize> = (0..n).filter(|i| down[*i]).collect();
+            let primaries_up: Vec<usize> = up
+                .iter()
+                .copied()
+                .filter(|i| layout.is_primary(*i))
+                .collect();
+            let action = match g.below(100) {
+                0..22 if n >= 2 => {
+                    let parts = if n >= 6 && g.rng.chance(0.3) { 3 } else { 2 };
+                    Action::Partition {
+                        groups: g.split(n, parts),
+                        oneway: false,
+                    }
+                }
+                22..32 if n >= 2 => Action::Partition {
+                    groups: g.split(n, 2),
+                    oneway: true,
+                },
+                32..44 => {
+                    let faults = FaultSpec {
+                        loss: g.rng.next_f64() * 0.25,
+                        delay_ms: g.rng.below(150),
+                        jitter_ms: g.rng.below(300),
+                        duplicate: g.rng.next_f64() * 0.1,
+                    };
+                    let between = (n >= 4 && g.rng.chance(0.5)).then(|| {
+                        let mut split = g.split(n, 2);
+                        let b = split.pop().unwrap_or_default();
+                        let a = split.pop().unwrap_or_default();
+                        (a, b)
+                    });
+                    Action::Degrade { between, faults }
+                }
+                44..58 if up.len() * 2 > n + 1 => match g.pick(&up) {
+                    Some(node) => {
+                        down[node] = true;
+                        Action::Crash {
+                            node,
+                            mode: if g.rng.chance(0.7) {
+                                CrashMode::Agent
+                            } else {
+                                CrashMode::Host
+                            },
+                        }
+                    }
+                    None => continue,
+                },
+                58..68 => match g.pick(&downs) {
+                    Some(node) => {
+                        down[node] = false;
+                        Action::Restart {
+                            node,
+                            disk: if g.rng.chance(0.75) {
+                                Disk::Kept
+                            } else {
+                                Disk::Lost
+                            },
+                        }
+                    }
+                    None => continue,
+                },
+                68..76 => match g.pick(&up) {
+                    Some(node) => Action::Skew {
+                        node,
+                        offset_ms: g.rng.below(20_001) as i64 - 10_000,
+                    },
+                    None => continue,
+                },
+                76..86 => match g.pick(&primaries_up) {
+                    Some(node) => Action::MonitorCrash {
+                        node,
+                        session: g.below(layout.sessions),
+                    },
+                    None => continue,
+                },
+                86..94 => match g.pick(&primaries_up) {
+                    Some(node) => Action::MonitorHang {
+                        node,
+                        session: g.below(layout.sessions),
+                    },
+                    None => continue,
+                },
+                _ => Action::Heal,
+            };
+            steps.push(Step { at: now, action });
+        }
+        at = window_end;
+        steps.push(Step {
+            at,
+            action: Action::Heal,
+        });
+        for (node, is_down) in down.iter_mut().enumerate() {
+            if *is_down {
+                *is_down = false;
+                steps.push(Step {
+                    at,
+                    action: Action::Restart {
+                        node,
+                        disk: if g.rng.chance(0.75) {
+                            Disk::Kept
+                        } else {
+                            Disk::Lost
+                        },
+                    },
+                });
+            }
+        }
+        steps.push(Step {
+            at,
+            action: Action::Check,
+        });
+        at += workload.quiet;
+    }
+    Scenario {
+        name: "random".into(),
+        layout,
+        steps,
+        duration: at.max(duration),
+        seed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_plan() {
+        let layout = Layout::new(10, 2);
+        let workload = RandomWorkload::new(10, Duration::from_secs(1), Duration::from_secs(30));
+        let a = random_scenario(layout, 7, Duration::from_secs(300), &workload);
+        let b = random_scenario(layout, 7, Duration::from_secs(300), &workload);
+        let c = random_scenario(layout, 8, Duration::from_secs(300), &workload);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.steps.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(
+            a.steps
+                .iter()
+                .any(|s| matches!(s.action, Action::Partition { .. }))
+        );
+        assert!(a.steps.iter().any(|s| s.action == Action::Check));
+    }
+
+    #[test]
+    fn layout_is_sixty_percent_primaries() {
+        assert_eq!(Layout::new(5, 1).primaries, 3);
+        assert_eq!(Layout::new(25, 1).primaries, 15);
+        assert_eq!(Layout::new(2, 1).primaries, 1);
+        assert_eq!(Layout::new(1, 1).primaries, 1);
+    }
+
+    #[test]
+    fn parses_a_scenario_and_reports_bad_steps() {
+        let text = r#"
+            name = "t"
+            nodes = 5
+            [[step]]
+            at = "10s"
+            action = "create"
+            node = 0
+            [[step]]
+            after = "5s"
+            action = "partition"
+            groups = [[0, 1], [2, 3, 4]]
+            [[step]]
+            action = "wait"
+            duration = "20s"
+            [[step]]
+            action = "heal"
+            [[step]]
+            action = "skew"
+            node = 2
+            offset = "-3s"
+        "#;
+        let s = Scenario::parse(text, "t.toml", "t", 3, 1).unwrap();
+        assert_eq!(s.layout.nodes, 5);
+        assert_eq!(s.steps.len(), 4);
+        assert_eq!(s.steps[1].at, Duration::from_secs(15));
+        assert_eq!(
+            s.steps[2],
+            Step {
+                at: Duration::from_secs(35),
+                action: Action::Heal
+            }
+        );
+        assert_eq!(
+            s.steps[3].action,
+            Action::Skew {
+                node: 2,
+                offset_ms: -3000
+            }
+        );
+        let bad = Scenario::parse(
+            "[[step]]\naction = \"crash\"\nnode = 9\n",
+            "b.toml",
+            "b",
+            3,
+            1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("step 1 (crash): node 9 does not exist"),
+            "{bad}"
+        );
+        let unknown = Scenario::parse("[[step]]\naction = \"explode\"\n", "b.toml", "b", 3, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown action `explode`"), "{unknown}");
+    }
+}
