@@ -298,13 +298,18 @@ impl Cluster {
         }
     }
 
-    /// Pids of the [`TEST_MONITOR`] processes of node `i` (any session).
+    /// Pids of the [`TEST_MONITOR`] processes of node `i` (any session). Only process
+    /// group leaders count: the agent starts each monitor in its own group, while the
+    /// shell's forked children carry the same command line until they exec `sleep`.
     pub fn test_monitors(&self, i: usize) -> Vec<u32> {
         let needle = format!(
             "georep-test-monitor {}",
             self.nodes[i].data_dir.join("geo-replication").display()
         );
         processes_matching(&needle)
+            .into_iter()
+            .filter(|pid| process_group(*pid) == Some(*pid))
+            .collect()
     }
 
     /// Runs `georep --socket <node i's socket> ARGS...`.
@@ -384,8 +389,8 @@ impl Cluster {
         for node in &self.nodes {
             let log =
                 std::fs::read_to_string(node.data_dir.join("georepd.log")).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(15)..];
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
             out.push_str(&format!(
                 "--- {} log tail ---\n{}\n",
                 node.id,
@@ -433,6 +438,14 @@ pub fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     after.trim_start().chars().next()
+}
+
+/// The process group of a process.
+pub fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    // fields after the command name: state, ppid, pgrp, ...
+    after.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// SIGKILLs every process whose command line contains `needle`.

@@ -191,7 +191,8 @@ fn whole_cluster_restart_loses_nothing() {
         assert_eq!(
             &cluster.test_monitors(i),
             before,
-            "node {i} kept exactly its monitor"
+            "node {i} kept exactly its monitor\n{}",
+            cluster.logs_tail()
         );
     }
 }
