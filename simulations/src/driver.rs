@@ -28,7 +28,8 @@ const COARSE_SAMPLE: Duration = Duration::from_millis(500);
 const FINE_WINDOW_MS: u64 = 5_000;
 /// Period of the traffic series.
 const TRAFFIC_PERIOD: Duration = Duration::from_secs(1);
-/// Poll period while waiting for the quiet-time invariants.
+/// Poll period while waiting for the quiet-time invariants, at most 100 nodes; it
+/// grows with N beyond (2 s at 1000 nodes), as each poll costs O(N^2).
 const SETTLE_POLL: Duration = Duration::from_millis(250);
 /// Wall time without virtual progress after which a run is declared stalled (a task
 /// that never yields to the timer, i.e. a busy loop in the agent).
@@ -551,7 +552,10 @@ async fn settle(
                 ));
                 return Err(violation);
             }
-            Err(_) => tokio::time::sleep(SETTLE_POLL).await,
+            Err(_) => {
+                let nodes = cluster.nodes.len() as u32;
+                tokio::time::sleep(SETTLE_POLL.max(Duration::from_millis(2) * nodes)).await;
+            }
         }
     }
 }
