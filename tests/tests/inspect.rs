@@ -754,6 +754,16 @@ fn json_outputs_parse_and_carry_what_the_human_form_shows() {
         );
     }
 
+    // n1 merged n2's config write from the eager push (that is what `--wait` counted);
+    // n2's own namespace, which carries the write as a key, follows by gossip.
+    let has_session_key = |keys: &Value| {
+        keys["keys"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|k| k["kind"] == "session"))
+    };
+    cluster.wait_until(SETTLE, "n2's session key reaching n1", || {
+        has_session_key(&inspect(&cluster, 0, &["keys", "n2"]))
+    });
     let keys = inspect(&cluster, 0, &["keys", "n2"]);
     assert_eq!(keys["node"], "n2");
     assert_eq!(keys["held_by"], "n1");
