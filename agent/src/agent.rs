@@ -890,7 +890,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     })?;
     let link = QuicLink::bind(config.listen, &identity, QuicOptions::default())
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let link: Arc<dyn Link> = link;
+    let link: Arc<dyn Link> = match config.fault_injection() {
+        Some(faults) => {
+            let rules: Vec<String> = config.inject_delay.iter().map(|r| r.to_string()).collect();
+            tracing::warn!(inject_delay = %rules.join(", "), "fault injection active: frames to these networks are delayed on purpose (--inject-delay is for testing only)");
+            faults.wrap(link)
+        }
+        None => link,
+    };
     let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
     let agent = Agent::start(
         config.clone(),

@@ -6,10 +6,13 @@
 //! key (or the flag) and what is wrong with it.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use georep_mesh::faults::{Faults, IpNetwork, LinkFaults};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -39,6 +42,8 @@ pub const MONITOR_PLACEHOLDERS: &[&str] = &[
     "session",
     "session_dir",
 ];
+/// Longest delay or jitter `--inject-delay` accepts.
+pub const MAX_INJECTED_DELAY: Duration = Duration::from_secs(60);
 
 /// Longest accepted node or cluster id.
 const MAX_ID_LEN: usize = 64;
@@ -95,6 +100,135 @@ pub struct AgentArgs {
     /// file's `webhooks`).
     #[arg(long = "webhook", value_name = "URL")]
     pub webhooks: Vec<String>,
+    /// FOR TESTING ONLY: delay every frame this node sends to a peer in
+    /// NETWORK (an IP or a CIDR) by DELAY plus a random 0..JITTER, e.g.
+    /// 10.77.2.0/24=40ms~5ms (units us, ms, s). One way: give it on both sides
+    /// for a round trip. Repeatable; the most specific network wins; replaces
+    /// the file's `inject_delay`.
+    #[arg(long = "inject-delay", value_name = "NETWORK=DELAY[~JITTER]")]
+    pub inject_delay: Vec<String>,
+}
+
+/// Latency injected on frames to one network (`--inject-delay`, testing only):
+/// written `NETWORK=DELAY[~JITTER]`, e.g. `10.77.2.0/24=40ms~5ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DelayRule {
+    /// Destination network (a bare address is a network of one).
+    pub network: IpNetwork,
+    /// Fixed added one-way delay.
+    pub delay: Duration,
+    /// Extra uniformly random delay in `[0, jitter)`.
+    pub jitter: Duration,
+}
+
+impl DelayRule {
+    /// Parses `NETWORK=DELAY[~JITTER]`; the error says what is wrong, in one line.
+    pub fn parse(text: &str) -> Result<DelayRule, String> {
+        let Some((network, delays)) = text.split_once('=') else {
+            return Err("expected NETWORK=DELAY[~JITTER], e.g. 10.77.2.0/24=40ms~5ms".to_owned());
+        };
+        let network = network
+            .trim()
+            .parse::<IpNetwork>()
+            .map_err(|e| format!("network: {e}"))?;
+        let (delay, jitter) = match delays.split_once('~') {
+            Some((delay, jitter)) => (delay, Some(jitter)),
+            None => (delays, None),
+        };
+        let delay = parse_delay(delay).map_err(|e| format!("delay: {e}"))?;
+        let jitter = match jitter {
+            Some(jitter) => parse_delay(jitter).map_err(|e| format!("jitter: {e}"))?,
+            None => Duration::ZERO,
+        };
+        Ok(DelayRule {
+            network,
+            delay,
+            jitter,
+        })
+    }
+
+    /// The faults this rule asks for.
+    pub fn link_faults(&self) -> LinkFaults {
+        LinkFaults {
+            delay: self.delay,
+            jitter: self.jitter,
+            ..LinkFaults::default()
+        }
+    }
+}
+
+impl fmt::Display for DelayRule {
+    /// The canonical `NETWORK=DELAY[~JITTER]`, which [`DelayRule::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.network, DelaySpelling(self.delay))?;
+        if !self.jitter.is_zero() {
+            write!(f, "~{}", DelaySpelling(self.jitter))?;
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for DelayRule {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        DelayRule::parse(&text)
+    }
+}
+
+impl From<DelayRule> for String {
+    fn from(rule: DelayRule) -> String {
+        rule.to_string()
+    }
+}
+
+/// A duration as `--inject-delay` writes it: whole `s`, `ms` or `us`.
+struct DelaySpelling(Duration);
+
+impl fmt::Display for DelaySpelling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        if us != 0 && us.is_multiple_of(1_000_000) {
+            write!(f, "{}s", us / 1_000_000)
+        } else if us.is_multiple_of(1_000) {
+            write!(f, "{}ms", us / 1_000)
+        } else {
+            write!(f, "{us}us")
+        }
+    }
+}
+
+/// Parses a whole number with a unit: `250us`, `40ms`, `2s`, at most [`MAX_INJECTED_DELAY`].
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let scale = match unit {
+        "us" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a whole number with a unit us, ms or s (e.g. 40ms)"
+            ));
+        }
+    };
+    if number.is_empty() {
+        return Err(format!("{text:?} has no number (e.g. 40ms)"));
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .map(Duration::from_micros)
+        .filter(|d| *d <= MAX_INJECTED_DELAY)
+        .ok_or_else(|| {
+            format!(
+                "{text} is longer than {}",
+                DelaySpelling(MAX_INJECTED_DELAY)
+            )
+        })
 }
 
 /// A local primary brick: `[[brick]]` in the file, `--brick VOL:PATH[:N]`
@@ -152,6 +286,9 @@ pub struct AgentConfig {
     /// http:// URLs receiving this node's events.
     #[serde(default)]
     pub webhooks: Vec<String>,
+    /// Latency injected on frames to these networks (testing only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inject_delay: Vec<DelayRule>,
 }
 
 /// Why the configuration could not be loaded. Always one line; nothing has
@@ -217,6 +354,7 @@ struct FileConfig {
     monitor_command: Option<Spanned<String>>,
     authorized_keys: Option<PathBuf>,
     webhooks: Option<Vec<Spanned<String>>>,
+    inject_delay: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,7 +460,29 @@ impl AgentConfig {
             monitor_command: None,
             authorized_keys: None,
             webhooks: Vec::new(),
+            inject_delay: Vec::new(),
         }
+    }
+
+    /// The fault controller `inject_delay` asks for, seeded from the node id (so a
+    /// node's jitter is reproducible and differs from its peers'); `None` when no
+    /// latency is to be injected.
+    pub fn fault_injection(&self) -> Option<Faults> {
+        if self.inject_delay.is_empty() {
+            return None;
+        }
+        // FNV-1a: stable across Rust versions, unlike the std hasher.
+        let seed = self
+            .node_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let faults = Faults::new(seed);
+        for rule in &self.inject_delay {
+            faults.set_network(rule.network, rule.link_faults());
+        }
+        Some(faults)
     }
 }
 
@@ -654,6 +814,32 @@ fn resolve(
     }
     let webhooks = webhooks.into_iter().map(|w| w.value).collect();
 
+    let delays: Vec<Sourced<String>> = if !args.inject_delay.is_empty() {
+        args.inject_delay
+            .iter()
+            .map(|d| from_flag(d.clone(), "inject-delay", d))
+            .collect()
+    } else {
+        file.inject_delay
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| from_file(d, format!("inject_delay[{i}]")))
+            .collect()
+    };
+    let mut inject_delay: Vec<DelayRule> = Vec::with_capacity(delays.len());
+    for d in &delays {
+        let rule =
+            DelayRule::parse(&d.value).map_err(|reason| report.invalid(&d.origin, reason))?;
+        if inject_delay.iter().any(|r| r.network == rule.network) {
+            return Err(report.invalid(
+                &d.origin,
+                format!("network {} is listed twice", rule.network),
+            ));
+        }
+        inject_delay.push(rule);
+    }
+
     Ok(AgentConfig {
         cluster_id,
         node_id,
@@ -670,6 +856,7 @@ fn resolve(
         monitor_command,
         authorized_keys,
         webhooks,
+        inject_delay,
     })
 }
 
@@ -954,6 +1141,7 @@ seeds = ["10.0.0.2:7400", "10.0.0.3:7400"]
 gossip_interval_ms = 250
 monitor_command = "/usr/bin/mon --session {session} --bricks {bricks}"
 webhooks = ["http://hooks.local/georep"]
+inject_delay = ["10.0.0.0/24=40ms~5ms", "10.0.0.3=1s"]
 
 [[brick]]
 volume = "gv0"
@@ -990,6 +1178,13 @@ path = "/bricks/b2"
             ]
         );
         assert_eq!(cfg.tls_cert, Path::new("/srv/georep/tls/file-node.crt"));
+        assert_eq!(
+            cfg.inject_delay
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.0.0.0/24=40ms~5ms", "10.0.0.3=1s"]
+        );
     }
 
     #[test]
@@ -1178,6 +1373,124 @@ path = "/bricks/b2"
         argv.extend(["--brick", "gv0:/b", "--brick", "gv0:/b:2"]);
         let e = AgentConfig::load(&args(&argv)).unwrap_err().to_string();
         assert!(e.contains("listed twice"), "{e}");
+    }
+
+    fn load_delays(delays: &[&str]) -> Result<AgentConfig, String> {
+        let mut argv = vec!["--node-id", "n", "--data-dir", "/d"];
+        for d in delays {
+            argv.extend(["--inject-delay", d]);
+        }
+        AgentConfig::load(&args(&argv)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn inject_delay_flags_parse() {
+        let cfg = load_delays(&[
+            "10.77.2.0/24=40ms~5ms",
+            "10.213.0.21=80ms",
+            "fd00::/64=250us",
+        ])
+        .expect("valid");
+        assert_eq!(
+            cfg.inject_delay,
+            [
+                DelayRule {
+                    network: "10.77.2.0/24".parse().unwrap(),
+                    delay: Duration::from_millis(40),
+                    jitter: Duration::from_millis(5),
+                },
+                DelayRule {
+                    network: "10.213.0.21/32".parse().unwrap(),
+                    delay: Duration::from_millis(80),
+                    jitter: Duration::ZERO,
+                },
+                DelayRule {
+                    network: "fd00::/64".parse().unwrap(),
+                    delay: Duration::from_micros(250),
+                    jitter: Duration::ZERO,
+                },
+            ]
+        );
+        // Canonical spelling: the largest whole unit.
+        let cfg = load_delays(&["10.0.0.1=1000ms~1500us", "10.0.0.2=0s~60s"]).expect("valid");
+        let shown: Vec<String> = cfg.inject_delay.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.1=1s~1500us", "10.0.0.2=0ms~60s"]);
+        assert!(load_delays(&[]).expect("valid").inject_delay.is_empty());
+    }
+
+    #[test]
+    fn bad_inject_delay_flags_say_what_is_wrong() {
+        let err = |d: &str| {
+            let e = load_delays(&[d]).expect_err("must be refused");
+            assert!(!e.contains('\n'), "one line: {e}");
+            e
+        };
+        assert_eq!(
+            err("10.77.2.0/24"),
+            r#"--inject-delay "10.77.2.0/24": expected NETWORK=DELAY[~JITTER], e.g. 10.77.2.0/24=40ms~5ms"#
+        );
+        assert_eq!(
+            err("10.77.2.5/24=40ms"),
+            r#"--inject-delay "10.77.2.5/24=40ms": network: 10.77.2.5/24 has host bits set (did you mean 10.77.2.0/24?)"#
+        );
+        assert_eq!(
+            err("site-b=40ms"),
+            r#"--inject-delay "site-b=40ms": network: "site-b" is not an IP address (expected ADDR or ADDR/PREFIX, e.g. 10.77.2.0/24)"#
+        );
+        assert!(
+            err("10.0.0.0/40=1ms").contains("network: prefix \"40\" is not a number from 0 to 32")
+        );
+        assert_eq!(
+            err("10.0.0.1=40"),
+            r#"--inject-delay "10.0.0.1=40": delay: "40" is not a whole number with a unit us, ms or s (e.g. 40ms)"#
+        );
+        assert!(err("10.0.0.1=").contains("delay: \"\" is not a whole number"));
+        assert!(err("10.0.0.1=ms").contains("delay: \"ms\" has no number"));
+        assert!(err("10.0.0.1=1.5s").contains("delay: \"1.5s\" is not a whole number"));
+        assert!(err("10.0.0.1=-5ms").contains("delay: \"-5ms\""));
+        assert!(err("10.0.0.1=40ms~").contains("jitter: \"\" is not a whole number"));
+        assert_eq!(
+            err("10.0.0.1=40ms~61s"),
+            r#"--inject-delay "10.0.0.1=40ms~61s": jitter: 61s is longer than 60s"#
+        );
+        assert!(err("10.0.0.1=99999999999999999999s").contains("is longer than 60s"));
+        let e = load_delays(&["10.0.0.0/8=1ms", "10.0.0.0/8=2ms"]).unwrap_err();
+        assert_eq!(
+            e,
+            r#"--inject-delay "10.0.0.0/8=2ms": network 10.0.0.0/8 is listed twice"#
+        );
+        // The same address written two ways is the same network.
+        let e = load_delays(&["10.0.0.1=1ms", "10.0.0.1/32=2ms"]).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn inject_delay_in_the_file_and_flags_replacing_it() {
+        let msg = err_line(
+            "node_id = \"n\"\ndata_dir = \"/d\"\ninject_delay = [\"10.0.0.0/24=5ms\", \"10.0.0.1=5\"]\n",
+            &[],
+        );
+        assert!(
+            msg.starts_with("FILE:3:36: inject_delay[1]: delay: \"5\" is not a whole number"),
+            "{msg}"
+        );
+        let (cfg, _) = load_file(FILE, &["--inject-delay", "10.9.0.0/16=7ms"]);
+        let cfg = cfg.expect("valid");
+        assert_eq!(cfg.inject_delay.len(), 1);
+        assert_eq!(cfg.inject_delay[0].to_string(), "10.9.0.0/16=7ms");
+    }
+
+    #[test]
+    fn fault_injection_delays_only_the_listed_networks() {
+        let cfg = load_delays(&[]).expect("valid");
+        assert!(cfg.fault_injection().is_none());
+        let cfg = load_delays(&["10.77.2.0/24=80ms", "10.77.2.9=0ms"]).expect("valid");
+        let faults = cfg.fault_injection().expect("asked for");
+        let from: SocketAddr = "10.77.1.1:7400".parse().unwrap();
+        let delay = |to: &str| faults.faults_for(from, to.parse().unwrap()).delay;
+        assert_eq!(delay("10.77.2.1:7400"), Duration::from_millis(80));
+        assert_eq!(delay("10.77.2.9:7400"), Duration::ZERO);
+        assert_eq!(delay("10.77.1.2:7400"), Duration::ZERO);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Fault injection below the mesh: loss, delay with jitter (hence reordering),
 //! duplication, and one-way or two-way partitions between arbitrary groups.
 //!
-//! This kernel has no `tc netem`, so latency in tests comes from here. One [`Faults`]
-//! controls every link it wrapped; decisions come from a seeded generator so a run's
-//! fault schedule is reproducible from its seed.
+//! This kernel has no `tc netem`, so latency in tests comes from here: the simulator
+//! sets faults per directed link, and `georepd --inject-delay` sets them per destination
+//! [`IpNetwork`]. One [`Faults`] controls every link it wrapped; decisions come from a
+//! seeded generator so a run's fault schedule is reproducible from its seed.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,11 +65,158 @@ pub struct LinkFaults {
     pub duplicate: f64,
 }
 
+/// An IP network: an address and a prefix length (`10.77.2.0/24`, `fd00::/64`). A bare
+/// address is a network of one (`/32` or `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpNetwork {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// Why an [`IpNetwork`] was refused. Nothing was built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    /// The address part is not an IPv4 or IPv6 address.
+    #[error("{0:?} is not an IP address (expected ADDR or ADDR/PREFIX, e.g. 10.77.2.0/24)")]
+    Address(String),
+    /// The prefix length is not a number, or too long for the address family.
+    #[error("prefix {prefix:?} is not a number from 0 to {max}")]
+    Prefix {
+        /// The prefix as written.
+        prefix: String,
+        /// The longest prefix of the address family (32 or 128).
+        max: u8,
+    },
+    /// Bits beyond the prefix are set: probably a typo, so it is not silently masked.
+    #[error("{addr}/{prefix} has host bits set (did you mean {network}?)")]
+    HostBits {
+        /// The address as given.
+        addr: IpAddr,
+        /// The prefix length as given.
+        prefix: u8,
+        /// The network with the host bits cleared.
+        network: IpNetwork,
+    },
+}
+
+impl IpNetwork {
+    /// The network `addr/prefix`; refused when the prefix is too long for the family or
+    /// `addr` has bits set beyond it.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, NetworkError> {
+        let max = max_prefix(addr);
+        if prefix > max {
+            return Err(NetworkError::Prefix {
+                prefix: prefix.to_string(),
+                max,
+            });
+        }
+        let network = IpNetwork {
+            addr: masked(addr, prefix),
+            prefix,
+        };
+        if network.addr != addr {
+            return Err(NetworkError::HostBits {
+                addr,
+                prefix,
+                network,
+            });
+        }
+        Ok(network)
+    }
+
+    /// The network holding exactly `addr`.
+    pub fn host(addr: IpAddr) -> Self {
+        IpNetwork {
+            addr,
+            prefix: max_prefix(addr),
+        }
+    }
+
+    /// The network's first address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+    /// as a dual-stack socket reports IPv4 peers) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix) == self.addr
+    }
+}
+
+fn max_prefix(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+/// `addr` with every bit beyond `prefix` cleared (`prefix` at most the family's width).
+fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
+impl FromStr for IpNetwork {
+    type Err = NetworkError;
+
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| NetworkError::Address(addr_text.to_owned()))?;
+        let Some(prefix_text) = prefix_text else {
+            return Ok(IpNetwork::host(addr));
+        };
+        let max = max_prefix(addr);
+        let prefix = prefix_text
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max && !prefix_text.starts_with('+'))
+            .ok_or_else(|| NetworkError::Prefix {
+                prefix: prefix_text.to_owned(),
+                max,
+            })?;
+        IpNetwork::new(addr, prefix)
+    }
+}
+
+impl fmt::Display for IpNetwork {
+    /// `ADDR/PREFIX`, or the bare address for a network of one.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix == max_prefix(self.addr) {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
 #[derive(Debug)]
 struct FaultState {
     rng: SeededRng,
     default: LinkFaults,
     per_link: HashMap<(SocketAddr, SocketAddr), LinkFaults>,
+    /// Faults by destination network, for links without their own setting.
+    per_network: Vec<(IpNetwork, LinkFaults)>,
     blocked: HashSet<(SocketAddr, SocketAddr)>,
     dropped: u64,
     duplicated: u64,
@@ -95,6 +245,7 @@ impl Faults {
                 rng: SeededRng::new(seed),
                 default: LinkFaults::default(),
                 per_link: HashMap::new(),
+                per_network: Vec::new(),
                 blocked: HashSet::new(),
                 dropped: 0,
                 duplicated: 0,
@@ -118,6 +269,24 @@ impl Faults {
         self.with(|s| {
             s.per_link.insert((from, to), faults);
         });
+    }
+
+    /// Faults for frames to any address in `network`, on links without their own
+    /// [`Faults::set_link`] setting. When several networks hold the destination, the
+    /// longest prefix wins; setting the same network again replaces its faults.
+    pub fn set_network(&self, network: IpNetwork, faults: LinkFaults) {
+        self.with(
+            |s| match s.per_network.iter_mut().find(|(n, _)| *n == network) {
+                Some((_, existing)) => *existing = faults,
+                None => s.per_network.push((network, faults)),
+            },
+        );
+    }
+
+    /// The faults a frame on `from -> to` suffers when the link is not cut: its own
+    /// setting, else the most specific destination network's, else the default.
+    pub fn faults_for(&self, from: SocketAddr, to: SocketAddr) -> LinkFaults {
+        self.with(|s| s.faults_for(from, to))
     }
 
     /// Cuts `from -> to` only (a one-way partition).
@@ -146,11 +315,12 @@ impl Faults {
         });
     }
 
-    /// Removes every partition and per-link setting, and the default faults.
+    /// Removes every partition, per-link and per-network setting, and the default faults.
     pub fn heal(&self) {
         self.with(|s| {
             s.blocked.clear();
             s.per_link.clear();
+            s.per_network.clear();
             s.default = LinkFaults::default();
         });
     }
@@ -172,7 +342,7 @@ impl Faults {
                 s.dropped += 1;
                 return Fate::Dropped;
             }
-            let faults = s.per_link.get(&(from, to)).copied().unwrap_or(s.default);
+            let faults = s.faults_for(from, to);
             if s.rng.chance(faults.loss) {
                 s.dropped += 1;
                 return Fate::Dropped;
@@ -199,6 +369,19 @@ impl Faults {
             inner: link,
             faults: self.clone(),
         })
+    }
+}
+
+impl FaultState {
+    fn faults_for(&self, from: SocketAddr, to: SocketAddr) -> LinkFaults {
+        if let Some(faults) = self.per_link.get(&(from, to)) {
+            return *faults;
+        }
+        self.per_network
+            .iter()
+            .filter(|(network, _)| network.contains(to.ip()))
+            .max_by_key(|(network, _)| network.prefix())
+            .map_or(self.default, |(_, faults)| *faults)
     }
 }
 
@@ -303,6 +486,141 @@ mod tests {
         faults.block(addr(1), addr(2));
         assert_eq!(faults.decide(addr(1), addr(2)), Fate::Dropped);
         assert_ne!(faults.decide(addr(2), addr(1)), Fate::Dropped);
+    }
+
+    fn net(text: &str) -> IpNetwork {
+        text.parse().expect("valid network")
+    }
+
+    fn delay_of(ms: u64) -> LinkFaults {
+        LinkFaults {
+            delay: Duration::from_millis(ms),
+            ..LinkFaults::default()
+        }
+    }
+
+    #[test]
+    fn networks_parse_display_and_refuse_typos() {
+        assert_eq!(net("10.77.2.0/24").to_string(), "10.77.2.0/24");
+        assert_eq!(net("10.77.2.7").prefix(), 32);
+        assert_eq!(net("10.77.2.7").to_string(), "10.77.2.7");
+        assert_eq!(net("10.77.2.7/32"), net("10.77.2.7"));
+        assert_eq!(net("0.0.0.0/0").prefix(), 0);
+        assert_eq!(net("fd00:1::/32").to_string(), "fd00:1::/32");
+        assert_eq!(net("::1").prefix(), 128);
+        let err = |text: &str| text.parse::<IpNetwork>().unwrap_err().to_string();
+        assert_eq!(
+            err("10.77.2.5/24"),
+            "10.77.2.5/24 has host bits set (did you mean 10.77.2.0/24?)"
+        );
+        assert_eq!(
+            err("10.0.0.0/33"),
+            r#"prefix "33" is not a number from 0 to 32"#
+        );
+        assert_eq!(
+            err("fd00::/129"),
+            r#"prefix "129" is not a number from 0 to 128"#
+        );
+        assert!(err("10.0.0.0/").contains(r#"prefix """#));
+        assert!(err("10.0.0.0/+8").contains("prefix"));
+        assert!(err("10.0.0.0/x").contains("prefix"));
+        assert!(err("site-b/24").starts_with(r#""site-b" is not an IP address"#));
+        assert!(err("").contains("is not an IP address"));
+        assert_eq!(
+            IpNetwork::new("10.1.0.0".parse().unwrap(), 40),
+            Err(NetworkError::Prefix {
+                prefix: "40".into(),
+                max: 32
+            })
+        );
+    }
+
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        let site_b = net("10.77.2.0/24");
+        assert!(site_b.contains("10.77.2.0".parse().unwrap()));
+        assert!(site_b.contains("10.77.2.255".parse().unwrap()));
+        assert!(!site_b.contains("10.77.3.1".parse().unwrap()));
+        assert!(!site_b.contains("fd00::1".parse().unwrap()));
+        // A dual-stack socket's view of an IPv4 peer.
+        assert!(site_b.contains("::ffff:10.77.2.9".parse().unwrap()));
+        assert!(net("0.0.0.0/0").contains("192.0.2.1".parse().unwrap()));
+        assert!(!net("0.0.0.0/0").contains("2001:db8::1".parse().unwrap()));
+        assert!(net("::/0").contains("2001:db8::1".parse().unwrap()));
+        assert!(net("2001:db8::/33").contains("2001:db8:7fff::1".parse().unwrap()));
+        assert!(!net("2001:db8::/33").contains("2001:db8:8000::1".parse().unwrap()));
+        assert!(net("10.77.2.9").contains("10.77.2.9".parse().unwrap()));
+        assert!(!net("10.77.2.9").contains("10.77.2.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn link_setting_beats_longest_prefix_beats_default() {
+        let faults = Faults::new(5);
+        let from = addr(1);
+        let in_site = SocketAddr::from(([10, 77, 2, 9], 7400));
+        let exempt = SocketAddr::from(([10, 77, 2, 1], 7400));
+        let elsewhere = SocketAddr::from(([10, 77, 3, 1], 7400));
+        faults.set_default(delay_of(1));
+        faults.set_network(net("10.77.0.0/16"), delay_of(20));
+        faults.set_network(net("10.77.2.0/24"), delay_of(40));
+        faults.set_network(net("10.77.2.1"), delay_of(0));
+        assert_eq!(faults.faults_for(from, in_site), delay_of(40));
+        assert_eq!(faults.faults_for(from, exempt), delay_of(0));
+        assert_eq!(faults.faults_for(from, elsewhere), delay_of(20));
+        assert_eq!(faults.faults_for(from, addr(2)), delay_of(1));
+        assert_eq!(
+            faults.decide(from, in_site),
+            Fate::Deliver(vec![Duration::from_millis(40)])
+        );
+        // The same network again replaces its faults.
+        faults.set_network(net("10.77.2.0/24"), delay_of(80));
+        assert_eq!(faults.faults_for(from, in_site), delay_of(80));
+        // An exact link setting wins over every network; a cut wins over everything.
+        faults.set_link(from, in_site, delay_of(3));
+        assert_eq!(faults.faults_for(from, in_site), delay_of(3));
+        faults.block(from, in_site);
+        assert_eq!(faults.decide(from, in_site), Fate::Dropped);
+        faults.heal();
+        assert_eq!(faults.faults_for(from, elsewhere), LinkFaults::default());
+        assert_eq!(
+            faults.decide(from, in_site),
+            Fate::Deliver(vec![Duration::ZERO])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_to_a_delayed_network_arrive_later_others_at_once() {
+        let hub = MemHub::new();
+        let faults = Faults::new(9);
+        let here = SocketAddr::from(([10, 77, 1, 1], 7400));
+        let near = SocketAddr::from(([10, 77, 1, 2], 7400));
+        let far = SocketAddr::from(([10, 77, 2, 1], 7400));
+        let a = faults.wrap(hub.bind("a", here).unwrap());
+        let b = hub.bind("b", near).unwrap();
+        let c = hub.bind("c", far).unwrap();
+        faults.set_network(
+            net("10.77.2.0/24"),
+            LinkFaults {
+                delay: Duration::from_millis(80),
+                jitter: Duration::from_millis(20),
+                ..LinkFaults::default()
+            },
+        );
+        let start = tokio::time::Instant::now();
+        a.send(far, Frame::new(FrameKind::Gossip, vec![1]))
+            .await
+            .unwrap();
+        a.send(near, Frame::new(FrameKind::Gossip, vec![2]))
+            .await
+            .unwrap();
+        assert_eq!(b.recv().await.unwrap().frame.payload, [2]);
+        assert!(start.elapsed() < Duration::from_millis(80));
+        assert_eq!(c.recv().await.unwrap().frame.payload, [1]);
+        let took = start.elapsed();
+        assert!(
+            (Duration::from_millis(80)..Duration::from_millis(100)).contains(&took),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

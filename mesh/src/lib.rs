@@ -4,7 +4,8 @@
 //! - [`network`]: the [`network::Link`] trait and frame format every transport speaks.
 //! - [`quic`]: the QUIC [`network::Link`] (quinn + rustls, ring), one connection per peer.
 //! - [`mem`]: an in-memory [`network::Link`] hub for fast tests and the simulator.
-//! - [`faults`]: a fault-injecting [`network::Link`] wrapper (loss, delay, duplication, partitions).
+//! - [`faults`]: a fault-injecting [`network::Link`] wrapper (loss, delay, duplication, partitions),
+//!   per directed link or by destination IP network.
 //! - [`hlc`]: hybrid logical clock stamping every replicated write.
 //! - [`codec`]: versioned, size-capped postcard + base64 encoding of replicated values.
 //! - [`session_config`]: the session configuration keys, their defaults and validation.

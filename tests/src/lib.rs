@@ -102,6 +102,8 @@ pub struct Placement {
     pub addr: SocketAddr,
     /// Words run before `georepd`.
     pub launcher: Vec<String>,
+    /// Flags added after the cluster's own (e.g. `--inject-delay`).
+    pub extra_args: Vec<String>,
 }
 
 /// A monitor command the tests can find: its command line carries the session dir
@@ -182,6 +184,7 @@ impl Cluster {
                 .map(|_| Placement {
                     addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     launcher: launcher.clone(),
+                    extra_args: Vec::new(),
                 })
                 .collect()
         });
@@ -223,6 +226,7 @@ impl Cluster {
                 args.push("--monitor-command".into());
                 args.push(command.to_string());
             }
+            args.extend(placement.extra_args.iter().cloned());
             nodes.push(Node {
                 id: spec.id.clone(),
                 data_dir,

@@ -14,8 +14,15 @@
 //! (`numgen random mod 100 < P`), or isolating one host. Processes are started in a host
 //! with [`Sites::launcher`] (`ip netns exec NS`, which execs, so the child's pid is the
 //! agent's). Every namespace, and with it every link, address and rule, is deleted on
-//! drop, also when the test fails. Added latency needs `tc netem`, which this kernel
-//! lacks, and nftables cannot delay; it is not offered.
+//! drop, also when the test fails.
+//!
+//! Latency between the sites comes from `georepd` itself, since this kernel has no
+//! `tc netem` and nftables cannot delay: an agent started with the flags of
+//! [`Sites::wan_delay_args`] (`--inject-delay ADDR=DELAY[~JITTER]` for each host of the
+//! other site; repeatable, ADDR may be a CIDR; testing only) holds every frame it sends
+//! across the WAN (gossip, pushes, acks) in its fault-injecting link layer. It is one
+//! way per flag, so both sites get it for a round trip; QUIC's own handshake and
+//! acknowledgements are not delayed.
 //!
 //! Needs root, `ip` (iproute2) and `nft` (nftables). A missing tool or a namespace that
 //! cannot be created fails the test with the command's error; it never skips.
@@ -24,6 +31,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use crate::Placement;
 
@@ -203,10 +211,32 @@ impl Sites {
 
     /// Where an agent on host `name` runs: its address and launcher.
     pub fn placement(&self, name: &str) -> Placement {
+        self.placement_with(name, Vec::new())
+    }
+
+    /// [`Sites::placement`], the agent started with `extra_args` added to its flags.
+    pub fn placement_with(&self, name: &str, extra_args: Vec<String>) -> Placement {
         Placement {
             addr: SocketAddr::new(IpAddr::V4(self.host(name).ip), GOSSIP_PORT),
             launcher: self.launcher(name),
+            extra_args,
         }
+    }
+
+    /// `georepd` flags making host `name`'s agent delay every frame it sends to the other
+    /// site by `delay` plus a random `0..jitter` (see the module docs).
+    pub fn wan_delay_args(&self, name: &str, delay: Duration, jitter: Duration) -> Vec<String> {
+        let other = Self::other(self.host(name).site);
+        self.hosts
+            .iter()
+            .filter(|h| h.site == other)
+            .flat_map(|h| {
+                [
+                    "--inject-delay".to_string(),
+                    format!("{}={}us~{}us", h.ip, delay.as_micros(), jitter.as_micros()),
+                ]
+            })
+            .collect()
     }
 
     fn ips_of(&self, site: Site) -> String {

@@ -1,12 +1,11 @@
 //! Chaos over a real network: two sites of three hosts, each host its own network
 //! namespace running a real `georepd` (real QUIC, real monitor processes and
-//! signals), with nftables faults between the sites, kill -9, SIGSTOP/SIGCONT and
+//! signals), with nftables faults between the sites, added WAN latency (the agents'
+//! `--inject-delay`: this kernel has no `tc netem`), kill -9, SIGSTOP/SIGCONT and
 //! restarts. Runs as root; fails (never skips) when namespaces cannot be created.
 //!
 //! Layout: a1, b1, a2 host bricks of the primary volume gv0 (replica sets 0, 1, 0);
 //! b2, a3, b3 host the secondary volume gv1. The session is `gv0 -> b2::gv1`.
-//! Latency between the sites is not injected: this kernel has no `tc netem`, nftables
-//! cannot delay, and `georepd` has no fault-injecting socket hook to do it for real.
 
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,20 @@ struct TwoSites {
     sites: Sites,
 }
 
+/// Added one-way latency between the sites: a fixed delay and a random extra.
+#[derive(Debug, Clone, Copy)]
+struct WanDelay {
+    delay: Duration,
+    jitter: Duration,
+}
+
 impl TwoSites {
     fn start() -> TwoSites {
+        Self::start_with(None)
+    }
+
+    /// Every agent delays what it sends to the other site by `wan_delay`, when given.
+    fn start_with(wan_delay: Option<WanDelay>) -> TwoSites {
         let sites = Sites::create(3);
         let specs: Vec<NodeSpec> = NAMES
             .iter()
@@ -42,7 +53,13 @@ impl TwoSites {
                 NodeSpec::new(name, &[&brick])
             })
             .collect();
-        let placements = NAMES.iter().map(|n| sites.placement(n)).collect();
+        let placements = NAMES
+            .iter()
+            .map(|n| match wan_delay {
+                Some(w) => sites.placement_with(n, sites.wan_delay_args(n, w.delay, w.jitter)),
+                None => sites.placement(n),
+            })
+            .collect();
         let cluster = Cluster::start_placed(&specs, Some(TEST_MONITOR), GOSSIP_MS, placements);
         let both = TwoSites { cluster, sites };
         for i in 0..NAMES.len() {
@@ -454,4 +471,80 @@ fn a_sigstopped_agent_is_declared_dead_and_recovers_without_restart() {
         },
     );
     t.wait_state_everywhere(&ALL, "Started", Duration::from_secs(30));
+}
+
+#[test]
+fn wan_latency_slows_every_confirmed_write_yet_both_sites_converge() {
+    let wan = WanDelay {
+        delay: Duration::from_millis(100),
+        jitter: Duration::from_millis(20),
+    };
+    let t = TwoSites::start_with(Some(wan));
+    for node in &t.cluster.nodes {
+        let log = std::fs::read_to_string(node.data_dir.join("georepd.log")).unwrap_or_default();
+        assert!(
+            log.contains("fault injection active"),
+            "{} does not say it injects faults:\n{}",
+            node.id,
+            t.cluster.logs_tail()
+        );
+    }
+    // Commands from both sites; every wait succeeds and the monitors follow.
+    t.create_and_start();
+
+    // A confirmed write crosses the WAN twice: the push from the writer's site, then
+    // the answer back (an ack, or gossip showing the write) from the other. Both legs
+    // are held at least `delay` by the senders' links, so no confirmed write can be
+    // faster than 2 x delay, however idle the machine. Without the delay it takes
+    // milliseconds, so the fastest of several cannot get there even on a loaded one.
+    // No upper bound: the machine is shared.
+    let writers = [0, 5, 2, 3, 4, 1];
+    let mut fastest = Duration::MAX;
+    for (k, i) in writers.into_iter().enumerate() {
+        let jobs = (k + 2).to_string();
+        let started = Instant::now();
+        let (code, answer) = t.json(i, &["config", "gv0", SECONDARY, "sync-jobs", &jobs]);
+        let took = started.elapsed();
+        assert_eq!(
+            code,
+            Some(0),
+            "config on {} not confirmed: {answer}\n{}",
+            NAMES[i],
+            t.cluster.logs_tail()
+        );
+        assert_eq!(answer["converged"], true, "{answer}");
+        assert_eq!(
+            TwoSites::names(&answer["confirmed_nodes"]).len(),
+            NAMES.len(),
+            "{answer}"
+        );
+        fastest = fastest.min(took);
+    }
+    assert!(
+        fastest >= 2 * wan.delay,
+        "the fastest confirmed write took {fastest:?}, less than a WAN round trip of {:?}: \
+         the delay is not applied",
+        2 * wan.delay
+    );
+    let last = (writers.len() + 1).to_string();
+    t.wait(
+        Duration::from_secs(30),
+        "the last sync-jobs everywhere",
+        || {
+            ALL.iter()
+                .all(|i| t.config(*i, "sync-jobs").as_deref() == Some(last.as_str()))
+        },
+    );
+
+    // Pause from site b, resume from site a: monitors freeze and thaw on both sides.
+    let paused = t.apply(3, &["pause", "gv0", SECONDARY]);
+    assert_eq!(paused["converged"], true, "{paused}");
+    t.wait_state_everywhere(&ALL, "Paused", Duration::from_secs(30));
+    let resumed = t.apply(0, &["resume", "gv0", SECONDARY]);
+    assert_eq!(resumed["converged"], true, "{resumed}");
+    t.wait_state_everywhere(&ALL, "Started", Duration::from_secs(30));
+    // A steady delay is not a failure: every node sees all six live.
+    for i in ALL {
+        t.cluster.wait_live(i, NAMES.len(), Duration::from_secs(30));
+    }
 }
