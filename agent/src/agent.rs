@@ -287,7 +287,7 @@ impl Agent {
     /// view, publish this node's per-session status, persist if anything changed.
     pub async fn reconcile_once(&self) {
         let replica = self.mesh.replica();
-        let membership = self.mesh.membership().await;
+        let membership = self.mesh.topology().await;
         let views: Vec<(SessionView, Option<Hlc>)> = replica
             .sessions
             .values()
@@ -427,12 +427,7 @@ impl Agent {
                 }
             }
         }
-        let mine = self
-            .mesh
-            .owned_values(MONITOR_PREFIX)
-            .await
-            .remove(&self.config.node_id)
-            .unwrap_or_default();
+        let mine = self.mesh.own_values(MONITOR_PREFIX).await;
         for key in mine.keys().filter(|k| !wanted.contains(*k)) {
             self.mesh.delete_owned(key).await;
         }
@@ -517,7 +512,7 @@ impl Agent {
                 None => return Vec::new(),
             },
         };
-        let membership = self.mesh.membership().await;
+        let membership = self.mesh.topology().await;
         let statuses = self.node_statuses(id).await;
         membership
             .live()

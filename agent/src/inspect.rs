@@ -229,7 +229,7 @@ impl Agent {
             report: report.as_ref(),
             report_age_ms,
             latest_write: latest.as_ref(),
-            seen: member.seen.clone(),
+            seen: Seen::clone(&member.seen),
             acked: acked.contains(&node),
         };
         let reason = explain_reason(&facts);
@@ -405,7 +405,7 @@ pub fn member_row(member: &Member, self_id: &str) -> MemberRow {
         agent_version: member.info.as_ref().map(|i| i.agent_version.clone()),
         key_count: member.key_count,
         max_version: member.max_version,
-        seen: member.seen.clone(),
+        seen: Seen::clone(&member.seen),
     }
 }
 
@@ -1717,7 +1717,7 @@ mod tests {
             key_count: 0,
             max_version: 0,
             info: None,
-            seen,
+            seen: std::sync::Arc::new(seen),
         }
     }
 

@@ -32,6 +32,10 @@ pub enum FrameKind {
     Push = 2,
     /// The acknowledgement of a push.
     PushAck = 3,
+    /// A starting node without persisted state asks which generation peers hold for it.
+    GenerationQuery = 4,
+    /// The answer to a [`FrameKind::GenerationQuery`].
+    GenerationReply = 5,
 }
 
 impl FrameKind {
@@ -41,6 +45,8 @@ impl FrameKind {
             1 => Some(Self::Gossip),
             2 => Some(Self::Push),
             3 => Some(Self::PushAck),
+            4 => Some(Self::GenerationQuery),
+            5 => Some(Self::GenerationReply),
             _ => None,
         }
     }

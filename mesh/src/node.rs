@@ -64,6 +64,9 @@ pub struct MeshConfig {
     pub push_fanout: usize,
     /// How many live nodes keep alive a register no live writer carries.
     pub custodians: usize,
+    /// How long a record this node wrote stays in its namespace once every register in
+    /// it lost to newer writes carried elsewhere (longer than clients wait on a write).
+    pub retire_superseded_after: Duration,
 }
 
 impl MeshConfig {
@@ -79,6 +82,7 @@ impl MeshConfig {
             dead_node_grace: Duration::from_secs(24 * 3600),
             push_fanout: 64,
             custodians: 2,
+            retire_superseded_after: Duration::from_secs(60),
         }
     }
 }
@@ -146,25 +150,47 @@ struct PushMsg {
     record: SessionRecord,
 }
 
+/// What a peer answers a [`FrameKind::GenerationQuery`]: the highest chitchat generation
+/// it holds for the asking node (authenticated by its certificate), if any.
+#[derive(Debug, Serialize, Deserialize)]
+struct GenerationReply {
+    node: String,
+    generation: Option<u64>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct PushAck {
     origin: String,
     position: WritePosition,
 }
 
-/// Decoded `s/` values, so each version is decoded once.
-type DecodeCache = HashMap<(ChitchatId, String), (u64, Option<SessionRecord>)>;
+/// Decoded `s/` values per node state and key, so each version is decoded once
+/// (looked up in place: a refresh touches every namespace and must not allocate).
+type DecodeCache = HashMap<ChitchatId, HashMap<String, (u64, Option<SessionRecord>)>>;
+
+/// A node's decoded `node` and `seen` values with the versions they were decoded at:
+/// a `seen` map lists every writer, so decoding it for every view would cost O(N^2).
+#[derive(Default)]
+struct DecodedMember {
+    node: Option<(u64, Option<NodeInfo>)>,
+    seen: Option<(u64, Arc<Seen>)>,
+}
 
 struct Local {
     hlc: HlcClock,
     own: BTreeMap<SessionId, SessionRecord>,
-    held: Replica,
     replica: Replica,
     acks: BTreeMap<WritePosition, BTreeSet<String>>,
     decoded: DecodeCache,
     heard: HashMap<ChitchatId, (u64, Instant)>,
     uncarried_since: HashMap<(SessionId, RegisterName, Hlc), Instant>,
-    published_seen: Seen,
+    /// Own records wholly superseded, and since when (see [`shed_superseded`]).
+    superseded_since: HashMap<SessionId, Instant>,
+    published_seen: Arc<Seen>,
+    /// Decoded `node`/`seen` values per node state.
+    members: HashMap<ChitchatId, DecodedMember>,
+    /// The last [`MeshNode::topology`] and the fingerprint it was built at.
+    topology: Option<(u64, Arc<Membership>)>,
     seen_published_at: Option<Instant>,
     undecodable: u64,
     /// Per session: the newest register's stamp, and which namespace write carries it.
@@ -211,12 +237,17 @@ fn session_key(id: &SessionId) -> String {
 impl MeshNode {
     /// Starts a node on `link`, restoring `snapshot` if the node ran before.
     pub async fn start(
-        config: MeshConfig,
+        mut config: MeshConfig,
         link: Arc<dyn Link>,
         wall: Arc<dyn WallClock>,
         snapshot: Option<MeshSnapshot>,
         owned: Vec<(String, String)>,
     ) -> Result<MeshNode, MeshError> {
+        if snapshot.is_none() {
+            // Nothing persisted (a new node, or a lost disk): peers may remember an
+            // earlier incarnation with a higher generation than this clock gives.
+            config.generation = learn_generation(&config, &link).await;
+        }
         let chitchat_id =
             ChitchatId::new(config.node_id.clone(), config.generation, link.local_addr());
         let mut hlc = HlcClock::new(config.node_id.clone(), wall.clone());
@@ -229,6 +260,12 @@ impl MeshNode {
         }
         let mut initial = owned;
         let mut own = BTreeMap::new();
+        // The replica only grows (a join of everything ever merged), so a write seen
+        // once is never forgotten, even after every namespace carrying it is gone.
+        let mut replica = snapshot.replica;
+        for record in &snapshot.own {
+            replica.join_record(record);
+        }
         for record in snapshot.own {
             initial.push((session_key(&record.id), codec::encode(&record)?));
             own.insert(record.id.clone(), record);
@@ -264,13 +301,15 @@ impl MeshNode {
             local: Mutex::new(Local {
                 hlc,
                 own,
-                held: snapshot.replica,
-                replica: Replica::default(),
+                replica,
                 acks: BTreeMap::new(),
                 decoded: HashMap::new(),
                 heard: HashMap::new(),
                 uncarried_since: HashMap::new(),
-                published_seen: Seen::new(),
+                superseded_since: HashMap::new(),
+                published_seen: Arc::default(),
+                members: HashMap::new(),
+                topology: None,
                 seen_published_at: None,
                 undecodable: 0,
                 latest_writes: BTreeMap::new(),
@@ -325,8 +364,8 @@ impl MeshNode {
         let now_secs = shared.wall.now_millis() / 1000;
         let (receipt, push, peers) = {
             let mut chitchat = shared.chitchat.lock().await;
-            let membership = membership_of(shared, &chitchat, &shared.local());
             let mut local = shared.local();
+            let membership = membership_of(shared, &chitchat, &mut local);
             let stamp = local.hlc.now();
             let delta = state::plan(&local.replica, &membership, id, op, stamp.clone(), now_secs)?;
             let mut own = local
@@ -342,7 +381,6 @@ impl MeshNode {
             let version = node_state.get_versioned(&key).map_or(0, |v| v.version);
             local.own.insert(id.clone(), own.clone());
             local.replica.join_record(&delta);
-            local.held.join_record(&delta);
             let position = WritePosition {
                 generation: shared.config.generation,
                 version,
@@ -398,13 +436,31 @@ impl MeshNode {
     /// The membership view.
     pub async fn membership(&self) -> Membership {
         let chitchat = self.shared.chitchat.lock().await;
-        let local = self.shared.local();
-        membership_of(&self.shared, &chitchat, &local)
+        let mut local = self.shared.local();
+        membership_of(&self.shared, &chitchat, &mut local)
+    }
+
+    /// The membership view for decisions, rebuilt only when a node joined, left, changed
+    /// liveness, or republished its node info or frontier: its heartbeat, last-heard,
+    /// key-count and max-version figures may be stale (use [`Self::membership`] to show
+    /// them). Building a view is O(N) allocations; a reconciler runs on every change.
+    pub async fn topology(&self) -> Arc<Membership> {
+        let chitchat = self.shared.chitchat.lock().await;
+        let mut local = self.shared.local();
+        let fingerprint = topology_fingerprint(&chitchat, &local);
+        if let Some((at, view)) = &local.topology
+            && *at == fingerprint
+        {
+            return view.clone();
+        }
+        let view = Arc::new(membership_of(&self.shared, &chitchat, &mut local));
+        local.topology = Some((fingerprint, view.clone()));
+        view
     }
 
     /// How far a write has spread: confirmed, lagging and dead nodes.
     pub async fn progress(&self, receipt: &WriteReceipt) -> WriteProgress {
-        let membership = self.membership().await;
+        let membership = self.topology().await;
         let acked = self
             .shared
             .local()
@@ -417,7 +473,7 @@ impl MeshNode {
 
     /// How far the newest write of a session has spread (which nodes merged it).
     pub async fn session_progress(&self, id: &SessionId) -> Option<WriteProgress> {
-        let membership = self.membership().await;
+        let membership = self.topology().await;
         let local = self.shared.local();
         let (_, origin, position) = local.latest_writes.get(id).cloned()?;
         // Our own writes are also confirmed by push acknowledgements, which arrive
@@ -475,6 +531,17 @@ impl MeshNode {
         if node_state.get(key).is_some() {
             node_state.delete(key);
         }
+    }
+
+    /// This node's own live (non-deleted) values under `prefix`.
+    pub async fn own_values(&self, prefix: &str) -> BTreeMap<String, String> {
+        let mut chitchat = self.shared.chitchat.lock().await;
+        chitchat
+            .self_node_state()
+            .iter_prefix(prefix)
+            .filter(|(_, v)| !v.is_deleted())
+            .map(|(k, v)| (k.to_string(), v.value.clone()))
+            .collect()
     }
 
     /// Every live (non-deleted) value under `prefix`, per node id (latest generation).
@@ -596,7 +663,27 @@ fn progress_in(
     progress
 }
 
-fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &Local) -> Membership {
+/// A hash of what [`MeshNode::topology`] depends on: per node state its id, liveness and
+/// the versions of its `node` and `seen` keys, and the local frontier.
+fn topology_fingerprint(chitchat: &Chitchat, local: &Local) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
+    for (id, state) in chitchat.node_states() {
+        id.hash(&mut hasher);
+        live.contains(id).hash(&mut hasher);
+        for key in [NODE_KEY, SEEN_KEY] {
+            state
+                .get_versioned(key)
+                .map(|v| (v.version, v.is_deleted()))
+                .hash(&mut hasher);
+        }
+    }
+    local.published_seen.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Membership {
     let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
     let scheduled: BTreeSet<&ChitchatId> = chitchat.scheduled_for_deletion_nodes().collect();
     let now = Instant::now();
@@ -609,13 +696,34 @@ fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &Local) -> Members
             continue;
         }
         let is_self = *id == shared.chitchat_id;
-        let info = state
-            .get(NODE_KEY)
-            .and_then(|v| codec::decode::<NodeInfo>(v).ok());
-        let seen = state
-            .get(SEEN_KEY)
-            .and_then(|v| codec::decode::<Seen>(v).ok())
-            .unwrap_or_default();
+        let decoded = local.members.entry(id.clone()).or_default();
+        let info = match state.get_versioned(NODE_KEY).filter(|v| !v.is_deleted()) {
+            None => None,
+            Some(value) => match &decoded.node {
+                Some((version, info)) if *version == value.version => info.clone(),
+                _ => {
+                    let info = codec::decode::<NodeInfo>(&value.value).ok();
+                    decoded.node = Some((value.version, info.clone()));
+                    info
+                }
+            },
+        };
+        let seen = if is_self {
+            local.published_seen.clone()
+        } else {
+            match state.get_versioned(SEEN_KEY).filter(|v| !v.is_deleted()) {
+                None => Arc::default(),
+                Some(value) => match &decoded.seen {
+                    Some((version, seen)) if *version == value.version => seen.clone(),
+                    _ => {
+                        let seen =
+                            Arc::new(codec::decode::<Seen>(&value.value).unwrap_or_default());
+                        decoded.seen = Some((value.version, seen.clone()));
+                        seen
+                    }
+                },
+            }
+        };
         let last_heard_ms = if is_self {
             Some(0)
         } else {
@@ -624,10 +732,6 @@ fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &Local) -> Members
                 .get(id)
                 .map(|(_, at)| now.duration_since(*at).as_millis() as u64)
         };
-        let mut seen = seen;
-        if is_self {
-            seen = local.published_seen.clone();
-        }
         members.insert(
             id.node_id.to_string(),
             Member {
@@ -679,7 +783,103 @@ async fn demux_loop(
             },
             FrameKind::Push => handle_push(&shared, received).await,
             FrameKind::PushAck => handle_push_ack(&shared, &received),
+            FrameKind::GenerationQuery => answer_generation(&shared, &received).await,
+            // A late answer to our own start-up question: nothing to do any more.
+            FrameKind::GenerationReply => {}
         }
+    }
+}
+
+/// How long a node without persisted state waits for its seeds to say which
+/// generation they hold for it: two gossip rounds, within [0.5 s, 3 s].
+fn generation_probe_timeout(config: &MeshConfig) -> Duration {
+    (config.gossip_interval * 2).clamp(Duration::from_millis(500), Duration::from_secs(3))
+}
+
+/// Asks the seeds which generation they hold for this node id and returns one above
+/// it if it is not below `config.generation` (the clock of a host that lost its disk can
+/// be behind the start time of its previous incarnation: a lower generation would
+/// leave the old, dead one in everyone's view). Takes the first answer: the highest
+/// generation of a node id is gossiped to every member, so any running seed knows it.
+/// Seeds that are down or starting themselves do not answer, and cost the timeout.
+async fn learn_generation(config: &MeshConfig, link: &Arc<dyn Link>) -> u64 {
+    let mut seeds: BTreeSet<SocketAddr> = BTreeSet::new();
+    for seed in &config.seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => seeds.extend(addrs),
+            Err(error) => tracing::debug!(seed, %error, "cannot resolve seed"),
+        }
+    }
+    seeds.remove(&link.local_addr());
+    if seeds.is_empty() {
+        return config.generation;
+    }
+    for seed in &seeds {
+        let link = link.clone();
+        let seed = *seed;
+        // Each ends after one send attempt (bounded by the link's connect timeout).
+        tokio::spawn(async move {
+            let query = Frame::new(FrameKind::GenerationQuery, Vec::new());
+            if let Err(error) = link.send(seed, query).await {
+                tracing::debug!(%seed, %error, "generation query not sent");
+            }
+        });
+    }
+    let deadline = Instant::now() + generation_probe_timeout(config);
+    let highest = loop {
+        let received = match tokio::time::timeout_at(deadline, link.recv()).await {
+            Ok(Ok(received)) => received,
+            Ok(Err(_)) | Err(_) => break None,
+        };
+        // Anything else (a peer starting at the same time asking us, early gossip)
+        // finds nothing running yet to take it; gossip repairs it.
+        if received.frame.kind != FrameKind::GenerationReply {
+            continue;
+        }
+        match codec::from_bytes::<GenerationReply>(&received.frame.payload) {
+            Ok(reply) if reply.node == config.node_id => break reply.generation,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(peer = %received.peer_node, %error, "undecodable generation reply")
+            }
+        }
+    };
+    match highest {
+        Some(known) if known >= config.generation => {
+            tracing::warn!(
+                previous = known,
+                clock = config.generation,
+                "peers remember a newer incarnation of this node than this clock gives (lost disk, clock behind?): starting above it"
+            );
+            known + 1
+        }
+        _ => config.generation,
+    }
+}
+
+/// Tells a starting peer the highest generation we hold for it.
+async fn answer_generation(shared: &Shared, received: &Received) {
+    let generation = {
+        let chitchat = shared.chitchat.lock().await;
+        chitchat
+            .node_states()
+            .keys()
+            .filter(|id| *id.node_id == *received.peer_node)
+            .map(|id| id.generation_id)
+            .max()
+    };
+    let reply = GenerationReply {
+        node: received.peer_node.clone(),
+        generation,
+    };
+    match codec::to_bytes(&reply) {
+        Ok(payload) => {
+            let frame = Frame::new(FrameKind::GenerationReply, payload);
+            if let Err(error) = shared.link.send(received.from, frame).await {
+                tracing::debug!(peer = %received.peer_node, %error, "generation reply not sent");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot encode a generation reply"),
     }
 }
 
@@ -702,7 +902,6 @@ async fn handle_push(shared: &Shared, received: Received) {
         if let Some(max) = push.record.max_stamp() {
             local.hlc.observe(&max);
         }
-        local.held.join_record(&push.record);
         local.replica.join_record(&push.record);
     }
     shared.bump();
@@ -760,51 +959,91 @@ async fn refresh(shared: &Shared, tick: bool) {
     let live: BTreeSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
     let mut changed = false;
     let mut publish: Vec<(String, String)> = Vec::new();
+    let mut retire: Vec<String> = Vec::new();
     {
         let mut local = shared.local();
         let local = &mut *local;
         let now = Instant::now();
-        let mut merged = local.held.clone();
         let mut seen = Seen::new();
-        // Per live node: the records its namespace carries (for custodianship).
-        let mut carried: Vec<&SessionRecord> = Vec::new();
-        let mut fresh_cache: DecodeCache = HashMap::new();
+        let mut fresh: Vec<SessionRecord> = Vec::new();
         for (id, state) in chitchat.node_states() {
             let heartbeat = u64::from(state.heartbeat());
-            let entry = local.heard.entry(id.clone()).or_insert((heartbeat, now));
-            if entry.0 != heartbeat {
-                *entry = (heartbeat, now);
+            match local.heard.get_mut(id) {
+                Some(entry) if entry.0 == heartbeat => {}
+                Some(entry) => *entry = (heartbeat, now),
+                None => {
+                    local.heard.insert(id.clone(), (heartbeat, now));
+                }
             }
-            for (key, value) in state.iter_prefix(SESSION_PREFIX) {
-                let cache_key = (id.clone(), key.to_string());
-                let cached = local
-                    .decoded
-                    .remove(&cache_key)
-                    .filter(|(version, _)| *version == value.version);
-                let record = match cached {
-                    Some((_, record)) => record,
-                    None => match codec::decode::<SessionRecord>(&value.value) {
-                        Ok(record) if session_key(&record.id) == key => Some(record),
-                        Ok(_) | Err(_) => {
-                            local.undecodable += 1;
-                            tracing::warn!(node = %id.node_id, key, "undecodable or mislabelled session record ignored");
-                            None
-                        }
-                    },
-                };
-                let position = WritePosition {
+            let mut records = state.iter_prefix(SESSION_PREFIX).peekable();
+            if records.peek().is_none() {
+                local.decoded.remove(id);
+                continue;
+            }
+            if !local.decoded.contains_key(id) {
+                local.decoded.insert(id.clone(), HashMap::new());
+            }
+            let Some(cache) = local.decoded.get_mut(id) else {
+                continue;
+            };
+            let mut best = WritePosition::default();
+            let mut count = 0;
+            for (key, value) in records {
+                count += 1;
+                best = best.max(WritePosition {
                     generation: id.generation_id,
                     version: value.version,
+                });
+                if cache
+                    .get(key)
+                    .is_some_and(|(version, _)| *version == value.version)
+                {
+                    continue;
+                }
+                let record = match codec::decode::<SessionRecord>(&value.value) {
+                    Ok(record) if session_key(&record.id) == key => Some(record),
+                    Ok(_) | Err(_) => {
+                        local.undecodable += 1;
+                        tracing::warn!(node = %id.node_id, key, "undecodable or mislabelled session record ignored");
+                        None
+                    }
                 };
-                let best = seen.entry(id.node_id.to_string()).or_default();
-                *best = (*best).max(position);
-                fresh_cache.insert(cache_key, (value.version, record));
+                if let Some(record) = &record {
+                    fresh.push(record.clone());
+                }
+                cache.insert(key.to_string(), (value.version, record));
+            }
+            if cache.len() > count {
+                // A key was deleted (a retired record): forget its decoded value.
+                cache.retain(|key, _| state.get(key).is_some());
+            }
+            let slot = seen.entry(id.node_id.to_string()).or_default();
+            *slot = (*slot).max(best);
+        }
+        // Only what changed is joined: the replica is the join of every version seen.
+        for record in &fresh {
+            let before = local.replica.sessions.get(&record.id).cloned();
+            local.replica.join_record(record);
+            if local.replica.sessions.get(&record.id) != before.as_ref() {
+                changed = true;
             }
         }
-        local.decoded = fresh_cache;
+        if changed && let Some(max) = local.replica.max_stamp() {
+            local.hlc.observe(&max);
+        }
+        if tick || !fresh.is_empty() {
+            local
+                .decoded
+                .retain(|id, _| chitchat.node_state(id).is_some());
+        }
         let mut latest_writes: BTreeMap<SessionId, (Hlc, String, WritePosition)> = BTreeMap::new();
-        for ((id, _), (version, record)) in &local.decoded {
-            if let Some(record) = record {
+        // Per live node: the records its namespace carries (for custodianship).
+        let mut carried: Vec<&SessionRecord> = Vec::new();
+        for (id, records) in &local.decoded {
+            for (version, record) in records.values() {
+                let Some(record) = record else {
+                    continue;
+                };
                 if let Some(stamp) = record.max_stamp() {
                     let position = WritePosition {
                         generation: id.generation_id,
@@ -813,35 +1052,29 @@ async fn refresh(shared: &Shared, tick: bool) {
                     // Custodians carry copies of a write: among equal stamps prefer the
                     // writer's own namespace, then the lowest node id, so the answer does
                     // not depend on map iteration order.
-                    let rank = |node: &str| (node != stamp.node, node.to_string());
                     let newer = latest_writes.get(&record.id).is_none_or(|(best, node, _)| {
-                        stamp > *best || (stamp == *best && rank(&id.node_id) < rank(node))
+                        stamp > *best
+                            || (stamp == *best
+                                && carrier_rank(&id.node_id, &stamp.node)
+                                    < carrier_rank(node, &stamp.node))
                     });
                     if newer {
                         latest_writes
                             .insert(record.id.clone(), (stamp, id.node_id.to_string(), position));
                     }
                 }
-                merged.join_record(record);
-                if live.contains(id) || *id == shared.chitchat_id {
+                if tick && (live.contains(id) || *id == shared.chitchat_id) {
                     carried.push(record);
                 }
             }
         }
         let carried = carried_ids(&carried);
         local.latest_writes = latest_writes;
-        for record in local.own.values() {
-            merged.join_record(record);
-        }
-        if merged != local.replica {
-            if let Some(max) = merged.max_stamp() {
-                local.hlc.observe(&max);
-            }
-            local.replica = merged;
-            changed = true;
-        }
         local
             .heard
+            .retain(|id, _| chitchat.node_state(id).is_some());
+        local
+            .members
             .retain(|id, _| chitchat.node_state(id).is_some());
         // The frontier is what `--wait` and `status` read on other nodes: publish it as
         // soon as it moves, but at most twice per gossip round (each publish is a
@@ -850,21 +1083,34 @@ async fn refresh(shared: &Shared, tick: bool) {
             || local
                 .seen_published_at
                 .is_none_or(|at| now.duration_since(at) >= shared.config.gossip_interval / 2);
-        if seen != local.published_seen && seen_due {
+        if seen != *local.published_seen && seen_due {
             if let Ok(value) = codec::encode(&seen) {
                 publish.push((SEEN_KEY.to_string(), value));
             }
-            local.published_seen = seen;
+            local.published_seen = Arc::new(seen);
             local.seen_published_at = Some(now);
         }
         if tick {
             publish.extend(keep_alive(shared, local, &live, &carried, now));
+            let republished: BTreeSet<&str> = publish.iter().map(|(k, _)| k.as_str()).collect();
+            for id in shed_superseded(shared, local, &carried, now) {
+                let key = session_key(&id);
+                if !republished.contains(key.as_str()) {
+                    local.own.remove(&id);
+                    local.superseded_since.remove(&id);
+                    retire.push(key);
+                }
+            }
         }
     }
-    if !publish.is_empty() {
+    if !publish.is_empty() || !retire.is_empty() {
         let node_state = chitchat.self_node_state();
         for (key, value) in publish {
             node_state.set(key, value);
+        }
+        for key in retire {
+            tracing::debug!(key, "retiring a wholly superseded record");
+            node_state.delete(&key);
         }
         changed = true;
     }
@@ -872,6 +1118,58 @@ async fn refresh(shared: &Shared, tick: bool) {
     if changed || tick {
         shared.bump();
     }
+}
+
+/// Own records to retire: every register in them lost to a newer write (or a newer
+/// incarnation of the session) that a live namespace carries, for longer than the
+/// grace period. Without this every node that ever wrote would stay an origin in every
+/// frontier, and frontiers (gossiped by all) would grow to N entries each. What is
+/// retired changes no outcome: the join already ignores it.
+fn shed_superseded(
+    shared: &Shared,
+    local: &mut Local,
+    carried: &BTreeMap<(SessionId, RegisterName), Hlc>,
+    now: Instant,
+) -> Vec<SessionId> {
+    let grace = shared.config.retire_superseded_after;
+    let mut due = Vec::new();
+    let mut still = HashMap::new();
+    for (id, own) in &local.own {
+        let Some(current) = local.replica.sessions.get(id) else {
+            continue;
+        };
+        let winners: BTreeMap<RegisterName, Hlc> = current.registers().into_iter().collect();
+        let carried_at = |name: &RegisterName, stamp: &Hlc| {
+            carried
+                .get(&(id.clone(), name.clone()))
+                .is_some_and(|c| c >= stamp)
+        };
+        let superseded = own.registers().into_iter().all(|(name, stamp)| {
+            match winners.get(&name) {
+                Some(winner) => *winner > stamp && carried_at(&name, winner),
+                // Pruned by the join: a newer incarnation of the session replaced it.
+                None => current
+                    .incarnation()
+                    .is_some_and(|inc| *inc > stamp && carried_at(&RegisterName::Created, inc)),
+            }
+        });
+        if !superseded {
+            continue;
+        }
+        let since = local.superseded_since.get(id).copied().unwrap_or(now);
+        if now.duration_since(since) >= grace {
+            due.push(id.clone());
+        }
+        still.insert(id.clone(), since);
+    }
+    local.superseded_since = still;
+    due
+}
+
+/// Order of preference among namespaces carrying the same write: the writer's own
+/// first, then by node id.
+fn carrier_rank<'a>(node: &'a str, writer: &str) -> (bool, &'a str) {
+    (node != writer, node)
 }
 
 /// Which (session, register, stamp) some live namespace carries.

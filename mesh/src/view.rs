@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,8 +81,8 @@ pub struct Member {
     pub max_version: u64,
     /// Its published node info, if received and decodable.
     pub info: Option<NodeInfo>,
-    /// Its published frontier.
-    pub seen: Seen,
+    /// Its published frontier (shared: decoded once per version, not per view).
+    pub seen: Arc<Seen>,
 }
 
 impl Member {
@@ -184,7 +185,7 @@ mod tests {
                     })
                     .collect(),
             }),
-            seen: Seen::new(),
+            seen: Arc::default(),
         }
     }
 

@@ -165,3 +165,128 @@ async fn state_survives_its_writer_through_custodians() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A node whose every write lost to newer ones retires its record (so frontiers do not
+/// grow with every node that ever wrote), and nothing of the outcome is lost.
+#[tokio::test]
+async fn superseded_records_are_retired_without_changing_the_outcome() {
+    let hub = MemHub::new();
+    let interval = Duration::from_millis(50);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let mut config = config(i, addr(0), interval);
+        config.retire_superseded_after = Duration::from_millis(500);
+        let link: Arc<dyn Link> = hub.bind(&node_name(i), addr(i)).unwrap();
+        let info = georep_mesh::codec::encode(&node_info(i)).unwrap();
+        let node = MeshNode::start(
+            config,
+            link,
+            Arc::new(georep_mesh::hlc::SystemClock),
+            None,
+            vec![(georep_mesh::node::NODE_KEY.to_string(), info)],
+        )
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    let refs: Vec<&MeshNode> = nodes.iter().collect();
+    wait_members(&refs, 3, Duration::from_secs(10)).await;
+    nodes[0].apply(&session(), &create()).await.unwrap();
+    wait_converged(&refs, Duration::from_secs(10), |r| {
+        r.view(&session()).is_some_and(|v| v.exists)
+    })
+    .await;
+    let set = |value: &str| SessionOp::SetConfig {
+        key: "sync-jobs".into(),
+        value: value.into(),
+    };
+    nodes[1].apply(&session(), &set("4")).await.unwrap();
+    wait_converged(&refs, Duration::from_secs(10), |r| {
+        r.view(&session())
+            .is_some_and(|v| v.config.get("sync-jobs").map(String::as_str) == Some("4"))
+    })
+    .await;
+    // n2's write is superseded by n3's: n2 retires its record after the grace period.
+    nodes[2].apply(&session(), &set("5")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !nodes[1].own_records().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n2 still carries {:?}",
+            nodes[1].own_records()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The creator's record is not superseded (nobody re-created the session).
+    assert_eq!(nodes[0].own_records().len(), 1);
+    // Everyone, n2 included, keeps the outcome; n2 is no longer an origin anywhere.
+    wait_converged(&refs, Duration::from_secs(10), |r| {
+        r.view(&session())
+            .is_some_and(|v| v.exists && v.config.get("sync-jobs").map(String::as_str) == Some("5"))
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let membership = nodes[0].membership().await;
+        let origins: Vec<Vec<String>> = membership
+            .members
+            .values()
+            .map(|m| m.seen.keys().cloned().collect())
+            .collect();
+        if origins.iter().all(|o| !o.contains(&node_name(1))) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{origins:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts node `i` with `generation` and no persisted state.
+async fn start_fresh(hub: &MemHub, i: usize, generation: u64, interval: Duration) -> MeshNode {
+    let mut config = config(i, addr(0), interval);
+    config.generation = generation;
+    let link: Arc<dyn Link> = hub.bind(&node_name(i), addr(i)).unwrap();
+    let info = georep_mesh::codec::encode(&node_info(i)).unwrap();
+    MeshNode::start(
+        config,
+        link,
+        Arc::new(georep_mesh::hlc::SystemClock),
+        None,
+        vec![(georep_mesh::node::NODE_KEY.to_string(), info)],
+    )
+    .await
+    .unwrap()
+}
+
+/// A host that lost its disk and whose clock is behind its previous start must not come
+/// back in an older generation (its peers would keep the old, dead one as its identity).
+#[tokio::test]
+async fn a_node_without_state_starts_above_the_generation_its_peers_remember() {
+    let hub = MemHub::new();
+    let interval = Duration::from_millis(50);
+    let n1 = start_fresh(&hub, 0, 1_000, interval).await;
+    let n2 = start_fresh(&hub, 1, 1_000, interval).await;
+    let n3 = start_fresh(&hub, 2, 9_000_000, interval).await;
+    wait_members(&[&n1, &n2, &n3], 3, Duration::from_secs(10)).await;
+    n3.shutdown().await;
+    // The replacement's clock says 5_000: below its previous start.
+    let n3 = start_fresh(&hub, 2, 5_000, interval).await;
+    assert!(n3.generation() > 9_000_000, "{}", n3.generation());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ok = true;
+        for node in [&n1, &n2] {
+            let membership = node.membership().await;
+            let member = &membership.members[&node_name(2)];
+            ok &= member.live && member.generation == n3.generation();
+        }
+        if ok {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peers do not see the replacement live in its generation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
