@@ -40,6 +40,8 @@ pub const SEEN_KEY: &str = "seen";
 const CUSTODIAN_ROUNDS: u32 = 3;
 /// The same when its writer is live (its own namespace should carry it shortly).
 const CUSTODIAN_ROUNDS_WRITER_LIVE: u32 = 12;
+/// At most this many change-driven refreshes per gossip round (plus the round's own).
+const REFRESHES_PER_ROUND: u32 = 10;
 /// Key of a node's [`NodeInfo`].
 pub const NODE_KEY: &str = "node";
 
@@ -191,6 +193,9 @@ struct Local {
     members: HashMap<ChitchatId, DecodedMember>,
     /// The last [`MeshNode::topology`] and the fingerprint it was built at.
     topology: Option<(u64, Arc<Membership>)>,
+    /// Fingerprint of what a topology depends on (node ids, liveness, `node` versions)
+    /// as of the last refresh.
+    topology_epoch: u64,
     seen_published_at: Option<Instant>,
     undecodable: u64,
     /// Per session: the newest register's stamp, and which namespace write carries it.
@@ -310,6 +315,7 @@ impl MeshNode {
                 published_seen: Arc::default(),
                 members: HashMap::new(),
                 topology: None,
+                topology_epoch: 0,
                 seen_published_at: None,
                 undecodable: 0,
                 latest_writes: BTreeMap::new(),
@@ -440,14 +446,17 @@ impl MeshNode {
         membership_of(&self.shared, &chitchat, &mut local)
     }
 
-    /// The membership view for decisions, rebuilt only when a node joined, left, changed
-    /// liveness, or republished its node info or frontier: its heartbeat, last-heard,
-    /// key-count and max-version figures may be stale (use [`Self::membership`] to show
-    /// them). Building a view is O(N) allocations; a reconciler runs on every change.
+    /// The membership view for decisions on who runs what, rebuilt only when a node
+    /// joined, left, changed liveness or republished its node info: its frontiers
+    /// (`seen`), heartbeat, last-heard, key-count and max-version figures may be stale
+    /// (use [`Self::membership`] for those), and liveness is as of the last refresh (at
+    /// most a gossip round old). Frontiers change on every write at every
+    /// node, and a reconciler runs on every change: rebuilding the view each time
+    /// would cost O(N^2) per write per node.
     pub async fn topology(&self) -> Arc<Membership> {
         let chitchat = self.shared.chitchat.lock().await;
         let mut local = self.shared.local();
-        let fingerprint = topology_fingerprint(&chitchat, &local);
+        let fingerprint = local.topology_epoch;
         if let Some((at, view)) = &local.topology
             && *at == fingerprint
         {
@@ -460,7 +469,7 @@ impl MeshNode {
 
     /// How far a write has spread: confirmed, lagging and dead nodes.
     pub async fn progress(&self, receipt: &WriteReceipt) -> WriteProgress {
-        let membership = self.topology().await;
+        let membership = self.membership().await;
         let acked = self
             .shared
             .local()
@@ -473,7 +482,7 @@ impl MeshNode {
 
     /// How far the newest write of a session has spread (which nodes merged it).
     pub async fn session_progress(&self, id: &SessionId) -> Option<WriteProgress> {
-        let membership = self.topology().await;
+        let membership = self.membership().await;
         let local = self.shared.local();
         let (_, origin, position) = local.latest_writes.get(id).cloned()?;
         // Our own writes are also confirmed by push acknowledgements, which arrive
@@ -661,26 +670,6 @@ fn progress_in(
         }
     }
     progress
-}
-
-/// A hash of what [`MeshNode::topology`] depends on: per node state its id, liveness and
-/// the versions of its `node` and `seen` keys, and the local frontier.
-fn topology_fingerprint(chitchat: &Chitchat, local: &Local) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
-    for (id, state) in chitchat.node_states() {
-        id.hash(&mut hasher);
-        live.contains(id).hash(&mut hasher);
-        for key in [NODE_KEY, SEEN_KEY] {
-            state
-                .get_versioned(key)
-                .map(|v| (v.version, v.is_deleted()))
-                .hash(&mut hasher);
-        }
-    }
-    local.published_seen.hash(&mut hasher);
-    hasher.finish()
 }
 
 fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Membership {
@@ -943,10 +932,19 @@ fn handle_push_ack(shared: &Shared, received: &Received) {
 async fn refresh_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.gossip_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Key changes arrive in bursts (each gossip exchange brings some): one refresh per
+    // burst, at most one per gap, instead of one per exchange.
+    let gap = shared.config.gossip_interval / REFRESHES_PER_ROUND;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = shared.wake.notified() => refresh(&shared, false).await,
+            _ = shared.wake.notified() => {
+                refresh(&shared, false).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(gap) => {}
+                }
+            }
             _ = tick.tick() => refresh(&shared, true).await,
         }
     }
@@ -956,7 +954,7 @@ async fn refresh_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// registers alive and tracks heartbeats.
 async fn refresh(shared: &Shared, tick: bool) {
     let mut chitchat = shared.chitchat.lock().await;
-    let live: BTreeSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
+    let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
     let mut changed = false;
     let mut publish: Vec<(String, String)> = Vec::new();
     let mut retire: Vec<String> = Vec::new();
@@ -966,7 +964,18 @@ async fn refresh(shared: &Shared, tick: bool) {
         let now = Instant::now();
         let mut seen = Seen::new();
         let mut fresh: Vec<SessionRecord> = Vec::new();
+        let mut decoded_changed = false;
+        let mut topology = std::hash::DefaultHasher::new();
         for (id, state) in chitchat.node_states() {
+            {
+                use std::hash::Hash;
+                id.hash(&mut topology);
+                live.contains(id).hash(&mut topology);
+                state
+                    .get_versioned(NODE_KEY)
+                    .map(|v| (v.version, v.is_deleted()))
+                    .hash(&mut topology);
+            }
             let heartbeat = u64::from(state.heartbeat());
             match local.heard.get_mut(id) {
                 Some(entry) if entry.0 == heartbeat => {}
@@ -977,7 +986,7 @@ async fn refresh(shared: &Shared, tick: bool) {
             }
             let mut records = state.iter_prefix(SESSION_PREFIX).peekable();
             if records.peek().is_none() {
-                local.decoded.remove(id);
+                decoded_changed |= local.decoded.remove(id).is_some();
                 continue;
             }
             if !local.decoded.contains_key(id) {
@@ -1016,6 +1025,7 @@ async fn refresh(shared: &Shared, tick: bool) {
             if cache.len() > count {
                 // A key was deleted (a retired record): forget its decoded value.
                 cache.retain(|key, _| state.get(key).is_some());
+                decoded_changed = true;
             }
             let slot = seen.entry(id.node_id.to_string()).or_default();
             *slot = (*slot).max(best);
@@ -1031,15 +1041,21 @@ async fn refresh(shared: &Shared, tick: bool) {
         if changed && let Some(max) = local.replica.max_stamp() {
             local.hlc.observe(&max);
         }
-        if tick || !fresh.is_empty() {
+        local.topology_epoch = std::hash::Hasher::finish(&topology);
+        decoded_changed |= !fresh.is_empty();
+        if tick || decoded_changed {
+            let before = local.decoded.len();
             local
                 .decoded
                 .retain(|id, _| chitchat.node_state(id).is_some());
+            decoded_changed |= local.decoded.len() != before;
         }
         let mut latest_writes: BTreeMap<SessionId, (Hlc, String, WritePosition)> = BTreeMap::new();
         // Per live node: the records its namespace carries (for custodianship).
         let mut carried: Vec<&SessionRecord> = Vec::new();
-        for (id, records) in &local.decoded {
+        // Both only change with the decoded namespaces (and liveness, read on ticks).
+        let rescan = tick || decoded_changed;
+        for (id, records) in local.decoded.iter().filter(|_| rescan) {
             for (version, record) in records.values() {
                 let Some(record) = record else {
                     continue;
@@ -1069,7 +1085,9 @@ async fn refresh(shared: &Shared, tick: bool) {
             }
         }
         let carried = carried_ids(&carried);
-        local.latest_writes = latest_writes;
+        if rescan {
+            local.latest_writes = latest_writes;
+        }
         local
             .heard
             .retain(|id, _| chitchat.node_state(id).is_some());
@@ -1195,7 +1213,7 @@ fn carried_ids(carried: &[&SessionRecord]) -> BTreeMap<(SessionId, RegisterName)
 fn keep_alive(
     shared: &Shared,
     local: &mut Local,
-    live: &BTreeSet<ChitchatId>,
+    live: &BTreeSet<&ChitchatId>,
     carried: &BTreeMap<(SessionId, RegisterName), Hlc>,
     now: Instant,
 ) -> Vec<(String, String)> {
