@@ -792,11 +792,14 @@ fn generation_probe_timeout(config: &MeshConfig) -> Duration {
 /// generation of a node id is gossiped to every member, so any running seed knows it.
 /// Seeds that are down or starting themselves do not answer, and cost the timeout.
 async fn learn_generation(config: &MeshConfig, link: &Arc<dyn Link>) -> u64 {
+    let deadline = Instant::now() + generation_probe_timeout(config);
     let mut seeds: BTreeSet<SocketAddr> = BTreeSet::new();
     for seed in &config.seeds {
-        match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => seeds.extend(addrs),
-            Err(error) => tracing::debug!(seed, %error, "cannot resolve seed"),
+        // A name that does not resolve must not hold the start up for a DNS timeout.
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(seed.as_str())).await {
+            Ok(Ok(addrs)) => seeds.extend(addrs),
+            Ok(Err(error)) => tracing::debug!(seed, %error, "cannot resolve seed"),
+            Err(_) => tracing::debug!(seed, "seed did not resolve in time"),
         }
     }
     seeds.remove(&link.local_addr());
@@ -814,7 +817,6 @@ async fn learn_generation(config: &MeshConfig, link: &Arc<dyn Link>) -> u64 {
             }
         });
     }
-    let deadline = Instant::now() + generation_probe_timeout(config);
     let highest = loop {
         let received = match tokio::time::timeout_at(deadline, link.recv()).await {
             Ok(Ok(received)) => received,
