@@ -5,7 +5,7 @@
 //! simulator runs this very code; [`run`] wires the real ones (QUIC, processes, system
 //! clock) for `georepd`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,9 @@ pub const MONITOR_PREFIX: &str = "m/";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Period of the reconcile loop when nothing changes.
 const RECONCILE_TICK: Duration = Duration::from_secs(1);
+/// Session directories are rewritten when their content changes, and at least this
+/// often (to repair what was edited or removed behind the agent's back).
+const DIR_RESYNC: Duration = Duration::from_secs(10);
 /// Shortest time a restarted agent waits for a peer before acting on its persisted view.
 const WARM_UP_MIN: Duration = Duration::from_secs(2);
 /// Longest a waiting command goes without re-checking convergence.
@@ -137,6 +140,8 @@ pub struct Agent {
     store: StateFile<PersistedState>,
     sessions_root: PathBuf,
     last_persisted: Mutex<Option<MeshSnapshot>>,
+    /// The session directories as last written, and when.
+    last_dirs: Mutex<Option<(Vec<SessionDirState>, Instant)>>,
     /// What this node last published under `m/`, without its clock fields.
     published: Mutex<BTreeMap<SessionId, NodeSessionStatus>>,
     wall: Arc<dyn WallClock>,
@@ -242,6 +247,7 @@ impl Agent {
             store,
             sessions_root,
             last_persisted: Mutex::new(snapshot),
+            last_dirs: Mutex::new(None),
             published: Mutex::new(BTreeMap::new()),
             wall,
             wake: Notify::new(),
@@ -264,7 +270,7 @@ impl Agent {
 
     /// Runs the reconcile loop until `shutdown`.
     pub async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut changes = self.mesh.subscribe();
+        let mut changes = self.mesh.subscribe_view();
         loop {
             self.reconcile_once().await;
             let wakeup = self
@@ -318,6 +324,9 @@ impl Agent {
             }
             supervisor.reports()
         };
+        // Per volume, this node's Active bricks (an O(N) fold over the topology: once
+        // per volume, not once per session).
+        let mut active_here: HashMap<&str, Vec<String>> = HashMap::new();
         let dir_states: Vec<SessionDirState> = views
             .iter()
             .map(|(view, _)| {
@@ -328,23 +337,50 @@ impl Agent {
                     }
                     _ => view.desired.to_string(),
                 };
-                let active = membership.active_bricks(&view.id.primary_volume);
+                let volume = view.id.primary_volume.as_str();
+                let active_local_bricks = active_here
+                    .entry(volume)
+                    .or_insert_with(|| {
+                        membership
+                            .active_bricks(volume)
+                            .into_iter()
+                            .filter(|(node, _)| *node == self.config.node_id)
+                            .map(|(_, path)| path)
+                            .collect()
+                    })
+                    .clone();
                 SessionDirState {
                     view: view.clone(),
                     monitor_status,
-                    active_local_bricks: active
-                        .into_iter()
-                        .filter(|(node, _)| *node == self.config.node_id)
-                        .map(|(_, path)| path)
-                        .collect(),
+                    active_local_bricks,
                 }
             })
             .collect();
-        if let Err(error) = session_dir::sync_all(&self.sessions_root, &dir_states) {
-            tracing::warn!(%error, root = %self.sessions_root.display(), "cannot update session directories");
-        }
+        self.sync_session_dirs(dir_states);
         self.publish_status(&plans, &reports).await;
         self.persist();
+    }
+
+    /// Writes the session directories when what they must contain changed, and at
+    /// least every [`DIR_RESYNC`] (repairing files edited or removed behind our back).
+    fn sync_session_dirs(&self, dir_states: Vec<SessionDirState>) {
+        let Ok(mut last) = self.last_dirs.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some((states, at)) = &*last
+            && *states == dir_states
+            && now.duration_since(*at) < DIR_RESYNC
+        {
+            return;
+        }
+        match session_dir::sync_all(&self.sessions_root, &dir_states) {
+            Ok(()) => *last = Some((dir_states, now)),
+            Err(error) => {
+                *last = None;
+                tracing::warn!(%error, root = %self.sessions_root.display(), "cannot update session directories");
+            }
+        }
     }
 
     /// Whether this agent may act on its view. Right after a start, the view is what

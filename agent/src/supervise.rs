@@ -33,6 +33,10 @@ use tokio::time::Instant;
 use crate::reconcile::{self, Action, DecidePolicy, ObservedMonitor, SessionPlan};
 use crate::session_dir::{self, CONFIG_FILE, LOG_FILE, PID_FILE};
 
+/// How often a monitor we signalled to stop is checked for its exit (it is expected
+/// any moment; a restart's new monitor starts as soon as the old one is gone).
+const STOPPING_POLL: Duration = Duration::from_millis(50);
+
 /// A signal the supervisor sends to a monitor's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MonitorSignal {
@@ -1415,12 +1419,14 @@ impl Supervisor {
                 // A retry that is already due but was not taken (the session is paused)
                 // waits for a plan change; waking for it now would spin.
                 Phase::Backoff { until } => Some(*until).filter(|until| *until > now),
+                // An exit is expected any moment (we signalled it): notice it soon, so
+                // that a restart's new monitor follows without a poll interval's gap.
                 Phase::Stopping {
                     since, kill_sent, ..
                 } => Some(if *kill_sent {
-                    poll
+                    now + STOPPING_POLL
                 } else {
-                    poll.min(*since + self.policy.kill_grace)
+                    (now + STOPPING_POLL).min(*since + self.policy.kill_grace)
                 }),
                 Phase::Running { process, .. } => Some(
                     match process.started.filter(|_| monitor.consecutive_crashes > 0) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
-use chitchat::{ChitchatId, ChitchatMessage, Deserializable, Serializable};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -62,9 +62,22 @@ pub enum GossipRefusal {
     },
 }
 
-/// Reads the chitchat ids listed in a `Syn`/`SynAck` digest, straight from the bytes
-/// (chitchat keeps `Digest`'s fields private). `None` for other message types.
-fn digest_ids(bytes: &[u8]) -> Result<Option<Vec<ChitchatId>>, GossipRefusal> {
+/// What a `Syn`/`SynAck` digest says about the sender.
+struct DigestFacts {
+    /// The digest lists the sender's proven node id.
+    lists_peer: bool,
+    /// Another node id the digest places at the sender's address, if any.
+    other_at_sender: Option<String>,
+}
+
+/// Reads a `Syn`/`SynAck` digest straight from the bytes (chitchat keeps `Digest`'s
+/// fields private), without allocating: this runs on every gossip message and a digest
+/// lists every node. `None` for other message types.
+fn scan_digest(
+    bytes: &[u8],
+    from: SocketAddr,
+    peer: &str,
+) -> Result<Option<DigestFacts>, GossipRefusal> {
     let kind = *bytes
         .get(DIGEST_OFFSET - 1)
         .ok_or_else(|| GossipRefusal::Undecodable("too short".into()))?;
@@ -73,15 +86,29 @@ fn digest_ids(bytes: &[u8]) -> Result<Option<Vec<ChitchatId>>, GossipRefusal> {
     }
     let mut buf = &bytes[DIGEST_OFFSET..];
     let undecodable = |e: anyhow::Error| GossipRefusal::Undecodable(e.to_string());
+    let truncated = || GossipRefusal::Undecodable("truncated digest".into());
     let count = u16::deserialize(&mut buf).map_err(undecodable)?;
-    let mut ids = Vec::with_capacity(usize::from(count).min(1024));
+    let mut facts = DigestFacts {
+        lists_peer: false,
+        other_at_sender: None,
+    };
     for _ in 0..count {
-        ids.push(ChitchatId::deserialize(&mut buf).map_err(undecodable)?);
-        buf = buf
-            .get(NODE_DIGEST_LEN..)
-            .ok_or_else(|| GossipRefusal::Undecodable("truncated digest".into()))?;
+        // A chitchat id: node id (u16 length + UTF-8), generation (u64), address.
+        let len = usize::from(u16::deserialize(&mut buf).map_err(undecodable)?);
+        let node_id = buf.get(..len).ok_or_else(truncated)?;
+        let node_id = std::str::from_utf8(node_id)
+            .map_err(|_| GossipRefusal::Undecodable("node id is not UTF-8".into()))?;
+        buf = &buf[len..];
+        u64::deserialize(&mut buf).map_err(undecodable)?;
+        let addr = SocketAddr::deserialize(&mut buf).map_err(undecodable)?;
+        buf = buf.get(NODE_DIGEST_LEN..).ok_or_else(truncated)?;
+        if node_id == peer {
+            facts.lists_peer = true;
+        } else if addr == from && facts.other_at_sender.is_none() {
+            facts.other_at_sender = Some(node_id.to_string());
+        }
     }
-    Ok(Some(ids))
+    Ok(Some(facts))
 }
 
 /// Binds peers' gossip identity to their proven identity.
@@ -99,21 +126,20 @@ impl IdentityGuard {
             .map_err(|e| GossipRefusal::Undecodable(e.to_string()))?;
         let peer = &received.peer_node;
         let key = (received.from, peer.clone());
-        match digest_ids(bytes)? {
-            Some(ids) => {
-                if let Some(other) = ids
-                    .iter()
-                    .find(|id| id.gossip_advertise_addr == received.from && *id.node_id != **peer)
-                {
+        match scan_digest(bytes, received.from, peer)? {
+            Some(facts) => {
+                if let Some(claimed) = facts.other_at_sender {
                     return Err(GossipRefusal::ClaimsOtherId {
                         peer: peer.clone(),
-                        claimed: other.node_id.to_string(),
+                        claimed,
                     });
                 }
-                if !ids.iter().any(|id| *id.node_id == **peer) {
+                if !facts.lists_peer {
                     return Err(GossipRefusal::MissingSelf { peer: peer.clone() });
                 }
-                if let Ok(mut verified) = self.verified.lock() {
+                if let Ok(mut verified) = self.verified.lock()
+                    && !verified.contains(&key)
+                {
                     verified.insert(key);
                 }
             }
@@ -221,6 +247,7 @@ impl Socket for GossipSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chitchat::ChitchatId;
 
     fn id(node: &str, port: u16) -> ChitchatId {
         ChitchatId::new(node, 1, SocketAddr::from(([127, 0, 0, 1], port)))

@@ -9,7 +9,7 @@
 //! The converged record of a session is the join of its `s/` key over every node state
 //! chitchat holds, plus what arrived by eager push or was reloaded from disk.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -184,6 +184,8 @@ struct Local {
     replica: Replica,
     acks: BTreeMap<WritePosition, BTreeSet<String>>,
     decoded: DecodeCache,
+    /// Per namespace carrying session records: the newest write position in it.
+    positions: HashMap<ChitchatId, WritePosition>,
     heard: HashMap<ChitchatId, (u64, Instant)>,
     uncarried_since: HashMap<(SessionId, RegisterName, Hlc), Instant>,
     /// Own records wholly superseded, and since when (see [`shed_superseded`]).
@@ -209,7 +211,12 @@ struct Shared {
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     local: Mutex<Local>,
     wake: Notify,
+    /// Namespaces changed since the last refresh (see [`Dirty`]).
+    dirty: Mutex<Dirty>,
+    /// Bumped on any change a waiter may care about (frontiers, acks, statuses).
     changes: watch::Sender<u64>,
+    /// Bumped only when the replica or the topology changed (what reconcilers read).
+    view_changes: watch::Sender<u64>,
     guard: IdentityGuard,
     wall: Arc<dyn WallClock>,
 }
@@ -230,9 +237,30 @@ impl Shared {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn dirty(&self) -> MutexGuard<'_, Dirty> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn bump(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
+
+    fn bump_view(&self) {
+        self.view_changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.bump();
+    }
+}
+
+/// Namespaces a refresh must read again: chitchat's key-change callback marks a node
+/// whenever one of its session records or its node info changes. Deletions and
+/// liveness changes fire no callback; ticks read everything.
+#[derive(Default)]
+struct Dirty {
+    nodes: HashSet<ChitchatId>,
+    /// A `node` key changed: recompute the topology fingerprint.
+    node_info: bool,
+    /// Read every namespace (set at start).
+    all: bool,
 }
 
 fn session_key(id: &SessionId) -> String {
@@ -309,6 +337,7 @@ impl MeshNode {
                 replica,
                 acks: BTreeMap::new(),
                 decoded: HashMap::new(),
+                positions: HashMap::new(),
                 heard: HashMap::new(),
                 uncarried_since: HashMap::new(),
                 superseded_since: HashMap::new(),
@@ -321,15 +350,33 @@ impl MeshNode {
                 latest_writes: BTreeMap::new(),
             }),
             wake: Notify::new(),
+            dirty: Mutex::new(Dirty {
+                all: true,
+                ..Dirty::default()
+            }),
             changes,
+            view_changes: watch::channel(0).0,
             guard: IdentityGuard::default(),
             wall,
         });
         let listener = {
             let waker = Arc::downgrade(&shared);
-            chitchat.lock().await.subscribe_event("", move |_event| {
-                if let Some(shared) = waker.upgrade() {
+            chitchat.lock().await.subscribe_event("", move |event| {
+                let Some(shared) = waker.upgrade() else {
+                    return;
+                };
+                if event.key.starts_with(SESSION_PREFIX) || event.key == NODE_KEY {
+                    let mut dirty = shared.dirty();
+                    if !dirty.nodes.contains(event.node) {
+                        dirty.nodes.insert(event.node.clone());
+                    }
+                    dirty.node_info |= event.key == NODE_KEY;
+                    drop(dirty);
                     shared.wake.notify_one();
+                } else {
+                    // A frontier (`seen`) or an agent's status moved: waiters on
+                    // `--wait` progress care, the replica does not.
+                    shared.bump();
                 }
             })
         };
@@ -410,7 +457,7 @@ impl MeshNode {
             };
             (receipt, push, peers)
         };
-        shared.bump();
+        shared.bump_view();
         match codec::to_bytes(&push) {
             Ok(payload) => {
                 // In parallel: one slow or dead peer must not delay the others.
@@ -519,7 +566,8 @@ impl MeshNode {
         let Some(handle) = &self.handle else {
             return;
         };
-        let membership = self.membership().await;
+        // Liveness as of the last refresh is enough to pick whom to call.
+        let membership = self.topology().await;
         for node in nodes {
             let Some(member) = membership.members.get(*node).filter(|m| m.live) else {
                 continue;
@@ -601,6 +649,12 @@ impl MeshNode {
     /// A receiver notified whenever state or membership may have changed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
+    }
+
+    /// A receiver notified when the replica or the topology changed (not on frontier,
+    /// acknowledgement or status changes): what a reconciler waits on.
+    pub fn subscribe_view(&self) -> watch::Receiver<u64> {
+        self.shared.view_changes.subscribe()
     }
 
     /// What to persist to come back with everything this node knew.
@@ -895,7 +949,7 @@ async fn handle_push(shared: &Shared, received: Received) {
         }
         local.replica.join_record(&push.record);
     }
-    shared.bump();
+    shared.bump_view();
     let ack = PushAck {
         origin: push.origin,
         position: push.position,
@@ -937,120 +991,100 @@ async fn refresh_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     // Key changes arrive in bursts (each gossip exchange brings some): one refresh per
     // burst, at most one per gap, instead of one per exchange.
     let gap = shared.config.gossip_interval / REFRESHES_PER_ROUND;
+    let mut come_back: Option<Instant> = None;
     loop {
-        tokio::select! {
+        let held = come_back.unwrap_or_else(|| Instant::now() + shared.config.gossip_interval);
+        come_back = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = shared.wake.notified() => {
-                refresh(&shared, false).await;
+                let next = refresh(&shared, false).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(gap) => {}
                 }
+                next
             }
+            _ = tokio::time::sleep_until(held), if come_back.is_some() => refresh(&shared, false).await,
             _ = tick.tick() => refresh(&shared, true).await,
-        }
+        };
     }
 }
 
-/// Recomputes the converged replica and frontier; on ticks also keeps uncarried
-/// registers alive and tracks heartbeats.
-async fn refresh(shared: &Shared, tick: bool) {
+/// Recomputes the converged replica and frontier. Between ticks only the namespaces
+/// chitchat reported changed are read; ticks read every namespace, pick up liveness,
+/// deletions and heartbeats, and keep uncarried registers alive.
+/// Returns when to come back if a frontier publish is held back.
+async fn refresh(shared: &Shared, tick: bool) -> Option<Instant> {
     let mut chitchat = shared.chitchat.lock().await;
-    let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
-    let mut changed = false;
+    let dirty = std::mem::take(&mut *shared.dirty());
+    let everything = tick || dirty.all;
+    let mut come_back = None;
+    let mut replica_changed = false;
+    let mut topology_changed = false;
     let mut publish: Vec<(String, String)> = Vec::new();
     let mut retire: Vec<String> = Vec::new();
     {
+        let live: BTreeSet<&ChitchatId> = if everything || dirty.node_info {
+            chitchat.live_nodes().collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut local = shared.local();
         let local = &mut *local;
         let now = Instant::now();
-        let mut seen = Seen::new();
         let mut fresh: Vec<SessionRecord> = Vec::new();
         let mut decoded_changed = false;
-        let mut topology = std::hash::DefaultHasher::new();
-        for (id, state) in chitchat.node_states() {
-            {
-                use std::hash::Hash;
-                id.hash(&mut topology);
-                live.contains(id).hash(&mut topology);
-                state
-                    .get_versioned(NODE_KEY)
-                    .map(|v| (v.version, v.is_deleted()))
-                    .hash(&mut topology);
-            }
-            let heartbeat = u64::from(state.heartbeat());
-            match local.heard.get_mut(id) {
-                Some(entry) if entry.0 == heartbeat => {}
-                Some(entry) => *entry = (heartbeat, now),
-                None => {
-                    local.heard.insert(id.clone(), (heartbeat, now));
-                }
-            }
-            let mut records = state.iter_prefix(SESSION_PREFIX).peekable();
-            if records.peek().is_none() {
-                decoded_changed |= local.decoded.remove(id).is_some();
-                continue;
-            }
-            if !local.decoded.contains_key(id) {
-                local.decoded.insert(id.clone(), HashMap::new());
-            }
-            let Some(cache) = local.decoded.get_mut(id) else {
-                continue;
-            };
-            let mut best = WritePosition::default();
-            let mut count = 0;
-            for (key, value) in records {
-                count += 1;
-                best = best.max(WritePosition {
-                    generation: id.generation_id,
-                    version: value.version,
-                });
-                if cache
-                    .get(key)
-                    .is_some_and(|(version, _)| *version == value.version)
-                {
-                    continue;
-                }
-                let record = match codec::decode::<SessionRecord>(&value.value) {
-                    Ok(record) if session_key(&record.id) == key => Some(record),
-                    Ok(_) | Err(_) => {
-                        local.undecodable += 1;
-                        tracing::warn!(node = %id.node_id, key, "undecodable or mislabelled session record ignored");
-                        None
+        if everything {
+            for (id, state) in chitchat.node_states() {
+                let heartbeat = u64::from(state.heartbeat());
+                match local.heard.get_mut(id) {
+                    Some(entry) if entry.0 == heartbeat => {}
+                    Some(entry) => *entry = (heartbeat, now),
+                    None => {
+                        local.heard.insert(id.clone(), (heartbeat, now));
                     }
-                };
-                if let Some(record) = &record {
-                    fresh.push(record.clone());
                 }
-                cache.insert(key.to_string(), (value.version, record));
+                decoded_changed |= read_records(local, id, state, &mut fresh);
             }
-            if cache.len() > count {
-                // A key was deleted (a retired record): forget its decoded value.
-                cache.retain(|key, _| state.get(key).is_some());
-                decoded_changed = true;
+        } else {
+            for id in &dirty.nodes {
+                if let Some(state) = chitchat.node_state(id) {
+                    decoded_changed |= read_records(local, id, state, &mut fresh);
+                }
             }
-            let slot = seen.entry(id.node_id.to_string()).or_default();
-            *slot = (*slot).max(best);
+        }
+        if everything || dirty.node_info {
+            let epoch = topology_fingerprint(&chitchat, &live);
+            topology_changed = epoch != local.topology_epoch;
+            local.topology_epoch = epoch;
         }
         // Only what changed is joined: the replica is the join of every version seen.
         for record in &fresh {
             let before = local.replica.sessions.get(&record.id).cloned();
             local.replica.join_record(record);
             if local.replica.sessions.get(&record.id) != before.as_ref() {
-                changed = true;
+                replica_changed = true;
             }
         }
-        if changed && let Some(max) = local.replica.max_stamp() {
+        if replica_changed && let Some(max) = local.replica.max_stamp() {
             local.hlc.observe(&max);
         }
-        local.topology_epoch = std::hash::Hasher::finish(&topology);
         decoded_changed |= !fresh.is_empty();
-        if tick || decoded_changed {
+        if everything {
             let before = local.decoded.len();
             local
                 .decoded
                 .retain(|id, _| chitchat.node_state(id).is_some());
             decoded_changed |= local.decoded.len() != before;
+            local
+                .positions
+                .retain(|id, _| chitchat.node_state(id).is_some());
+            local
+                .heard
+                .retain(|id, _| chitchat.node_state(id).is_some());
+            local
+                .members
+                .retain(|id, _| chitchat.node_state(id).is_some());
         }
         let mut latest_writes: BTreeMap<SessionId, (Hlc, String, WritePosition)> = BTreeMap::new();
         // Per live node: the records its namespace carries (for custodianship).
@@ -1090,12 +1124,12 @@ async fn refresh(shared: &Shared, tick: bool) {
         if rescan {
             local.latest_writes = latest_writes;
         }
-        local
-            .heard
-            .retain(|id, _| chitchat.node_state(id).is_some());
-        local
-            .members
-            .retain(|id, _| chitchat.node_state(id).is_some());
+        // Our frontier: per origin node, the newest write position we hold.
+        let mut seen = Seen::new();
+        for (id, best) in &local.positions {
+            let slot = seen.entry(id.node_id.to_string()).or_default();
+            *slot = (*slot).max(*best);
+        }
         // The frontier is what `--wait` and `status` read on other nodes: publish it as
         // soon as it moves, but at most twice per gossip round (each publish is a
         // new version of our `seen` key that everyone gossips).
@@ -1109,6 +1143,11 @@ async fn refresh(shared: &Shared, tick: bool) {
             }
             local.published_seen = Arc::new(seen);
             local.seen_published_at = Some(now);
+        } else if seen != *local.published_seen {
+            // Not due yet: come back for it (no gossip may arrive to wake us).
+            come_back = local
+                .seen_published_at
+                .map(|at| at + shared.config.gossip_interval / 2);
         }
         if tick {
             publish.extend(keep_alive(shared, local, &live, &carried, now));
@@ -1123,7 +1162,8 @@ async fn refresh(shared: &Shared, tick: bool) {
             }
         }
     }
-    if !publish.is_empty() || !retire.is_empty() {
+    let published = !publish.is_empty() || !retire.is_empty();
+    if published {
         let node_state = chitchat.self_node_state();
         for (key, value) in publish {
             node_state.set(key, value);
@@ -1132,12 +1172,94 @@ async fn refresh(shared: &Shared, tick: bool) {
             tracing::debug!(key, "retiring a wholly superseded record");
             node_state.delete(&key);
         }
-        changed = true;
     }
     drop(chitchat);
-    if changed || tick {
+    if replica_changed || topology_changed {
+        shared.bump_view();
+    } else if published || tick {
         shared.bump();
     }
+    come_back
+}
+
+/// Reads one namespace's session records into the decode cache (decoding only new
+/// versions), queues newly seen records for the join and notes the newest write
+/// position it carries. True if the cached set of records changed shape.
+fn read_records(
+    local: &mut Local,
+    id: &ChitchatId,
+    state: &chitchat::NodeState,
+    fresh: &mut Vec<SessionRecord>,
+) -> bool {
+    let mut records = state.iter_prefix(SESSION_PREFIX).peekable();
+    if records.peek().is_none() {
+        local.positions.remove(id);
+        return local.decoded.remove(id).is_some();
+    }
+    if !local.decoded.contains_key(id) {
+        local.decoded.insert(id.clone(), HashMap::new());
+    }
+    let Some(cache) = local.decoded.get_mut(id) else {
+        return false;
+    };
+    let mut best = WritePosition::default();
+    let mut count = 0;
+    let mut undecodable = 0;
+    for (key, value) in records {
+        count += 1;
+        best = best.max(WritePosition {
+            generation: id.generation_id,
+            version: value.version,
+        });
+        if cache
+            .get(key)
+            .is_some_and(|(version, _)| *version == value.version)
+        {
+            continue;
+        }
+        let record = match codec::decode::<SessionRecord>(&value.value) {
+            Ok(record) if session_key(&record.id) == key => Some(record),
+            Ok(_) | Err(_) => {
+                undecodable += 1;
+                tracing::warn!(node = %id.node_id, key, "undecodable or mislabelled session record ignored");
+                None
+            }
+        };
+        if let Some(record) = &record {
+            fresh.push(record.clone());
+        }
+        cache.insert(key.to_string(), (value.version, record));
+    }
+    let mut reshaped = false;
+    if cache.len() > count {
+        // A key was deleted (a retired record): forget its decoded value.
+        cache.retain(|key, _| state.get(key).is_some());
+        reshaped = true;
+    }
+    local.undecodable += undecodable;
+    match local.positions.get_mut(id) {
+        Some(slot) => *slot = best,
+        None => {
+            local.positions.insert(id.clone(), best);
+        }
+    }
+    reshaped
+}
+
+/// Fingerprint of what the reconciler's topology depends on: node ids, liveness and
+/// `node` key versions (not frontiers: they move at every node on every write).
+fn topology_fingerprint(chitchat: &Chitchat, live: &BTreeSet<&ChitchatId>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for (id, state) in chitchat.node_states() {
+        id.hash(&mut hasher);
+        live.contains(id).hash(&mut hasher);
+        state
+            .get_versioned(NODE_KEY)
+            .map(|v| (v.version, v.is_deleted()))
+            .hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Own records to retire: every register in them lost to a newer write (or a newer
