@@ -953,8 +953,34 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown.clone(),
     ));
     let loop_task = tokio::spawn(agent.clone().run_loop(shutdown.clone()));
+    // A monitor that exits is noticed at once, not at the next poll: its status must
+    // not read "running" to a waiting client while it is already gone.
+    let child_task = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(mut children) => {
+            let agent = agent.clone();
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        received = children.recv() => match received {
+                            Some(()) => agent.wake.notify_one(),
+                            None => return,
+                        },
+                    }
+                }
+            }))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGCHLD: monitor exits are noticed by polling");
+            None
+        }
+    };
     shutdown.cancelled().await;
     let _ = loop_task.await;
+    if let Some(task) = child_task {
+        let _ = task.await;
+    }
     let _ = api_task.await;
     let _ = std::fs::remove_file(&config.api_socket);
     agent.shutdown().await;

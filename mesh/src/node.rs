@@ -186,7 +186,8 @@ struct Local {
     decoded: DecodeCache,
     /// Per namespace carrying session records: the newest write position in it.
     positions: HashMap<ChitchatId, WritePosition>,
-    heard: HashMap<ChitchatId, (u64, Instant)>,
+    /// Per namespace: last heartbeat seen and when, and the max version read at.
+    heard: HashMap<ChitchatId, Heard>,
     uncarried_since: HashMap<(SessionId, RegisterName, Hlc), Instant>,
     /// Own records wholly superseded, and since when (see [`shed_superseded`]).
     superseded_since: HashMap<SessionId, Instant>,
@@ -249,6 +250,15 @@ impl Shared {
         self.view_changes.send_modify(|n| *n = n.wrapping_add(1));
         self.bump();
     }
+}
+
+/// What a refresh last saw of a namespace.
+struct Heard {
+    heartbeat: u64,
+    /// When the heartbeat last moved.
+    at: Instant,
+    /// The namespace's max version when its records were last read on a tick.
+    read_at_version: u64,
 }
 
 /// Namespaces a refresh must read again: chitchat's key-change callback marks a node
@@ -773,7 +783,7 @@ fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Mem
             local
                 .heard
                 .get(id)
-                .map(|(_, at)| now.duration_since(*at).as_millis() as u64)
+                .map(|heard| now.duration_since(heard.at).as_millis() as u64)
         };
         members.insert(
             id.node_id.to_string(),
@@ -1037,14 +1047,30 @@ async fn refresh(shared: &Shared, tick: bool) -> Option<Instant> {
         if everything {
             for (id, state) in chitchat.node_states() {
                 let heartbeat = u64::from(state.heartbeat());
-                match local.heard.get_mut(id) {
-                    Some(entry) if entry.0 == heartbeat => {}
-                    Some(entry) => *entry = (heartbeat, now),
-                    None => {
-                        local.heard.insert(id.clone(), (heartbeat, now));
+                let max_version = state.max_version();
+                // A namespace whose max version did not move has no new, changed or
+                // deleted key since it was last read (a reset lowers it: also a move).
+                let moved = match local.heard.get_mut(id) {
+                    Some(entry) => {
+                        if entry.heartbeat != heartbeat {
+                            entry.heartbeat = heartbeat;
+                            entry.at = now;
+                        }
+                        std::mem::replace(&mut entry.read_at_version, max_version) != max_version
                     }
+                    None => {
+                        let entry = Heard {
+                            heartbeat,
+                            at: now,
+                            read_at_version: max_version,
+                        };
+                        local.heard.insert(id.clone(), entry);
+                        true
+                    }
+                };
+                if moved || dirty.all {
+                    decoded_changed |= read_records(local, id, state, &mut fresh);
                 }
-                decoded_changed |= read_records(local, id, state, &mut fresh);
             }
         } else {
             for id in &dirty.nodes {
@@ -1253,11 +1279,14 @@ fn topology_fingerprint(chitchat: &Chitchat, live: &BTreeSet<&ChitchatId>) -> u6
     let mut hasher = std::hash::DefaultHasher::new();
     for (id, state) in chitchat.node_states() {
         id.hash(&mut hasher);
-        live.contains(id).hash(&mut hasher);
         state
             .get_versioned(NODE_KEY)
             .map(|v| (v.version, v.is_deleted()))
             .hash(&mut hasher);
+    }
+    // Both iterate in id order: no lookups needed.
+    for id in live {
+        id.hash(&mut hasher);
     }
     hasher.finish()
 }

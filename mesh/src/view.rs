@@ -131,21 +131,24 @@ impl Membership {
     /// set, the lowest (node id, path). Every node computes the same answer from the same
     /// converged membership, so exactly one worker per replica set is Active.
     pub fn active_bricks(&self, volume: &str) -> BTreeSet<(String, String)> {
-        let mut best: BTreeMap<u32, (String, String)> = BTreeMap::new();
+        // Borrowed while choosing (this runs over every live node on every reconcile).
+        let mut best: BTreeMap<u32, (&str, &str)> = BTreeMap::new();
         for member in self.live() {
             let Some(info) = &member.info else { continue };
             for brick in info.bricks_of(volume) {
-                let candidate = (member.node_id.clone(), brick.path.clone());
+                let candidate = (member.node_id.as_str(), brick.path.as_str());
                 best.entry(brick.replica_set)
                     .and_modify(|current| {
                         if candidate < *current {
-                            *current = candidate.clone();
+                            *current = candidate;
                         }
                     })
                     .or_insert(candidate);
             }
         }
-        best.into_values().collect()
+        best.into_values()
+            .map(|(node, path)| (node.to_string(), path.to_string()))
+            .collect()
     }
 }
 

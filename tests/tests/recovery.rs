@@ -51,6 +51,8 @@ fn killed_primary_catches_up_with_a_stop_and_delete_issued_while_it_was_dead() {
         "n1 cannot act while its agent is down"
     );
     // status elsewhere shows n1's row Offline, with how long ago it was heard from
+    // (once that node's own failure detector has declared n1 dead)
+    cluster.wait_live(3, 3, Duration::from_secs(30));
     let status = cluster.json(3, &["status", "gv0", SECONDARY]);
     let row = status["sessions"][0]["workers"]
         .as_array()
