@@ -1096,7 +1096,10 @@ async fn refresh(shared: &Shared, tick: bool) -> Option<Instant> {
             local.hlc.observe(&max);
         }
         decoded_changed |= !fresh.is_empty();
-        if everything {
+        // After a tick's walk `heard` holds every namespace chitchat has: more entries
+        // (here or in the member cache) mean some namespace was dropped since.
+        let namespaces = chitchat.node_states().len();
+        if everything && (local.heard.len() > namespaces || local.members.len() > namespaces) {
             let before = local.decoded.len();
             local
                 .decoded
