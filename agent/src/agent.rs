@@ -30,6 +30,7 @@ use crate::api_types::{
 };
 use crate::config::AgentConfig;
 use crate::monitor::BrickStatus;
+use crate::monitor_command::MonitorCommand;
 use crate::reconcile::SessionPlan;
 use crate::session_dir::{self, SessionDirState};
 use crate::store::{StateFile, StoreError};
@@ -227,15 +228,15 @@ impl Agent {
         .await?;
         let sessions_root = sessions_root(&config.data_dir);
         std::fs::create_dir_all(&sessions_root)?;
-        let template = match &config.monitor_command {
-            Some(command) => shell_words::split(command)?,
+        let command = match &config.monitor_command {
+            Some(command) => command.clone(),
             None => default_monitor_command()?,
         };
         let mut supervisor = Supervisor::new(
             backend,
             sessions_root.clone(),
             config.node_id.clone(),
-            template,
+            command,
             policy,
         );
         let known: Vec<SessionId> = mesh.replica().sessions.keys().cloned().collect();
@@ -884,25 +885,35 @@ fn read_workers(dir: &Path) -> Vec<BrickStatus> {
 }
 
 /// The built-in monitor: this very binary's `monitor` subcommand.
-fn default_monitor_command() -> anyhow::Result<Vec<String>> {
+fn default_monitor_command() -> anyhow::Result<MonitorCommand> {
     let exe = std::env::current_exe()?;
-    Ok(vec![
-        exe.display().to_string(),
-        "monitor".into(),
-        "--session-dir".into(),
-        "{session_dir}".into(),
-        "--bricks".into(),
-        "{bricks}".into(),
-        "--node".into(),
-        "{node}".into(),
-        "--session".into(),
-        "{session}".into(),
-    ])
+    Ok(MonitorCommand::with_program(
+        &exe.display().to_string(),
+        &[
+            "monitor",
+            "--session-dir",
+            "{session_dir}",
+            "--bricks",
+            "{bricks}",
+            "--node",
+            "{node}",
+            "--session",
+            "{session}",
+        ],
+    )?)
 }
 
 /// Runs `georepd` with real QUIC, processes and clock until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    // Before anything else touches the data directory or the API socket.
+    let _lock = crate::data_dir_lock::DataDirLock::acquire(&config.data_dir)?;
     let identity = NodeIdentity::load(&config.tls_ca, &config.tls_cert, &config.tls_key)
         .context("cannot load TLS material")?;
     if identity.node_id() != config.node_id {

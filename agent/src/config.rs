@@ -5,7 +5,6 @@
 //! the file's whole list. Every error is one line naming the file, line and
 //! key (or the flag) and what is wrong with it.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -15,6 +14,8 @@ use std::time::Duration;
 use georep_mesh::faults::{Faults, IpNetwork, LinkFaults};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use crate::monitor_command::MonitorCommand;
 
 /// Cluster name used when the file does not set `cluster_id`.
 pub const DEFAULT_CLUSTER_ID: &str = "georep";
@@ -29,19 +30,6 @@ pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
 pub const GOSSIP_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
 /// File name of the local API socket inside the data directory.
 pub const API_SOCKET_FILE: &str = "georepd.sock";
-/// Placeholders a `monitor_command` may use (written `{name}`; `{{` and `}}`
-/// are literal braces).
-pub const MONITOR_PLACEHOLDERS: &[&str] = &[
-    "bricks",
-    "config_file",
-    "node",
-    "primary_vol",
-    "secondary",
-    "secondary_host",
-    "secondary_vol",
-    "session",
-    "session_dir",
-];
 /// Longest delay or jitter `--inject-delay` accepts.
 pub const MAX_INJECTED_DELAY: Duration = Duration::from_secs(60);
 
@@ -277,9 +265,9 @@ pub struct AgentConfig {
     pub tls_key: PathBuf,
     /// Gossip period in milliseconds.
     pub gossip_interval_ms: u64,
-    /// Monitor command template; `None` runs the built-in monitor.
+    /// Monitor command template, parsed; `None` runs the built-in monitor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monitor_command: Option<String>,
+    pub monitor_command: Option<MonitorCommand>,
     /// authorized_keys file whose managed block this node maintains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<PathBuf>,
@@ -789,10 +777,13 @@ fn resolve(
         (None, Some(s)) => Some(from_file(s, "monitor_command")),
         (None, None) => None,
     };
-    if let Some(m) = &monitor {
-        validate_monitor_command(&m.value).map_err(|reason| report.invalid(&m.origin, reason))?;
-    }
-    let monitor_command = monitor.map(|m| m.value);
+    let monitor_command = match monitor {
+        Some(m) => Some(
+            MonitorCommand::parse(&m.value)
+                .map_err(|error| report.invalid(&m.origin, error.to_string()))?,
+        ),
+        None => None,
+    };
 
     let authorized_keys = args.authorized_keys.clone().or(file.authorized_keys);
 
@@ -955,115 +946,6 @@ fn check_webhook(url: &str) -> Result<(), String> {
         return Err("contains whitespace or control characters".to_owned());
     }
     Ok(())
-}
-
-/// A piece of one word of a monitor command template.
-#[derive(Debug, PartialEq, Eq)]
-enum Piece<'a> {
-    Literal(String),
-    Placeholder(&'a str),
-}
-
-/// Splits one (already shell-split) word into literals and `{name}`s;
-/// `{{`/`}}` are literal braces.
-fn parse_word(word: &str) -> Result<Vec<Piece<'_>>, String> {
-    let mut pieces = Vec::new();
-    let mut literal = String::new();
-    let mut rest = word;
-    while let Some(c) = rest.chars().next() {
-        match c {
-            '{' if rest.starts_with("{{") => {
-                literal.push('{');
-                rest = &rest[2..];
-            }
-            '}' if rest.starts_with("}}") => {
-                literal.push('}');
-                rest = &rest[2..];
-            }
-            '{' => {
-                let Some(end) = rest.find('}') else {
-                    return Err(format!(
-                        "unmatched '{{' in {word:?} (write {{{{ for a literal brace)"
-                    ));
-                };
-                let name = &rest[1..end];
-                if !MONITOR_PLACEHOLDERS.contains(&name) {
-                    return Err(format!(
-                        "unknown placeholder {{{name}}} (known: {})",
-                        MONITOR_PLACEHOLDERS
-                            .iter()
-                            .map(|p| format!("{{{p}}}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
-                if !literal.is_empty() {
-                    pieces.push(Piece::Literal(std::mem::take(&mut literal)));
-                }
-                pieces.push(Piece::Placeholder(name));
-                rest = &rest[end + 1..];
-            }
-            '}' => {
-                return Err(format!(
-                    "unmatched '}}' in {word:?} (write }}}} for a literal brace)"
-                ));
-            }
-            c => {
-                literal.push(c);
-                rest = &rest[c.len_utf8()..];
-            }
-        }
-    }
-    if !literal.is_empty() {
-        pieces.push(Piece::Literal(literal));
-    }
-    Ok(pieces)
-}
-
-fn split_command(template: &str) -> Result<Vec<String>, String> {
-    let words =
-        shell_words::split(template).map_err(|e| format!("cannot split into words: {e}"))?;
-    if words.is_empty() {
-        return Err("is empty".to_owned());
-    }
-    Ok(words)
-}
-
-fn validate_monitor_command(template: &str) -> Result<(), String> {
-    for word in split_command(template)? {
-        parse_word(&word)?;
-    }
-    Ok(())
-}
-
-/// Splits a monitor command template into words as a POSIX shell would (no
-/// shell runs) and substitutes `{placeholder}`s inside each word, so a value
-/// containing spaces stays one argument. Unknown placeholders, placeholders
-/// without a value in `values`, and unbalanced braces are errors.
-pub fn expand_monitor_command(
-    template: &str,
-    values: &BTreeMap<&str, String>,
-) -> Result<Vec<String>, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        key: "monitor_command".to_owned(),
-        reason,
-    };
-    let words = split_command(template).map_err(invalid)?;
-    let mut argv = Vec::with_capacity(words.len());
-    for word in &words {
-        let mut out = String::new();
-        for piece in parse_word(word).map_err(invalid)? {
-            match piece {
-                Piece::Literal(s) => out.push_str(&s),
-                Piece::Placeholder(name) => match values.get(name) {
-                    Some(v) => out.push_str(v),
-                    None => return Err(invalid(format!("no value for placeholder {{{name}}}"))),
-                },
-            }
-        }
-        argv.push(out);
-    }
-    Ok(argv)
 }
 
 #[cfg(test)]
@@ -1562,40 +1444,5 @@ path = "/bricks/b2"
         );
         assert!(load("   ").unwrap_err().contains("is empty"));
         assert!(load("awk '{{print}}' {session_dir}").is_ok());
-    }
-
-    #[test]
-    fn expand_substitutes_inside_words_without_a_shell() {
-        let values: BTreeMap<&str, String> = [
-            ("session", "gv0_h_gv1".to_owned()),
-            ("bricks", "/b 1,/b2".to_owned()),
-            ("session_dir", "/d/geo-replication/gv0_h_gv1".to_owned()),
-        ]
-        .into_iter()
-        .collect();
-        let argv = expand_monitor_command(
-            "/usr/bin/mon --name=\"{session}\" --bricks {bricks} '$HOME;' {{lit}} {session_dir}/x",
-            &values,
-        )
-        .expect("expands");
-        assert_eq!(
-            argv,
-            [
-                "/usr/bin/mon",
-                "--name=gv0_h_gv1",
-                "--bricks",
-                "/b 1,/b2",
-                "$HOME;",
-                "{lit}",
-                "/d/geo-replication/gv0_h_gv1/x",
-            ]
-        );
-        let e = expand_monitor_command("mon {node}", &values).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "monitor_command: no value for placeholder {node}"
-        );
-        let e = expand_monitor_command("mon {nope}", &values).unwrap_err();
-        assert!(e.to_string().contains("unknown placeholder {nope}"), "{e}");
     }
 }

@@ -3,6 +3,7 @@
 //! - [`agent`]: the running agent tying mesh, supervisor, session dirs and API together.
 //! - [`api`]: the local API's routes.
 //! - [`api_types`]: the JSON of the local API, shared with the CLI.
+//! - [`data_dir_lock`]: the exclusive lock an agent holds on its data directory.
 //! - [`config`]: flags and TOML file resolved into one validated `AgentConfig`.
 //! - [`http`]: a minimal HTTP/1.1 JSON server and client for the local API
 //!   on a Unix socket.
@@ -10,21 +11,24 @@
 //!   diff) and offline decoding of a stopped agent's data directory.
 //! - [`inspect_types`]: the JSON of `georep inspect` (`/v1/inspect/...`).
 //! - [`monitor`]: the built-in monitor (`georepd monitor`): one worker per local primary brick.
+//! - [`monitor_command`]: the `--monitor-command` template, parsed once, rendered per session.
 //! - [`reconcile`]: the pure decision of what to do to local monitors.
 //! - [`session_dir`]: the per-session directory on disk.
 //! - [`store`]: durable files (atomic replace, checked state envelopes).
 //! - [`supervise`]: monitor processes: spawn, signal, adopt, back off.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one audited exception: `supervise::in_new_session`
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod api;
 pub mod api_types;
 pub mod config;
+pub mod data_dir_lock;
 pub mod http;
 pub mod inspect;
 pub mod inspect_types;
 pub mod monitor;
+pub mod monitor_command;
 pub mod reconcile;
 pub mod session_dir;
 pub mod store;

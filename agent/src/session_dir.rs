@@ -189,7 +189,7 @@ mod tests {
     fn writes_every_file_of_an_existing_session() {
         let root = tempfile::tempdir().unwrap();
         sync_all(root.path(), &[state("gv0", "Started", &["/b1", "/b2"])]).unwrap();
-        let dir = root.path().join("gv0_n4_sv");
+        let dir = root.path().join("gv0_geo@n4_sv");
         let conf = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
         assert!(conf.starts_with("[vars]\n"), "{conf}");
         assert!(conf.contains("primary_volume = gv0\n"), "{conf}");
@@ -218,7 +218,7 @@ mod tests {
     fn rewrites_only_files_whose_content_changed() {
         let root = tempfile::tempdir().unwrap();
         sync_all(root.path(), &[state("gv0", "Started", &[])]).unwrap();
-        let dir = root.path().join("gv0_n4_sv");
+        let dir = root.path().join("gv0_geo@n4_sv");
         let conf_mtime = fs::metadata(dir.join(CONFIG_FILE))
             .unwrap()
             .modified()
@@ -251,7 +251,7 @@ mod tests {
             &[state("gv0", "Started", &[]), state("gv9", "Stopped", &[])],
         )
         .unwrap();
-        fs::write(root.path().join("gv9_n4_sv").join("gv0%2Fb1.status"), "{}").unwrap();
+        fs::write(root.path().join("gv9_geo@n4_sv").join("gv0%2Fb1.status"), "{}").unwrap();
         fs::create_dir(root.path().join("unrelated")).unwrap();
         fs::write(root.path().join("unrelated").join("x"), "keep").unwrap();
         fs::write(root.path().join("loose-file"), "keep").unwrap();
@@ -261,7 +261,7 @@ mod tests {
             &[state("gv0", "Started", &[]), state("gv8", "Stopped", &[])],
         )
         .unwrap();
-        fs::write(root.path().join("gv8_n4_sv").join(PID_FILE), "{}").unwrap();
+        fs::write(root.path().join("gv8_geo@n4_sv").join(PID_FILE), "{}").unwrap();
         let mut gone = view("gv9", false);
         gone.exists = false;
         let deleted = SessionDirState {
@@ -270,15 +270,15 @@ mod tests {
             active_local_bricks: vec![],
         };
         sync_all(root.path(), &[state("gv0", "Started", &[]), deleted]).unwrap();
-        assert!(root.path().join("gv0_n4_sv").join(CONFIG_FILE).exists());
-        assert!(!root.path().join("gv9_n4_sv").exists());
-        assert!(root.path().join("gv8_n4_sv").join(PID_FILE).exists());
+        assert!(root.path().join("gv0_geo@n4_sv").join(CONFIG_FILE).exists());
+        assert!(!root.path().join("gv9_geo@n4_sv").exists());
+        assert!(root.path().join("gv8_geo@n4_sv").join(PID_FILE).exists());
         assert!(root.path().join("unrelated").join("x").exists());
         assert!(root.path().join("loose-file").exists());
-        fs::remove_file(root.path().join("gv8_n4_sv").join(PID_FILE)).unwrap();
+        fs::remove_file(root.path().join("gv8_geo@n4_sv").join(PID_FILE)).unwrap();
         sync_all(root.path(), &[]).unwrap();
-        assert!(!root.path().join("gv8_n4_sv").exists());
-        assert!(!root.path().join("gv0_n4_sv").exists());
+        assert!(!root.path().join("gv8_geo@n4_sv").exists());
+        assert!(!root.path().join("gv0_geo@n4_sv").exists());
         assert!(root.path().join("unrelated").exists());
     }
 

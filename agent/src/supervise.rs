@@ -8,9 +8,14 @@
 //! (`now`), so the same code runs under the simulator's virtual clock with
 //! [`FakeBackend`], and for real with [`RealBackend`].
 //!
-//! A monitor survives an agent restart: the next agent [`Supervisor::adopt`]s it from
-//! its pid file when the process behind the pid is still the one recorded (same
-//! command line and start time), so one session never gets two monitors on a node.
+//! A monitor survives an agent restart: it runs in a session of its own (`setsid`), so
+//! neither the agent's death nor a terminal hang-up reaches it, and the next agent
+//! [`Supervisor::adopt`]s it from its pid file. A process is the recorded monitor when
+//! its pid and start time match the record and it still leads the session it was
+//! started in; its command line is not part of its identity, because a monitor that
+//! execs (a `#!/usr/bin/env` script, a shell wrapper, gluster's gsyncd) changes it.
+//! One session therefore never gets two monitors on a node, and a pid reused by an
+//! unrelated process is never signalled.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +35,7 @@ use nix::unistd::{Pid, getpgrp};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::monitor_command::{MonitorCommand, Placeholder};
 use crate::reconcile::{self, Action, DecidePolicy, ObservedMonitor, SessionPlan};
 use crate::session_dir::{self, CONFIG_FILE, LOG_FILE, PID_FILE};
 
@@ -80,13 +86,15 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
 }
 
-/// What tells one process apart from a later one that reuses its pid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What tells one process apart from a later one that reuses its pid. Neither field
+/// changes when the process execs, unlike its command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
-    /// `/proc/<pid>/cmdline`, split at NULs.
-    pub cmdline: Vec<String>,
     /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
     pub start_ticks: u64,
+    /// The session id of the process (field 6 of `/proc/<pid>/stat`): a monitor leads
+    /// its own session, so this is its own pid.
+    pub process_session: u32,
 }
 
 /// A monitor process that ended.
@@ -151,7 +159,8 @@ pub enum SuperviseError {
 
 /// Starting, signalling and observing monitor processes.
 pub trait ProcessBackend: Send + Sync + 'static {
-    /// Starts a process as the leader of a new process group; returns its pid.
+    /// Starts a process as the leader of a new session and process group (`setsid`), so
+    /// that it survives the agent; returns its pid.
     fn spawn(&self, spec: &SpawnSpec) -> Result<u32, SuperviseError>;
     /// Sends `sig` to every process of group `pgid`.
     fn signal_group(&self, pgid: u32, sig: MonitorSignal) -> Result<(), SuperviseError>;
@@ -180,7 +189,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Real processes: std `Command` in a new process group, signals through `killpg`,
+/// Real processes: std `Command` in a new session (`setsid`), signals through `killpg`,
 /// identities from `/proc`.
 #[derive(Debug, Default)]
 pub struct RealBackend {
@@ -212,13 +221,15 @@ impl ProcessBackend for RealBackend {
             .open(&log_path)
             .map_err(prepare(&log_path))?;
         let stderr = stdout.try_clone().map_err(prepare(&log_path))?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .envs(spec.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0)
+            .stderr(stderr);
+        in_new_session(&mut command);
+        let child = command
             .spawn()
             .map_err(|source| SuperviseError::Spawn {
                 session: spec.session.to_string(),
@@ -273,38 +284,65 @@ impl ProcessBackend for RealBackend {
     }
 }
 
+/// Makes `command`'s child call `setsid()` before it execs: it leads a new session and
+/// process group (pgid = sid = its pid), outside the agent's session. When the agent
+/// dies its process group is then never "orphaned with stopped members" by that death
+/// (the kernel only checks groups in the dying parent's session), so a paused monitor
+/// is not sent SIGHUP + SIGCONT, and no terminal's hang-up reaches it.
+#[allow(unsafe_code)]
+fn in_new_session(command: &mut Command) {
+    // SAFETY: `pre_exec` runs the closure in the forked child before exec, where only
+    // async-signal-safe calls are sound. The closure calls setsid(2), which POSIX lists
+    // as async-signal-safe, through nix's thin wrapper (no allocation, no lock), and
+    // turns its errno into an `io::Error` by value (`from_raw_os_error` does not
+    // allocate). It touches no memory shared with the parent. setsid cannot fail here:
+    // the fresh child is not a process group leader.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
+        });
+    }
+}
+
 /// Reads a process's identity under a procfs mount (`/proc` outside tests).
 pub fn proc_identity(proc_root: &Path, pid: u32) -> Option<ProcessIdentity> {
-    let dir = proc_root.join(pid.to_string());
-    let stat = fs::read_to_string(dir.join("stat")).ok()?;
-    let (state, start_ticks) = parse_stat(&stat)?;
-    if matches!(state, 'Z' | 'X' | 'x') {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let stat = parse_stat(&stat)?;
+    if matches!(stat.state, 'Z' | 'X' | 'x') {
         return None;
     }
-    let raw = fs::read(dir.join("cmdline")).ok()?;
-    let cmdline = raw
-        .split(|byte| *byte == 0)
-        .map(|word| String::from_utf8_lossy(word).into_owned())
-        .collect::<Vec<_>>();
-    let cmdline = match cmdline.split_last() {
-        Some((last, rest)) if last.is_empty() => rest.to_vec(),
-        _ => cmdline,
-    };
     Some(ProcessIdentity {
-        cmdline,
-        start_ticks,
+        start_ticks: stat.start_ticks,
+        process_session: stat.process_session,
     })
 }
 
-/// State letter (field 3) and start time (field 22) of a `/proc/<pid>/stat` line.
-fn parse_stat(stat: &str) -> Option<(char, u64)> {
+/// The fields of a `/proc/<pid>/stat` line that identify a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    /// Field 3.
+    state: char,
+    /// Field 6.
+    process_session: u32,
+    /// Field 22.
+    start_ticks: u64,
+}
+
+fn parse_stat(stat: &str) -> Option<Stat> {
     // The command name (field 2) is in parentheses and may itself contain spaces and
     // parentheses; everything after the last ')' is well-formed.
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
-    let start_ticks = fields.nth(18)?.parse().ok()?;
-    Some((state, start_ticks))
+    let process_session = fields.nth(2)?.parse().ok()?;
+    let start_ticks = fields.nth(15)?.parse().ok()?;
+    Some(Stat {
+        state,
+        process_session,
+        start_ticks,
+    })
 }
 
 /// In-memory processes for tests and the simulator: pids, recorded signals, crashes
@@ -385,14 +423,14 @@ impl FakeBackend {
     }
 
     /// Starts a process this backend will not report exits of, as if a previous agent
-    /// had started it; returns its pid and identity.
-    pub fn start_foreign(&self, cmdline: Vec<String>) -> (u32, ProcessIdentity) {
+    /// had started it (leading its own session); returns its pid and identity.
+    pub fn start_foreign(&self) -> (u32, ProcessIdentity) {
         let mut world = lock(&self.world);
         let pid = world.next_pid;
         world.next_pid += 1;
         let identity = ProcessIdentity {
-            cmdline,
             start_ticks: world.next_ticks,
+            process_session: pid,
         };
         world.next_ticks += 1;
         world.processes.insert(
@@ -454,8 +492,8 @@ impl ProcessBackend for FakeBackend {
         let pid = world.next_pid;
         world.next_pid += 1;
         let identity = ProcessIdentity {
-            cmdline: spec.argv.clone(),
             start_ticks: world.next_ticks,
+            process_session: pid,
         };
         world.next_ticks += 1;
         world.processes.insert(
@@ -506,7 +544,7 @@ impl ProcessBackend for FakeBackend {
         lock(&self.world)
             .processes
             .get(&pid)
-            .map(|p| p.identity.clone())
+            .map(|p| p.identity)
     }
 
     fn try_reap(&self) -> Vec<ExitNotice> {
@@ -633,15 +671,26 @@ impl MonitorReport {
     }
 }
 
-/// What a pid file records; enough to recognise the process after an agent restart.
+/// What a pid file records; enough to recognise the process after an agent restart
+/// (pid, start time, and the session it leads, which is its pid) and to know which
+/// geo-replication session it serves. `argv` is what was started, for people: an
+/// exec'ing monitor shows another command line later, and that does not matter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PidRecord {
     session: SessionId,
     pid: u32,
     start_ticks: u64,
-    cmdline: Vec<String>,
     argv: Vec<String>,
     restart_stamp: Option<Hlc>,
+}
+
+impl PidRecord {
+    fn identity(&self) -> ProcessIdentity {
+        ProcessIdentity {
+            start_ticks: self.start_ticks,
+            process_session: self.pid,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -775,46 +824,12 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Substitutes `{name}` placeholders inside each word. Unknown names and lone braces
-/// stay as written; substituted text is never scanned again, so a value containing
-/// braces cannot inject another placeholder.
-pub fn render_command(template: &[String], values: &[(&str, String)]) -> Vec<String> {
-    let lookup = |name: &str| {
-        values
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_str())
-    };
-    template
-        .iter()
-        .map(|word| {
-            let mut out = String::with_capacity(word.len());
-            let mut rest = word.as_str();
-            while let Some(open) = rest.find('{') {
-                out.push_str(&rest[..open]);
-                let after = &rest[open + 1..];
-                if let Some(close) = after.find('}')
-                    && let Some(value) = lookup(&after[..close])
-                {
-                    out.push_str(value);
-                    rest = &after[close + 1..];
-                } else {
-                    out.push('{');
-                    rest = after;
-                }
-            }
-            out.push_str(rest);
-            out
-        })
-        .collect()
-}
-
 /// Supervises the monitors of every session on this node.
 pub struct Supervisor {
     backend: Arc<dyn ProcessBackend>,
     sessions_root: PathBuf,
     node_id: String,
-    command_template: Vec<String>,
+    command: MonitorCommand,
     policy: SupervisePolicy,
     monitors: BTreeMap<SessionId, Monitor>,
     plans: BTreeMap<SessionId, SessionPlan>,
@@ -826,7 +841,7 @@ impl fmt::Debug for Supervisor {
         f.debug_struct("Supervisor")
             .field("sessions_root", &self.sessions_root)
             .field("node_id", &self.node_id)
-            .field("command_template", &self.command_template)
+            .field("command", &self.command.template())
             .field("policy", &self.policy)
             .field("monitors", &self.monitors)
             .finish_non_exhaustive()
@@ -835,19 +850,19 @@ impl fmt::Debug for Supervisor {
 
 impl Supervisor {
     /// A supervisor with no monitors. `sessions_root` is `<data-dir>/geo-replication`;
-    /// `command_template` is the monitor command, split into words, with placeholders.
+    /// `command` is the monitor command with its placeholders.
     pub fn new(
         backend: Arc<dyn ProcessBackend>,
         sessions_root: PathBuf,
         node_id: String,
-        command_template: Vec<String>,
+        command: MonitorCommand,
         policy: SupervisePolicy,
     ) -> Self {
         Self {
             backend,
             sessions_root,
             node_id,
-            command_template,
+            command,
             policy,
             monitors: BTreeMap::new(),
             plans: BTreeMap::new(),
@@ -863,30 +878,26 @@ impl Supervisor {
     pub fn monitor_argv(&self, plan: &SessionPlan) -> Vec<String> {
         let id = &plan.id;
         let session_dir = self.session_dir(id);
-        let values = [
-            ("session", id.dir_name()),
-            ("primary_vol", id.primary_volume.clone()),
-            ("secondary", id.secondary()),
-            ("secondary_host", id.secondary_host.clone()),
-            ("secondary_vol", id.secondary_volume.clone()),
-            ("node", self.node_id.clone()),
-            ("session_dir", session_dir.to_string_lossy().into_owned()),
-            (
-                "config_file",
-                session_dir.join(CONFIG_FILE).to_string_lossy().into_owned(),
-            ),
-            ("bricks", plan.local_bricks.join(",")),
-        ];
-        render_command(&self.command_template, &values)
+        self.command.render(|placeholder| match placeholder {
+            Placeholder::Session => id.dir_name(),
+            Placeholder::PrimaryVol => id.primary_volume.clone(),
+            Placeholder::Secondary => id.secondary(),
+            Placeholder::SecondaryHost => id.secondary_host.clone(),
+            Placeholder::SecondaryVol => id.secondary_volume.clone(),
+            Placeholder::Node => self.node_id.clone(),
+            Placeholder::SessionDir => session_dir.to_string_lossy().into_owned(),
+            Placeholder::ConfigFile => session_dir.join(CONFIG_FILE).to_string_lossy().into_owned(),
+            Placeholder::Bricks => plan.local_bricks.join(","),
+        })
     }
 
     /// Takes over monitors left running by an earlier agent, from their pid files.
     ///
-    /// A pid file is honoured only if its process is alive and still has the recorded
-    /// command line and start time; otherwise (or if unreadable) it is removed. The
-    /// session is the one of `known` whose directory holds the file, else the one the
-    /// file names. An adopted monitor no plan requires is stopped by the next
-    /// [`Self::reconcile`].
+    /// A pid file is honoured only if it names the session whose directory holds it
+    /// (and, if a known session lives there, that one) and its process is alive with the
+    /// recorded start time, leading its own session; otherwise (or if unreadable) it is
+    /// removed and nothing is signalled. An adopted monitor no plan requires is stopped
+    /// by the next [`Self::reconcile`].
     pub fn adopt(&mut self, known: &[SessionId]) {
         let entries = match fs::read_dir(&self.sessions_root) {
             Ok(entries) => entries,
@@ -920,10 +931,7 @@ impl Supervisor {
                     monitor.phase = Phase::Running {
                         process: Process {
                             pid: record.pid,
-                            identity: ProcessIdentity {
-                                cmdline: record.cmdline,
-                                start_ticks: record.start_ticks,
-                            },
+                            identity: record.identity(),
                             adopted: true,
                             restart_stamp: record.restart_stamp,
                             started: self.now,
@@ -949,16 +957,23 @@ impl Supervisor {
     ) -> Result<(SessionId, PidRecord), Skip> {
         let record: PidRecord = serde_json::from_str(text)
             .map_err(|error| Skip::Stale(format!("unreadable: {error}")))?;
-        let id = match known.iter().find(|id| id.dir_name() == dir_name) {
-            Some(id) => id.clone(),
-            None if record.session.dir_name() == dir_name => record.session.clone(),
-            None => {
-                return Err(Skip::Stale(format!(
-                    "it names session {} which does not live in {dir_name}",
-                    record.session
-                )));
-            }
-        };
+        if record.session.dir_name() != dir_name {
+            return Err(Skip::Stale(format!(
+                "it names session {} whose directory is {}, not {dir_name}",
+                record.session,
+                record.session.dir_name()
+            )));
+        }
+        if let Some(other) = known
+            .iter()
+            .find(|id| id.dir_name() == dir_name && **id != record.session)
+        {
+            return Err(Skip::Stale(format!(
+                "it names session {} but {dir_name} belongs to {other}",
+                record.session
+            )));
+        }
+        let id = record.session.clone();
         if self
             .monitors
             .get(&id)
@@ -966,31 +981,18 @@ impl Supervisor {
         {
             return Err(Skip::AlreadySupervised);
         }
-        if record.pid <= 1 {
-            return Err(Skip::Stale(format!("pid {} is not a monitor", record.pid)));
+        if record.pid <= 1 || record.start_ticks == 0 {
+            return Err(Skip::Stale(format!(
+                "pid {} (start tick {}) is not a monitor",
+                record.pid, record.start_ticks
+            )));
         }
-        let recorded = ProcessIdentity {
-            cmdline: record.cmdline.clone(),
-            start_ticks: record.start_ticks,
-        };
+        let recorded = record.identity();
         match self.backend.identity(record.pid) {
             None => Err(Skip::Stale(format!("pid {} is not running", record.pid))),
-            // Our own spawn may have read the child's command line a moment before its
-            // exec completed; the argv we asked for is what an exec'd monitor shows.
-            Some(found)
-                if found.start_ticks == record.start_ticks && found.cmdline == record.argv =>
-            {
-                let mut record = record;
-                record.cmdline = found.cmdline;
-                Ok((id, record))
-            }
             Some(found) if found != recorded => Err(Skip::Stale(format!(
-                "pid {} is now another process ({:?}, started at tick {}; recorded {:?}, tick {})",
-                record.pid,
-                found.cmdline,
-                found.start_ticks,
-                recorded.cmdline,
-                recorded.start_ticks
+                "pid {} is now another process (started at tick {} in session {}; recorded: tick {}, leading its own session)",
+                record.pid, found.start_ticks, found.process_session, recorded.start_ticks
             ))),
             Some(_) => Ok((id, record)),
         }
@@ -1065,7 +1067,7 @@ impl Supervisor {
         for (id, monitor) in &self.monitors {
             if let Some(process) = monitor.process()
                 && process.adopted
-                && self.backend.identity(process.pid).as_ref() != Some(&process.identity)
+                && self.backend.identity(process.pid) != Some(process.identity)
             {
                 exits.push((
                     id.clone(),
@@ -1254,6 +1256,8 @@ impl Supervisor {
                 source,
             })
             .and_then(|()| self.backend.spawn(&spec));
+        // Read right after spawn returned, i.e. after the exec (std reports exec failure
+        // through a pipe before returning), so the process already leads its session.
         let identity = spawned
             .as_ref()
             .ok()
@@ -1266,14 +1270,13 @@ impl Supervisor {
                 // No identity means it already died; the reaper will say how. Recording
                 // tick 0 keeps a later agent from ever adopting the pid.
                 let identity = identity.unwrap_or(ProcessIdentity {
-                    cmdline: argv.clone(),
                     start_ticks: 0,
+                    process_session: pid,
                 });
                 let record = PidRecord {
                     session: id.clone(),
                     pid,
                     start_ticks: identity.start_ticks,
-                    cmdline: identity.cmdline.clone(),
                     argv,
                     restart_stamp: restart_stamp.clone(),
                 };
@@ -1489,17 +1492,9 @@ mod tests {
         )])
     }
 
-    fn template() -> Vec<String> {
-        [
-            "georepd",
-            "monitor",
-            "--session-dir",
-            "{session_dir}",
-            "--bricks",
-            "{bricks}",
-        ]
-        .map(String::from)
-        .to_vec()
+    fn template() -> MonitorCommand {
+        MonitorCommand::parse("georepd monitor --session-dir {session_dir} --bricks {bricks}")
+            .unwrap()
     }
 
     struct Rig {
@@ -1550,34 +1545,6 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_are_substituted_inside_words_once() {
-        let template: Vec<String> = [
-            "x{primary_vol}-{secondary}y",
-            "{unknown}",
-            "{",
-            "a}{b",
-            "{node}",
-        ]
-        .map(String::from)
-        .to_vec();
-        let values = [
-            ("primary_vol", "gv0".to_string()),
-            ("secondary", "geo@n4::gv1".to_string()),
-            ("node", "{primary_vol}".to_string()),
-        ];
-        assert_eq!(
-            render_command(&template, &values),
-            vec![
-                "xgv0-geo@n4::gv1y",
-                "{unknown}",
-                "{",
-                "a}{b",
-                "{primary_vol}"
-            ]
-        );
-    }
-
-    #[test]
     fn backoff_doubles_up_to_the_cap() {
         let policy = SupervisePolicy::default();
         let delays: Vec<u64> = (1..=8).map(|n| policy.backoff_for(n).as_secs()).collect();
@@ -1588,35 +1555,24 @@ mod tests {
     #[test]
     fn started_spawns_one_monitor_with_every_placeholder_and_a_pid_file() {
         let mut rig = Rig::new();
-        rig.sup.command_template = [
-            "georepd",
-            "monitor",
-            "{session}",
-            "{primary_vol}",
-            "{secondary}",
-            "{secondary_host}",
-            "{secondary_vol}",
-            "{node}",
-            "{session_dir}",
-            "{config_file}",
-            "{bricks}",
-        ]
-        .map(String::from)
-        .to_vec();
+        rig.sup.command = MonitorCommand::parse(
+            "georepd monitor {session} {primary_vol} {secondary} {secondary_host} {secondary_vol} {node} {session_dir} {config_file} {bricks}",
+        )
+        .unwrap();
         let started = plans(DesiredState::Started, 1);
         let actions = rig.at(&started, 0.0);
         assert!(matches!(actions[..], [Action::Spawn { .. }]), "{actions:?}");
         let spawned = rig.fake.spawned();
         assert_eq!(spawned.len(), 1);
         let (pid, spec) = &spawned[0];
-        let dir = rig.root.path().join("gv0_n4_gv1");
+        let dir = rig.root.path().join("gv0_geo@n4_gv1");
         let dir_text = dir.to_string_lossy().into_owned();
         assert_eq!(
             spec.argv,
             vec![
                 "georepd".to_string(),
                 "monitor".into(),
-                "gv0_n4_gv1".into(),
+                "gv0_geo@n4_gv1".into(),
                 "gv0".into(),
                 "geo@n4::gv1".into(),
                 "n4".into(),
@@ -1972,9 +1928,7 @@ mod tests {
     #[test]
     fn adoption_removes_stale_pid_files() {
         let rig = Rig::new();
-        let (foreign, identity) = rig
-            .fake
-            .start_foreign(vec!["georepd".into(), "monitor".into()]);
+        let (foreign, identity) = rig.fake.start_foreign();
         let dir = rig.root.path().join(sid().dir_name());
         fs::create_dir_all(&dir).unwrap();
         let write = |record: &PidRecord| {
@@ -1984,8 +1938,7 @@ mod tests {
             session: sid(),
             pid: foreign,
             start_ticks: identity.start_ticks,
-            cmdline: identity.cmdline.clone(),
-            argv: identity.cmdline.clone(),
+            argv: vec!["georepd".into(), "monitor".into()],
             restart_stamp: stamp(1),
         };
         let stale = [
@@ -1994,8 +1947,7 @@ mod tests {
                 ..matching.clone()
             },
             PidRecord {
-                cmdline: vec!["bash".into()],
-                argv: vec!["bash".into()],
+                start_ticks: 0,
                 ..matching.clone()
             },
             PidRecord {
@@ -2032,7 +1984,7 @@ mod tests {
 
     fn proc_state(pid: u32) -> Option<char> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        parse_stat(&stat).map(|(state, _)| state)
+        parse_stat(&stat).map(|stat| stat.state)
     }
 
     fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -2054,19 +2006,22 @@ mod tests {
             backend.clone(),
             root.path().to_path_buf(),
             "n1".into(),
-            vec!["sleep".into(), "30".into()],
+            MonitorCommand::parse("sleep 30").unwrap(),
             SupervisePolicy::default(),
         );
         sup.reconcile(&plans(DesiredState::Started, 1), Instant::now());
         let pid = sup.reports()[&sid()].pid.expect("a monitor pid");
         let identity = backend.identity(pid).expect("the monitor is alive");
-        assert_eq!(identity.cmdline, vec!["sleep", "30"]);
         assert!(identity.start_ticks > 0);
+        assert_eq!(
+            identity.process_session, pid,
+            "the monitor leads its own session"
+        );
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let (_, after) = stat.rsplit_once(')').unwrap();
         let pgid: u32 = after.split_whitespace().nth(2).unwrap().parse().unwrap();
         assert_eq!(pgid, pid, "the monitor leads its own process group");
-        assert!(root.path().join("gv0_n4_gv1").join(LOG_FILE).exists());
+        assert!(root.path().join("gv0_geo@n4_gv1").join(LOG_FILE).exists());
 
         sup.reconcile(&plans(DesiredState::Paused, 1), Instant::now());
         eventually("state T", || proc_state(pid) == Some('T'));
@@ -2125,7 +2080,14 @@ mod tests {
     #[test]
     fn stat_parsing_survives_odd_command_names() {
         let line = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
-        assert_eq!(parse_stat(line), Some(('S', 987654)));
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                state: 'S',
+                process_session: 42,
+                start_ticks: 987654
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 }

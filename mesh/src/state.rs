@@ -35,13 +35,25 @@ pub struct SessionId {
 /// Default secondary user, as in gluster.
 pub const DEFAULT_SECONDARY_USER: &str = "root";
 
+/// Gluster's rule for volume, user and host names: 1-128 letters, digits, `-`, `_`, `.`,
+/// not starting with `-` (so that no name can reach a monitor's argv looking like an
+/// option).
 fn valid_name(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 128
+        && !text.starts_with('-')
         && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
+
+/// A host is a name under [`valid_name`]'s rule or an IP literal.
+fn valid_host(text: &str) -> bool {
+    valid_name(text) || text.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// How `_` inside a name is written in a session directory name (names never hold `%`).
+const ESCAPED_UNDERSCORE: &str = "%5F";
 
 impl SessionId {
     /// Parses `PRIMARYVOL` and `[USER@]HOST::SECONDARYVOL` as the CLI takes them.
@@ -54,7 +66,7 @@ impl SessionId {
         };
         if !valid_name(primary) {
             return Err(bad(
-                "the primary volume name must be 1-128 characters of letters, digits, '-', '_', '.'",
+                "the primary volume name must be 1-128 letters, digits, '-', '_', '.', not starting with '-'",
             ));
         }
         let (user_host, volume) = secondary
@@ -65,14 +77,18 @@ impl SessionId {
             None => (DEFAULT_SECONDARY_USER, user_host),
         };
         if !valid_name(user) {
-            return Err(bad("the secondary user is empty or has invalid characters"));
+            return Err(bad(
+                "the secondary user must be 1-128 letters, digits, '-', '_', '.', not starting with '-'",
+            ));
         }
-        if !valid_name(host) && host.parse::<std::net::IpAddr>().is_err() {
-            return Err(bad("the secondary host is empty or has invalid characters"));
+        if !valid_host(host) {
+            return Err(bad(
+                "the secondary host must be a host name (letters, digits, '-', '_', '.', not starting with '-') or an IP address",
+            ));
         }
         if !valid_name(volume) {
             return Err(bad(
-                "the secondary volume name is empty or has invalid characters",
+                "the secondary volume name must be 1-128 letters, digits, '-', '_', '.', not starting with '-'",
             ));
         }
         Ok(SessionId {
@@ -95,12 +111,35 @@ impl SessionId {
         }
     }
 
-    /// The session directory name: `<primaryvol>_<secondaryhost>_<secondaryvol>`.
+    /// The session directory name: gluster's `<primaryvol>_<secondaryhost>_<secondaryvol>`
+    /// when that is unambiguous (user `root`, no `_` inside a name); otherwise each `_`
+    /// inside a name is written `%5F` and a user other than root is written `USER@`
+    /// before the host. Names never hold `%` or `@`, so splitting at the two remaining
+    /// `_` recovers the session: the mapping is injective and two sessions never share
+    /// a directory.
     pub fn dir_name(&self) -> String {
+        let escape = |name: &str| name.replace('_', ESCAPED_UNDERSCORE);
+        let host = if self.secondary_user == DEFAULT_SECONDARY_USER {
+            escape(&self.secondary_host)
+        } else {
+            format!(
+                "{}@{}",
+                escape(&self.secondary_user),
+                escape(&self.secondary_host)
+            )
+        };
         format!(
-            "{}_{}_{}",
-            self.primary_volume, self.secondary_host, self.secondary_volume
+            "{}_{host}_{}",
+            escape(&self.primary_volume),
+            escape(&self.secondary_volume)
         )
+    }
+
+    /// Whether `other` replicates between the same two volumes: one session per
+    /// (primary volume, secondary volume), whichever host or user reaches the secondary.
+    pub fn same_volume_pair(&self, other: &SessionId) -> bool {
+        self.primary_volume == other.primary_volume
+            && self.secondary_volume == other.secondary_volume
     }
 
     /// Stable textual key used in chitchat keys: `PRIMARY:USER@HOST::SECONDARY`.
@@ -797,6 +836,42 @@ mod tests {
         assert!(SessionId::parse("gv0", "n4:gv1").is_err());
         assert!(SessionId::parse("g v0", "n4::gv1").is_err());
         assert!(SessionId::parse("gv0", "n4::").is_err());
+        for (primary, secondary) in [
+            ("-rf", "n4::gv1"),
+            ("gv0", "-oProxyCommand::gv1"),
+            ("gv0", "n4::-e"),
+            ("gv0", "-u@n4::gv1"),
+        ] {
+            let error = SessionId::parse(primary, secondary).unwrap_err();
+            assert!(
+                error.to_string().contains("not starting with '-'"),
+                "{primary} {secondary}: {error}"
+            );
+        }
+        assert!(SessionId::parse("gv0", "10.0.0.4::gv1").is_ok());
+    }
+
+    #[test]
+    fn directory_names_keep_gluster_shape_and_never_collide() {
+        let dir = |p: &str, s: &str| SessionId::parse(p, s).unwrap().dir_name();
+        assert_eq!(dir("gv0", "n4::gv1"), "gv0_n4_gv1");
+        assert_eq!(dir("gv0", "geoaccount@n4::gv1"), "gv0_geoaccount@n4_gv1");
+        assert_eq!(dir("gv0", "n4_gv1::x"), "gv0_n4%5Fgv1_x");
+        assert_eq!(dir("gv0", "n4::gv1_x"), "gv0_n4_gv1%5Fx");
+        let names = ["a", "b", "a_b", "_", "a.b", "b_", "ab"];
+        let mut seen = std::collections::BTreeMap::new();
+        for p in names {
+            for u in ["root", "a", "a_b"] {
+                for h in names {
+                    for v in names {
+                        let id = SessionId::parse(p, &format!("{u}@{h}::{v}")).unwrap();
+                        if let Some(other) = seen.insert(id.dir_name(), id.clone()) {
+                            panic!("{id} and {other} share {}", id.dir_name());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use anyhow::Context;
 use georep_agent::agent::{Agent, PersistedState};
 use georep_agent::api_types::OpRequest;
 use georep_agent::config::{AgentConfig, BrickSpec};
+use georep_agent::monitor_command::MonitorCommand;
 use georep_agent::store::StateFile;
 use georep_agent::supervise::{ProcessBackend, SupervisePolicy};
 use georep_mesh::faults::Faults;
@@ -180,7 +181,10 @@ impl SimCluster {
             let data_dir: PathBuf = root.path().join(&id);
             let mut config = AgentConfig::for_test(&id, &data_dir);
             config.gossip_interval_ms = spec.gossip_interval.as_millis() as u64;
-            config.monitor_command = Some("sim-monitor --session {session} --node {node}".into());
+            config.monitor_command = Some(
+                MonitorCommand::parse("sim-monitor --session {session} --node {node}")
+                    .expect("a valid template"),
+            );
             let mut seeds: Vec<usize> = vec![0, 1, 2, (i + 1) % n];
             seeds.retain(|s| *s != i && *s < n);
             seeds.sort_unstable();

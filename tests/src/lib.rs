@@ -245,29 +245,20 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(node.data_dir.join("georepd.log"))
+            .open(self.nodes[i].data_dir.join("georepd.log"))
             .expect("agent log");
-        let mut command = match node.launcher.split_first() {
-            Some((program, words)) => {
-                let mut command = Command::new(program);
-                command.args(words).arg(self.bins.join("georepd"));
-                command
-            }
-            None => Command::new(self.bins.join("georepd")),
-        };
-        let child = command
-            .args(&node.args)
+        let child = self
+            .agent_command(i)
             .env("RUST_LOG", "info,georep_mesh=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
             .expect("spawn georepd");
-        node.child = Some(child);
+        self.nodes[i].child = Some(child);
     }
 
     /// Restarts a stopped or killed agent with the same data directory.
@@ -314,6 +305,50 @@ impl Cluster {
             .into_iter()
             .filter(|pid| process_group(*pid) == Some(*pid))
             .collect()
+    }
+
+    /// Monitors of node `i` (any session, any command): processes that lead their own
+    /// session (the agent starts every monitor with `setsid`) and carry node `i`'s
+    /// `GEOREP_SESSION_DIR` in their environment. Unlike [`Self::test_monitors`] this
+    /// finds monitors whose command line changed by `exec`.
+    pub fn session_monitors(&self, i: usize) -> Vec<u32> {
+        let prefix = format!(
+            "GEOREP_SESSION_DIR={}",
+            self.nodes[i].data_dir.join("geo-replication").display()
+        );
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut out: Vec<u32> = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| process_session(*pid) == Some(*pid))
+            .filter(|pid| process_state(*pid).is_some_and(|s| s != 'Z'))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|var| var.starts_with(prefix.as_bytes()))
+                })
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The `georepd` command line node `i` runs with (launcher included), for tests
+    /// that start a second agent beside it with some flags changed.
+    pub fn agent_command(&self, i: usize) -> Command {
+        let node = &self.nodes[i];
+        let mut command = match node.launcher.split_first() {
+            Some((program, words)) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(self.bins.join("georepd"));
+                command
+            }
+            None => Command::new(self.bins.join("georepd")),
+        };
+        command.args(&node.args);
+        command
     }
 
     /// Runs `georep --socket <node i's socket> ARGS...`.
@@ -410,7 +445,16 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill9(i);
         }
-        // Monitors outlive agents by design; the test's own must not outlive the test.
+        // Monitors outlive agents by design; the test's own must not outlive the test
+        // (found by environment too: one that exec'd no longer shows the temp dir).
+        for i in 0..self.nodes.len() {
+            for pid in self.session_monitors(i) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         kill_processes_matching(&self.dir.path().display().to_string());
     }
 }
@@ -450,6 +494,13 @@ pub fn process_group(pid: u32) -> Option<u32> {
     let after = stat.rsplit_once(')')?.1;
     // fields after the command name: state, ppid, pgrp, ...
     after.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The session id of a process (field 6 of `/proc/PID/stat`).
+pub fn process_session(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// SIGKILLs every process whose command line contains `needle`.
