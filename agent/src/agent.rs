@@ -126,6 +126,7 @@ fn refused_session(error: &georep_mesh::state::StateError) -> Option<String> {
     match error {
         NotCreated(id) | AlreadyExists(id) => Some(id.to_string()),
         PrimaryVolumeUnknown { session, .. }
+        | SameVolumes { session, .. }
         | SecondaryNotHosted { session, .. }
         | WrongState { session, .. }
         | Config { session, .. } => Some(session.to_string()),
@@ -525,7 +526,18 @@ impl Agent {
                 _ = tokio::time::sleep(WAIT_POLL) => {}
             }
         };
-        let message = success_message(&request.op, &id);
+        let value = match &request.op {
+            SessionOp::SetConfig { key, .. } => georep_mesh::session_config::lookup(key)
+                .ok()
+                .and_then(|key| {
+                    self.mesh
+                        .replica()
+                        .view(&id)
+                        .and_then(|view| view.config.get(key.name).cloned())
+                }),
+            _ => None,
+        };
+        let message = success_message(&request.op, &id, value.as_deref());
         Ok(OpResponse {
             ok: true,
             session: id.to_string(),
@@ -537,6 +549,7 @@ impl Agent {
             converged,
             waited: request.wait,
             stamp: Some(receipt.stamp.to_string()),
+            value,
         })
     }
 
@@ -779,11 +792,28 @@ impl Agent {
                 None => v.id.primary_volume == volume || v.id.secondary_volume == volume,
             })
             .collect();
+        let session = only
+            .as_ref()
+            .map_or_else(|| volume.to_owned(), ToString::to_string);
+        let message = if matching.is_empty() {
+            match &only {
+                Some(id) => format!("no session {id}"),
+                None => format!("no session with {volume} as primary or secondary volume"),
+            }
+        } else {
+            let listed: Vec<String> = matching
+                .iter()
+                .map(|v| format!("{} ({})", v.id, v.desired))
+                .collect();
+            format!("session exists: {}", listed.join(", "))
+        };
         Ok(ExistsResponse {
             ok: true,
             exists: !matching.is_empty(),
             running: matching.iter().any(|v| v.desired.is_running()),
             sessions: matching.iter().map(|v| v.id.to_string()).collect(),
+            session,
+            message,
         })
     }
 
@@ -830,7 +860,7 @@ fn worker_state(
     }
 }
 
-fn success_message(op: &SessionOp, id: &SessionId) -> String {
+fn success_message(op: &SessionOp, id: &SessionId, value: Option<&str>) -> String {
     let between = format!("{} & {}", id.primary_volume, id.secondary());
     match op {
         SessionOp::Create { .. } => {
@@ -849,7 +879,11 @@ fn success_message(op: &SessionOp, id: &SessionId) -> String {
             format!("Resuming geo-replication session between {between} has been successful")
         }
         SessionOp::SetConfig { key, .. } => {
-            format!("geo-replication config-set of {key} for {between} has been successful")
+            let key = georep_mesh::session_config::lookup(key).map_or(key.as_str(), |k| k.name);
+            let value = value.unwrap_or("?");
+            format!(
+                "geo-replication config-set of {key} = {value} for {between} has been successful"
+            )
         }
         SessionOp::ResetConfig { key } => {
             format!("geo-replication config-reset of {key} for {between} has been successful")
@@ -914,6 +948,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     })?;
     // Before anything else touches the data directory or the API socket.
     let _lock = crate::data_dir_lock::DataDirLock::acquire(&config.data_dir)?;
+    for brick in &config.bricks {
+        // Not a refusal: the brick may be a mount that comes up later.
+        if !brick.path.is_dir() {
+            tracing::warn!(volume = %brick.volume, path = %brick.path.display(), "brick directory does not exist (yet)");
+        }
+    }
     let identity = NodeIdentity::load(&config.tls_ca, &config.tls_cert, &config.tls_key)
         .context("cannot load TLS material")?;
     if identity.node_id() != config.node_id {

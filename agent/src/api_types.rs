@@ -155,6 +155,9 @@ pub struct OpResponse {
     /// client can tell its write from a later one. Absent from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<String>,
+    /// For `config` set: the value as stored (validated and normalised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// One key of `config`.
@@ -194,6 +197,12 @@ pub struct ExistsResponse {
     pub running: bool,
     /// Names of the matching sessions.
     pub sessions: Vec<String>,
+    /// What was asked about: the session, or the volume when no secondary was given.
+    #[serde(default)]
+    pub session: String,
+    /// One sentence: which sessions match, and their desired states.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Body of every error response.

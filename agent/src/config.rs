@@ -886,42 +886,40 @@ fn check_id(report: &Reporter<'_>, id: &Sourced<String>) -> Result<(), ConfigErr
 }
 
 fn check_volume(volume: &str) -> Result<(), String> {
-    if volume.is_empty() {
-        return Err("volume name is empty".to_owned());
-    }
-    if let Some(c) = volume
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
-    {
-        return Err(format!(
-            "volume name {volume:?}: character {c:?} not allowed (use A-Z, a-z, 0-9, '_', '-')"
-        ));
-    }
-    Ok(())
+    georep_mesh::state::check_name(volume)
+        .map_err(|reason| format!("volume name {volume:?}: {reason}"))
 }
 
 fn check_brick_path(path: &Path) -> Result<(), String> {
     if !path.is_absolute() {
         return Err("path must be absolute".to_owned());
     }
+    // `{bricks}` joins a node's brick paths with ',', and `VOL:PATH:SET` splits at ':'.
+    if let Some(c) = path
+        .to_string_lossy()
+        .chars()
+        .find(|c| matches!(c, ',' | ':') || c.is_control())
+    {
+        return Err(format!("path may not contain {c:?}"));
+    }
     Ok(())
 }
 
-/// Parses `VOL:PATH[:REPLICA_SET]`. A trailing `:N` (all digits) is the
-/// replica set; any other text after the last `:` is part of the path.
+/// Parses `VOL:PATH[:REPLICA_SET]`; a path may not contain ':', so text after a second
+/// ':' must be the replica set, a number.
 fn parse_brick_flag(spec: &str) -> Result<BrickSpec, String> {
     let Some((volume, rest)) = spec.split_once(':') else {
         return Err("expected VOL:PATH[:REPLICA_SET]".to_owned());
     };
     check_volume(volume)?;
-    let (path, replica_set) = match rest.rsplit_once(':') {
-        Some((path, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+    let (path, replica_set) = match rest.split_once(':') {
+        Some((path, n)) => {
             let n = n
                 .parse::<u32>()
-                .map_err(|_| format!("replica set {n} is too large"))?;
+                .map_err(|_| format!("replica set {n:?} is not a number from 0 to {}", u32::MAX))?;
             (path, n)
         }
-        _ => (rest, 0),
+        None => (rest, 0),
     };
     if path.is_empty() {
         return Err("brick path is empty".to_owned());

@@ -20,7 +20,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,9 +30,12 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 /// Largest response body the client accepts.
 pub const MAX_RESPONSE_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Time a client has to send its whole request (and, separately, to take
-/// the whole response).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; further clients wait in the listen backlog.
+/// the whole response). The CLI sends its request at once; a connection that
+/// says nothing for this long is idle and is closed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections open at once. When all are taken, a new connection closes the
+/// oldest one that has not finished sending its request (idle connections never
+/// lock out requests); when every one is being served, the new one gets 503.
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Largest response header section the client accepts.
@@ -158,18 +160,11 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     limits: Limits,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let idle = Arc::new(std::sync::Mutex::new(IdleConnections::default()));
     let mut tasks = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
+        let mut stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -182,26 +177,93 @@ pub async fn serve_with(
                 }
             },
         };
+        if tasks.len() >= limits.max_connections.max(1) {
+            let evicted = lock_idle(&idle).evict_oldest();
+            if evicted {
+                // Its task ends at once; reap it so the count stays exact.
+                let _ = tasks.join_next().await;
+            } else {
+                let busy = Response::error(
+                    503,
+                    format!(
+                        "georepd is serving {} requests already; retry in a moment",
+                        tasks.len()
+                    ),
+                );
+                let bytes = encode_response(&busy);
+                let _ =
+                    tokio::time::timeout(limits.request_timeout, stream.write_all(&bytes)).await;
+                continue;
+            }
+        }
         let handler = Arc::clone(&handler);
         let shutdown = shutdown.clone();
+        let (id, evict) = lock_idle(&idle).add();
+        let idle = Arc::clone(&idle);
         tasks.spawn(async move {
-            let _permit = permit;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = serve_connection(stream, handler.as_ref(), limits) => {}
+                _ = evict.cancelled() => {}
+                _ = serve_connection(stream, handler.as_ref(), limits, || lock_idle(&idle).busy(id)) => {}
             }
+            lock_idle(&idle).busy(id);
         });
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn serve_connection(mut stream: UnixStream, handler: &dyn Handler, limits: Limits) {
-    let response = match tokio::time::timeout(
-        limits.request_timeout,
-        read_request(&mut stream, &limits),
-    )
-    .await
-    {
+/// Connections that have not yet sent a whole request, oldest first, each with the
+/// token that closes it.
+#[derive(Default)]
+struct IdleConnections {
+    next_id: u64,
+    waiting: BTreeMap<u64, CancellationToken>,
+}
+
+impl IdleConnections {
+    fn add(&mut self) -> (u64, CancellationToken) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let token = CancellationToken::new();
+        self.waiting.insert(id, token.clone());
+        (id, token)
+    }
+
+    /// The connection sent its request (or ended): it can no longer be evicted.
+    fn busy(&mut self, id: u64) {
+        self.waiting.remove(&id);
+    }
+
+    /// Closes the oldest idle connection; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        match self.waiting.pop_first() {
+            Some((_, token)) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock_idle(
+    idle: &std::sync::Mutex<IdleConnections>,
+) -> std::sync::MutexGuard<'_, IdleConnections> {
+    // The map stays consistent even if a holder panicked mid-way.
+    idle.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn serve_connection(
+    mut stream: UnixStream,
+    handler: &dyn Handler,
+    limits: Limits,
+    request_read: impl FnOnce(),
+) {
+    let read =
+        tokio::time::timeout(limits.request_timeout, read_request(&mut stream, &limits)).await;
+    request_read();
+    let response = match read {
         Err(_) => Response::error(
             408,
             format!(
@@ -1006,6 +1068,35 @@ mod tests {
             .unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+        srv.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_never_lock_out_a_request() {
+        let srv = start(Limits {
+            max_connections: 3,
+            ..Limits::default()
+        });
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            let mut stream = UnixStream::connect(&srv.socket).await.unwrap();
+            stream.write_all(b"GET / HT").await.unwrap();
+            idle.push(stream);
+        }
+        // Well within REQUEST_TIMEOUT: the idle ones are evicted, not waited out.
+        let (status, _) = request(&srv.socket, "GET", "/", None, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let mut out = Vec::new();
+        let n = tokio::time::timeout(T, idle[0].read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "the oldest idle connection was closed without an answer"
+        );
         srv.stop().await;
     }
 

@@ -286,7 +286,8 @@ mod tests {
         let command = MonitorCommand::parse("mon {{node}} {node}").unwrap();
         assert_eq!(command.render(values), ["mon", "{node}", "{primary_vol}"]);
         for placeholder in Placeholder::ALL {
-            let command = MonitorCommand::parse(&format!("mon {{{}}}", placeholder.name())).unwrap();
+            let command =
+                MonitorCommand::parse(&format!("mon {{{}}}", placeholder.name())).unwrap();
             assert_eq!(command.render(values)[1], values(placeholder));
         }
     }
@@ -301,7 +302,10 @@ mod tests {
             }
         );
         let text = error.to_string();
-        assert!(text.contains("{nope}") && text.contains("{session_dir}"), "{text}");
+        assert!(
+            text.contains("{nope}") && text.contains("{session_dir}"),
+            "{text}"
+        );
         assert!(matches!(
             MonitorCommand::parse("mon {node"),
             Err(MonitorCommandError::UnmatchedBrace { brace: '{', .. })
@@ -310,7 +314,10 @@ mod tests {
             MonitorCommand::parse("mon a}b"),
             Err(MonitorCommandError::UnmatchedBrace { brace: '}', .. })
         ));
-        assert_eq!(MonitorCommand::parse("   "), Err(MonitorCommandError::Empty));
+        assert_eq!(
+            MonitorCommand::parse("   "),
+            Err(MonitorCommandError::Empty)
+        );
         assert!(matches!(
             MonitorCommand::parse("mon 'open"),
             Err(MonitorCommandError::Split(_))

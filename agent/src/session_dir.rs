@@ -251,7 +251,11 @@ mod tests {
             &[state("gv0", "Started", &[]), state("gv9", "Stopped", &[])],
         )
         .unwrap();
-        fs::write(root.path().join("gv9_geo@n4_sv").join("gv0%2Fb1.status"), "{}").unwrap();
+        fs::write(
+            root.path().join("gv9_geo@n4_sv").join("gv0%2Fb1.status"),
+            "{}",
+        )
+        .unwrap();
         fs::create_dir(root.path().join("unrelated")).unwrap();
         fs::write(root.path().join("unrelated").join("x"), "keep").unwrap();
         fs::write(root.path().join("loose-file"), "keep").unwrap();

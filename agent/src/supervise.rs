@@ -229,13 +229,11 @@ impl ProcessBackend for RealBackend {
             .stdout(stdout)
             .stderr(stderr);
         in_new_session(&mut command);
-        let child = command
-            .spawn()
-            .map_err(|source| SuperviseError::Spawn {
-                session: spec.session.to_string(),
-                program: program.clone(),
-                source,
-            })?;
+        let child = command.spawn().map_err(|source| SuperviseError::Spawn {
+            session: spec.session.to_string(),
+            program: program.clone(),
+            source,
+        })?;
         let pid = child.id();
         lock(&self.children).insert(pid, child);
         Ok(pid)
@@ -541,10 +539,7 @@ impl ProcessBackend for FakeBackend {
     }
 
     fn identity(&self, pid: u32) -> Option<ProcessIdentity> {
-        lock(&self.world)
-            .processes
-            .get(&pid)
-            .map(|p| p.identity)
+        lock(&self.world).processes.get(&pid).map(|p| p.identity)
     }
 
     fn try_reap(&self) -> Vec<ExitNotice> {

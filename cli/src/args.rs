@@ -183,7 +183,7 @@ pub struct ConfigArgs {
     #[arg(value_name = "KEY")]
     pub key: Option<String>,
     /// Value to set.
-    #[arg(value_name = "VALUE")]
+    #[arg(value_name = "VALUE", allow_negative_numbers = true)]
     pub value: Option<String>,
     /// Reset KEY to its default.
     #[arg(long, value_name = "KEY")]

@@ -15,6 +15,10 @@ use crate::output::CommandError;
 /// so that a timed-out wait still comes back as a (non-converged) response.
 pub const HTTP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a read (status, config, nodes, inspect...) waits for the agent to answer:
+/// an agent that is alive answers reads from memory at once.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client of one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
@@ -39,7 +43,7 @@ impl Client {
 
     /// `GET path_and_query`; the JSON body of a 2xx answer.
     pub async fn get(&self, path_and_query: &str) -> Result<Value, CommandError> {
-        self.call("GET", path_and_query, None).await
+        self.call("GET", path_and_query, None, READ_TIMEOUT).await
     }
 
     /// `POST /v1/op`: applies `op`, waiting (unless `wait` is false) up to the
@@ -60,7 +64,8 @@ impl Client {
         };
         let body = serde_json::to_value(&request)
             .map_err(|e| CommandError::Failed(format!("cannot encode the request: {e}")))?;
-        let raw = self.call("POST", "/v1/op", Some(&body)).await?;
+        let timeout = self.wait_timeout.saturating_add(HTTP_GRACE);
+        let raw = self.call("POST", "/v1/op", Some(&body), timeout).await?;
         let typed = decode(&raw)?;
         Ok((typed, raw))
     }
@@ -70,12 +75,15 @@ impl Client {
         method: &str,
         path_and_query: &str,
         body: Option<&Value>,
+        timeout: Duration,
     ) -> Result<Value, CommandError> {
-        let timeout = self.wait_timeout.saturating_add(HTTP_GRACE);
         let (status, value) = request(&self.socket, method, path_and_query, body, timeout)
             .await
             .map_err(|e| match e {
                 ClientError::NoAgent { socket, reason } => CommandError::NoAgent { socket, reason },
+                ClientError::Timeout { socket, after } => {
+                    CommandError::Unresponsive { socket, after }
+                }
                 other => CommandError::Failed(other.to_string()),
             })?;
         if (200..300).contains(&status) {
@@ -209,6 +217,7 @@ mod tests {
                         converged,
                         waited: op.wait,
                         stamp: None,
+                        value: None,
                     },
                 )
             }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::args::{ConfigArgs, Globals};
 use crate::client::{decode, with_query};
-use crate::lifecycle::{between, parse_session, send};
+use crate::lifecycle::{between, parse_session, render_op, send};
 use crate::output::{CommandError, Exit, Report, Table};
 
 /// What a `config` command line asks for.
@@ -67,13 +67,24 @@ pub async fn config(g: &Globals, a: &ConfigArgs) -> Report {
             Err(e) => Err(e),
         },
         ConfigAction::Set(key, value) => {
-            let doing = format!(
-                "Setting config {} = {value} of geo-replication session between {}",
-                canonical(&key),
-                between(&id)
-            );
+            let key_name = canonical(&key).to_owned();
             let op = SessionOp::SetConfig { key, value };
-            return send(g, &id, op, a.no_wait, &doing).await;
+            return match g
+                .client()
+                .op(&id.primary_volume, &id.secondary(), op, !a.no_wait)
+                .await
+            {
+                // Shown as stored (validated and normalised), not as typed.
+                Ok((resp, raw)) => {
+                    let doing = format!(
+                        "Setting config {key_name} = {} of geo-replication session between {}",
+                        resp.value.as_deref().unwrap_or("?"),
+                        between(&id)
+                    );
+                    render_op(&resp, &raw, &doing, g.json, g.timeout.as_secs())
+                }
+                Err(e) => e.report(g.json, Some(&session)),
+            };
         }
         ConfigAction::Reset(key) => {
             let doing = format!(

@@ -239,6 +239,7 @@ mod tests {
             converged,
             waited,
             stamp: None,
+            value: None,
         }
     }
 

@@ -116,6 +116,14 @@ pub enum CommandError {
         /// The agent's message (it names the session and the reason).
         message: String,
     },
+    /// An agent accepted the connection but did not answer in time: it is hung or
+    /// overloaded (exit 3, like no agent at all).
+    Unresponsive {
+        /// The socket tried.
+        socket: PathBuf,
+        /// How long the client waited.
+        after: std::time::Duration,
+    },
     /// Anything else that went wrong (exit 1).
     Failed(String),
     /// The command line is wrong in a way clap cannot see (exit 2).
@@ -126,7 +134,7 @@ impl CommandError {
     /// The exit code.
     pub fn exit(&self) -> Exit {
         match self {
-            CommandError::NoAgent { .. } => Exit::NoAgent,
+            CommandError::NoAgent { .. } | CommandError::Unresponsive { .. } => Exit::NoAgent,
             CommandError::Refused { .. } | CommandError::Failed(_) => Exit::Failed,
             CommandError::Usage(_) => Exit::Usage,
         }
@@ -138,6 +146,11 @@ impl CommandError {
             CommandError::NoAgent { socket, reason } => format!(
                 "no agent at {}: {reason}. Is georepd running? (set --socket or GEOREP_SOCKET)",
                 socket.display()
+            ),
+            CommandError::Unresponsive { socket, after } => format!(
+                "agent at {} does not answer (nothing within {} s); it may be hung or overloaded",
+                socket.display(),
+                after.as_secs_f64()
             ),
             CommandError::Refused { message, .. } => message.clone(),
             CommandError::Failed(message) | CommandError::Usage(message) => message.clone(),

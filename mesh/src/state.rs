@@ -47,6 +47,18 @@ fn valid_name(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// [`valid_name`] with the reason it fails, for configuration errors.
+pub fn check_name(text: &str) -> Result<(), String> {
+    if valid_name(text) {
+        Ok(())
+    } else {
+        Err(NAME_RULE.to_owned())
+    }
+}
+
+/// The rule [`valid_name`] enforces, in words.
+pub const NAME_RULE: &str = "must be 1-128 letters, digits, '-', '_', '.', not starting with '-'";
+
 /// A host is a name under [`valid_name`]'s rule or an IP literal.
 fn valid_host(text: &str) -> bool {
     valid_name(text) || text.parse::<std::net::IpAddr>().is_ok()
@@ -65,9 +77,7 @@ impl SessionId {
             reason: reason.to_string(),
         };
         if !valid_name(primary) {
-            return Err(bad(
-                "the primary volume name must be 1-128 letters, digits, '-', '_', '.', not starting with '-'",
-            ));
+            return Err(bad(&format!("the primary volume name {NAME_RULE}")));
         }
         let (user_host, volume) = secondary
             .split_once("::")
@@ -77,9 +87,7 @@ impl SessionId {
             None => (DEFAULT_SECONDARY_USER, user_host),
         };
         if !valid_name(user) {
-            return Err(bad(
-                "the secondary user must be 1-128 letters, digits, '-', '_', '.', not starting with '-'",
-            ));
+            return Err(bad(&format!("the secondary user {NAME_RULE}")));
         }
         if !valid_host(host) {
             return Err(bad(
@@ -87,9 +95,7 @@ impl SessionId {
             ));
         }
         if !valid_name(volume) {
-            return Err(bad(
-                "the secondary volume name must be 1-128 letters, digits, '-', '_', '.', not starting with '-'",
-            ));
+            return Err(bad(&format!("the secondary volume name {NAME_RULE}")));
         }
         Ok(SessionId {
             primary_volume: primary.to_string(),
@@ -605,6 +611,20 @@ pub enum StateError {
     /// Create of an existing session.
     #[error("Session {0} already exists. Delete it first to create it again.")]
     AlreadyExists(SessionId),
+    /// Create of a session between two volumes another session already replicates
+    /// between (through another secondary host or user).
+    #[error(
+        "Session between {} and {}::{} is already created: {existing}. One session per pair of volumes; delete that one first to reach the secondary another way.",
+        session.primary_volume,
+        session.secondary_host,
+        session.secondary_volume
+    )]
+    SameVolumes {
+        /// The session asked for.
+        session: SessionId,
+        /// The session that exists.
+        existing: SessionId,
+    },
     /// Create with a primary volume nobody declares.
     #[error(
         "Cannot create session {session}: primary volume {volume} has no bricks on any node. Declare its bricks with --brick on the nodes that host it."
@@ -668,6 +688,15 @@ pub fn plan(
         let SessionOp::Create { options, force } = op else {
             return Err(StateError::NotCreated(id.clone()));
         };
+        if let Some(existing) = replica
+            .existing()
+            .find(|other| other.id != *id && other.id.same_volume_pair(id))
+        {
+            return Err(StateError::SameVolumes {
+                session: id.clone(),
+                existing: existing.id,
+            });
+        }
         if !volumes.has_bricks(&id.primary_volume) {
             return Err(StateError::PrimaryVolumeUnknown {
                 session: id.clone(),
@@ -752,10 +781,7 @@ pub fn plan(
             let value = session_config::normalise(key, value, now_secs).map_err(config_error)?;
             delta.config.insert(
                 key.name.to_string(),
-                LWWReg {
-                    val: Some(value),
-                    marker: stamp,
-                },
+                reassert_or(replica, id, key.name, Some(value), stamp),
             );
         }
         SessionOp::ResetConfig { key } => {
@@ -765,10 +791,7 @@ pub fn plan(
             })?;
             delta.config.insert(
                 key.name.to_string(),
-                LWWReg {
-                    val: None,
-                    marker: stamp,
-                },
+                reassert_or(replica, id, key.name, None, stamp),
             );
         }
         SessionOp::Delete { force } => {
@@ -784,6 +807,25 @@ pub fn plan(
         }
     }
     Ok(delta)
+}
+
+/// The register that sets `key` to `value`: the current one when it already holds that
+/// value (so the write changes no stamp and restarts no monitor), else a new one
+/// stamped `stamp`.
+fn reassert_or(
+    replica: &Replica,
+    id: &SessionId,
+    key: &str,
+    value: Option<String>,
+    stamp: Hlc,
+) -> Reg<Option<String>> {
+    match replica.sessions.get(id).and_then(|r| r.config.get(key)) {
+        Some(current) if current.val == value => current.clone(),
+        _ => LWWReg {
+            val: value,
+            marker: stamp,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -872,6 +914,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn one_session_per_volume_pair_and_same_value_writes_change_no_stamp() {
+        let mut replica = Replica::default();
+        let t = |n| Hlc::new(n, 0, "a");
+        let create = SessionOp::Create {
+            options: SessionOptions::default(),
+            force: true,
+        };
+        apply(&mut replica, create.clone(), t(1)).unwrap();
+        for other in ["n3::gv1", "geo@n4::gv1"] {
+            let other = SessionId::parse("gv0", other).unwrap();
+            let error = plan(&replica, &volumes(), &other, &create, t(2), 0).unwrap_err();
+            assert_eq!(
+                error,
+                StateError::SameVolumes {
+                    session: other.clone(),
+                    existing: sid()
+                }
+            );
+            assert!(error.to_string().contains("gv0 -> n4::gv1"), "{error}");
+        }
+        let elsewhere = SessionId::parse("gv0", "n4::gv2").unwrap();
+        assert!(plan(&replica, &volumes(), &elsewhere, &create, t(2), 0).is_ok());
+
+        let set = |value: &str| SessionOp::SetConfig {
+            key: "sync_jobs".into(),
+            value: value.into(),
+        };
+        let restart = |replica: &Replica| {
+            let record = &replica.sessions[&sid()];
+            record.view().restart_stamp(record)
+        };
+        apply(&mut replica, set("5"), t(3)).unwrap();
+        assert_eq!(restart(&replica), Some(t(3)));
+        apply(&mut replica, set(" 5"), t(4)).unwrap();
+        assert_eq!(restart(&replica), Some(t(3)), "same value: no restart");
+        apply(&mut replica, set("6"), t(5)).unwrap();
+        assert_eq!(restart(&replica), Some(t(5)));
+        let reset = SessionOp::ResetConfig {
+            key: "sync-jobs".into(),
+        };
+        apply(&mut replica, reset.clone(), t(6)).unwrap();
+        apply(&mut replica, reset, t(7)).unwrap();
+        assert_eq!(restart(&replica), Some(t(6)), "reset twice: one restart");
     }
 
     #[test]
