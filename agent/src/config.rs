@@ -28,8 +28,12 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
 /// Accepted gossip periods, in milliseconds.
 pub const GOSSIP_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
-/// File name of the local API socket inside the data directory.
+/// File name of the local API socket inside the data directory (tests and the demo
+/// put it there).
 pub const API_SOCKET_FILE: &str = "georepd.sock";
+/// Where the agent serves its local API, and where `georep` looks for it, when
+/// neither is told otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/georep/georepd.sock";
 /// Longest delay or jitter `--inject-delay` accepts.
 pub const MAX_INJECTED_DELAY: Duration = Duration::from_secs(60);
 
@@ -59,7 +63,7 @@ pub struct AgentArgs {
     /// A peer to join through (repeatable; replaces the file's `seeds`).
     #[arg(long = "seed", value_name = "ADDR:PORT")]
     pub seeds: Vec<String>,
-    /// Local API socket (default DATA_DIR/georepd.sock).
+    /// Local API socket (default /run/georep/georepd.sock, where `georep` looks).
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
     /// A local primary brick (repeatable; replaces the file's `[[brick]]`s).
@@ -686,7 +690,7 @@ fn resolve(
         .api_socket
         .clone()
         .or(file.api_socket)
-        .unwrap_or_else(|| data_dir.join(API_SOCKET_FILE));
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET));
 
     let bricks: Vec<Sourced<BrickSpec>> = if !args.bricks.is_empty() {
         args.bricks
@@ -993,7 +997,7 @@ mod tests {
         assert_eq!(cfg.cluster_id, "georep");
         assert_eq!(cfg.listen, "127.0.0.1:7400".parse().unwrap());
         assert_eq!(cfg.advertise, cfg.listen);
-        assert_eq!(cfg.api_socket, d.join("georepd.sock"));
+        assert_eq!(cfg.api_socket, Path::new(DEFAULT_API_SOCKET));
         assert_eq!(cfg.tls_ca, d.join("tls/ca.crt"));
         assert_eq!(cfg.tls_cert, d.join("tls/n1.crt"));
         assert_eq!(cfg.tls_key, d.join("tls/n1.key"));
@@ -1032,6 +1036,46 @@ replica_set = 1
 volume = "gv0"
 path = "/bricks/b2"
 "#;
+
+    /// The commented example shipped as `/etc/georep/georepd.toml`.
+    const EXAMPLE: &str = include_str!("../georepd.toml");
+
+    #[test]
+    fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
+        let (shipped, _) = load_file(EXAMPLE, &[]);
+        let shipped = shipped.expect("the example file is valid as shipped");
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(uncommented.contains("\ngossip_interval_ms = 500\n"));
+        let (explicit, _) = load_file(&uncommented, &[]);
+        assert_eq!(
+            explicit.expect("every documented key parses"),
+            shipped,
+            "a `# key = value` line of the example is not that key's default"
+        );
+        for key in [
+            "cluster_id",
+            "listen",
+            "advertise",
+            "seeds",
+            "api_socket",
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
+            "gossip_interval_ms",
+            "monitor_command",
+            "[[brick]]",
+            "replica_set",
+            "authorized_keys",
+            "webhooks",
+            "inject_delay",
+        ] {
+            assert!(EXAMPLE.contains(key), "the example does not mention {key}");
+        }
+    }
 
     #[test]
     fn file_values_are_read() {
@@ -1232,23 +1276,27 @@ path = "/bricks/b2"
                 .unwrap_err()
                 .contains("expected VOL:PATH[:REPLICA_SET]")
         );
-        assert!(
-            load("g v:/b")
-                .unwrap_err()
-                .contains("character ' ' not allowed")
-        );
-        assert!(load(":/b").unwrap_err().contains("volume name is empty"));
-        assert!(
-            load("gv0:/b:99999999999")
-                .unwrap_err()
-                .contains("too large")
-        );
+        for bad in ["g v:/b", ":/b"] {
+            assert!(
+                load(bad).unwrap_err().contains("not starting with '-'"),
+                "{bad}"
+            );
+        }
         assert!(load("gv0:").unwrap_err().contains("brick path is empty"));
         let ok = load("gv0:/b:7").expect("valid");
         assert_eq!(ok.bricks[0].replica_set, 7);
-        // A colon not followed by a number belongs to the path.
-        let ok = load("gv0:/b:x").expect("valid");
-        assert_eq!(ok.bricks[0].path, Path::new("/b:x"));
+        let not_a_number =
+            |n: &str| format!("replica set {n:?} is not a number from 0 to 4294967295");
+        for (bad, reason) in [
+            ("gv0:/b:99999999999", not_a_number("99999999999")),
+            ("gv0:/x:abc", not_a_number("abc")),
+            ("gv0:/x:-1", not_a_number("-1")),
+            ("gv0:/x:", not_a_number("")),
+            ("gv0:/a,b", "path may not contain ','".to_owned()),
+            ("gv0:/a,b:1", "path may not contain ','".to_owned()),
+        ] {
+            assert_eq!(load(bad).unwrap_err(), format!("--brick {bad:?}: {reason}"));
+        }
         let mut argv = base.to_vec();
         argv.extend(["--brick", "gv0:/b", "--brick", "gv0:/b:2"]);
         let e = AgentConfig::load(&args(&argv)).unwrap_err().to_string();

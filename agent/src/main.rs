@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
     name = "georepd",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = "Configuration file (--config): every key, with its default, is described in the commented example georepd.toml (installed as /etc/georep/georepd.toml; agent/georepd.toml in the source tree). Flags override the file."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +34,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a terminal: a file or a journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -51,10 +54,32 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("georepd: {error:#}");
+            eprintln!("georepd: {}", one_line(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause said once: several of our error
+/// types already print their source in their own message.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last_len = 0;
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        // A cause that repeats the context around it and adds to it replaces it.
+        if last_len > 0 && text.starts_with(&out[out.len() - last_len..]) {
+            out.truncate(out.len() - last_len);
+        } else if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last_len = text.len();
+    }
+    out
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {

@@ -12,8 +12,9 @@ use crate::client::Client;
 
 /// Environment variable naming the agent's socket when `--socket` is absent.
 pub const SOCKET_ENV: &str = "GEOREP_SOCKET";
-/// Agent socket when neither `--socket` nor [`SOCKET_ENV`] is given.
-pub const DEFAULT_SOCKET: &str = "/run/georep/georepd.sock";
+/// Agent socket when neither `--socket` nor [`SOCKET_ENV`] is given: where `georepd`
+/// serves by default.
+pub const DEFAULT_SOCKET: &str = georep_agent::config::DEFAULT_API_SOCKET;
 /// Default `--timeout`, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
 /// Largest accepted `--timeout`: the agent caps any wait at 10 minutes.
@@ -40,7 +41,10 @@ pub struct GlobalArgs {
     /// Machine-readable output (one JSON object) on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to wait for every live node to confirm a change.
+    /// Changes (create, start, stop, pause, resume, config KEY VALUE, delete): seconds to
+    /// wait for every live node to confirm. Reads (status, nodes, config,
+    /// exists, running, inspect) wait at most 5 s for the agent whatever this says; tls
+    /// and demo do not use it.
     #[arg(
         long,
         global = true,

@@ -151,6 +151,16 @@ pub enum TlsError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// A `--dns` name that is not a valid DNS name; nothing was written.
+    #[error(
+        "{name:?} is not a valid DNS name: {reason} (labels of letters, digits and '-', 1-63 characters each, not starting or ending with '-', 253 characters in all; '*.' may lead)"
+    )]
+    InvalidDnsName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Key or certificate generation failed.
     #[error("cannot generate {what}: {reason}")]
     Generate {
@@ -375,6 +385,9 @@ pub fn write_node_cert(
     out_dir: &Path,
 ) -> Result<PemFiles, TlsError> {
     validate_node_id(node_id)?;
+    for name in dns_names {
+        validate_dns_name(name)?;
+    }
     let files = PemFiles {
         cert: out_dir.join(format!("{node_id}.crt")),
         key: out_dir.join(format!("{node_id}.key")),
@@ -390,6 +403,42 @@ pub fn write_node_cert(
     let node = issue_node_cert(&ca_cert_pem, &ca_key_pem, node_id, ips, dns_names)?;
     write_pair(out_dir, &files, &node)?;
     Ok(files)
+}
+
+/// Checks a certificate DNS name (RFC 1123 host name, optionally `*.` wildcard).
+pub fn validate_dns_name(name: &str) -> Result<(), TlsError> {
+    let bad = |reason| TlsError::InvalidDnsName {
+        name: name.to_owned(),
+        reason,
+    };
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.len() > 253 {
+        return Err(bad("it is longer than 253 characters"));
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err(bad("it has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(bad("a label is longer than 63 characters"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("a label starts or ends with '-'"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad(
+                "it has a character other than letters, digits, '-' and '.'",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn refuse_existing(files: &PemFiles) -> Result<(), TlsError> {
@@ -856,6 +905,32 @@ impl ServerCertVerifier for ClusterServerVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_names_are_checked() {
+        for good in [
+            "n1",
+            "n1.example.org",
+            "*.example.org",
+            "a-b.c",
+            "example.org.",
+        ] {
+            assert!(validate_dns_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "bad dns!",
+            "",
+            "-a.b",
+            "a-.b",
+            "a..b",
+            "*.",
+            "a_b",
+            &"x".repeat(64),
+        ] {
+            let error = validate_dns_name(bad).unwrap_err().to_string();
+            assert!(error.contains("is not a valid DNS name"), "{bad}: {error}");
+        }
+    }
 
     struct Cluster {
         dir: tempfile::TempDir,
