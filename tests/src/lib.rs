@@ -335,8 +335,23 @@ impl Cluster {
         out
     }
 
-    /// The `georepd` command line node `i` runs with (launcher included), for tests
-    /// that start a second agent beside it with some flags changed.
+    /// The flags node `i`'s agent runs with (after the binary), for tests that start a
+    /// second agent with some of them changed.
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        self.nodes[i].args.clone()
+    }
+
+    /// The `georepd` binary the cluster runs.
+    pub fn georepd_bin(&self) -> PathBuf {
+        self.bins.join("georepd")
+    }
+
+    /// The `georep` binary.
+    pub fn georep_bin(&self) -> PathBuf {
+        self.bins.join("georep")
+    }
+
+    /// The `georepd` command line node `i` runs with (launcher included).
     pub fn agent_command(&self, i: usize) -> Command {
         let node = &self.nodes[i];
         let mut command = match node.launcher.split_first() {

@@ -1,0 +1,390 @@
+//! Real-process tests of input handling and operator-facing behaviour that a new user
+//! or a hostile tester runs into: the data-directory lock, names that look like
+//! options, the monitor command template, a starved or hung local API, brick flags,
+//! config echo and restarts, JSON shapes, help and log text, DNS names in certificates,
+//! and one session per volume pair.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use georep_tests::{Cluster, NodeSpec, bin_dir, free_port, process_state};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A monitor whose command line shows a literal `{node}` (from `{{node}}`) and the
+/// node id (from `{node}`).
+const BRACED_MONITOR: &str = "/bin/sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.2; done' georep-test-monitor {session_dir} {{node}} {node}";
+
+fn two_nodes() -> Cluster {
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]),
+        ],
+        Some(BRACED_MONITOR),
+    );
+    cluster.wait_live(0, 2, WAIT);
+    cluster.wait_live(1, 2, WAIT);
+    cluster
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| text(&raw).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Replaces the value following `flag` in `args`.
+fn set_flag(args: &mut [String], flag: &str, value: &str) {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} not in {args:?}"));
+    args[i + 1] = value.to_owned();
+}
+
+/// Runs a command that must end by itself within `within`; returns (code, stderr).
+fn run_bounded(mut command: Command, within: Duration) -> (Option<i32>, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("read stderr");
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn raw_post(socket: &std::path::Path, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: georepd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// Items 4, 6, 7, 13 (start-time part), 15, 18 (logs) and the one-session-per-pair
+/// refusal, on one small cluster.
+#[test]
+fn a_running_cluster_refuses_what_it_must() {
+    let cluster = two_nodes();
+    let georepd = cluster.georepd_bin();
+
+    // A second agent on the same data directory (another socket, another port) is
+    // refused at once, naming the holder.
+    let mut args = cluster.agent_args(0);
+    let other_socket = cluster.dir.path().join("second.sock");
+    set_flag(
+        &mut args,
+        "--api-socket",
+        &other_socket.display().to_string(),
+    );
+    set_flag(&mut args, "--listen", &format!("127.0.0.1:{}", free_port()));
+    let mut second = Command::new(&georepd);
+    second.args(&args);
+    let (code, stderr) = run_bounded(second, WAIT);
+    let holder = cluster.nodes[0].pid().unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("in use by another georepd (pid {holder}")),
+        "{stderr}"
+    );
+    assert!(!other_socket.exists(), "the refused agent served nothing");
+
+    // Names that would reach a monitor's argv looking like options: refused by the CLI
+    // (usage, exit 2) and by the raw API (400), before anything is written.
+    for (primary, secondary) in [
+        ("gv0", "-oProxyCommand::gv1"),
+        ("gv0", "n2::-e"),
+        ("-rf", "n2::gv1"),
+    ] {
+        let out = cluster.georep(0, &["create", "--", primary, secondary]);
+        assert_eq!(out.status.code(), Some(2), "{primary} {secondary}");
+        assert!(
+            text(&out.stderr).contains("not starting with '-'"),
+            "{}",
+            text(&out.stderr)
+        );
+        let body = serde_json::json!({
+            "primary": primary, "secondary": secondary,
+            "op": {"Create": {"options": {"push_pem": false, "forced": false}, "force": true}},
+            "wait": false, "timeout_ms": 1000,
+        });
+        let (status, answer) = raw_post(&cluster.nodes[0].socket, "/v1/op", &body.to_string());
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not starting with '-'"),
+            "{answer}"
+        );
+    }
+    let sessions = cluster.json(1, &["status"]);
+    assert_eq!(
+        sessions["sessions"],
+        serde_json::json!([]),
+        "nothing created"
+    );
+
+    // The template: `{{node}}` is a literal `{node}`, `{node}` the node id.
+    cluster.ok(0, &["create", "gv0", "n2::gv1"]);
+    cluster.ok(0, &["start", "gv0", "n2::gv1"]);
+    let monitors = cluster.test_monitors(0);
+    assert_eq!(monitors.len(), 1);
+    assert!(
+        cmdline(monitors[0]).ends_with("{node} n1 "),
+        "{}",
+        cmdline(monitors[0])
+    );
+
+    // One session per volume pair, whichever host or user reaches the secondary.
+    for other in ["n1::gv1", "geoaccount@n2::gv1"] {
+        let out = cluster.georep(1, &["create", "gv0", other, "--force"]);
+        assert_eq!(out.status.code(), Some(1), "{other}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("is already created: gv0 -> n2::gv1"),
+            "{other}: {err}"
+        );
+    }
+
+    // exists / running --json carry session and message, as every command's JSON does.
+    for command in ["exists", "running"] {
+        let answer = cluster.json(1, &[command, "gv0", "n2::gv1"]);
+        assert_eq!(answer["session"], "gv0 -> n2::gv1", "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("gv0 -> n2::gv1 (Started)"),
+            "{answer}"
+        );
+        let answer = cluster.json(1, &[command, "nothing"]);
+        assert_eq!(answer["session"], "nothing", "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains("no session"));
+    }
+
+    // Logs written to a file carry no colour codes; missing bricks are a warning.
+    let log = std::fs::read_to_string(cluster.nodes[0].data_dir.join("georepd.log")).unwrap();
+    assert!(!log.contains('\u{1b}'), "ANSI escape in a log file");
+    assert!(
+        log.contains("brick directory does not exist"),
+        "{}",
+        cluster.logs_tail()
+    );
+}
+
+/// Item 14: config shows what it stored, a same-value write restarts nothing, and a
+/// negative number is a range error, not a usage error.
+#[test]
+fn config_echoes_the_stored_value_and_same_values_restart_nothing() {
+    let cluster = two_nodes();
+    cluster.ok(0, &["create", "gv0", "n2::gv1"]);
+    cluster.ok(0, &["start", "gv0", "n2::gv1"]);
+    let before = cluster.test_monitors(0);
+    assert_eq!(before.len(), 1);
+
+    let out = cluster.ok(1, &["config", "gv0", "n2::gv1", "sync-jobs", " 5"]);
+    assert!(out.contains("Setting config sync-jobs = 5 of"), "{out}");
+    assert!(!out.contains("' 5'") && !out.contains("= \u{20}5"), "{out}");
+    let answer = cluster.json(1, &["config", "gv0", "n2::gv1", "sync_jobs", "+5"]);
+    assert_eq!(answer["value"], "5", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("sync-jobs = 5"),
+        "{answer}"
+    );
+    // the first write restarted the monitor once; wait for it
+    let mut restarted = Vec::new();
+    cluster.wait_until(WAIT, "the restart for sync-jobs", || {
+        restarted = cluster.test_monitors(0);
+        restarted.len() == 1 && restarted != before
+    });
+    for _ in 0..3 {
+        cluster.ok(0, &["config", "gv0", "n2::gv1", "sync-jobs", "5"]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster.test_monitors(0),
+        restarted,
+        "setting the current value again restarts nothing"
+    );
+
+    let out = cluster.ok(1, &["config", "gv0", "n2::gv1", "checkpoint", "NOW"]);
+    assert!(!out.contains("NOW"), "{out}");
+    let answer = cluster.json(1, &["config", "gv0", "n2::gv1", "checkpoint"]);
+    assert!(
+        answer.to_string().chars().any(|c| c.is_ascii_digit()),
+        "{answer}"
+    );
+
+    let out = cluster.georep(1, &["config", "gv0", "n2::gv1", "change-interval", "-1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("1..3600") || text(&out.stderr).contains("1 to 3600"));
+}
+
+/// Items 11 and 12: idle connections cannot lock the CLI out, and a hung agent is
+/// exit 3 within seconds.
+#[test]
+fn the_local_api_survives_idle_floods_and_a_hung_agent_is_exit_3() {
+    let cluster = two_nodes();
+    let socket = &cluster.nodes[0].socket;
+    let mut idle = Vec::new();
+    for _ in 0..900 {
+        let mut stream = UnixStream::connect(socket).expect("connect");
+        stream.write_all(b"GET /v1/status HT").unwrap();
+        idle.push(stream);
+    }
+    let started = Instant::now();
+    cluster.ok(0, &["status"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "status answered despite 900 idle connections, in {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+
+    let agent = nix::unistd::Pid::from_raw(cluster.nodes[0].pid().unwrap() as i32);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    let out = cluster.georep(0, &["status"]);
+    let took = started.elapsed();
+    let nodes = cluster.georep(0, &["--json", "nodes"]);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+    assert_eq!(nodes.status.code(), Some(3));
+    let json: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(
+        process_state(agent.as_raw() as u32).map(|s| s != 'T'),
+        Some(true)
+    );
+}
+
+/// Items 7, 13, 17, 18 and 19 at start-up and in the CLI: bad input names what was wrong,
+/// once.
+#[test]
+fn bad_input_is_named_once() {
+    let bins = bin_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let base = |extra: &[&str]| {
+        let mut command = Command::new(bins.join("georepd"));
+        command.args([
+            "--node-id",
+            "n1",
+            "--data-dir",
+            &dir.path().join("d").display().to_string(),
+            "--api-socket",
+            &dir.path().join("s.sock").display().to_string(),
+        ]);
+        command.args(extra);
+        command
+    };
+    let (code, err) = run_bounded(base(&["--monitor-command", "mon {nope}"]), WAIT);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("unknown placeholder {nope}") && err.contains("{session_dir}"),
+        "{err}"
+    );
+    for (brick, says) in [
+        (
+            "gv0:/x:abc",
+            r#"--brick "gv0:/x:abc": replica set "abc" is not a number"#,
+        ),
+        (
+            "gv0:/x:-1",
+            r#"--brick "gv0:/x:-1": replica set "-1" is not a number"#,
+        ),
+        (
+            "gv0:/a,b",
+            r#"--brick "gv0:/a,b": path may not contain ','"#,
+        ),
+    ] {
+        let (code, err) = run_bounded(base(&["--brick", brick]), WAIT);
+        assert_eq!(code, Some(1), "{brick}");
+        assert!(err.contains(says), "{brick}: {err}");
+    }
+    let missing = dir.path().join("nope.crt");
+    let (code, err) = run_bounded(base(&["--tls-ca", &missing.display().to_string()]), WAIT);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {err}"
+    );
+    assert!(!err.contains('\u{1b}'), "no colour off a terminal: {err}");
+
+    let help = Command::new(bins.join("georepd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(text(&help.stdout).contains("georepd.toml"));
+    let help = Command::new(bins.join("georep"))
+        .args(["status", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&help.stdout).contains("Reads (status"),
+        "{}",
+        text(&help.stdout)
+    );
+
+    let georep = bins.join("georep");
+    let ca = dir.path().join("ca");
+    let ok = Command::new(&georep)
+        .args(["tls", "ca", "create", "--out"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let out = Command::new(&georep)
+        .args(["tls", "cert", "create", "--ca"])
+        .arg(&ca)
+        .args(["--node", "n1", "--dns", "bad dns!", "--out"])
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is not a valid DNS name"));
+    assert!(!dir.path().join("certs/n1.crt").exists());
+}
