@@ -306,8 +306,11 @@ impl Agent {
             })
             .filter(|(view, _)| view.exists)
             .collect();
+        // A session that loses to another between the same two volumes runs nothing.
+        let superseded = replica.superseded();
         let plans: BTreeMap<SessionId, SessionPlan> = views
             .iter()
+            .filter(|(view, _)| !superseded.contains_key(&view.id))
             .map(|(view, restart)| {
                 let plan = SessionPlan {
                     id: view.id.clone(),
@@ -627,6 +630,7 @@ impl Agent {
             }
             _ => None,
         };
+        let superseded = replica.superseded();
         let mut sessions = Vec::new();
         for view in replica.existing() {
             if only.as_ref().is_some_and(|id| *id != view.id)
@@ -634,7 +638,9 @@ impl Agent {
             {
                 continue;
             }
-            sessions.push(self.session_status(&view, &membership).await);
+            let mut status = self.session_status(&view, &membership).await;
+            status.superseded_by = superseded.get(&view.id).map(ToString::to_string);
+            sessions.push(status);
         }
         Ok(StatusResponse { sessions })
     }
@@ -697,6 +703,7 @@ impl Agent {
             dead_nodes: progress.dead,
             config: view.config.clone(),
             workers,
+            superseded_by: None,
         }
     }
 

@@ -80,6 +80,10 @@ pub struct SessionStatus {
     pub config: BTreeMap<String, String>,
     /// One row per primary brick.
     pub workers: Vec<WorkerRow>,
+    /// Set when another session between the same two volumes was created first (on
+    /// the other side of a partition): this one runs no monitor until one is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
 }
 
 /// Response of `GET /v1/status`.

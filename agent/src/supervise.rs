@@ -434,7 +434,7 @@ impl FakeBackend {
         world.processes.insert(
             pid,
             FakeProcess {
-                identity: identity.clone(),
+                identity,
                 stopped: false,
                 term_pending: false,
                 ignores_term: false,

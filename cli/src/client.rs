@@ -225,7 +225,8 @@ mod tests {
                 let exists = req.query.get("volume").map(String::as_str) == Some("gv0");
                 Response::json(
                     200,
-                    &json!({"ok": true, "exists": exists, "running": false, "sessions": []}),
+                    &json!({"ok": true, "exists": exists, "running": false, "sessions": [],
+                            "session": "gv0", "message": "m"}),
                 )
             }
             ("GET", "/v1/status") => Response::json(200, &json!({"sessions": [], "extra": 1})),
@@ -284,7 +285,7 @@ mod tests {
         let report = run(&["exists", "gv0", "--json"]).await;
         assert_eq!(
             report.stdout,
-            "{\"ok\":true,\"exists\":true,\"running\":false,\"sessions\":[]}\n"
+            "{\"ok\":true,\"exists\":true,\"running\":false,\"sessions\":[],\"session\":\"gv0\",\"message\":\"m\"}\n"
         );
 
         // Status JSON is passed through as the agent sent it, new fields included.

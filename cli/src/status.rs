@@ -151,6 +151,11 @@ pub fn session_line(s: &SessionStatus) -> String {
     if !s.dead_nodes.is_empty() {
         line.push_str(&format!("  dead: {}", list(&s.dead_nodes)));
     }
+    if let Some(winner) = &s.superseded_by {
+        line.push_str(&format!(
+            "\n  CONFLICT: {winner} replicates the same volumes and was created first; this session runs no monitor. Delete one of them."
+        ));
+    }
     line
 }
 
@@ -286,6 +291,7 @@ mod tests {
                 lagging_nodes: vec!["n3".into()],
                 dead_nodes: vec!["n6".into()],
                 config: BTreeMap::new(),
+                superseded_by: None,
                 workers: vec![
                     worker("n1", "/data/gv0/b1", "Active"),
                     worker("n2", "/data/gv0/b2", "Passive"),

@@ -495,6 +495,37 @@ impl Replica {
         self.sessions.get(id).map(SessionRecord::view)
     }
 
+    /// Existing sessions that lose to another existing session between the same two
+    /// volumes, each with the session it loses to. `create` refuses a second session
+    /// per volume pair, but two sides of a partition can each create one; after the
+    /// heal every node agrees, from the replica alone, that the session created first
+    /// (the lowest incarnation stamp; stamps are unique) stays, and the others run no
+    /// monitor until they are deleted.
+    pub fn superseded(&self) -> BTreeMap<SessionId, SessionId> {
+        let mut first: BTreeMap<(&str, &str), (&Hlc, &SessionId)> = BTreeMap::new();
+        let existing: Vec<(&SessionId, &Hlc)> = self
+            .sessions
+            .iter()
+            .filter(|(_, record)| record.exists())
+            .filter_map(|(id, record)| Some((id, record.incarnation()?)))
+            .collect();
+        for &(id, stamp) in &existing {
+            let pair = (id.primary_volume.as_str(), id.secondary_volume.as_str());
+            let winner = first.entry(pair).or_insert((stamp, id));
+            if stamp < winner.0 {
+                *winner = (stamp, id);
+            }
+        }
+        existing
+            .into_iter()
+            .filter_map(|(id, _)| {
+                let (_, winner) =
+                    first[&(id.primary_volume.as_str(), id.secondary_volume.as_str())];
+                (winner != id).then(|| (id.clone(), winner.clone()))
+            })
+            .collect()
+    }
+
     /// Views of the sessions that exist.
     pub fn existing(&self) -> impl Iterator<Item = SessionView> + '_ {
         self.sessions
@@ -726,6 +757,16 @@ pub fn plan(
             marker: stamp.clone(),
         });
     };
+    if matches!(op, SessionOp::Start { .. } | SessionOp::Resume { .. })
+        && let Some(winner) = replica.superseded().get(id)
+    {
+        return Err(wrong(
+            current,
+            format!(
+                "{winner} replicates the same volumes and was created first, so this session cannot run. Delete one of them."
+            ),
+        ));
+    }
     match op {
         SessionOp::Create { .. } => return Err(StateError::AlreadyExists(id.clone())),
         SessionOp::Start { force } => {
@@ -960,6 +1001,43 @@ mod tests {
         apply(&mut replica, reset.clone(), t(6)).unwrap();
         apply(&mut replica, reset, t(7)).unwrap();
         assert_eq!(restart(&replica), Some(t(6)), "reset twice: one restart");
+    }
+
+    #[test]
+    fn concurrent_creates_of_one_volume_pair_resolve_to_the_first_everywhere() {
+        let t = |n| Hlc::new(n, 0, "a");
+        let create = |id: &SessionId, stamp: Hlc| {
+            let mut record = SessionRecord::empty(id.clone());
+            record.created = Some(LWWReg {
+                val: SessionOptions::default(),
+                marker: stamp,
+            });
+            record
+        };
+        let a = SessionId::parse("gv0", "n4::gv1").unwrap();
+        let b = SessionId::parse("gv0", "geo@n3::gv1").unwrap();
+        let other = SessionId::parse("gv0", "n4::gv2").unwrap();
+        // the two sides of a partition, joined in either order
+        let mut left = Replica::default();
+        left.join_record(&create(&b, t(5)));
+        left.join_record(&create(&other, t(9)));
+        let mut right = Replica::default();
+        right.join_record(&create(&a, t(3)));
+        let mut healed_lr = left.clone();
+        healed_lr.join_record(&right.sessions[&a]);
+        let mut healed_rl = right.clone();
+        for record in left.sessions.values() {
+            healed_rl.join_record(record);
+        }
+        let expected: BTreeMap<_, _> = [(b.clone(), a.clone())].into();
+        assert_eq!(healed_lr.superseded(), expected);
+        assert_eq!(healed_rl.superseded(), expected);
+        assert!(left.superseded().is_empty() && right.superseded().is_empty());
+        // deleting the winner lets the other run
+        let mut deleted = SessionRecord::empty(a.clone());
+        deleted.deleted = Some(t(10));
+        healed_lr.join_record(&deleted);
+        assert!(healed_lr.superseded().is_empty());
     }
 
     #[test]

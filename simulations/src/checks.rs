@@ -120,9 +120,10 @@ fn replicas_equal(states: &[NodeState]) -> Result<(), String> {
 }
 
 /// Required monitor state of a session on a node: `None` = no monitor, `Some(frozen)`.
-fn required(primary: bool, record: &SessionRecord) -> Option<bool> {
+/// A session another one between the same volumes supersedes runs none.
+fn required(primary: bool, record: &SessionRecord, superseded: bool) -> Option<bool> {
     let view = record.view();
-    if !primary || !view.exists {
+    if !primary || !view.exists || superseded {
         return None;
     }
     match view.desired {
@@ -146,9 +147,11 @@ async fn monitors_match(cluster: &SimCluster, state: &NodeState) -> Result<(), S
             .unwrap_or_default(),
         None => BTreeMap::new(),
     };
+    let superseded = state.replica.superseded();
     for session in sessions {
         let record = state.replica.sessions.get(&session);
-        let need = record.and_then(|r| required(state.primary, r));
+        let need =
+            record.and_then(|r| required(state.primary, r, superseded.contains_key(&session)));
         let live = running.get(&session).cloned().unwrap_or_default();
         let desired = record.map_or("unknown".to_string(), |r| {
             let view = r.view();

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Bug, SimBackend};
 use crate::clock::VirtualClock;
 use crate::ledger::{Ledger, OpRecord, Outcome, reflects, register_of};
-use crate::scenario::{CrashMode, Disk, Layout, PRIMARY_VOLUME, SECONDARY_VOLUME};
+use crate::scenario::{CrashMode, Disk, Layout, PRIMARY_VOLUME};
 
 /// How long a `--wait` command waits.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -199,11 +199,15 @@ impl SimCluster {
                     replica_set: (i / 2) as u32,
                 }]
             } else {
-                vec![BrickSpec {
-                    volume: SECONDARY_VOLUME.into(),
-                    path: PathBuf::from(format!("/bricks/{id}/{SECONDARY_VOLUME}")),
-                    replica_set: 0,
-                }]
+                layout
+                    .secondary_volumes()
+                    .into_iter()
+                    .map(|volume| BrickSpec {
+                        path: PathBuf::from(format!("/bricks/{id}/{volume}")),
+                        volume,
+                        replica_set: 0,
+                    })
+                    .collect()
             };
             nodes.push(SimNode {
                 index: i,

@@ -6,7 +6,7 @@
 //! ```toml
 //! name = "partition-heal"
 //! nodes = 5            # default: --nodes
-//! sessions = 1         # sessions gv0 -> site<k>::gv1, k = 0..sessions
+//! sessions = 1         # sessions gv0 -> site<k>::gv<v>, k = 0..sessions (see Layout::session)
 //! duration = "2m"      # optional; default: the last step (the final check follows)
 //!
 //! [[step]]
@@ -33,7 +33,7 @@
 //!
 //! Nodes are numbered from 0; node `i` has id `n<i>`. The first 60 % (at least one)
 //! are primary nodes with one brick of `gv0` each, in replica sets of two; the others
-//! host `gv1`, the secondary volume.
+//! host the secondary volumes `gv1`, `gv2`, ...
 
 use std::fmt;
 use std::path::Path;
@@ -47,7 +47,7 @@ use crate::duration::{format_duration, parse_duration, parse_offset_ms};
 
 /// The primary volume every session replicates.
 pub const PRIMARY_VOLUME: &str = "gv0";
-/// The secondary volume.
+/// The first secondary volume (session 0's).
 pub const SECONDARY_VOLUME: &str = "gv1";
 
 /// Who hosts what.
@@ -83,14 +83,37 @@ impl Layout {
         format!("n{node}")
     }
 
-    /// The id of session `k`.
+    /// The id of session `k`: `gv0 -> site<k>::gv<k+1>`, except that with three or
+    /// more sessions the last one targets `gv1` again through another host, so that
+    /// one pair of sessions competes for one pair of volumes (refused creates, and
+    /// concurrent creates across partitions that must resolve to one winner).
     pub fn session(&self, k: usize) -> SessionId {
         SessionId {
             primary_volume: PRIMARY_VOLUME.into(),
             secondary_user: "root".into(),
             secondary_host: format!("site{k}"),
-            secondary_volume: SECONDARY_VOLUME.into(),
+            secondary_volume: self.secondary_volume_of(k),
         }
+    }
+
+    /// Secondary volume of session `k`.
+    fn secondary_volume_of(&self, k: usize) -> String {
+        let distinct = if self.sessions >= 3 {
+            self.sessions - 1
+        } else {
+            self.sessions
+        };
+        format!("gv{}", k % distinct.max(1) + 1)
+    }
+
+    /// The secondary volumes every secondary node hosts.
+    pub fn secondary_volumes(&self) -> Vec<String> {
+        let mut volumes: Vec<String> = (0..self.sessions)
+            .map(|k| self.secondary_volume_of(k))
+            .collect();
+        volumes.sort();
+        volumes.dedup();
+        volumes
     }
 }
 

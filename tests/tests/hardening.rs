@@ -388,3 +388,83 @@ fn bad_input_is_named_once() {
     assert!(text(&out.stderr).contains("is not a valid DNS name"));
     assert!(!dir.path().join("certs/n1.crt").exists());
 }
+
+fn monitor_sessions(cluster: &Cluster, node: usize) -> Vec<String> {
+    let mut out: Vec<String> = cluster
+        .session_monitors(node)
+        .into_iter()
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            env.split(|b| *b == 0)
+                .find_map(|var| var.strip_prefix(b"GEOREP_SESSION="))
+                .map(text)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Item 3 across a partition: each side creates and starts a session between the same
+/// two volumes through its own secondary host. After the heal every node agrees that
+/// the first-created one stays; the other is reported and runs no monitor anywhere.
+#[test]
+fn concurrent_creates_of_one_volume_pair_resolve_to_one_session_after_heal() {
+    let ns = georep_tests::loopback_ns::LoopbackNs::create();
+    let cluster = Cluster::start_with(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:1"]),
+            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
+            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
+        ],
+        Some(georep_tests::TEST_MONITOR),
+        Some(ns.launcher()),
+    );
+    for i in 0..4 {
+        cluster.wait_live(i, 4, WAIT);
+    }
+    let port = |i: usize| cluster.nodes[i].addr.port();
+    ns.partition(&[port(0), port(2)], &[port(1), port(3)]);
+    cluster.wait_live(0, 2, WAIT);
+    cluster.wait_live(1, 2, WAIT);
+    cluster.ok(0, &["create", "gv0", "n3::gv1"]);
+    cluster.ok(0, &["start", "gv0", "n3::gv1"]);
+    cluster.ok(1, &["create", "gv0", "n4::gv1"]);
+    cluster.ok(1, &["start", "gv0", "n4::gv1"]);
+    assert_eq!(monitor_sessions(&cluster, 0), ["gv0_n3_gv1"]);
+    assert_eq!(monitor_sessions(&cluster, 1), ["gv0_n4_gv1"]);
+
+    ns.heal();
+    for i in 0..4 {
+        cluster.wait_live(i, 4, WAIT);
+    }
+    for i in 0..4 {
+        cluster.wait_until(WAIT, "every node to report the conflict", || {
+            let status = cluster.json(i, &["status"]);
+            let sessions = status["sessions"].as_array().cloned().unwrap_or_default();
+            sessions.len() == 2
+                && sessions
+                    .iter()
+                    .any(|s| s["secondary_host"] == "n4" && s["superseded_by"] == "gv0 -> n3::gv1")
+                && sessions
+                    .iter()
+                    .any(|s| s["secondary_host"] == "n3" && s.get("superseded_by").is_none())
+        });
+    }
+    for i in 0..2 {
+        cluster.wait_until(WAIT, "only the first session's monitor to run", || {
+            monitor_sessions(&cluster, i) == ["gv0_n3_gv1"]
+        });
+    }
+    let human = cluster.ok(2, &["status"]);
+    assert!(human.contains("CONFLICT: gv0 -> n3::gv1"), "{human}");
+    let out = cluster.georep(3, &["start", "gv0", "n4::gv1", "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot run"),
+        "{}",
+        text(&out.stderr)
+    );
+    cluster.ok(3, &["delete", "gv0", "n4::gv1", "--force"]);
+    assert_eq!(monitor_sessions(&cluster, 1), ["gv0_n3_gv1"]);
+}
