@@ -431,6 +431,9 @@ impl MeshNode {
             let membership = membership_of(shared, &chitchat, &mut local);
             let stamp = local.hlc.now();
             let delta = state::plan(&local.replica, &membership, id, op, stamp.clone(), now_secs)?;
+            // A same-value config write re-publishes the register it found, under that
+            // register's stamp: the receipt names what peers will actually hold.
+            let stamp = delta.max_stamp().unwrap_or(stamp);
             let mut own = local
                 .own
                 .get(id)
