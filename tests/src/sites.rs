@@ -110,8 +110,25 @@ impl Sites {
     /// Creates `per_site` hosts in each of the two sites and the switch joining them.
     /// Panics, naming the failing command, if anything cannot be created.
     pub fn create(per_site: usize) -> Sites {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
         assert!((1..=9).contains(&per_site), "1..=9 hosts per site");
+        let mut hosts = Vec::new();
+        for site in [Site::A, Site::B] {
+            for k in 1..=per_site {
+                hosts.push((
+                    format!("{}{k}", site.letter()),
+                    site,
+                    Ipv4Addr::new(10, 213, 0, site.base() + k as u8),
+                ));
+            }
+        }
+        Self::create_hosts(&hosts)
+    }
+
+    /// Creates the given hosts (name, site, address; all addresses in one /24) and the
+    /// switch joining them. Panics, naming the failing command, if anything cannot be
+    /// created.
+    pub fn create_hosts(hosts: &[(String, Site, Ipv4Addr)]) -> Sites {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         crate::loopback_ns::require_tools();
         let tag = format!(
             "grs-{}-{}",
@@ -122,16 +139,13 @@ impl Sites {
             switch: format!("{tag}-sw"),
             hosts: Vec::new(),
         };
-        for site in [Site::A, Site::B] {
-            for k in 1..=per_site {
-                let name = format!("{}{k}", site.letter());
-                sites.hosts.push(Host {
-                    netns: format!("{tag}-{name}"),
-                    ip: Ipv4Addr::new(10, 213, 0, site.base() + k as u8),
-                    name,
-                    site,
-                });
-            }
+        for (name, site, ip) in hosts {
+            sites.hosts.push(Host {
+                netns: format!("{tag}-{name}"),
+                ip: *ip,
+                name: name.clone(),
+                site: *site,
+            });
         }
         // Leftovers of a killed run with a recycled pid.
         for ns in sites.namespaces() {
@@ -414,8 +428,16 @@ impl Sites {
 
 impl Drop for Sites {
     fn drop(&mut self) {
-        // Deleting a namespace deletes its links (a veth's peer goes with it) and rules;
-        // processes still inside keep it alive only until they die.
+        // Whatever still runs inside (an agent, a monitor in a session of its own) goes
+        // first: deleting a namespace's name does not stop its processes.
+        for ns in self.namespaces() {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+        }
+        // Deleting a namespace deletes its links (a veth's peer goes with it) and rules.
         for ns in self.namespaces() {
             let _ = Command::new("ip")
                 .args(["netns", "del", &ns])
