@@ -32,6 +32,64 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--timeout` help for commands that change something.
+const TIMEOUT_CHANGE: &str = "Seconds to wait for every live node to confirm the change (and, for start, stop, pause, resume and delete, every live primary's monitor); exit 4 if they do not in time";
+/// `--timeout` help for `config`, which reads or changes.
+const TIMEOUT_CONFIG: &str = "Setting or resetting: seconds to wait for every live node to confirm (exit 4 if they do not in time). Listing and getting: unused (an agent that does not answer within 5 s is exit 3)";
+/// `--timeout` help for commands that only read.
+const TIMEOUT_READ: &str = "Unused: a read waits at most 5 s for the agent (exit 3 if it does not answer); accepted so scripts may pass it everywhere";
+
+/// The `georep` command line, its `--timeout` help written for each subcommand (a
+/// global option's help is otherwise the same everywhere).
+///
+/// Each subcommand gets its own copy of the global `--timeout` with its own help. clap
+/// propagates a global option only into subcommands that lack one of that id, and hands
+/// the value up to the top level whichever copy parsed it, so `--timeout` still works
+/// before or after the subcommand; a copy is itself global, so nested subcommands
+/// (`inspect members`, `tls ca create`) inherit their parent's.
+pub fn command() -> clap::Command {
+    let mut cli = <Cli as clap::CommandFactory>::command();
+    let Some(timeout) = cli
+        .get_arguments()
+        .find(|arg| arg.get_id() == "timeout")
+        .cloned()
+    else {
+        return cli;
+    };
+    let names: Vec<String> = cli
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for name in names {
+        let copy = match name.as_str() {
+            "create" | "start" | "stop" | "pause" | "resume" | "delete" => {
+                timeout.clone().help(TIMEOUT_CHANGE)
+            }
+            "config" => timeout.clone().help(TIMEOUT_CONFIG),
+            "status" | "exists" | "running" | "nodes" | "inspect" => {
+                timeout.clone().help(TIMEOUT_READ)
+            }
+            // tls and demo talk to no agent.
+            _ => timeout.clone().hide(true),
+        };
+        cli = cli.mut_subcommand(&name, |sub| with_timeout(sub, copy));
+    }
+    cli
+}
+
+/// `sub` and every subcommand under it with `timeout` as their `--timeout`.
+fn with_timeout(sub: clap::Command, timeout: clap::Arg) -> clap::Command {
+    let names: Vec<String> = sub
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    let mut sub = sub.arg(timeout.clone());
+    for name in names {
+        sub = sub.mut_subcommand(&name, |inner| with_timeout(inner, timeout.clone()));
+    }
+    sub
+}
+
 /// Options accepted before or after the subcommand.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct GlobalArgs {
@@ -41,10 +99,8 @@ pub struct GlobalArgs {
     /// Machine-readable output (one JSON object) on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Changes (create, start, stop, pause, resume, config KEY VALUE, delete): seconds to
-    /// wait for every live node to confirm. Reads (status, nodes, config,
-    /// exists, running, inspect) wait at most 5 s for the agent whatever this says; tls
-    /// and demo do not use it.
+    /// Seconds a change waits for every live node to confirm it (each subcommand's
+    /// --help says what it means there).
     #[arg(
         long,
         global = true,
@@ -399,8 +455,68 @@ pub struct DemoArgs {
 mod tests {
     use super::*;
 
+    /// Parses as `georep` does: through [`command`].
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("georep").chain(args.iter().copied()))
+        let matches = command()
+            .try_get_matches_from(std::iter::once("georep").chain(args.iter().copied()))?;
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
+    fn help_of(path: &[&str]) -> String {
+        let mut cmd = command();
+        cmd.build();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub.find_subcommand_mut(name).unwrap();
+        }
+        sub.render_long_help().to_string()
+    }
+
+    #[test]
+    fn timeout_help_is_written_for_each_command() {
+        for change in [["create"], ["start"], ["delete"]] {
+            let help = help_of(&change);
+            assert!(help.contains("confirm the change"), "{change:?}: {help}");
+        }
+        assert!(help_of(&["config"]).contains("Setting or resetting"));
+        for read in [
+            &["status"][..],
+            &["nodes"],
+            &["exists"],
+            &["inspect", "members"],
+        ] {
+            let help = help_of(read);
+            assert!(
+                help.contains("a read waits at most 5 s"),
+                "{read:?}: {help}"
+            );
+            assert!(!help.contains("confirm"), "{read:?}: {help}");
+        }
+        for unused in [&["tls", "ca", "create"][..], &["demo"]] {
+            assert!(!help_of(unused).contains("--timeout"), "{unused:?}");
+        }
+        // Each copy still sets the one global value, before or after the subcommand.
+        assert_eq!(
+            parse(&["inspect", "members", "--timeout", "9"])
+                .unwrap()
+                .globals
+                .timeout,
+            9
+        );
+        assert_eq!(
+            parse(&["--timeout", "8", "create", "gv0", "n4::gv1"])
+                .unwrap()
+                .globals
+                .timeout,
+            8
+        );
+        assert_eq!(
+            parse(&["create", "gv0", "n4::gv1", "--timeout", "7"])
+                .unwrap()
+                .globals
+                .timeout,
+            7
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod tls_cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches as _;
 
 use crate::args::{CaCommand, CertCommand, Cli, Command, TlsCommand};
 use crate::lifecycle::RunState;
@@ -38,7 +38,10 @@ use crate::output::{CommandError, Exit, Report};
 
 fn main() -> ExitCode {
     // Parse errors exit 2 (and --help/--version 0) inside clap.
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&args::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -359,15 +359,22 @@ fn bad_input_is_named_once() {
         .output()
         .unwrap();
     assert!(text(&help.stdout).contains("georepd.toml"));
-    let help = Command::new(bins.join("georep"))
-        .args(["status", "--help"])
-        .output()
-        .unwrap();
-    assert!(
-        text(&help.stdout).contains("Reads (status"),
-        "{}",
-        text(&help.stdout)
-    );
+    // --timeout's help says what it means for each command.
+    let help_of = |args: &[&str]| {
+        text(
+            &Command::new(bins.join("georep"))
+                .args(args)
+                .arg("--help")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+    };
+    let status = help_of(&["status"]);
+    assert!(status.contains("a read waits at most 5 s"), "{status}");
+    assert!(!status.contains("confirm"), "{status}");
+    assert!(help_of(&["start"]).contains("confirm the change"));
+    assert!(!help_of(&["tls", "cert", "create"]).contains("--timeout"));
 
     let georep = bins.join("georep");
     let ca = dir.path().join("ca");
