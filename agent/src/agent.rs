@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api_types::{
-    ConfigResponse, ConfigRow, ExistsResponse, NodeRow, NodesResponse, OpRequest, OpResponse,
-    SessionStatus, StatusResponse, WorkerRow,
+    ConfigResponse, ConfigRow, ExistsResponse, ForgetRequest, ForgetResponse, NodeRow,
+    NodesResponse, OpRequest, OpResponse, SessionStatus, StatusResponse, WorkerRow,
 };
 use crate::config::AgentConfig;
 use crate::monitor::BrickStatus;
@@ -553,6 +553,43 @@ impl Agent {
             waited: request.wait,
             stamp: Some(receipt.stamp.to_string()),
             value,
+        })
+    }
+
+    /// `node forget`: drops a dead node from every node's membership and (optionally)
+    /// waits until every live node merged that.
+    pub async fn forget(&self, request: ForgetRequest) -> Result<ForgetResponse, ApiError> {
+        georep_mesh::tls::validate_node_id(&request.node)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let (generation, position) = self.mesh.forget(&request.node).await?;
+        self.wake.notify_one();
+        let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
+        let mut changes = self.mesh.subscribe();
+        let progress = loop {
+            let progress = self.mesh.position_progress(position).await;
+            if progress.complete() || !request.wait || Instant::now() >= deadline {
+                break progress;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(WAIT_POLL) => {}
+            }
+        };
+        let converged = request.wait && progress.complete();
+        Ok(ForgetResponse {
+            ok: true,
+            session: None,
+            message: format!(
+                "Forgetting node {} (generation {generation}): it no longer shows in status or nodes, and is accepted as a new node if it returns",
+                request.node
+            ),
+            node: request.node,
+            generation,
+            confirmed_nodes: progress.confirmed,
+            dead_nodes: progress.dead,
+            lagging_nodes: progress.lagging,
+            converged,
+            waited: request.wait,
         })
     }
 

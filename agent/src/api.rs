@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::agent::{Agent, ApiError};
-use crate::api_types::{ErrorBody, OpRequest};
+use crate::api_types::{ErrorBody, ForgetRequest, OpRequest};
 use crate::http::{Handler, Request, Response};
 
 /// Longest wait a client may ask for (10 minutes).
@@ -59,6 +59,14 @@ impl ApiHandler {
                 op.timeout_ms = op.timeout_ms.min(MAX_WAIT_MS);
                 reply(self.agent.op(op).await)
             }
+            ("POST", "/v1/nodes/forget") => {
+                let mut forget: ForgetRequest = match request.json() {
+                    Ok(forget) => forget,
+                    Err(response) => return response,
+                };
+                forget.timeout_ms = forget.timeout_ms.min(MAX_WAIT_MS);
+                reply(self.agent.forget(forget).await)
+            }
             ("GET", "/v1/inspect/members") => {
                 Response::json(200, &self.agent.inspect_members().await)
             }
@@ -102,7 +110,11 @@ impl ApiHandler {
                 None,
                 format!("method {} not allowed on {}", request.method, request.path),
             ),
-            (_, "/v1/status" | "/v1/nodes" | "/v1/config" | "/v1/exists" | "/v1/op") => error(
+            (
+                _,
+                "/v1/status" | "/v1/nodes" | "/v1/config" | "/v1/exists" | "/v1/op"
+                | "/v1/nodes/forget",
+            ) => error(
                 405,
                 None,
                 format!("method {} not allowed on {}", request.method, request.path),

@@ -190,6 +190,42 @@ pub struct ConfigResponse {
     pub keys: Vec<ConfigRow>,
 }
 
+/// Body of `POST /v1/nodes/forget`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgetRequest {
+    /// The node to forget.
+    pub node: String,
+    /// Wait for every live node to merge the forget.
+    pub wait: bool,
+    /// How long to wait, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Response of `POST /v1/nodes/forget`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgetResponse {
+    /// Whether the node was forgotten.
+    pub ok: bool,
+    /// Always null: no session is concerned.
+    pub session: Option<String>,
+    /// Human summary.
+    pub message: String,
+    /// The forgotten node.
+    pub node: String,
+    /// Its generation that was forgotten (a later one is a new member).
+    pub generation: u64,
+    /// Live nodes that merged the forget.
+    pub confirmed_nodes: Vec<String>,
+    /// Other dead nodes.
+    pub dead_nodes: Vec<String>,
+    /// Live nodes that had not merged it when the wait ended.
+    pub lagging_nodes: Vec<String>,
+    /// Whether every live node merged it (false after a timeout or `--no-wait`).
+    pub converged: bool,
+    /// Whether the agent waited at all.
+    pub waited: bool,
+}
+
 /// Response of `GET /v1/exists`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExistsResponse {

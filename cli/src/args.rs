@@ -62,7 +62,7 @@ pub fn command() -> clap::Command {
         .collect();
     for name in names {
         let copy = match name.as_str() {
-            "create" | "start" | "stop" | "pause" | "resume" | "delete" => {
+            "create" | "start" | "stop" | "pause" | "resume" | "delete" | "node" => {
                 timeout.clone().help(TIMEOUT_CHANGE)
             }
             "config" => timeout.clone().help(TIMEOUT_CONFIG),
@@ -175,6 +175,12 @@ pub enum Command {
     Running(ExistsArgs),
     /// Show cluster membership.
     Nodes,
+    /// Manage members: forget a node that is gone for good.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Gossip-state inspection: what every node knows, and why a node does what it does.
     Inspect {
         /// What to inspect.
@@ -217,6 +223,21 @@ pub struct CreateArgs {
     /// Return right after the local apply.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+/// `node` subcommands.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum NodeCommand {
+    /// Forget a dead node for good (gluster's `peer detach`, Consul's `force-leave`):
+    /// every node drops it from status, nodes and "dead nodes" lists. Refused while the
+    /// node is live; if it comes back later it joins again as a new node.
+    Forget {
+        /// The node id.
+        node: String,
+        /// Return right after the local apply.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// `start`, `stop`, `pause`, `resume`.

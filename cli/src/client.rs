@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use georep_agent::api_types::{ErrorBody, OpRequest, OpResponse};
+use georep_agent::api_types::{ErrorBody, ForgetRequest, ForgetResponse, OpRequest, OpResponse};
 use georep_agent::http::{ClientError, percent_encode, request};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -66,6 +66,28 @@ impl Client {
             .map_err(|e| CommandError::Failed(format!("cannot encode the request: {e}")))?;
         let timeout = self.wait_timeout.saturating_add(HTTP_GRACE);
         let raw = self.call("POST", "/v1/op", Some(&body), timeout).await?;
+        let typed = decode(&raw)?;
+        Ok((typed, raw))
+    }
+
+    /// `POST /v1/nodes/forget`, waiting (unless `wait` is false) up to the client's wait
+    /// timeout. Returns the typed answer and the raw JSON.
+    pub async fn forget(
+        &self,
+        node: &str,
+        wait: bool,
+    ) -> Result<(ForgetResponse, Value), CommandError> {
+        let request = ForgetRequest {
+            node: node.to_owned(),
+            wait,
+            timeout_ms: u64::try_from(self.wait_timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let body = serde_json::to_value(&request)
+            .map_err(|e| CommandError::Failed(format!("cannot encode the request: {e}")))?;
+        let timeout = self.wait_timeout.saturating_add(HTTP_GRACE);
+        let raw = self
+            .call("POST", "/v1/nodes/forget", Some(&body), timeout)
+            .await?;
         let typed = decode(&raw)?;
         Ok((typed, raw))
     }

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 
 use clap::FromArgMatches as _;
 
-use crate::args::{CaCommand, CertCommand, Cli, Command, TlsCommand};
+use crate::args::{CaCommand, CertCommand, Cli, Command, NodeCommand, TlsCommand};
 use crate::lifecycle::RunState;
 use crate::output::{CommandError, Exit, Report};
 
@@ -81,6 +81,9 @@ pub async fn execute(cli: &Cli) -> Report {
         Command::Exists(a) => status::exists(&g, a, false).await,
         Command::Running(a) => status::exists(&g, a, true).await,
         Command::Nodes => nodes::nodes(&g).await,
+        Command::Node {
+            command: NodeCommand::Forget { node, no_wait },
+        } => nodes::forget(&g, node, *no_wait).await,
         Command::Inspect { command } => inspect::inspect(&g, command).await,
         Command::Tls {
             command:

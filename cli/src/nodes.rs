@@ -1,10 +1,11 @@
 //! `nodes`: cluster membership as the local agent sees it.
 
-use georep_agent::api_types::{NodeRow, NodesResponse};
+use georep_agent::api_types::{NodeRow, NodesResponse, OpResponse};
 
 use crate::args::Globals;
 use crate::client::decode;
-use crate::output::{Exit, NA, Report, Table, compact_duration};
+use crate::lifecycle::render_op;
+use crate::output::{CommandError, Exit, NA, Report, Table, compact_duration};
 
 /// The columns of `nodes`.
 pub const COLUMNS: &[&str] = &[
@@ -29,6 +30,37 @@ pub async fn nodes(g: &Globals) -> Report {
             let mut report = Report::new(Exit::Done);
             report.stdout = render_nodes(&resp);
             report
+        }
+        Err(e) => e.report(g.json, None),
+    }
+}
+
+/// `node forget NODE`.
+pub async fn forget(g: &Globals, node: &str, no_wait: bool) -> Report {
+    if let Err(e) = georep_mesh::tls::validate_node_id(node) {
+        return CommandError::Usage(e.to_string()).report(g.json, None);
+    }
+    match g.client().forget(node, !no_wait).await {
+        Ok((resp, raw)) => {
+            // The same rendering as a session change: confirmed, lagging, dead.
+            let as_op = OpResponse {
+                ok: resp.ok,
+                session: format!("node {}", resp.node),
+                message: resp.message.clone(),
+                confirmed_nodes: resp.confirmed_nodes,
+                dead_nodes: resp.dead_nodes,
+                lagging_nodes: resp.lagging_nodes,
+                pending_monitors: Vec::new(),
+                converged: resp.converged,
+                waited: resp.waited,
+                stamp: None,
+                value: None,
+            };
+            let doing = format!(
+                "Forgetting node {}",
+                as_op.session.trim_start_matches("node ")
+            );
+            render_op(&as_op, &raw, &doing, g.json, g.timeout.as_secs())
         }
         Err(e) => e.report(g.json, None),
     }

@@ -44,6 +44,9 @@ const CUSTODIAN_ROUNDS_WRITER_LIVE: u32 = 12;
 const REFRESHES_PER_ROUND: u32 = 10;
 /// Key of a node's [`NodeInfo`].
 pub const NODE_KEY: &str = "node";
+/// Key prefix of forgotten nodes (`forget/<node id>`, value: the newest generation of
+/// that node forgotten), written by the node that ran `node forget`.
+pub const FORGET_PREFIX: &str = "forget/";
 
 /// Tunables of a mesh node.
 #[derive(Debug, Clone)]
@@ -143,6 +146,9 @@ pub enum MeshError {
     /// Chitchat could not start.
     #[error("cannot start gossip: {0}")]
     Start(String),
+    /// `node forget` was refused; nothing was written.
+    #[error("{0}")]
+    ForgetRefused(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -375,12 +381,13 @@ impl MeshNode {
                 let Some(shared) = waker.upgrade() else {
                     return;
                 };
-                if event.key.starts_with(SESSION_PREFIX) || event.key == NODE_KEY {
+                let forget = event.key.starts_with(FORGET_PREFIX);
+                if event.key.starts_with(SESSION_PREFIX) || event.key == NODE_KEY || forget {
                     let mut dirty = shared.dirty();
                     if !dirty.nodes.contains(event.node) {
                         dirty.nodes.insert(event.node.clone());
                     }
-                    dirty.node_info |= event.key == NODE_KEY;
+                    dirty.node_info |= event.key == NODE_KEY || forget;
                     drop(dirty);
                     shared.wake.notify_one();
                 } else {
@@ -487,6 +494,65 @@ impl MeshNode {
             Err(error) => tracing::warn!(%error, "eager push not sent; gossip will carry it"),
         }
         Ok(receipt)
+    }
+
+    /// Forgets `node` (`georep node forget`): publishes that its current generation is
+    /// gone for good, so every node drops it from membership. Refused for this node, an
+    /// unknown node and a live one. Returns the forgotten generation and the write's
+    /// position in this node's history (for [`Self::position_progress`]).
+    pub async fn forget(&self, node: &str) -> Result<(u64, WritePosition), MeshError> {
+        let shared = &self.shared;
+        if node == shared.config.node_id {
+            return Err(MeshError::ForgetRefused(format!(
+                "{node} is this node: run `node forget` on another node after stopping it"
+            )));
+        }
+        let (generation, position) = {
+            let mut chitchat = shared.chitchat.lock().await;
+            let mut local = shared.local();
+            let membership = membership_of(shared, &chitchat, &mut local);
+            drop(local);
+            let Some(member) = membership.members.get(node) else {
+                let known = chitchat.node_states().keys().any(|id| *id.node_id == *node);
+                return Err(MeshError::ForgetRefused(if known {
+                    format!("{node} is already forgotten")
+                } else {
+                    format!("no node {node} is known here (see `georep nodes`)")
+                }));
+            };
+            if member.live {
+                let heard = member
+                    .last_heard_ms
+                    .map(|ms| format!(" (heard {ms} ms ago)"))
+                    .unwrap_or_default();
+                return Err(MeshError::ForgetRefused(format!(
+                    "{node} is live{heard}: only a dead node can be forgotten; stop its agent first"
+                )));
+            }
+            let generation = member.generation;
+            let key = format!("{FORGET_PREFIX}{node}");
+            let node_state = chitchat.self_node_state();
+            node_state.set(key.clone(), codec::encode(&generation)?);
+            let version = node_state.get_versioned(&key).map_or(0, |v| v.version);
+            (
+                generation,
+                WritePosition {
+                    generation: shared.config.generation,
+                    version,
+                },
+            )
+        };
+        shared.dirty().all = true;
+        shared.wake.notify_one();
+        Ok((generation, position))
+    }
+
+    /// How far a write at `position` in this node's history has spread, by the
+    /// frontiers other nodes publish.
+    pub async fn position_progress(&self, position: WritePosition) -> WriteProgress {
+        let membership = self.membership().await;
+        let origin = self.shared.config.node_id.clone();
+        progress_in(&membership, &origin, position, &BTreeSet::new())
     }
 
     /// The converged replica as this node sees it now.
@@ -743,6 +809,7 @@ fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Mem
     let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
     let scheduled: BTreeSet<&ChitchatId> = chitchat.scheduled_for_deletion_nodes().collect();
     let now = Instant::now();
+    let forgotten = forgotten_in(chitchat);
     let mut members: BTreeMap<String, Member> = BTreeMap::new();
     for (id, state) in chitchat.node_states() {
         if members
@@ -752,6 +819,17 @@ fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Mem
             continue;
         }
         let is_self = *id == shared.chitchat_id;
+        // A forgotten generation is hidden while it is not live: a node that was only
+        // cut off when it was forgotten shows again as soon as it is heard, and one that
+        // comes back (under a new generation) is a new member.
+        if !is_self
+            && !live.contains(id)
+            && forgotten
+                .get(&*id.node_id)
+                .is_some_and(|generation| *generation >= id.generation_id)
+        {
+            continue;
+        }
         let decoded = local.members.entry(id.clone()).or_default();
         let info = match state.get_versioned(NODE_KEY).filter(|v| !v.is_deleted()) {
             None => None,
@@ -809,6 +887,22 @@ fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Mem
         self_id: shared.config.node_id.clone(),
         members,
     }
+}
+
+/// Per node id: the newest generation some namespace says was forgotten.
+fn forgotten_in(chitchat: &Chitchat) -> BTreeMap<String, u64> {
+    let mut forgotten: BTreeMap<String, u64> = BTreeMap::new();
+    for state in chitchat.node_states().values() {
+        for (key, value) in state.iter_prefix(FORGET_PREFIX) {
+            let Ok(generation) = codec::decode::<u64>(&value.value) else {
+                continue;
+            };
+            let node = &key[FORGET_PREFIX.len()..];
+            let slot = forgotten.entry(node.to_string()).or_default();
+            *slot = (*slot).max(generation);
+        }
+    }
+    forgotten
 }
 
 async fn demux_loop(
@@ -1223,9 +1317,24 @@ fn read_records(
     state: &chitchat::NodeState,
     fresh: &mut Vec<SessionRecord>,
 ) -> bool {
+    // Forgets are writes too: `--wait` on `node forget` reads frontiers like any other.
+    let forgets = state
+        .iter_prefix(FORGET_PREFIX)
+        .map(|(_, value)| WritePosition {
+            generation: id.generation_id,
+            version: value.version,
+        })
+        .max();
     let mut records = state.iter_prefix(SESSION_PREFIX).peekable();
     if records.peek().is_none() {
-        local.positions.remove(id);
+        match forgets {
+            Some(best) => {
+                local.positions.insert(id.clone(), best);
+            }
+            None => {
+                local.positions.remove(id);
+            }
+        }
         return local.decoded.remove(id).is_some();
     }
     if !local.decoded.contains_key(id) {
@@ -1234,7 +1343,7 @@ fn read_records(
     let Some(cache) = local.decoded.get_mut(id) else {
         return false;
     };
-    let mut best = WritePosition::default();
+    let mut best = forgets.unwrap_or_default();
     let mut count = 0;
     let mut undecodable = 0;
     for (key, value) in records {
@@ -1289,6 +1398,9 @@ fn topology_fingerprint(chitchat: &Chitchat, live: &BTreeSet<&ChitchatId>) -> u6
             .get_versioned(NODE_KEY)
             .map(|v| (v.version, v.is_deleted()))
             .hash(&mut hasher);
+        for (key, value) in state.iter_prefix(FORGET_PREFIX) {
+            (key, value.version).hash(&mut hasher);
+        }
     }
     // Both iterate in id order: no lookups needed.
     for id in live {

@@ -226,6 +226,10 @@ pub fn validate_node_id(id: &str) -> Result<(), TlsError> {
     {
         return invalid("forbidden character");
     }
+    if id.starts_with('-') {
+        // It reaches monitors as `{node}`: it must never read as an option.
+        return invalid("may not start with '-'");
+    }
     Ok(())
 }
 

@@ -475,3 +475,89 @@ fn concurrent_creates_of_one_volume_pair_resolve_to_one_session_after_heal() {
     cluster.ok(3, &["delete", "gv0", "n4::gv1", "--force"]);
     assert_eq!(monitor_sessions(&cluster, 1), ["gv0_n3_gv1"]);
 }
+
+#[test]
+fn a_dead_node_is_forgotten_everywhere_and_may_return_as_new() {
+    let mut cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:1"]),
+            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
+        ],
+        Some(BRACED_MONITOR),
+    );
+    for i in 0..3 {
+        cluster.wait_live(i, 3, WAIT);
+    }
+    cluster.ok(0, &["create", "gv0", "n3::gv1"]);
+    cluster.ok(0, &["start", "gv0", "n3::gv1"]);
+
+    // Refused: a live node, this node, an unknown node, an option-like name.
+    for (node, says) in [
+        ("n2", "n2 is live"),
+        ("n1", "n1 is this node"),
+        ("nope", "no node nope is known"),
+    ] {
+        let out = cluster.georep(0, &["node", "forget", node]);
+        assert_eq!(out.status.code(), Some(1), "{node}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(says),
+            "{node}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = cluster.georep(0, &["node", "forget", "--", "-x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    cluster.kill9(1);
+    cluster.wait_live(0, 2, WAIT);
+    cluster.wait_live(2, 2, WAIT);
+    let config = cluster.ok(2, &["config", "gv0", "n3::gv1", "sync-jobs", "2"]);
+    assert!(
+        config.contains("dead nodes (will catch up when they return): n2"),
+        "{config}"
+    );
+
+    let forget = cluster.ok(0, &["node", "forget", "n2"]);
+    assert!(
+        forget.contains("Forgetting node n2 has been successful")
+            && forget.contains("confirmed by: n1, n3 (2/2 live nodes)"),
+        "{forget}"
+    );
+    let names = |cluster: &Cluster, i: usize| -> Vec<String> {
+        cluster.json(i, &["nodes"])["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter_map(|n| n["node"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Confirmed means merged: both live nodes have dropped it already.
+    for i in [0, 2] {
+        assert_eq!(names(&cluster, i), ["n1", "n3"], "node {i}");
+        let status = cluster.json(i, &["status", "gv0", "n3::gv1"]);
+        let rows: Vec<&str> = status["sessions"][0]["workers"]
+            .as_array()
+            .map(|w| w.iter().filter_map(|r| r["node"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(rows, ["n1"], "node {i}: {status}");
+    }
+    let config = cluster.ok(2, &["config", "gv0", "n3::gv1", "sync-jobs", "3"]);
+    assert!(!config.contains("dead nodes"), "{config}");
+    let again = cluster.georep(0, &["node", "forget", "n2"]);
+    assert!(
+        text(&again.stderr).contains("n2 is already forgotten"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // Back (a new generation): a member again everywhere, with its brick row.
+    cluster.restart(1);
+    for i in 0..3 {
+        cluster.wait_live(i, 3, WAIT);
+    }
+    assert_eq!(names(&cluster, 2), ["n1", "n2", "n3"]);
+}
