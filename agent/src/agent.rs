@@ -196,12 +196,26 @@ impl Agent {
         wall: Arc<dyn WallClock>,
         policy: SupervisePolicy,
     ) -> anyhow::Result<Arc<Agent>> {
+        Self::start_above(config, link, backend, wall, policy, 0).await
+    }
+
+    /// [`Agent::start`] with a chitchat generation of at least `floor` (a node displaced
+    /// by another incarnation of its id restarts above it).
+    pub async fn start_above(
+        config: AgentConfig,
+        link: Arc<dyn Link>,
+        backend: Arc<dyn ProcessBackend>,
+        wall: Arc<dyn WallClock>,
+        policy: SupervisePolicy,
+        floor: u64,
+    ) -> anyhow::Result<Arc<Agent>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let store = StateFile::new(config.data_dir.join("state.bin"));
         let persisted = load_state(&store, &config.node_id)?;
         // A new chitchat generation on every start, strictly above the last one.
-        let generation =
-            (wall.now_millis()).max(persisted.as_ref().map_or(0, |p| p.generation + 1));
+        let generation = (wall.now_millis())
+            .max(persisted.as_ref().map_or(0, |p| p.generation + 1))
+            .max(floor);
         let mut mesh_config = MeshConfig::new(config.node_id.clone(), generation);
         mesh_config.cluster_id = config.cluster_id.clone();
         mesh_config.gossip_interval = Duration::from_millis(config.gossip_interval_ms);
@@ -1008,32 +1022,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             config.node_id
         );
     }
-    let listener = crate::http::bind_socket(&config.api_socket).with_context(|| {
-        format!(
-            "cannot serve the local API on {}",
-            config.api_socket.display()
-        )
-    })?;
-    let link = QuicLink::bind(config.listen, &identity, QuicOptions::default())
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let link: Arc<dyn Link> = match config.fault_injection() {
-        Some(faults) => {
-            let rules: Vec<String> = config.inject_delay.iter().map(|r| r.to_string()).collect();
-            tracing::warn!(inject_delay = %rules.join(", "), "fault injection active: frames to these networks are delayed on purpose (--inject-delay is for testing only)");
-            faults.wrap(link)
-        }
-        None => link,
-    };
-    let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
-    let agent = Agent::start(
-        config.clone(),
-        link,
-        backend,
-        Arc::new(SystemClock),
-        SupervisePolicy::default(),
-    )
-    .await?;
-    tracing::info!(node = %config.node_id, listen = %config.listen, api = %config.api_socket.display(), "georepd running");
     // Accepted so configuration files written for later versions load, but say plainly
     // that nothing acts on them yet.
     if !config.webhooks.is_empty() {
@@ -1042,22 +1030,73 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     if let Some(path) = &config.authorized_keys {
         tracing::warn!(path = %path.display(), "--authorized-keys is not implemented yet (no SSH key distribution): the file is not touched");
     }
+    let mut floor = 0;
+    loop {
+        match run_incarnation(&config, &identity, floor, &shutdown).await? {
+            None => return Ok(()),
+            Some(displaced_by) => {
+                floor = displaced_by + 1;
+                tracing::warn!(
+                    node = %config.node_id,
+                    generation = floor,
+                    "restarting the mesh under a generation above the one that displaced this node"
+                );
+            }
+        }
+    }
+}
+
+/// How often a running agent checks whether another incarnation of its id displaced it.
+const DISPLACEMENT_CHECK: Duration = Duration::from_secs(1);
+/// How often it says so while that other incarnation is live.
+const DISPLACEMENT_WARNING: Duration = Duration::from_secs(30);
+
+/// Runs the agent under one chitchat generation (at least `floor`) until `shutdown`
+/// (`None`) or until a newer incarnation of this node id that displaced it is dead
+/// (`Some(its generation)`): then the caller starts again above it, and every peer sees
+/// this node again. Monitors are left running across that restart and adopted again.
+async fn run_incarnation(
+    config: &AgentConfig,
+    identity: &NodeIdentity,
+    floor: u64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<u64>> {
+    use anyhow::Context;
+    let listener = crate::http::bind_socket(&config.api_socket).with_context(|| {
+        format!(
+            "cannot serve the local API on {}",
+            config.api_socket.display()
+        )
+    })?;
+    let link = bind_link(config, identity, floor > 0).await?;
+    let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
+    let agent = Agent::start_above(
+        config.clone(),
+        link,
+        backend,
+        Arc::new(SystemClock),
+        SupervisePolicy::default(),
+        floor,
+    )
+    .await?;
+    tracing::info!(node = %config.node_id, listen = %config.listen, api = %config.api_socket.display(), generation = agent.mesh.generation(), "georepd running");
+    let round = shutdown.child_token();
     let api_task = tokio::spawn(crate::http::serve(
         listener,
         Arc::new(crate::api::ApiHandler::new(agent.clone())),
-        shutdown.clone(),
+        round.clone(),
     ));
-    let loop_task = tokio::spawn(agent.clone().run_loop(shutdown.clone()));
+    let loop_task = tokio::spawn(agent.clone().run_loop(round.clone()));
     // A monitor that exits is noticed at once, not at the next poll: its status must
     // not read "running" to a waiting client while it is already gone.
     let child_task = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
         Ok(mut children) => {
             let agent = agent.clone();
-            let shutdown = shutdown.clone();
+            let round = round.clone();
             Some(tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = round.cancelled() => return,
                         received = children.recv() => match received {
                             Some(()) => agent.wake.notify_one(),
                             None => return,
@@ -1071,7 +1110,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             None
         }
     };
-    shutdown.cancelled().await;
+    let displaced = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        generation = displaced_by_a_dead_incarnation(&agent) => Some(generation),
+    };
+    round.cancel();
     let _ = loop_task.await;
     if let Some(task) = child_task {
         let _ = task.await;
@@ -1079,7 +1122,58 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let _ = api_task.await;
     let _ = std::fs::remove_file(&config.api_socket);
     agent.shutdown().await;
-    Ok(())
+    Ok(displaced)
+}
+
+/// The gossip link: QUIC on `config.listen`, wrapped in fault injection if configured.
+/// With `retry` (an in-process restart, whose previous endpoint may still be closing)
+/// it tries for a few seconds.
+async fn bind_link(
+    config: &AgentConfig,
+    identity: &NodeIdentity,
+    retry: bool,
+) -> anyhow::Result<Arc<dyn Link>> {
+    use anyhow::Context;
+    let mut attempts = 0;
+    let link = loop {
+        match QuicLink::bind(config.listen, identity, QuicOptions::default()) {
+            Ok(link) => break link,
+            Err(_) if retry && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot listen on {}", config.listen));
+            }
+        }
+    };
+    Ok(match config.fault_injection() {
+        Some(faults) => {
+            let rules: Vec<String> = config.inject_delay.iter().map(|r| r.to_string()).collect();
+            tracing::warn!(inject_delay = %rules.join(", "), "fault injection active: frames to these networks are delayed on purpose (--inject-delay is for testing only)");
+            faults.wrap(link)
+        }
+        None => link,
+    })
+}
+
+/// Resolves once another incarnation of this node's id, newer than this one, is known
+/// and dead: its generation. While it is live this node is hidden behind it; say so.
+async fn displaced_by_a_dead_incarnation(agent: &Agent) -> u64 {
+    let mut warned: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(DISPLACEMENT_CHECK).await;
+        match agent.mesh.newer_incarnation().await {
+            Some((generation, _, false)) => return generation,
+            Some((generation, addr, true)) => {
+                if warned.is_none_or(|at| at.elapsed() >= DISPLACEMENT_WARNING) {
+                    tracing::error!(%addr, generation, "another agent runs as this node: every peer sees it instead of this one; stop it (this node takes its place again once it is declared dead)");
+                    warned = Some(Instant::now());
+                }
+            }
+            None => {}
+        }
+    }
 }
 
 impl Agent {

@@ -149,6 +149,19 @@ pub enum MeshError {
     /// `node forget` was refused; nothing was written.
     #[error("{0}")]
     ForgetRefused(String),
+    /// Another agent with this node id is running (its heartbeat advanced while we
+    /// watched): starting too would hide one of them from the cluster.
+    #[error(
+        "node {node} is already running at {addr} (generation {generation}, its heartbeat advancing as seen by the seeds): stop that agent first, or give this one another node id and certificate"
+    )]
+    AlreadyRunning {
+        /// The node id.
+        node: String,
+        /// Where the running one gossips.
+        addr: SocketAddr,
+        /// Its generation.
+        generation: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -159,11 +172,23 @@ struct PushMsg {
 }
 
 /// What a peer answers a [`FrameKind::GenerationQuery`]: the highest chitchat generation
-/// it holds for the asking node (authenticated by its certificate), if any.
+/// it holds for the asking node (authenticated by its certificate), if any, and whether
+/// that incarnation is live in its view.
 #[derive(Debug, Serialize, Deserialize)]
 struct GenerationReply {
     node: String,
     generation: Option<u64>,
+    live: Option<LiveIncarnation>,
+    /// The query's nonce: a late answer to an earlier probe is not taken for this one.
+    nonce: u64,
+}
+
+/// A live incarnation of a node id as a peer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct LiveIncarnation {
+    generation: u64,
+    addr: SocketAddr,
+    heartbeat: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -292,10 +317,27 @@ impl MeshNode {
         snapshot: Option<MeshSnapshot>,
         owned: Vec<(String, String)>,
     ) -> Result<MeshNode, MeshError> {
+        let probe = probe_seeds(&config, &link, 1).await;
+        if let Some(first) = probe.live {
+            // The seeds think an incarnation of this id is live: a crashed one not yet
+            // declared dead, or another agent running as this node. Only a running one
+            // keeps beating.
+            tokio::time::sleep(liveness_wait(&config)).await;
+            if let Some(second) = probe_seeds(&config, &link, 2).await.live
+                && second.generation == first.generation
+                && second.heartbeat > first.heartbeat
+            {
+                return Err(MeshError::AlreadyRunning {
+                    node: config.node_id.clone(),
+                    addr: second.addr,
+                    generation: second.generation,
+                });
+            }
+        }
         if snapshot.is_none() {
             // Nothing persisted (a new node, or a lost disk): peers may remember an
             // earlier incarnation with a higher generation than this clock gives.
-            config.generation = learn_generation(&config, &link).await;
+            config.generation = generation_above(&config, probe.highest);
         }
         let chitchat_id =
             ChitchatId::new(config.node_id.clone(), config.generation, link.local_addr());
@@ -545,6 +587,21 @@ impl MeshNode {
         shared.dirty().all = true;
         shared.wake.notify_one();
         Ok((generation, position))
+    }
+
+    /// A newer incarnation of this node's own id in the cluster state (another agent
+    /// started as this node): its generation, address and whether it is live. While
+    /// it exists every peer sees it instead of this node.
+    pub async fn newer_incarnation(&self) -> Option<(u64, SocketAddr, bool)> {
+        let chitchat = self.shared.chitchat.lock().await;
+        let me = &self.shared.chitchat_id;
+        let newest = chitchat
+            .node_states()
+            .keys()
+            .filter(|id| id.node_id == me.node_id && id.generation_id > me.generation_id)
+            .max_by_key(|id| id.generation_id)?;
+        let live = chitchat.live_nodes().any(|id| id == newest);
+        Some((newest.generation_id, newest.gossip_advertise_addr, live))
     }
 
     /// How far a write at `position` in this node's history has spread, by the
@@ -946,56 +1003,26 @@ fn generation_probe_timeout(config: &MeshConfig) -> Duration {
     (config.gossip_interval * 2).clamp(Duration::from_millis(500), Duration::from_secs(3))
 }
 
-/// Asks the seeds which generation they hold for this node id and returns one above
-/// it if it is not below `config.generation` (the clock of a host that lost its disk can
-/// be behind the start time of its previous incarnation: a lower generation would
-/// leave the old, dead one in everyone's view). Takes the first answer: the highest
-/// generation of a node id is gossiped to every member, so any running seed knows it.
-/// Seeds that are down or starting themselves do not answer, and cost the timeout.
-async fn learn_generation(config: &MeshConfig, link: &Arc<dyn Link>) -> u64 {
-    let deadline = Instant::now() + generation_probe_timeout(config);
-    let mut seeds: BTreeSet<SocketAddr> = BTreeSet::new();
-    for seed in &config.seeds {
-        // A name that does not resolve must not hold the start up for a DNS timeout.
-        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(seed.as_str())).await {
-            Ok(Ok(addrs)) => seeds.extend(addrs),
-            Ok(Err(error)) => tracing::debug!(seed, %error, "cannot resolve seed"),
-            Err(_) => tracing::debug!(seed, "seed did not resolve in time"),
-        }
-    }
-    seeds.remove(&link.local_addr());
-    if seeds.is_empty() {
-        return config.generation;
-    }
-    for seed in &seeds {
-        let link = link.clone();
-        let seed = *seed;
-        // Each ends after one send attempt (bounded by the link's connect timeout).
-        tokio::spawn(async move {
-            let query = Frame::new(FrameKind::GenerationQuery, Vec::new());
-            if let Err(error) = link.send(seed, query).await {
-                tracing::debug!(%seed, %error, "generation query not sent");
-            }
-        });
-    }
-    let highest = loop {
-        let received = match tokio::time::timeout_at(deadline, link.recv()).await {
-            Ok(Ok(received)) => received,
-            Ok(Err(_)) | Err(_) => break None,
-        };
-        // Anything else (a peer starting at the same time asking us, early gossip)
-        // finds nothing running yet to take it; gossip repairs it.
-        if received.frame.kind != FrameKind::GenerationReply {
-            continue;
-        }
-        match codec::from_bytes::<GenerationReply>(&received.frame.payload) {
-            Ok(reply) if reply.node == config.node_id => break reply.generation,
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(peer = %received.peer_node, %error, "undecodable generation reply")
-            }
-        }
-    };
+/// What the seeds said about this node id at start.
+#[derive(Debug, Default)]
+struct SeedProbe {
+    /// The highest generation they hold for it.
+    highest: Option<u64>,
+    /// That incarnation, if live in the answering seed's view.
+    live: Option<LiveIncarnation>,
+}
+
+/// How long a starting node watches a live-looking incarnation of its own id for a
+/// heartbeat: three gossip rounds, within [1 s, 5 s].
+fn liveness_wait(config: &MeshConfig) -> Duration {
+    (config.gossip_interval * 3).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// The generation to start at: one above what the seeds hold if that is not below
+/// `config.generation` (the clock of a host that lost its disk can be behind the start
+/// time of its previous incarnation: a lower generation would leave the old, dead one
+/// in everyone's view).
+fn generation_above(config: &MeshConfig, highest: Option<u64>) -> u64 {
     match highest {
         Some(known) if known >= config.generation => {
             tracing::warn!(
@@ -1009,20 +1036,90 @@ async fn learn_generation(config: &MeshConfig, link: &Arc<dyn Link>) -> u64 {
     }
 }
 
+/// Asks the seeds which generation they hold for this node id and whether it is live.
+/// Takes the first answer: the highest generation of a node id is gossiped to every
+/// member, so any running seed knows it. Seeds that are down or starting themselves do
+/// not answer, and cost the timeout.
+async fn probe_seeds(config: &MeshConfig, link: &Arc<dyn Link>, nonce: u64) -> SeedProbe {
+    let deadline = Instant::now() + generation_probe_timeout(config);
+    let mut seeds: BTreeSet<SocketAddr> = BTreeSet::new();
+    for seed in &config.seeds {
+        // A name that does not resolve must not hold the start up for a DNS timeout.
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(seed.as_str())).await {
+            Ok(Ok(addrs)) => seeds.extend(addrs),
+            Ok(Err(error)) => tracing::debug!(seed, %error, "cannot resolve seed"),
+            Err(_) => tracing::debug!(seed, "seed did not resolve in time"),
+        }
+    }
+    seeds.remove(&link.local_addr());
+    if seeds.is_empty() {
+        return SeedProbe::default();
+    }
+    for seed in &seeds {
+        let link = link.clone();
+        let seed = *seed;
+        // Each ends after one send attempt (bounded by the link's connect timeout).
+        tokio::spawn(async move {
+            let Ok(payload) = codec::to_bytes(&nonce) else {
+                return;
+            };
+            let query = Frame::new(FrameKind::GenerationQuery, payload);
+            if let Err(error) = link.send(seed, query).await {
+                tracing::debug!(%seed, %error, "generation query not sent");
+            }
+        });
+    }
+    loop {
+        let received = match tokio::time::timeout_at(deadline, link.recv()).await {
+            Ok(Ok(received)) => received,
+            Ok(Err(_)) | Err(_) => return SeedProbe::default(),
+        };
+        // Anything else (a peer starting at the same time asking us, early gossip)
+        // finds nothing running yet to take it; gossip repairs it.
+        if received.frame.kind != FrameKind::GenerationReply {
+            continue;
+        }
+        match codec::from_bytes::<GenerationReply>(&received.frame.payload) {
+            Ok(reply) if reply.node == config.node_id && reply.nonce == nonce => {
+                return SeedProbe {
+                    highest: reply.generation,
+                    live: reply.live,
+                };
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(peer = %received.peer_node, %error, "undecodable generation reply")
+            }
+        }
+    }
+}
+
 /// Tells a starting peer the highest generation we hold for it.
 async fn answer_generation(shared: &Shared, received: &Received) {
-    let generation = {
+    let (generation, live) = {
         let chitchat = shared.chitchat.lock().await;
-        chitchat
+        let highest = chitchat
             .node_states()
-            .keys()
-            .filter(|id| *id.node_id == *received.peer_node)
-            .map(|id| id.generation_id)
-            .max()
+            .iter()
+            .filter(|(id, _)| *id.node_id == *received.peer_node)
+            .max_by_key(|(id, _)| id.generation_id);
+        let live = highest.and_then(|(id, state)| {
+            chitchat
+                .live_nodes()
+                .any(|live| live == id)
+                .then(|| LiveIncarnation {
+                    generation: id.generation_id,
+                    addr: id.gossip_advertise_addr,
+                    heartbeat: u64::from(state.heartbeat()),
+                })
+        });
+        (highest.map(|(id, _)| id.generation_id), live)
     };
     let reply = GenerationReply {
         node: received.peer_node.clone(),
         generation,
+        live,
+        nonce: codec::from_bytes::<u64>(&received.frame.payload).unwrap_or(0),
     };
     match codec::to_bytes(&reply) {
         Ok(payload) => {

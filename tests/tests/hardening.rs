@@ -561,3 +561,115 @@ fn a_dead_node_is_forgotten_everywhere_and_may_return_as_new() {
     }
     assert_eq!(names(&cluster, 2), ["n1", "n2", "n3"]);
 }
+
+/// Item 5: a second agent with an existing node id (its certificate, another data
+/// directory and port) is refused at start and the real node stays in view; a node
+/// restarted right after a crash (its old incarnation still looks live) is not.
+#[test]
+fn a_second_agent_with_a_live_node_id_is_refused() {
+    let mut cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]),
+        ],
+        Some(BRACED_MONITOR),
+    );
+    cluster.wait_live(0, 2, WAIT);
+    cluster.wait_live(1, 2, WAIT);
+    let real = cluster.json(1, &["nodes"])["nodes"][0]["address"].clone();
+
+    let mut args = cluster.agent_args(0);
+    let impostor_dir = cluster.dir.path().join("impostor");
+    let port = free_port();
+    set_flag(&mut args, "--data-dir", &impostor_dir.display().to_string());
+    set_flag(
+        &mut args,
+        "--api-socket",
+        &impostor_dir.join("api.sock").display().to_string(),
+    );
+    set_flag(&mut args, "--listen", &format!("127.0.0.1:{port}"));
+    // The same --tls-cert: n1's certificate.
+    let mut impostor = Command::new(cluster.georepd_bin());
+    impostor.args(&args);
+    let (code, stderr) = run_bounded(impostor, WAIT);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "node n1 is already running at {}",
+            real.as_str().unwrap_or_default()
+        )),
+        "{stderr}"
+    );
+    // The real n1 is still seen live at its own address.
+    let seen = cluster.json(1, &["nodes"]);
+    assert_eq!(seen["nodes"][0]["address"], real, "{seen}");
+    assert_eq!(seen["nodes"][0]["live"], true, "{seen}");
+
+    // If it happens anyway (the impostor's only seed was stopped while it probed), the
+    // real n1 takes its place back by itself, in the same process, once the impostor
+    // is gone.
+    let real_listen = {
+        let args = cluster.agent_args(0);
+        let i = args.iter().position(|a| a == "--listen").unwrap();
+        args[i + 1].clone()
+    };
+    let mut sneaky: Vec<String> = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--seed" {
+            let seed = rest.next().unwrap();
+            if *seed != real_listen {
+                sneaky.extend(["--seed".to_string(), seed.clone()]);
+            }
+        } else {
+            sneaky.push(arg.clone());
+        }
+    }
+    let n2 = nix::unistd::Pid::from_raw(cluster.nodes[1].pid().unwrap() as i32);
+    let n1_pid = cluster.nodes[0].pid().unwrap();
+    nix::sys::signal::kill(n2, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let impostor_log = cluster.dir.path().join("impostor.log");
+    let mut impostor = Command::new(cluster.georepd_bin())
+        .args(&sneaky)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&impostor_log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&impostor_log)
+        .unwrap_or_default()
+        .contains("georepd running")
+    {
+        assert!(started.elapsed() < WAIT, "the impostor did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(n2, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let impostor_addr = format!("127.0.0.1:{port}");
+    let n1_as_seen = |cluster: &Cluster| cluster.json(1, &["nodes"])["nodes"][0].clone();
+    cluster.wait_until(WAIT, "n2 to see the impostor in n1's place", || {
+        n1_as_seen(&cluster)["address"] == impostor_addr.as_str()
+    });
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    cluster.wait_until(
+        Duration::from_secs(60),
+        "n1 live again at its own address",
+        || {
+            let n1 = n1_as_seen(&cluster);
+            n1["address"] == real && n1["live"] == true
+        },
+    );
+    assert_eq!(cluster.nodes[0].pid(), Some(n1_pid), "recovered in place");
+    assert!(
+        cluster
+            .logs_tail()
+            .contains("restarting the mesh under a generation above")
+    );
+
+    // A restart right after a crash: the old incarnation looks live but does not beat.
+    cluster.kill9(0);
+    cluster.restart(0);
+    cluster.wait_live(0, 2, WAIT);
+    cluster.wait_live(1, 2, WAIT);
+}
