@@ -1165,13 +1165,13 @@ async fn displaced_by_a_dead_incarnation(agent: &Agent) -> u64 {
         tokio::time::sleep(DISPLACEMENT_CHECK).await;
         match agent.mesh.newer_incarnation().await {
             Some((generation, _, false)) => return generation,
-            Some((generation, addr, true)) => {
-                if warned.is_none_or(|at| at.elapsed() >= DISPLACEMENT_WARNING) {
-                    tracing::error!(%addr, generation, "another agent runs as this node: every peer sees it instead of this one; stop it (this node takes its place again once it is declared dead)");
-                    warned = Some(Instant::now());
-                }
+            Some((generation, addr, true))
+                if warned.is_none_or(|at| at.elapsed() >= DISPLACEMENT_WARNING) =>
+            {
+                tracing::error!(%addr, generation, "another agent runs as this node: every peer sees it instead of this one; stop it (this node takes its place again once it is declared dead)");
+                warned = Some(Instant::now());
             }
-            None => {}
+            Some(_) | None => {}
         }
     }
 }
