@@ -711,8 +711,13 @@ impl Agent {
             for brick in info.bricks_of(&id.primary_volume) {
                 let file = status.and_then(|s| s.workers.iter().find(|w| w.brick == brick.path));
                 let report = status.map(|s| &s.report);
+                // A report published before the current desired state was merged there
+                // says what the monitor did then, not now.
+                let behind = report.is_some_and(|r| r.desired_stamp < view.desired_stamp);
                 let state = if !member.live {
                     "Offline".to_string()
+                } else if behind {
+                    transition_word(view.desired)
                 } else {
                     worker_state(view.desired, report, file)
                 };
@@ -894,6 +899,18 @@ fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
         DesiredState::Paused => report.state == MonitorState::Paused,
         DesiredState::Stopped | DesiredState::Created => report.pid.is_none(),
     }
+}
+
+/// A worker row's status while its node's monitor has not acted on the current
+/// desired state yet.
+fn transition_word(desired: DesiredState) -> String {
+    match desired {
+        DesiredState::Created => "Created",
+        DesiredState::Started => "Initializing...",
+        DesiredState::Paused => "Pausing...",
+        DesiredState::Stopped => "Stopping...",
+    }
+    .into()
 }
 
 fn worker_state(

@@ -317,20 +317,31 @@ impl MeshNode {
         snapshot: Option<MeshSnapshot>,
         owned: Vec<(String, String)>,
     ) -> Result<MeshNode, MeshError> {
-        let probe = probe_seeds(&config, &link, 1).await;
-        if let Some(first) = probe.live {
-            // The seeds think an incarnation of this id is live: a crashed one not yet
+        let probe = probe_seeds(&config, &link, 1, None).await;
+        if let (Some(first), Some(seed)) = (probe.live, probe.from) {
+            // The seed thinks an incarnation of this id is live: a crashed one not yet
             // declared dead, or another agent running as this node. Only a running one
-            // keeps beating.
-            tokio::time::sleep(liveness_wait(&config)).await;
-            if let Some(second) = probe_seeds(&config, &link, 2).await.live
-                && second.generation == first.generation
-                && second.heartbeat > first.heartbeat
-            {
+            // keeps beating; a dead one's last beats may still trickle in for a round or
+            // two, so it must beat twice in a row, as seen by the same seed.
+            let mut last = first;
+            let mut beats = 0;
+            for nonce in 2..=3 {
+                tokio::time::sleep(liveness_wait(&config)).await;
+                match probe_seeds(&config, &link, nonce, Some(seed)).await.live {
+                    Some(now)
+                        if now.generation == last.generation && now.heartbeat > last.heartbeat =>
+                    {
+                        beats += 1;
+                        last = now;
+                    }
+                    _ => break,
+                }
+            }
+            if beats == 2 {
                 return Err(MeshError::AlreadyRunning {
                     node: config.node_id.clone(),
-                    addr: second.addr,
-                    generation: second.generation,
+                    addr: last.addr,
+                    generation: last.generation,
                 });
             }
         }
@@ -500,6 +511,16 @@ impl MeshNode {
                 generation: shared.config.generation,
                 version,
             };
+            if local
+                .latest_writes
+                .get(id)
+                .is_none_or(|(best, _, _)| stamp >= *best)
+            {
+                local.latest_writes.insert(
+                    id.clone(),
+                    (stamp.clone(), shared.config.node_id.clone(), position),
+                );
+            }
             let peers: Vec<SocketAddr> = membership
                 .live()
                 .filter(|m| m.node_id != shared.config.node_id)
@@ -667,14 +688,25 @@ impl MeshNode {
     pub async fn session_progress(&self, id: &SessionId) -> Option<WriteProgress> {
         let membership = self.membership().await;
         let local = self.shared.local();
-        let (_, origin, position) = local.latest_writes.get(id).cloned()?;
+        let (stamp, origin, position) = local.latest_writes.get(id).cloned()?;
         // Our own writes are also confirmed by push acknowledgements, which arrive
         // before the peers' next published frontier.
-        let acked = if origin == self.shared.config.node_id {
+        let mut acked = if origin == self.shared.config.node_id {
             local.acks.get(&position).cloned().unwrap_or_default()
         } else {
             BTreeSet::new()
         };
+        // And this node has merged whatever its replica holds, whatever its last
+        // published frontier says.
+        if local
+            .replica
+            .sessions
+            .get(id)
+            .and_then(SessionRecord::max_stamp)
+            .is_some_and(|held| held >= stamp)
+        {
+            acked.insert(self.shared.config.node_id.clone());
+        }
         drop(local);
         Some(progress_in(&membership, &origin, position, &acked))
     }
@@ -1010,6 +1042,8 @@ struct SeedProbe {
     highest: Option<u64>,
     /// That incarnation, if live in the answering seed's view.
     live: Option<LiveIncarnation>,
+    /// The seed that answered.
+    from: Option<SocketAddr>,
 }
 
 /// How long a starting node watches a live-looking incarnation of its own id for a
@@ -1040,7 +1074,13 @@ fn generation_above(config: &MeshConfig, highest: Option<u64>) -> u64 {
 /// Takes the first answer: the highest generation of a node id is gossiped to every
 /// member, so any running seed knows it. Seeds that are down or starting themselves do
 /// not answer, and cost the timeout.
-async fn probe_seeds(config: &MeshConfig, link: &Arc<dyn Link>, nonce: u64) -> SeedProbe {
+/// With `only`, asks that seed alone.
+async fn probe_seeds(
+    config: &MeshConfig,
+    link: &Arc<dyn Link>,
+    nonce: u64,
+    only: Option<SocketAddr>,
+) -> SeedProbe {
     let deadline = Instant::now() + generation_probe_timeout(config);
     let mut seeds: BTreeSet<SocketAddr> = BTreeSet::new();
     for seed in &config.seeds {
@@ -1052,6 +1092,9 @@ async fn probe_seeds(config: &MeshConfig, link: &Arc<dyn Link>, nonce: u64) -> S
         }
     }
     seeds.remove(&link.local_addr());
+    if let Some(only) = only {
+        seeds = BTreeSet::from([only]);
+    }
     if seeds.is_empty() {
         return SeedProbe::default();
     }
@@ -1084,6 +1127,7 @@ async fn probe_seeds(config: &MeshConfig, link: &Arc<dyn Link>, nonce: u64) -> S
                 return SeedProbe {
                     highest: reply.generation,
                     live: reply.live,
+                    from: Some(received.from),
                 };
             }
             Ok(_) => {}
@@ -1150,6 +1194,18 @@ async fn handle_push(shared: &Shared, received: Received) {
         let mut local = shared.local();
         if let Some(max) = push.record.max_stamp() {
             local.hlc.observe(&max);
+            // Status must know the newest write as soon as it is merged, not only once
+            // the writer's namespace arrives by gossip.
+            let newer = local
+                .latest_writes
+                .get(&push.record.id)
+                .is_none_or(|(best, _, _)| max > *best);
+            if newer {
+                local.latest_writes.insert(
+                    push.record.id.clone(),
+                    (max, push.origin.clone(), push.position),
+                );
+            }
         }
         local.replica.join_record(&push.record);
     }
@@ -1345,6 +1401,15 @@ async fn refresh(shared: &Shared, tick: bool) -> Option<Instant> {
         }
         let carried = carried_ids(&carried);
         if rescan {
+            // A write merged by push whose namespace has not arrived yet stays known.
+            for (id, pushed) in &local.latest_writes {
+                let scanned = latest_writes.get(id);
+                if scanned.is_none_or(|(stamp, _, _)| *stamp < pushed.0)
+                    && local.replica.sessions.contains_key(id)
+                {
+                    latest_writes.insert(id.clone(), pushed.clone());
+                }
+            }
             local.latest_writes = latest_writes;
         }
         // Our frontier: per origin node, the newest write position we hold.

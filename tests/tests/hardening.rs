@@ -673,3 +673,117 @@ fn a_second_agent_with_a_live_node_id_is_refused() {
     cluster.wait_live(0, 2, WAIT);
     cluster.wait_live(1, 2, WAIT);
 }
+
+/// Item 8: after every confirmed command, `status --json` agrees with what the command
+/// printed: on the node that ran it at once, on every other node within a few gossip
+/// rounds, and never with an empty converged set or another desired state.
+#[test]
+fn status_agrees_with_every_confirmed_command() {
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:1"]),
+            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
+        ],
+        Some(BRACED_MONITOR),
+    );
+    for i in 0..3 {
+        cluster.wait_live(i, 3, WAIT);
+    }
+    let session = ["gv0", "n3::gv1"];
+    let steps: [(usize, &[&str], Option<&str>, &[&str]); 7] = [
+        (0, &["create"], Some("Created"), &["Created"]),
+        (
+            1,
+            &["start"],
+            Some("Started"),
+            &["Initializing...", "Active", "Passive"],
+        ),
+        (
+            2,
+            &["config", "gv0", "n3::gv1", "sync-jobs", "4"],
+            Some("Started"),
+            &["Initializing...", "Active", "Passive"],
+        ),
+        (0, &["pause"], Some("Paused"), &["Paused"]),
+        (
+            1,
+            &["resume"],
+            Some("Started"),
+            &["Initializing...", "Active", "Passive"],
+        ),
+        (2, &["stop"], Some("Stopped"), &["Stopped"]),
+        (0, &["delete"], None, &[]),
+    ];
+    for (issuer, command, desired, rows) in steps {
+        let mut args: Vec<&str> = command.to_vec();
+        if command.len() == 1 {
+            args.extend(session);
+        }
+        let answer = cluster.json(issuer, &args);
+        assert_eq!(answer["converged"], true, "{args:?}: {answer}");
+        let mut confirmed: Vec<String> = answer["confirmed_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        confirmed.sort();
+        assert_eq!(confirmed, ["n1", "n2", "n3"], "{args:?}: {answer}");
+        // What `status --json` on node i shows for the session, if it agrees.
+        let agrees = |i: usize| -> Result<(), String> {
+            let status = cluster.json(i, &["status"]);
+            let sessions = status["sessions"].as_array().cloned().unwrap_or_default();
+            let Some(desired) = desired else {
+                return if sessions.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("still lists the deleted session: {status}"))
+                };
+            };
+            let Some(s) = sessions.first() else {
+                return Err(format!("no session: {status}"));
+            };
+            // Never: another desired state than the confirmed one, or 0/0.
+            assert_eq!(s["desired_state"], desired, "node {i} after {args:?}: {s}");
+            assert!(
+                s["converged_nodes"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty()),
+                "node {i} after {args:?} shows 0/0: {s}"
+            );
+            let mut converged: Vec<&str> = s["converged_nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n.as_str())
+                .collect();
+            converged.sort();
+            if converged != ["n1", "n2", "n3"] {
+                return Err(format!("converged {converged:?}: {s}"));
+            }
+            for row in s["workers"].as_array().cloned().unwrap_or_default() {
+                let word = row["status"].as_str().unwrap_or_default();
+                if !rows.contains(&word) {
+                    return Err(format!("row {word}: {s}"));
+                }
+            }
+            Ok(())
+        };
+        if let Err(what) = agrees(issuer) {
+            panic!("node {issuer} contradicts its own confirmed {args:?}: {what}");
+        }
+        for i in 0..3 {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                match agrees(i) {
+                    Ok(()) => break,
+                    Err(what) if Instant::now() > deadline => {
+                        panic!("node {i} after {args:?}, 3 s on: {what}")
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
