@@ -674,6 +674,16 @@ fn a_second_agent_with_a_live_node_id_is_refused() {
     cluster.wait_live(1, 2, WAIT);
 }
 
+/// One command of [`status_agrees_with_every_confirmed_command`]: the node that runs
+/// it, its words (the session is appended to one-word commands), the desired state
+/// it leaves (`None`: deleted) and the row statuses that agree with it.
+type Step = (
+    usize,
+    &'static [&'static str],
+    Option<&'static str>,
+    &'static [&'static str],
+);
+
 /// Item 8: after every confirmed command, `status --json` agrees with what the command
 /// printed: on the node that ran it at once, on every other node within a few gossip
 /// rounds, and never with an empty converged set or another desired state.
@@ -691,7 +701,7 @@ fn status_agrees_with_every_confirmed_command() {
         cluster.wait_live(i, 3, WAIT);
     }
     let session = ["gv0", "n3::gv1"];
-    let steps: [(usize, &[&str], Option<&str>, &[&str]); 7] = [
+    let steps: [Step; 7] = [
         (0, &["create"], Some("Created"), &["Created"]),
         (
             1,
