@@ -150,6 +150,38 @@ pub struct Agent {
     wake: Notify,
     started: Instant,
     caught_up: AtomicBool,
+    /// Brick paths published as missing, and when they were last checked.
+    bricks_checked: Mutex<(Vec<String>, Instant)>,
+}
+
+/// How often an agent looks again for brick directories that did not exist.
+const BRICK_CHECK: Duration = Duration::from_secs(5);
+
+/// What this node publishes about itself, `missing` naming absent brick directories.
+fn node_info(config: &AgentConfig, missing: Vec<String>) -> NodeInfo {
+    NodeInfo {
+        agent_version: AGENT_VERSION.to_string(),
+        bricks: config
+            .bricks
+            .iter()
+            .map(|b| Brick {
+                volume: b.volume.clone(),
+                path: b.path.display().to_string(),
+                replica_set: b.replica_set,
+            })
+            .collect(),
+        missing,
+    }
+}
+
+/// The configured brick paths that are not directories now.
+fn missing_bricks(config: &AgentConfig) -> Vec<String> {
+    config
+        .bricks
+        .iter()
+        .filter(|b| !b.path.is_dir())
+        .map(|b| b.path.display().to_string())
+        .collect()
 }
 
 fn sessions_root(data_dir: &Path) -> PathBuf {
@@ -220,18 +252,7 @@ impl Agent {
         mesh_config.cluster_id = config.cluster_id.clone();
         mesh_config.gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         mesh_config.seeds = config.seeds.clone();
-        let info = NodeInfo {
-            agent_version: AGENT_VERSION.to_string(),
-            bricks: config
-                .bricks
-                .iter()
-                .map(|b| Brick {
-                    volume: b.volume.clone(),
-                    path: b.path.display().to_string(),
-                    replica_set: b.replica_set,
-                })
-                .collect(),
-        };
+        let info = node_info(&config, missing_bricks(&config));
         let snapshot = persisted.map(|p| p.mesh);
         let mesh = MeshNode::start(
             mesh_config,
@@ -269,6 +290,7 @@ impl Agent {
             wake: Notify::new(),
             started: Instant::now(),
             caught_up: AtomicBool::new(false),
+            bricks_checked: Mutex::new((info.missing.clone(), Instant::now())),
         });
         agent.persist();
         Ok(agent)
@@ -305,9 +327,35 @@ impl Agent {
         }
     }
 
+    /// Looks again for missing brick directories (at most every [`BRICK_CHECK`]) and
+    /// republishes this node's info if that changed.
+    async fn recheck_bricks(&self) {
+        let missing = {
+            let Ok(mut checked) = self.bricks_checked.lock() else {
+                return;
+            };
+            if checked.1.elapsed() < BRICK_CHECK {
+                return;
+            }
+            checked.1 = Instant::now();
+            let missing = missing_bricks(&self.config);
+            if missing == checked.0 {
+                return;
+            }
+            checked.0.clone_from(&missing);
+            missing
+        };
+        tracing::info!(missing = ?missing, "brick directories changed");
+        match codec::encode(&node_info(&self.config, missing)) {
+            Ok(value) => self.mesh.set_owned(NODE_KEY, value).await,
+            Err(error) => tracing::warn!(%error, "cannot encode this node's info"),
+        }
+    }
+
     /// One pass: converge local monitors and session directories on the converged
     /// view, publish this node's per-session status, persist if anything changed.
     pub async fn reconcile_once(&self) {
+        self.recheck_bricks().await;
         let replica = self.mesh.replica();
         let membership = self.mesh.topology().await;
         let views: Vec<(SessionView, Option<Hlc>)> = replica
@@ -781,6 +829,11 @@ impl Agent {
                         .info
                         .as_ref()
                         .map(|i| i.bricks.clone())
+                        .unwrap_or_default(),
+                    missing_bricks: m
+                        .info
+                        .as_ref()
+                        .map(|i| i.missing.clone())
                         .unwrap_or_default(),
                 })
                 .collect(),

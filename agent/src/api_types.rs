@@ -110,6 +110,10 @@ pub struct NodeRow {
     pub last_heard_ms: Option<u64>,
     /// Declared bricks.
     pub bricks: Vec<Brick>,
+    /// Paths of its bricks whose directory does not exist (yet), as the node last
+    /// checked.
+    #[serde(default)]
+    pub missing_bricks: Vec<String>,
 }
 
 /// Response of `GET /v1/nodes`.

@@ -81,7 +81,14 @@ fn cells(n: &NodeRow) -> Vec<String> {
     } else {
         n.bricks
             .iter()
-            .map(|b| format!("{}:{}:{}", b.volume, b.path, b.replica_set))
+            .map(|b| {
+                let missing = if n.missing_bricks.contains(&b.path) {
+                    " (missing)"
+                } else {
+                    ""
+                };
+                format!("{}:{}:{}{missing}", b.volume, b.path, b.replica_set)
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };

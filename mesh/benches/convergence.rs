@@ -126,6 +126,7 @@ fn node_info(i: usize) -> NodeInfo {
             path: format!("/bricks/{volume}/{i}"),
             replica_set: 0,
         }],
+        missing: Vec::new(),
     }
 }
 

@@ -30,6 +30,10 @@ pub struct NodeInfo {
     pub agent_version: String,
     /// Declared bricks.
     pub bricks: Vec<Brick>,
+    /// Paths of declared bricks whose directory does not exist (yet), as of the node's
+    /// last check (a brick may be a mount that comes up later).
+    #[serde(default)]
+    pub missing: Vec<String>,
 }
 
 impl NodeInfo {
@@ -187,6 +191,7 @@ mod tests {
                         replica_set: *r,
                     })
                     .collect(),
+                missing: Vec::new(),
             }),
             seen: Arc::default(),
         }

@@ -797,3 +797,43 @@ fn status_agrees_with_every_confirmed_command() {
         }
     }
 }
+
+/// Item 13: a brick directory that does not exist is a warning at start (see
+/// [`a_running_cluster_refuses_what_it_must`]) and then a brick status every node
+/// sees, which clears when the directory appears (a mount that came up later).
+#[test]
+fn a_missing_brick_directory_is_shown_until_it_appears() {
+    let bricks = tempfile::tempdir().unwrap();
+    let brick = bricks.path().join("gv0-b1");
+    let spec = format!("gv0:{}", brick.display());
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &[spec.as_str()]),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]),
+        ],
+        Some(BRACED_MONITOR),
+    );
+    cluster.wait_live(1, 2, WAIT);
+    let missing_on_n1 = |cluster: &Cluster| -> Vec<String> {
+        cluster.json(1, &["nodes"])["nodes"][0]["missing_bricks"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let path = brick.display().to_string();
+    cluster.wait_until(WAIT, "n2 to see n1's brick missing", || {
+        missing_on_n1(&cluster) == [path.clone()]
+    });
+    let table = cluster.ok(1, &["nodes"]);
+    assert!(table.contains(&format!("{path}:0 (missing)")), "{table}");
+    std::fs::create_dir(&brick).unwrap();
+    cluster.wait_until(WAIT, "n2 to see n1's brick present", || {
+        missing_on_n1(&cluster).is_empty()
+    });
+    let table = cluster.ok(1, &["nodes"]);
+    assert!(!table.contains(&format!("{path}:0 (missing)")), "{table}");
+}

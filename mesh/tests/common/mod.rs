@@ -28,6 +28,7 @@ pub fn node_info(i: usize) -> NodeInfo {
             path: format!("/bricks/{volume}/{i}"),
             replica_set: (i / 2) as u32 % 2,
         }],
+        missing: Vec::new(),
     }
 }
 
