@@ -134,6 +134,7 @@ mod tests {
                             replica_set: 1,
                         },
                     ],
+                    missing_bricks: vec!["/data/gv0/b4".into()],
                 },
                 NodeRow {
                     node: "n5".into(),
@@ -143,6 +144,7 @@ mod tests {
                     agent_version: None,
                     last_heard_ms: Some(42_000),
                     bricks: vec![],
+                    missing_bricks: vec![],
                 },
             ],
         };
@@ -156,7 +158,7 @@ mod tests {
         assert!(lines[1].chars().all(|c| c == '-'));
         assert_eq!(
             lines[2],
-            "n1      127.0.0.1:7401    live     3             0.1.0      120ms ago     gv0:/data/gv0/b1:0, gv0:/data/gv0/b4:1"
+            "n1      127.0.0.1:7401    live     3             0.1.0      120ms ago     gv0:/data/gv0/b1:0, gv0:/data/gv0/b4:1 (missing)"
         );
         assert_eq!(
             lines[3],
