@@ -325,9 +325,32 @@ async fn session_namespaces(
     namespaces
 }
 
-/// The nodes that acknowledged the eager push of the latest write, when the answering
-/// node carries it (only a writer hears acknowledgements, and only of its own writes).
+/// The nodes known here to hold the latest write besides their published frontiers:
+/// this node if it holds it, and those that acknowledged its eager push when this node
+/// carries it (only a writer hears acknowledgements, and only of its own writes).
 async fn acked_by(
+    mesh: &MeshNode,
+    self_id: &str,
+    id: &SessionId,
+    latest: Option<&LatestWrite>,
+) -> BTreeSet<String> {
+    // What `status` and `--wait` count for the same write (this node holding it,
+    // pushes acknowledged here) counts here too: one answer everywhere.
+    let mut confirmed = BTreeSet::new();
+    if let Some(latest) = latest
+        && mesh
+            .latest_write(id)
+            .is_some_and(|(stamp, _, _)| stamp.to_string() == latest.stamp)
+        && let Some(progress) = mesh.session_progress(id).await
+    {
+        confirmed.extend(progress.confirmed);
+    }
+    confirmed.extend(pushes_acked(mesh, self_id, id, latest).await);
+    confirmed
+}
+
+/// The nodes that acknowledged this node's eager push of the latest write.
+async fn pushes_acked(
     mesh: &MeshNode,
     self_id: &str,
     id: &SessionId,

@@ -783,6 +783,25 @@ fn status_agrees_with_every_confirmed_command() {
         if let Err(what) = agrees(issuer) {
             panic!("node {issuer} contradicts its own confirmed {args:?}: {what}");
         }
+        // `inspect sessions` counts the same way (a deleted session stays there as a
+        // tombstone).
+        let inspect = cluster.json(issuer, &["inspect", "sessions", "gv0", "n3::gv1"]);
+        let session = &inspect["sessions"][0];
+        assert_eq!(
+            session["lagging_nodes"],
+            serde_json::json!([]),
+            "inspect on {issuer} after {args:?}: {session}"
+        );
+        let mut merged: Vec<&str> = session["converged_nodes"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        merged.sort();
+        assert_eq!(
+            merged,
+            ["n1", "n2", "n3"],
+            "inspect on {issuer} after {args:?}"
+        );
         for i in 0..3 {
             let deadline = Instant::now() + Duration::from_secs(3);
             loop {
