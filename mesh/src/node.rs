@@ -1598,10 +1598,11 @@ fn shed_superseded(
         let superseded = own.registers().into_iter().all(|(name, stamp)| {
             match winners.get(&name) {
                 Some(winner) => *winner > stamp && carried_at(&name, winner),
-                // Pruned by the join: a newer incarnation of the session replaced it.
+                // Pruned by the join: a newer incarnation of the session, or a delete,
+                // made it dead.
                 None => current
-                    .incarnation()
-                    .is_some_and(|inc| *inc > stamp && carried_at(&RegisterName::Created, inc)),
+                    .floor()
+                    .is_some_and(|(floor, at)| *at > stamp && carried_at(&floor, at)),
             }
         });
         if !superseded {

@@ -304,19 +304,35 @@ impl SessionRecord {
         self.prune();
     }
 
-    /// Drops registers written before the current incarnation: they can never win again.
+    /// The register below whose stamp `desired` and `config` registers can never matter
+    /// again, and that stamp: the incarnation (they belong to an earlier one), or a
+    /// later delete (the session can only exist again through a create stamped above
+    /// the delete, which makes them older than its incarnation).
+    pub fn floor(&self) -> Option<(RegisterName, &Hlc)> {
+        match (self.incarnation(), &self.deleted) {
+            (Some(created), Some(deleted)) if deleted > created => {
+                Some((RegisterName::Deleted, deleted))
+            }
+            (Some(created), _) => Some((RegisterName::Created, created)),
+            (None, Some(deleted)) => Some((RegisterName::Deleted, deleted)),
+            (None, None) => None,
+        }
+    }
+
+    /// Drops registers below the floor (see [`Self::floor`]): they can never win again.
+    /// Every replica drops them, so replicas that merged different dominated registers
+    /// (one node got a write the delete overtook, another never did, and the namespace
+    /// carrying it was retired) still end up structurally equal, and a deleted session's
+    /// record stays a few registers.
     fn prune(&mut self) {
-        let Some(incarnation) = self.incarnation().cloned() else {
+        let Some((_, floor)) = self.floor() else {
             return;
         };
-        if self
-            .desired
-            .as_ref()
-            .is_some_and(|reg| reg.marker < incarnation)
-        {
+        let floor = floor.clone();
+        if self.desired.as_ref().is_some_and(|reg| reg.marker < floor) {
             self.desired = None;
         }
-        self.config.retain(|_, reg| reg.marker > incarnation);
+        self.config.retain(|_, reg| reg.marker > floor);
     }
 
     /// Every register present, with its stamp.
@@ -1192,6 +1208,29 @@ mod tests {
         #[test]
         fn join_is_associative(a in arb_record(), b in arb_record(), c in arb_record()) {
             prop_assert_eq!(joined(&joined(&a, &b), &c), joined(&a, &joined(&b, &c)));
+        }
+
+        /// What a delete (or a later incarnation) dominates is gone after any join, so a
+        /// node that never received such a register holds the same record.
+        #[test]
+        fn dominated_registers_make_no_difference(a in arb_record(), b in arb_record(), drop in 0usize..4) {
+            let full = joined(&a, &b);
+            if let Some((_, floor)) = full.floor() {
+                prop_assert!(full.desired.as_ref().is_none_or(|r| r.marker >= *floor));
+                prop_assert!(full.config.values().all(|r| r.marker > *floor));
+                let mut missing = a.clone();
+                let dominated = |marker: &Hlc| marker < floor;
+                if drop == 3 {
+                    if missing.desired.as_ref().is_some_and(|r| dominated(&r.marker)) {
+                        missing.desired = None;
+                    }
+                } else if let Some(key) = missing.config.keys().nth(drop).cloned()
+                    && missing.config.get(&key).is_some_and(|r| dominated(&r.marker))
+                {
+                    missing.config.remove(&key);
+                }
+                prop_assert_eq!(joined(&missing, &b), full);
+            }
         }
 
         #[test]

@@ -45,8 +45,9 @@ pub fn reflects(
         return true;
     }
     match register {
+        // Overtaken by a later incarnation or delete: pruned everywhere.
         RegisterName::Desired | RegisterName::Config(_) => {
-            record.incarnation().is_some_and(|inc| inc > stamp)
+            record.floor().is_some_and(|(_, floor)| floor > stamp)
         }
         RegisterName::Created | RegisterName::Deleted => false,
     }
