@@ -40,6 +40,10 @@ pub const SEEN_KEY: &str = "seen";
 const CUSTODIAN_ROUNDS: u32 = 3;
 /// The same when its writer is live (its own namespace should carry it shortly).
 const CUSTODIAN_ROUNDS_WRITER_LIVE: u32 = 12;
+/// Higher-ranked holders of an uncarried register wait longer before republishing it,
+/// up to this many times the base patience (so a register only they hold is still
+/// kept alive within a bounded time, whatever the cluster's size).
+const MAX_CUSTODIAN_STAGGER: usize = 3;
 /// At most this many change-driven refreshes per gossip round (plus the round's own).
 const REFRESHES_PER_ROUND: u32 = 10;
 /// Key of a node's [`NodeInfo`].
@@ -1662,13 +1666,22 @@ fn keep_alive(
     // A fresh write normally reaches us by push before its writer's namespace does by
     // gossip: give gossip a few rounds before stepping in, more when the writer is
     // alive (it carries the write itself), and more for higher-ranked nodes.
-    let rounds = |writer: &str| {
-        let base = if live_ids.contains(&writer) {
+    // The writer carries a write itself only in the incarnation that made it: one that
+    // restarted since (its generation is its start time) has it only if its disk kept
+    // it, and then republishes it at once; waiting for it would be waiting for nothing
+    // when the disk was lost.
+    let writer_carries = |stamp: &Hlc| {
+        live.iter()
+            .any(|id| *id.node_id == *stamp.node && id.generation_id <= stamp.millis)
+    };
+    let rounds = |stamp: &Hlc| {
+        let base = if writer_carries(stamp) {
             CUSTODIAN_ROUNDS_WRITER_LIVE
         } else {
             CUSTODIAN_ROUNDS
         };
-        base * (1 + rank.saturating_sub(shared.config.custodians.saturating_sub(1))) as u32
+        let behind = rank.saturating_sub(shared.config.custodians.saturating_sub(1));
+        base * (1 + behind.min(MAX_CUSTODIAN_STAGGER)) as u32
     };
     let mut adopt: BTreeMap<SessionId, Vec<RegisterName>> = BTreeMap::new();
     let mut still_uncarried = HashMap::new();
@@ -1678,7 +1691,7 @@ fn keep_alive(
             if carried.get(&key).is_some_and(|c| *c >= stamp) {
                 continue;
             }
-            let patience = shared.config.gossip_interval * rounds(&stamp.node);
+            let patience = shared.config.gossip_interval * rounds(&stamp);
             let slot = (record.id.clone(), name.clone(), stamp);
             let since = local.uncarried_since.get(&slot).copied().unwrap_or(now);
             if now.duration_since(since) >= patience {
