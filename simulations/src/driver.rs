@@ -139,6 +139,45 @@ impl SimOptions {
         }
     }
 
+    /// The `georep-sim` flags that run `seed` alone with these options (those that
+    /// differ from the defaults; a scenario by its name).
+    pub fn rerun_flags(&self, seed: u64) -> String {
+        let defaults = Self::random(10, Duration::from_secs(90));
+        let mut flags = format!("--seed {seed}");
+        if let Some(scenario) = &self.scenario {
+            // The scenario carries its name, not its path.
+            flags.push_str(&format!(
+                " --scenario FILE (of scenario `{}`)",
+                scenario.name
+            ));
+        } else {
+            flags.push_str(&format!(
+                " --nodes {} --duration {}ms",
+                self.nodes,
+                self.duration.as_millis()
+            ));
+            if self.sessions != defaults.sessions {
+                flags.push_str(&format!(" --sessions {}", self.sessions));
+            }
+            if self.command_rate != defaults.command_rate {
+                flags.push_str(&format!(" --command-rate {}", self.command_rate));
+            }
+            if self.fault_rate != defaults.fault_rate {
+                flags.push_str(&format!(" --fault-rate {}", self.fault_rate));
+            }
+        }
+        if self.gossip_interval != defaults.gossip_interval {
+            flags.push_str(&format!(
+                " --gossip-interval {}ms",
+                self.gossip_interval.as_millis()
+            ));
+        }
+        if self.quiet != defaults.quiet {
+            flags.push_str(&format!(" --quiet {}ms", self.quiet.as_millis()));
+        }
+        flags
+    }
+
     /// The plan for one seed.
     pub fn plan(&self, seed: u64) -> Scenario {
         match &self.scenario {
@@ -188,6 +227,7 @@ pub fn run_seed(options: &SimOptions, seed: u64) -> anyhow::Result<RunReport> {
     // Tasks of dropped agents wind down with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
     report.wall_ms = wall.elapsed().as_millis() as u64;
+    report.rerun = options.rerun_flags(seed);
     Ok(report)
 }
 
@@ -808,5 +848,7 @@ async fn finish(
         recovery_samples: progress.recovery.clone(),
         traffic: progress.traffic.clone(),
         trace,
+        // Set by [`run_seed`], which knows the options.
+        rerun: String::new(),
     }
 }

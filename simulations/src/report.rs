@@ -143,6 +143,8 @@ pub struct RunReport {
     /// The comparable trace.
     #[serde(skip)]
     pub trace: Trace,
+    /// `georep-sim` flags that run this seed alone with the same options.
+    pub rerun: String,
 }
 
 impl RunReport {
@@ -388,19 +390,14 @@ impl BatchReport {
             if let Some(v) = &failure.violation {
                 let _ = writeln!(
                     out,
-                    "\nVIOLATION (seed {}, scenario {}, {} nodes) at t={:.3}s: {}\n  {}\nschedule so far (rerun with --seed {}{}):",
+                    "\nVIOLATION (seed {}, scenario {}, {} nodes) at t={:.3}s: {}\n  {}\nschedule so far (rerun alone: georep-sim {}):",
                     failure.seed,
                     failure.scenario,
                     failure.nodes,
                     v.at_ms as f64 / 1000.0,
                     v.invariant,
                     v.detail.replace('\n', "\n  "),
-                    failure.seed,
-                    if failure.scenario == "random" {
-                        format!(" --nodes {}", failure.nodes)
-                    } else {
-                        String::new()
-                    }
+                    failure.rerun,
                 );
                 for line in &v.schedule {
                     let _ = writeln!(out, "  {line}");

@@ -99,6 +99,10 @@ fn a_leaked_monitor_is_caught_and_reported_with_the_seed() {
     let batch = georep_sim::BatchReport::aggregate(vec![report], 0);
     let text = batch.text();
     assert!(text.contains("VIOLATION (seed 42"), "{text}");
+    assert!(
+        text.contains("rerun alone: georep-sim --seed 42 --scenario FILE"),
+        "{text}"
+    );
     assert!(text.contains("stop on n2"), "{text}");
     // the same scenario with well-behaved processes passes
     let healthy = SimOptions { bug: None, ..leaky };
@@ -197,6 +201,14 @@ fn harsh() -> SimOptions {
         fault_rate: 0.4,
         ..SimOptions::random(8, Duration::from_secs(150))
     }
+}
+
+#[test]
+fn a_rerun_line_carries_every_option_that_differs_from_the_defaults() {
+    assert_eq!(
+        harsh().rerun_flags(10227),
+        "--seed 10227 --nodes 8 --duration 150000ms --sessions 4 --command-rate 3 --fault-rate 0.4"
+    );
 }
 
 #[test]
