@@ -262,7 +262,18 @@ pub fn run_batch(
     });
     let mut runs = Vec::new();
     for (seed, result) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        runs.push(result.with_context(|| format!("seed {seed}: the simulation itself failed"))?);
+        let mut report =
+            result.with_context(|| format!("seed {seed}: the simulation itself failed"))?;
+        if let Some(violation) = &report.violation {
+            // A failure is only useful if it replays: try it alone before reporting.
+            let again = run_seed(options, seed)?;
+            report.reproduced_alone = Some(
+                again
+                    .violation
+                    .is_some_and(|v| v.invariant == violation.invariant),
+            );
+        }
+        runs.push(report);
     }
     Ok(BatchReport::aggregate(
         runs,
@@ -850,5 +861,6 @@ async fn finish(
         trace,
         // Set by [`run_seed`], which knows the options.
         rerun: String::new(),
+        reproduced_alone: None,
     }
 }

@@ -145,6 +145,9 @@ pub struct RunReport {
     pub trace: Trace,
     /// `georep-sim` flags that run this seed alone with the same options.
     pub rerun: String,
+    /// For a violation found in a batch: whether running the seed again, alone,
+    /// violated the same invariant (`None`: not tried).
+    pub reproduced_alone: Option<bool>,
 }
 
 impl RunReport {
@@ -390,7 +393,7 @@ impl BatchReport {
             if let Some(v) = &failure.violation {
                 let _ = writeln!(
                     out,
-                    "\nVIOLATION (seed {}, scenario {}, {} nodes) at t={:.3}s: {}\n  {}\nschedule so far (rerun alone: georep-sim {}):",
+                    "\nVIOLATION (seed {}, scenario {}, {} nodes) at t={:.3}s: {}\n  {}\nschedule so far (rerun alone: georep-sim {}{}):",
                     failure.seed,
                     failure.scenario,
                     failure.nodes,
@@ -398,6 +401,13 @@ impl BatchReport {
                     v.invariant,
                     v.detail.replace('\n', "\n  "),
                     failure.rerun,
+                    match failure.reproduced_alone {
+                        Some(true) => "; it did fail the same way alone",
+                        Some(false) => {
+                            "; it did NOT fail alone: the outcome depended on the other runs (see simulations/README.md, determinism)"
+                        }
+                        None => "",
+                    },
                 );
                 for line in &v.schedule {
                     let _ = writeln!(out, "  {line}");

@@ -104,6 +104,13 @@ fn a_leaked_monitor_is_caught_and_reported_with_the_seed() {
         "{text}"
     );
     assert!(text.contains("stop on n2"), "{text}");
+    // A batch re-runs a failing seed alone before reporting it.
+    let batch = run_batch(&leaky, 42, 1, 1).unwrap();
+    assert!(
+        batch.text().contains("it did fail the same way alone"),
+        "{}",
+        batch.text()
+    );
     // the same scenario with well-behaved processes passes
     let healthy = SimOptions { bug: None, ..leaky };
     assert_eq!(run_seed(&healthy, 42).unwrap().violations, 0);
