@@ -217,7 +217,10 @@ struct Local {
     hlc: HlcClock,
     own: BTreeMap<SessionId, SessionRecord>,
     replica: Replica,
-    acks: BTreeMap<WritePosition, BTreeSet<String>>,
+    /// Per own write position: the nodes that acknowledged its push, each with its
+    /// generation when it did (an ack by an earlier incarnation of a node that has
+    /// restarted since, its disk maybe lost, confirms nothing about the current one).
+    acks: BTreeMap<WritePosition, BTreeMap<String, u64>>,
     decoded: DecodeCache,
     /// Per namespace carrying session records: the newest write position in it.
     positions: HashMap<ChitchatId, WritePosition>,
@@ -634,7 +637,7 @@ impl MeshNode {
     pub async fn position_progress(&self, position: WritePosition) -> WriteProgress {
         let membership = self.membership().await;
         let origin = self.shared.config.node_id.clone();
-        progress_in(&membership, &origin, position, &BTreeSet::new())
+        progress_in(&membership, &origin, position, &BTreeMap::new())
     }
 
     /// The converged replica as this node sees it now.
@@ -698,7 +701,7 @@ impl MeshNode {
         let mut acked = if origin == self.shared.config.node_id {
             local.acks.get(&position).cloned().unwrap_or_default()
         } else {
-            BTreeSet::new()
+            BTreeMap::new()
         };
         // And this node has merged whatever its replica holds, whatever its last
         // published frontier says.
@@ -709,7 +712,10 @@ impl MeshNode {
             .and_then(SessionRecord::max_stamp)
             .is_some_and(|held| held >= stamp)
         {
-            acked.insert(self.shared.config.node_id.clone());
+            acked.insert(
+                self.shared.config.node_id.clone(),
+                self.shared.config.generation,
+            );
         }
         drop(local);
         Some(progress_in(&membership, &origin, position, &acked))
@@ -880,12 +886,12 @@ fn progress_in(
     membership: &Membership,
     origin: &str,
     position: WritePosition,
-    acked: &BTreeSet<String>,
+    acked: &BTreeMap<String, u64>,
 ) -> WriteProgress {
     let mut progress = WriteProgress::default();
     for member in membership.members.values() {
         let merged = member.node_id == origin
-            || acked.contains(&member.node_id)
+            || acked.get(&member.node_id) == Some(&member.generation)
             || member.has_seen(origin, position);
         if !member.live {
             progress.dead.push(member.node_id.clone());
@@ -1236,11 +1242,20 @@ fn handle_push_ack(shared: &Shared, received: &Received) {
     }
     {
         let mut local = shared.local();
+        // The acknowledging incarnation: the newest generation of that node we know of.
+        // A node we know nothing of yet counts through its frontier instead.
+        let generation = local
+            .members
+            .keys()
+            .filter(|id| *id.node_id == *received.peer_node)
+            .map(|id| id.generation_id)
+            .max()
+            .unwrap_or(u64::MAX);
         local
             .acks
             .entry(ack.position)
             .or_default()
-            .insert(received.peer_node.clone());
+            .insert(received.peer_node.clone(), generation);
         // Bound the map: acknowledgements of old writes are also visible through `seen`.
         while local.acks.len() > 1024 {
             local.acks.pop_first();
