@@ -226,7 +226,9 @@ struct Local {
     positions: HashMap<ChitchatId, WritePosition>,
     /// Per namespace: last heartbeat seen and when, and the max version read at.
     heard: HashMap<ChitchatId, Heard>,
-    uncarried_since: HashMap<(SessionId, RegisterName, Hlc), Instant>,
+    /// Registers no live namespace carries: since when, and the writer's live
+    /// generation when first seen so (see [`keep_alive`]).
+    uncarried_since: HashMap<(SessionId, RegisterName, Hlc), (Instant, Option<u64>)>,
     /// Own records wholly superseded, and since when (see [`shed_superseded`]).
     superseded_since: HashMap<SessionId, Instant>,
     published_seen: Arc<Seen>,
@@ -1681,16 +1683,20 @@ fn keep_alive(
     // A fresh write normally reaches us by push before its writer's namespace does by
     // gossip: give gossip a few rounds before stepping in, more when the writer is
     // alive (it carries the write itself), and more for higher-ranked nodes.
-    // The writer carries a write itself only in the incarnation that made it: one that
-    // restarted since (its generation is its start time) has it only if its disk kept
-    // it, and then republishes it at once; waiting for it would be waiting for nothing
-    // when the disk was lost.
-    let writer_carries = |stamp: &Hlc| {
+    // The writer's live incarnation, if any.
+    let writer_generation = |writer: &str| {
         live.iter()
-            .any(|id| *id.node_id == *stamp.node && id.generation_id <= stamp.millis)
+            .filter(|id| *id.node_id == *writer)
+            .map(|id| id.generation_id)
+            .max()
     };
-    let rounds = |stamp: &Hlc| {
-        let base = if writer_carries(stamp) {
+    // The writer carries a write itself only in the incarnation that made it. Waiting
+    // longer for it is right only while the incarnation that was live when we first saw
+    // the write uncarried still is: if the writer was not live then (the write came
+    // from disk at our start, or its writer was down) or has restarted since (its disk
+    // maybe lost), nobody else will publish it. Clock steps make stamps useless here.
+    let rounds = |writer_live_throughout: bool| {
+        let base = if writer_live_throughout {
             CUSTODIAN_ROUNDS_WRITER_LIVE
         } else {
             CUSTODIAN_ROUNDS
@@ -1706,13 +1712,19 @@ fn keep_alive(
             if carried.get(&key).is_some_and(|c| *c >= stamp) {
                 continue;
             }
-            let patience = shared.config.gossip_interval * rounds(&stamp);
+            let writer_now = writer_generation(&stamp.node);
             let slot = (record.id.clone(), name.clone(), stamp);
-            let since = local.uncarried_since.get(&slot).copied().unwrap_or(now);
+            let (since, writer_then) = local
+                .uncarried_since
+                .get(&slot)
+                .copied()
+                .unwrap_or((now, writer_now));
+            let throughout = writer_then.is_some() && writer_then == writer_now;
+            let patience = shared.config.gossip_interval * rounds(throughout);
             if now.duration_since(since) >= patience {
                 adopt.entry(record.id.clone()).or_default().push(name);
             } else {
-                still_uncarried.insert(slot, since);
+                still_uncarried.insert(slot, (since, writer_then));
             }
         }
     }

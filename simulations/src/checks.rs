@@ -19,7 +19,10 @@
 //! - **one monitor per session per node**: never two live monitors of one session on a
 //!   node;
 //! - **truthful acknowledgements**: a node a command response lists as confirmed held
-//!   the write when the response was given (checked as each command returns).
+//!   the write when the response was given (checked as each command returns), unless
+//!   its disk was lost since the command was issued: then its confirmation spoke for
+//!   the incarnation before, and "acknowledged commands reflected" holds the new one to
+//!   the write at the next quiet check.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -345,6 +345,10 @@ impl SimCluster {
             }
             node.backend = Arc::new(SimBackend::new(self.bug));
             node.disk_epoch += 1;
+            *lock(&self.ledger)
+                .disk_losses
+                .entry(node.id.clone())
+                .or_default() += 1;
             self.forget_lost_writes(i);
         }
         self.boot(i).await
@@ -418,6 +422,7 @@ impl SimCluster {
         };
         let agent = running.agent.clone();
         let ledger = self.ledger.clone();
+        let losses_at_issue = lock(&ledger).disk_losses.clone();
         let directory = self.directory.clone();
         let origin = self.origin;
         running.ops.spawn(async move {
@@ -431,7 +436,7 @@ impl SimCluster {
                             .push(format!("op #{index}: the response carried no stamp"));
                         return;
                     };
-                    let lies = untruthful(&ledger, &directory, index, &stamp, &response.confirmed_nodes);
+                    let lies = untruthful(&ledger, &directory, index, &stamp, &response.confirmed_nodes, &losses_at_issue);
                     if !lies.is_empty() {
                         lock(&ledger).violations.push(format!(
                             "op #{index} answered that {} confirmed it, but {} did not hold stamp {stamp}",
@@ -509,23 +514,35 @@ fn directory_lock(directory: &Directory) -> MutexGuard<'_, BTreeMap<String, Weak
 }
 
 /// Nodes a response named as confirmed whose replica does not reflect the write.
+/// The nodes a response lists as confirmed that do not hold the write. A node whose
+/// disk was lost after the command was issued is not held to it here: its confirmation
+/// spoke for the incarnation before (which did hold it), and the responding node may not
+/// have heard of the restart yet. What a user relies on afterwards, that the write
+/// survives and reaches that node again, is "acknowledged commands reflected" at the
+/// next quiet check (unless every copy died with its disk: `lost_with_disk`).
 fn untruthful(
     ledger: &SharedLedger,
     directory: &Directory,
     index: usize,
     stamp: &Hlc,
     confirmed: &[String],
+    losses_at_issue: &BTreeMap<String, u32>,
 ) -> Vec<String> {
-    let (session, register) = {
+    let (session, register, losses_now) = {
         let ledger = lock(ledger);
         let Some(op) = ledger.ops.get(index) else {
             return Vec::new();
         };
-        (op.session.clone(), op.register.clone())
+        (
+            op.session.clone(),
+            op.register.clone(),
+            ledger.disk_losses.clone(),
+        )
     };
     let directory = directory_lock(directory);
     confirmed
         .iter()
+        .filter(|node| losses_now.get(*node) == losses_at_issue.get(*node))
         .filter(|node| {
             directory
                 .get(*node)

@@ -8,7 +8,7 @@
 //! re-created after it. Reflection is monotone (replicas only grow by join), so once a
 //! node reflects a write it always will, unless it loses its disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use georep_mesh::hlc::Hlc;
 use georep_mesh::session_config;
@@ -150,6 +150,8 @@ pub struct Ledger {
     pub reaction: Vec<u64>,
     /// Broken promises found when a command returned (a confirmed node lacking it).
     pub violations: Vec<String>,
+    /// Per node id: how often its disk was lost so far.
+    pub disk_losses: BTreeMap<String, u32>,
 }
 
 impl Ledger {
