@@ -30,6 +30,22 @@ fn two_nodes() -> Cluster {
     cluster
 }
 
+/// Primaries n1 and n2 (gv0, one replica set each) and secondary n3 (gv1), all live.
+fn three_nodes() -> Cluster {
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:1"]),
+            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
+        ],
+        Some(BRACED_MONITOR),
+    );
+    for i in 0..3 {
+        cluster.wait_live(i, 3, WAIT);
+    }
+    cluster
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -478,17 +494,7 @@ fn concurrent_creates_of_one_volume_pair_resolve_to_one_session_after_heal() {
 
 #[test]
 fn a_dead_node_is_forgotten_everywhere_and_may_return_as_new() {
-    let mut cluster = Cluster::start(
-        &[
-            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
-            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:1"]),
-            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
-        ],
-        Some(BRACED_MONITOR),
-    );
-    for i in 0..3 {
-        cluster.wait_live(i, 3, WAIT);
-    }
+    let mut cluster = three_nodes();
     cluster.ok(0, &["create", "gv0", "n3::gv1"]);
     cluster.ok(0, &["start", "gv0", "n3::gv1"]);
 
@@ -689,17 +695,7 @@ type Step = (
 /// rounds, and never with an empty converged set or another desired state.
 #[test]
 fn status_agrees_with_every_confirmed_command() {
-    let cluster = Cluster::start(
-        &[
-            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
-            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:1"]),
-            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
-        ],
-        Some(BRACED_MONITOR),
-    );
-    for i in 0..3 {
-        cluster.wait_live(i, 3, WAIT);
-    }
+    let cluster = three_nodes();
     let session = ["gv0", "n3::gv1"];
     let steps: [Step; 7] = [
         (0, &["create"], Some("Created"), &["Created"]),
