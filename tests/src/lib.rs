@@ -422,6 +422,54 @@ impl Cluster {
         );
     }
 
+    /// Waits until every running agent sees every running agent live at the generation
+    /// that agent reports for itself (after a restart, peers must learn the new
+    /// incarnation before a command issued elsewhere waits for it).
+    pub fn wait_membership_agrees(&self, within: Duration) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .collect();
+        let generations = |i: usize| -> Vec<(String, u64, bool)> {
+            let out = self.georep(i, &["--json", "nodes"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["nodes"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| {
+                    Some((
+                        n["node"].as_str()?.to_string(),
+                        n["generation"].as_u64()?,
+                        n["live"].as_bool()?,
+                    ))
+                })
+                .collect()
+        };
+        self.wait_until(
+            within,
+            "every agent to see every agent's current incarnation",
+            || {
+                let own: Vec<Option<u64>> = running
+                    .iter()
+                    .map(|i| {
+                        generations(*i)
+                            .into_iter()
+                            .find(|(node, _, _)| *node == self.nodes[*i].id)
+                            .map(|(_, generation, _)| generation)
+                    })
+                    .collect();
+                running.iter().all(|viewer| {
+                    let seen = generations(*viewer);
+                    running.iter().zip(&own).all(|(i, generation)| {
+                        seen.iter().any(|(node, g, live)| {
+                            *node == self.nodes[*i].id && Some(*g) == *generation && *live
+                        })
+                    })
+                })
+            },
+        );
+    }
+
     /// Polls `check` until true, or panics with `what` and the agents' log tails.
     pub fn wait_until(&self, within: Duration, what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + within;

@@ -175,6 +175,9 @@ fn a_reused_pid_is_never_signalled() {
     cluster.wait_live(0, 2, WAIT);
     let fresh = one_monitor(&cluster, 0);
     assert_ne!(fresh, stranger_pid);
+    // n2 must know n1's new incarnation, or it counts n1 as dead and does not wait for
+    // its monitor.
+    cluster.wait_membership_agrees(WAIT);
     cluster.ok(1, &["pause", "gv0", "n2::gv1"]);
     assert_eq!(process_state(fresh), Some('T'));
     cluster.ok(1, &["stop", "gv0", "n2::gv1", "--force"]);
@@ -238,6 +241,7 @@ fn paused_monitors_survive_the_death_of_every_agent() {
     for i in 0..3 {
         cluster.wait_live(i, 3, WAIT);
     }
+    cluster.wait_membership_agrees(WAIT);
     cluster.ok(1, &["resume", "gv0", "n3::gv1"]);
     for (i, pid) in monitors.into_iter().enumerate() {
         assert!(
