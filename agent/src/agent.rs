@@ -573,24 +573,16 @@ impl Agent {
         let receipt = self.mesh.apply(&id, &request.op).await?;
         self.wake.notify_one();
         self.persist();
-        let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
-        let mut changes = self.mesh.subscribe();
-        let (progress, pending, converged) = loop {
-            let progress = self.mesh.progress(&receipt).await;
-            let pending = self
-                .pending_monitors(&id, &request.op, &receipt.stamp)
-                .await;
-            let done = progress.complete() && pending.is_empty();
-            if done || !request.wait || Instant::now() >= deadline {
-                break (progress, pending, done && request.wait);
-            }
-            // Acknowledgements and gossip wake us; the poll bounds the wait if a
-            // change slipped between the check and the subscription.
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(WAIT_POLL) => {}
-            }
-        };
+        let ((progress, pending), converged) = self
+            .wait_for(request.wait, request.timeout_ms, || async {
+                let progress = self.mesh.progress(&receipt).await;
+                let pending = self
+                    .pending_monitors(&id, &request.op, &receipt.stamp)
+                    .await;
+                let done = progress.complete() && pending.is_empty();
+                ((progress, pending), done)
+            })
+            .await;
         let value = match &request.op {
             SessionOp::SetConfig { key, .. } => georep_mesh::session_config::lookup(key)
                 .ok()
@@ -618,6 +610,31 @@ impl Agent {
         })
     }
 
+    /// Evaluates `probe` (what it found, and whether that is everything waited for)
+    /// until it is done, or at once without `wait`, or until `timeout_ms` passed.
+    /// Returns the last finding and whether the wait ended done (never without `wait`).
+    async fn wait_for<T, F: Future<Output = (T, bool)>>(
+        &self,
+        wait: bool,
+        timeout_ms: u64,
+        mut probe: impl FnMut() -> F,
+    ) -> (T, bool) {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let mut changes = self.mesh.subscribe();
+        loop {
+            let (found, done) = probe().await;
+            if done || !wait || Instant::now() >= deadline {
+                return (found, done && wait);
+            }
+            // Acknowledgements and gossip wake us; the poll bounds the wait if a
+            // change slipped between the check and the subscription.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(WAIT_POLL) => {}
+            }
+        }
+    }
+
     /// `node forget`: drops a dead node from every node's membership and (optionally)
     /// waits until every live node merged that.
     pub async fn forget(&self, request: ForgetRequest) -> Result<ForgetResponse, ApiError> {
@@ -625,19 +642,13 @@ impl Agent {
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let (generation, position) = self.mesh.forget(&request.node).await?;
         self.wake.notify_one();
-        let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
-        let mut changes = self.mesh.subscribe();
-        let progress = loop {
-            let progress = self.mesh.position_progress(position).await;
-            if progress.complete() || !request.wait || Instant::now() >= deadline {
-                break progress;
-            }
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(WAIT_POLL) => {}
-            }
-        };
-        let converged = request.wait && progress.complete();
+        let (progress, converged) = self
+            .wait_for(request.wait, request.timeout_ms, || async {
+                let progress = self.mesh.position_progress(position).await;
+                let done = progress.complete();
+                (progress, done)
+            })
+            .await;
         Ok(ForgetResponse {
             ok: true,
             session: None,

@@ -60,14 +60,9 @@ impl Client {
             secondary: secondary.to_owned(),
             op,
             wait,
-            timeout_ms: u64::try_from(self.wait_timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: self.wait_timeout_ms(),
         };
-        let body = serde_json::to_value(&request)
-            .map_err(|e| CommandError::Failed(format!("cannot encode the request: {e}")))?;
-        let timeout = self.wait_timeout.saturating_add(HTTP_GRACE);
-        let raw = self.call("POST", "/v1/op", Some(&body), timeout).await?;
-        let typed = decode(&raw)?;
-        Ok((typed, raw))
+        self.post_waiting("/v1/op", &request).await
     }
 
     /// `POST /v1/nodes/forget`, waiting (unless `wait` is false) up to the client's wait
@@ -80,14 +75,27 @@ impl Client {
         let request = ForgetRequest {
             node: node.to_owned(),
             wait,
-            timeout_ms: u64::try_from(self.wait_timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: self.wait_timeout_ms(),
         };
-        let body = serde_json::to_value(&request)
+        self.post_waiting("/v1/nodes/forget", &request).await
+    }
+
+    /// The wait timeout as the API takes it.
+    fn wait_timeout_ms(&self) -> u64 {
+        u64::try_from(self.wait_timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// `POST path` with a change that may wait for confirmation: the HTTP timeout is the
+    /// wait timeout plus a grace. Returns the typed answer and the raw JSON.
+    async fn post_waiting<Q: serde::Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Q,
+    ) -> Result<(A, Value), CommandError> {
+        let body = serde_json::to_value(request)
             .map_err(|e| CommandError::Failed(format!("cannot encode the request: {e}")))?;
         let timeout = self.wait_timeout.saturating_add(HTTP_GRACE);
-        let raw = self
-            .call("POST", "/v1/nodes/forget", Some(&body), timeout)
-            .await?;
+        let raw = self.call("POST", path, Some(&body), timeout).await?;
         let typed = decode(&raw)?;
         Ok((typed, raw))
     }

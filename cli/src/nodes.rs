@@ -42,11 +42,12 @@ pub async fn forget(g: &Globals, node: &str, no_wait: bool) -> Report {
     }
     match g.client().forget(node, !no_wait).await {
         Ok((resp, raw)) => {
+            let doing = format!("Forgetting node {}", resp.node);
             // The same rendering as a session change: confirmed, lagging, dead.
             let as_op = OpResponse {
                 ok: resp.ok,
                 session: format!("node {}", resp.node),
-                message: resp.message.clone(),
+                message: resp.message,
                 confirmed_nodes: resp.confirmed_nodes,
                 dead_nodes: resp.dead_nodes,
                 lagging_nodes: resp.lagging_nodes,
@@ -56,10 +57,6 @@ pub async fn forget(g: &Globals, node: &str, no_wait: bool) -> Report {
                 stamp: None,
                 value: None,
             };
-            let doing = format!(
-                "Forgetting node {}",
-                as_op.session.trim_start_matches("node ")
-            );
             render_op(&as_op, &raw, &doing, g.json, g.timeout.as_secs())
         }
         Err(e) => e.report(g.json, None),
