@@ -520,6 +520,8 @@ impl MeshNode {
                 generation: shared.config.generation,
                 version,
             };
+            // Our own write, also a same-value one re-publishing the current register:
+            // progress is counted at our position.
             if local
                 .latest_writes
                 .get(id)
@@ -625,11 +627,8 @@ impl MeshNode {
     pub async fn newer_incarnation(&self) -> Option<(u64, SocketAddr, bool)> {
         let chitchat = self.shared.chitchat.lock().await;
         let me = &self.shared.chitchat_id;
-        let newest = chitchat
-            .node_states()
-            .keys()
-            .filter(|id| id.node_id == me.node_id && id.generation_id > me.generation_id)
-            .max_by_key(|id| id.generation_id)?;
+        let newest = newest_of(chitchat.node_states().keys(), &me.node_id)
+            .filter(|id| id.generation_id > me.generation_id)?;
         let live = chitchat.live_nodes().any(|id| id == newest);
         Some((newest.generation_id, newest.gossip_advertise_addr, live))
     }
@@ -990,6 +989,12 @@ fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Mem
     }
 }
 
+/// The newest of `ids` that belongs to node `node`.
+fn newest_of<'a>(ids: impl Iterator<Item = &'a ChitchatId>, node: &str) -> Option<&'a ChitchatId> {
+    ids.filter(|id| *id.node_id == *node)
+        .max_by_key(|id| id.generation_id)
+}
+
 /// Per node id: the newest generation some namespace says was forgotten.
 fn forgotten_in(chitchat: &Chitchat) -> BTreeMap<String, u64> {
     let mut forgotten: BTreeMap<String, u64> = BTreeMap::new();
@@ -1154,22 +1159,16 @@ async fn probe_seeds(
 async fn answer_generation(shared: &Shared, received: &Received) {
     let (generation, live) = {
         let chitchat = shared.chitchat.lock().await;
-        let highest = chitchat
-            .node_states()
-            .iter()
-            .filter(|(id, _)| *id.node_id == *received.peer_node)
-            .max_by_key(|(id, _)| id.generation_id);
-        let live = highest.and_then(|(id, state)| {
-            chitchat
-                .live_nodes()
-                .any(|live| live == id)
-                .then(|| LiveIncarnation {
-                    generation: id.generation_id,
-                    addr: id.gossip_advertise_addr,
-                    heartbeat: u64::from(state.heartbeat()),
-                })
+        let highest = newest_of(chitchat.node_states().keys(), &received.peer_node);
+        let live = highest.filter(|id| chitchat.live_nodes().any(|live| live == *id));
+        let live = live.and_then(|id| {
+            Some(LiveIncarnation {
+                generation: id.generation_id,
+                addr: id.gossip_advertise_addr,
+                heartbeat: u64::from(chitchat.node_state(id)?.heartbeat()),
+            })
         });
-        (highest.map(|(id, _)| id.generation_id), live)
+        (highest.map(|id| id.generation_id), live)
     };
     let reply = GenerationReply {
         node: received.peer_node.clone(),
@@ -1246,13 +1245,8 @@ fn handle_push_ack(shared: &Shared, received: &Received) {
         let mut local = shared.local();
         // The acknowledging incarnation: the newest generation of that node we know of.
         // A node we know nothing of yet counts through its frontier instead.
-        let generation = local
-            .members
-            .keys()
-            .filter(|id| *id.node_id == *received.peer_node)
-            .map(|id| id.generation_id)
-            .max()
-            .unwrap_or(u64::MAX);
+        let generation = newest_of(local.members.keys(), &received.peer_node)
+            .map_or(u64::MAX, |id| id.generation_id);
         local
             .acks
             .entry(ack.position)
@@ -1684,12 +1678,8 @@ fn keep_alive(
     // gossip: give gossip a few rounds before stepping in, more when the writer is
     // alive (it carries the write itself), and more for higher-ranked nodes.
     // The writer's live incarnation, if any.
-    let writer_generation = |writer: &str| {
-        live.iter()
-            .filter(|id| *id.node_id == *writer)
-            .map(|id| id.generation_id)
-            .max()
-    };
+    let writer_generation =
+        |writer: &str| newest_of(live.iter().copied(), writer).map(|id| id.generation_id);
     // The writer carries a write itself only in the incarnation that made it. Waiting
     // longer for it is right only while the incarnation that was live when we first saw
     // the write uncarried still is: if the writer was not live then (the write came
