@@ -83,8 +83,6 @@ pub struct SimNode {
     pub clock: VirtualClock,
     /// The host's processes.
     pub backend: Arc<SimBackend>,
-    /// How often the data directory was lost.
-    pub disk_epoch: u32,
     /// How often the agent was started.
     pub starts: u32,
     running: Option<Running>,
@@ -216,7 +214,6 @@ impl SimCluster {
                 config,
                 clock: VirtualClock::new(origin),
                 backend: Arc::new(SimBackend::new(spec.bug)),
-                disk_epoch: 0,
                 starts: 0,
                 running: None,
                 released_link: None,
@@ -344,7 +341,6 @@ impl SimCluster {
                     .with_context(|| format!("cannot wipe {}", node.config.data_dir.display()))?;
             }
             node.backend = Arc::new(SimBackend::new(self.bug));
-            node.disk_epoch += 1;
             *lock(&self.ledger)
                 .disk_losses
                 .entry(node.id.clone())
@@ -513,7 +509,6 @@ fn directory_lock(directory: &Directory) -> MutexGuard<'_, BTreeMap<String, Weak
     directory.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Nodes a response named as confirmed whose replica does not reflect the write.
 /// The nodes a response lists as confirmed that do not hold the write. A node whose
 /// disk was lost after the command was issued is not held to it here: its confirmation
 /// spoke for the incarnation before (which did hold it), and the responding node may not

@@ -150,7 +150,8 @@ pub struct Ledger {
     pub reaction: Vec<u64>,
     /// Broken promises found when a command returned (a confirmed node lacking it).
     pub violations: Vec<String>,
-    /// Per node id: how often its disk was lost so far.
+    /// Per node id: how often its data directory was lost so far (read by commands in
+    /// flight, which outlive the borrow of the cluster).
     pub disk_losses: BTreeMap<String, u32>,
 }
 
