@@ -449,17 +449,19 @@ impl Cluster {
             within,
             "every agent to see every agent's current incarnation",
             || {
+                // One `nodes` per agent per poll: its own generation and its view.
+                let views: Vec<Vec<(String, u64, bool)>> =
+                    running.iter().map(|i| generations(*i)).collect();
                 let own: Vec<Option<u64>> = running
                     .iter()
-                    .map(|i| {
-                        generations(*i)
-                            .into_iter()
+                    .zip(&views)
+                    .map(|(i, view)| {
+                        view.iter()
                             .find(|(node, _, _)| *node == self.nodes[*i].id)
-                            .map(|(_, generation, _)| generation)
+                            .map(|(_, generation, _)| *generation)
                     })
                     .collect();
-                running.iter().all(|viewer| {
-                    let seen = generations(*viewer);
+                views.iter().all(|seen| {
                     running.iter().zip(&own).all(|(i, generation)| {
                         seen.iter().any(|(node, g, live)| {
                             *node == self.nodes[*i].id && Some(*g) == *generation && *live

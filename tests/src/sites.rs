@@ -433,7 +433,12 @@ impl Drop for Sites {
         for ns in self.namespaces() {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                 }
             }
         }
