@@ -3,6 +3,7 @@
 //! - [`agent`]: the running agent tying mesh, supervisor, session dirs and API together.
 //! - [`api`]: the local API's routes.
 //! - [`api_types`]: the JSON of the local API, shared with the CLI.
+//! - [`daemon`]: the `georepd` process: real link, API server, incarnation loop.
 //! - [`data_dir_lock`]: the exclusive lock an agent holds on its data directory.
 //! - [`config`]: flags and TOML file resolved into one validated `AgentConfig`.
 //! - [`http`]: a minimal HTTP/1.1 JSON server and client for the local API
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod api;
 pub mod api_types;
 pub mod config;
+pub mod daemon;
 pub mod data_dir_lock;
 pub mod http;
 pub mod inspect;

@@ -96,5 +96,5 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!("stopping: persisting state; monitors keep running for re-adoption");
         signals.cancel();
     });
-    georep_agent::agent::run(config, shutdown).await
+    georep_agent::daemon::run(config, shutdown).await
 }

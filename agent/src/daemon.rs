@@ -1,0 +1,198 @@
+//! The `georepd` process: the data-directory lock, the real link, processes and clock,
+//! the local API server, and the incarnation loop that starts the agent again under a
+//! higher generation when another agent with its node id displaced it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use georep_mesh::hlc::SystemClock;
+use georep_mesh::network::Link;
+use georep_mesh::quic::{QuicLink, QuicOptions};
+use georep_mesh::tls::NodeIdentity;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::config::AgentConfig;
+use crate::supervise::{ProcessBackend, RealBackend, SupervisePolicy};
+
+/// Runs `georepd` with real QUIC, processes and clock until `shutdown`.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    // Before anything else touches the data directory or the API socket.
+    let _lock = crate::data_dir_lock::DataDirLock::acquire(&config.data_dir)?;
+    for brick in &config.bricks {
+        // Not a refusal: the brick may be a mount that comes up later.
+        if !brick.path.is_dir() {
+            tracing::warn!(volume = %brick.volume, path = %brick.path.display(), "brick directory does not exist (yet)");
+        }
+    }
+    let identity = NodeIdentity::load(&config.tls_ca, &config.tls_cert, &config.tls_key)
+        .context("cannot load TLS material")?;
+    if identity.node_id() != config.node_id {
+        anyhow::bail!(
+            "certificate {} is for node `{}`, but this agent is `{}`",
+            config.tls_cert.display(),
+            identity.node_id(),
+            config.node_id
+        );
+    }
+    // Accepted so configuration files written for later versions load, but say plainly
+    // that nothing acts on them yet.
+    if !config.webhooks.is_empty() {
+        tracing::warn!(webhooks = ?config.webhooks, "--webhook is not implemented yet (no event stream): no events will be delivered");
+    }
+    if let Some(path) = &config.authorized_keys {
+        tracing::warn!(path = %path.display(), "--authorized-keys is not implemented yet (no SSH key distribution): the file is not touched");
+    }
+    let mut floor = 0;
+    loop {
+        match run_incarnation(&config, &identity, floor, &shutdown).await? {
+            None => return Ok(()),
+            Some(displaced_by) => {
+                floor = displaced_by + 1;
+                tracing::warn!(
+                    node = %config.node_id,
+                    generation = floor,
+                    "restarting the mesh under a generation above the one that displaced this node"
+                );
+            }
+        }
+    }
+}
+
+/// How often a running agent checks whether another incarnation of its id displaced it.
+const DISPLACEMENT_CHECK: Duration = Duration::from_secs(1);
+/// How often it says so while that other incarnation is live.
+const DISPLACEMENT_WARNING: Duration = Duration::from_secs(30);
+
+/// Runs the agent under one chitchat generation (at least `floor`) until `shutdown`
+/// (`None`) or until a newer incarnation of this node id that displaced it is dead
+/// (`Some(its generation)`): then the caller starts again above it, and every peer sees
+/// this node again. Monitors are left running across that restart and adopted again.
+async fn run_incarnation(
+    config: &AgentConfig,
+    identity: &NodeIdentity,
+    floor: u64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<u64>> {
+    use anyhow::Context;
+    let listener = crate::http::bind_socket(&config.api_socket).with_context(|| {
+        format!(
+            "cannot serve the local API on {}",
+            config.api_socket.display()
+        )
+    })?;
+    let link = bind_link(config, identity, floor > 0).await?;
+    let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
+    let agent = Agent::start_above(
+        config.clone(),
+        link,
+        backend,
+        Arc::new(SystemClock),
+        SupervisePolicy::default(),
+        floor,
+    )
+    .await?;
+    tracing::info!(node = %config.node_id, listen = %config.listen, api = %config.api_socket.display(), generation = agent.mesh().generation(), "georepd running");
+    let round = shutdown.child_token();
+    let api_task = tokio::spawn(crate::http::serve(
+        listener,
+        Arc::new(crate::api::ApiHandler::new(agent.clone())),
+        round.clone(),
+    ));
+    let loop_task = tokio::spawn(agent.clone().run_loop(round.clone()));
+    // A monitor that exits is noticed at once, not at the next poll: its status must
+    // not read "running" to a waiting client while it is already gone.
+    let child_task = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(mut children) => {
+            let agent = agent.clone();
+            let round = round.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = round.cancelled() => return,
+                        received = children.recv() => match received {
+                            Some(()) => agent.nudge(),
+                            None => return,
+                        },
+                    }
+                }
+            }))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGCHLD: monitor exits are noticed by polling");
+            None
+        }
+    };
+    let displaced = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        generation = displaced_by_a_dead_incarnation(&agent) => Some(generation),
+    };
+    round.cancel();
+    let _ = loop_task.await;
+    if let Some(task) = child_task {
+        let _ = task.await;
+    }
+    let _ = api_task.await;
+    let _ = std::fs::remove_file(&config.api_socket);
+    agent.shutdown().await;
+    Ok(displaced)
+}
+
+/// The gossip link: QUIC on `config.listen`, wrapped in fault injection if configured.
+/// With `retry` (an in-process restart, whose previous endpoint may still be closing)
+/// it tries for a few seconds.
+async fn bind_link(
+    config: &AgentConfig,
+    identity: &NodeIdentity,
+    retry: bool,
+) -> anyhow::Result<Arc<dyn Link>> {
+    use anyhow::Context;
+    let mut attempts = 0;
+    let link = loop {
+        match QuicLink::bind(config.listen, identity, QuicOptions::default()) {
+            Ok(link) => break link,
+            Err(_) if retry && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot listen on {}", config.listen));
+            }
+        }
+    };
+    Ok(match config.fault_injection() {
+        Some(faults) => {
+            let rules: Vec<String> = config.inject_delay.iter().map(|r| r.to_string()).collect();
+            tracing::warn!(inject_delay = %rules.join(", "), "fault injection active: frames to these networks are delayed on purpose (--inject-delay is for testing only)");
+            faults.wrap(link)
+        }
+        None => link,
+    })
+}
+
+/// Resolves once another incarnation of this node's id, newer than this one, is known
+/// and dead: its generation. While it is live this node is hidden behind it; say so.
+async fn displaced_by_a_dead_incarnation(agent: &Agent) -> u64 {
+    let mut warned: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(DISPLACEMENT_CHECK).await;
+        match agent.mesh().newer_incarnation().await {
+            Some((generation, _, false)) => return generation,
+            Some((generation, addr, true))
+                if warned.is_none_or(|at| at.elapsed() >= DISPLACEMENT_WARNING) =>
+            {
+                tracing::error!(%addr, generation, "another agent runs as this node: every peer sees it instead of this one; stop it (this node takes its place again once it is declared dead)");
+                warned = Some(Instant::now());
+            }
+            Some(_) | None => {}
+        }
+    }
+}
