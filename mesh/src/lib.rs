@@ -13,6 +13,8 @@
 //! - [`view`]: owner-written node records and the membership view.
 //! - [`gossip`]: the chitchat `Transport` adapter over a [`network::Link`], with identity checks.
 //! - [`node`]: a running mesh node: chitchat + replicated state + eager push + custodians.
+//! - `probe` (private): at start, what the seeds hold for this node id, and whether it
+//!   already runs elsewhere.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -23,6 +25,7 @@ pub mod hlc;
 pub mod mem;
 pub mod network;
 pub mod node;
+mod probe;
 pub mod quic;
 pub mod session_config;
 pub mod state;
