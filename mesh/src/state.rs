@@ -47,7 +47,7 @@ fn valid_name(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// [`valid_name`] with the reason it fails, for configuration errors.
+/// `valid_name` with the reason it fails, for configuration errors.
 pub fn check_name(text: &str) -> Result<(), String> {
     if valid_name(text) {
         Ok(())
@@ -56,10 +56,10 @@ pub fn check_name(text: &str) -> Result<(), String> {
     }
 }
 
-/// The rule [`valid_name`] enforces, in words.
+/// The rule `valid_name` enforces, in words.
 pub const NAME_RULE: &str = "must be 1-128 letters, digits, '-', '_', '.', not starting with '-'";
 
-/// A host is a name under [`valid_name`]'s rule or an IP literal.
+/// A host is a name under `valid_name`'s rule or an IP literal.
 fn valid_host(text: &str) -> bool {
     valid_name(text) || text.parse::<std::net::IpAddr>().is_ok()
 }
