@@ -19,10 +19,28 @@ struct Endpoint {
     stats: Arc<LinkStats>,
 }
 
+/// One frame handed to its receiver, as recorded for a determinism trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// When (tokio time: virtual under a paused clock).
+    pub at: tokio::time::Instant,
+    /// Sender's address.
+    pub from: SocketAddr,
+    /// Receiver's address.
+    pub to: SocketAddr,
+    /// What the frame carries.
+    pub kind: crate::network::FrameKind,
+    /// Payload length.
+    pub len: usize,
+    /// A hash of the payload (std's fixed-key SipHash: stable within one build).
+    pub digest: u64,
+}
+
 /// The shared medium of in-memory links.
 #[derive(Clone, Default)]
 pub struct MemHub {
     endpoints: Arc<Mutex<HashMap<SocketAddr, Endpoint>>>,
+    deliveries: Arc<Mutex<Option<Vec<Delivery>>>>,
 }
 
 impl std::fmt::Debug for MemHub {
@@ -35,6 +53,41 @@ impl MemHub {
     /// A new, empty hub.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on, remembers every delivered frame (see [`MemHub::deliveries`]).
+    pub fn record_deliveries(&self) {
+        if let Ok(mut deliveries) = self.deliveries.lock() {
+            deliveries.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The frames delivered since [`MemHub::record_deliveries`], in delivery order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries
+            .lock()
+            .ok()
+            .and_then(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    fn note_delivery(&self, from: SocketAddr, to: SocketAddr, frame: &Frame) {
+        use std::hash::{Hash, Hasher};
+        let Ok(mut guard) = self.deliveries.lock() else {
+            return;
+        };
+        if let Some(deliveries) = guard.as_mut() {
+            let mut hasher = std::hash::DefaultHasher::new();
+            frame.payload.hash(&mut hasher);
+            deliveries.push(Delivery {
+                at: tokio::time::Instant::now(),
+                from,
+                to,
+                kind: frame.kind,
+                len: frame.payload.len(),
+                digest: hasher.finish(),
+            });
+        }
     }
 
     /// Binds a link for `node_id` at `addr`; fails if the address is taken.
@@ -101,6 +154,7 @@ impl Link for MemLink {
             (endpoint.tx.clone(), endpoint.stats.clone())
         };
         let (tx, their_stats) = target;
+        self.hub.note_delivery(self.addr, to, &frame);
         let received = Received {
             from: self.addr,
             peer_node: self.node_id.clone(),

@@ -48,6 +48,8 @@ pub struct ClusterSpec {
     pub policy: SupervisePolicy,
     /// A deliberate defect of the simulated processes (tests of the checker).
     pub bug: Option<Bug>,
+    /// Remember every delivered frame (see [`SimCluster::deliveries`]).
+    pub record_frames: bool,
 }
 
 /// Shared between the simulator and its command tasks.
@@ -220,13 +222,17 @@ impl SimCluster {
                 traffic_before: LinkStatsSnapshot::default(),
             });
         }
+        let hub = MemHub::new();
+        if spec.record_frames {
+            hub.record_deliveries();
+        }
         let mut cluster = SimCluster {
             layout,
             faults: Faults::new(spec.seed),
             nodes,
             ledger: Arc::new(Mutex::new(Ledger::default())),
             origin,
-            hub: MemHub::new(),
+            hub,
             policy: spec.policy.clone(),
             bug: spec.bug,
             directory: Arc::new(Mutex::new(BTreeMap::new())),
@@ -479,6 +485,26 @@ impl SimCluster {
             add(&mut total, &node.traffic());
         }
         total
+    }
+
+    /// Every delivered frame, one line each (`ms from->to kind len digest`), when the
+    /// spec asked to record them; empty otherwise.
+    pub fn deliveries(&self) -> Vec<String> {
+        self.hub
+            .deliveries()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{:>9.3} {}->{} {:?} {}B {:016x}",
+                    d.at.saturating_duration_since(self.origin).as_secs_f64(),
+                    d.from,
+                    d.to,
+                    d.kind,
+                    d.len,
+                    d.digest
+                )
+            })
+            .collect()
     }
 
     /// Stops every agent gracefully.

@@ -120,6 +120,13 @@ pub struct SimOptions {
     pub bug: Option<Bug>,
     /// Print each step to stderr as it runs.
     pub verbose: bool,
+    /// Where the scenario was loaded from (for the re-run command line).
+    pub scenario_path: Option<std::path::PathBuf>,
+    /// Record every delivered frame in the trace (for determinism checks).
+    pub record_frames: bool,
+    /// Called first thing on each run's own thread with the run's seed: the binary
+    /// seeds the thread's entropy there (hash keys, chitchat's RNG).
+    pub on_run_thread: Option<fn(u64)>,
 }
 
 impl SimOptions {
@@ -136,46 +143,56 @@ impl SimOptions {
             fault_rate: 0.15,
             bug: None,
             verbose: false,
+            scenario_path: None,
+            record_frames: false,
+            on_run_thread: None,
         }
     }
 
-    /// The `georep-sim` flags that run `seed` alone with these options (those that
-    /// differ from the defaults; a scenario by its name).
-    pub fn rerun_flags(&self, seed: u64) -> String {
+    /// The `georep-sim` arguments that run `seed` alone with these options (those that
+    /// differ from the defaults). A scenario given without its path shows as `FILE`.
+    pub fn rerun_args(&self, seed: u64) -> Vec<String> {
         let defaults = Self::random(10, Duration::from_secs(90));
-        let mut flags = format!("--seed {seed}");
+        let mut args = vec!["--seed".to_string(), seed.to_string()];
+        let mut flag = |name: &str, value: String| {
+            args.push(format!("--{name}"));
+            args.push(value);
+        };
         if let Some(scenario) = &self.scenario {
-            // The scenario carries its name, not its path.
-            flags.push_str(&format!(
-                " --scenario FILE (of scenario `{}`)",
-                scenario.name
-            ));
+            let path = self.scenario_path.as_ref().map_or_else(
+                || format!("FILE (of scenario `{}`)", scenario.name),
+                |p| p.display().to_string(),
+            );
+            flag("scenario", path);
+            flag("nodes", self.nodes.to_string());
         } else {
-            flags.push_str(&format!(
-                " --nodes {} --duration {}ms",
-                self.nodes,
-                self.duration.as_millis()
-            ));
+            flag("nodes", self.nodes.to_string());
+            flag("duration", format!("{}ms", self.duration.as_millis()));
             if self.sessions != defaults.sessions {
-                flags.push_str(&format!(" --sessions {}", self.sessions));
+                flag("sessions", self.sessions.to_string());
             }
             if self.command_rate != defaults.command_rate {
-                flags.push_str(&format!(" --command-rate {}", self.command_rate));
+                flag("command-rate", self.command_rate.to_string());
             }
             if self.fault_rate != defaults.fault_rate {
-                flags.push_str(&format!(" --fault-rate {}", self.fault_rate));
+                flag("fault-rate", self.fault_rate.to_string());
             }
         }
         if self.gossip_interval != defaults.gossip_interval {
-            flags.push_str(&format!(
-                " --gossip-interval {}ms",
-                self.gossip_interval.as_millis()
-            ));
+            flag(
+                "gossip-interval",
+                format!("{}ms", self.gossip_interval.as_millis()),
+            );
         }
         if self.quiet != defaults.quiet {
-            flags.push_str(&format!(" --quiet {}ms", self.quiet.as_millis()));
+            flag("quiet", format!("{}ms", self.quiet.as_millis()));
         }
-        flags
+        args
+    }
+
+    /// [`SimOptions::rerun_args`] as one line to paste after `georep-sim`.
+    pub fn rerun_flags(&self, seed: u64) -> String {
+        shell_words::join(self.rerun_args(seed))
     }
 
     /// The plan for one seed.
@@ -210,8 +227,25 @@ impl SimOptions {
     }
 }
 
-/// Runs one seed on its own paused current-thread runtime.
+/// Runs one seed on its own thread (see [`SimOptions::on_run_thread`]) and its own
+/// paused current-thread runtime.
 pub fn run_seed(options: &SimOptions, seed: u64) -> anyhow::Result<RunReport> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(format!("sim-{seed}"))
+            .spawn_scoped(scope, || {
+                if let Some(install) = options.on_run_thread {
+                    install(seed);
+                }
+                run_seed_here(options, seed)
+            })
+            .context("cannot start the run's thread")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("seed {seed}: the run panicked"))?
+    })
+}
+
+fn run_seed_here(options: &SimOptions, seed: u64) -> anyhow::Result<RunReport> {
     let plan = options.plan(seed);
     let wall = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -231,9 +265,24 @@ pub fn run_seed(options: &SimOptions, seed: u64) -> anyhow::Result<RunReport> {
     Ok(report)
 }
 
-/// Runs seeds `first..first + count`, `jobs` at a time, and aggregates.
+/// Runs one seed and reports it: [`run_seed`] in this process, or the binary's
+/// runner that starts a child process per seed.
+pub type Runner<'a> = &'a (dyn Fn(u64) -> anyhow::Result<RunReport> + Sync);
+
+/// Runs seeds `first..first + count`, `jobs` at a time, in this process.
 pub fn run_batch(
     options: &SimOptions,
+    first: u64,
+    count: u64,
+    jobs: usize,
+) -> anyhow::Result<BatchReport> {
+    run_batch_with(&|seed| run_seed(options, seed), first, count, jobs)
+}
+
+/// Runs seeds `first..first + count` through `run`, `jobs` at a time, and aggregates;
+/// a seed that violates an invariant is run again alone before it is reported.
+pub fn run_batch_with(
+    run: Runner<'_>,
     first: u64,
     count: u64,
     jobs: usize,
@@ -248,7 +297,7 @@ pub fn run_batch(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(seed) = seeds.get(i) else { break };
-                    let result = run_seed(options, *seed);
+                    let result = run(*seed);
                     if let Ok(report) = &result {
                         eprintln!("{}", report.one_line());
                     }
@@ -266,7 +315,7 @@ pub fn run_batch(
             result.with_context(|| format!("seed {seed}: the simulation itself failed"))?;
         if let Some(violation) = &report.violation {
             // A failure is only useful if it replays: try it alone before reporting.
-            let again = run_seed(options, seed)?;
+            let again = run(seed)?;
             report.reproduced_alone = Some(
                 again
                     .violation
@@ -281,10 +330,37 @@ pub fn run_batch(
     ))
 }
 
-/// Runs `seed` twice and compares the traces part by part.
+/// Runs `seed` twice in this process and compares the traces part by part.
 pub fn check_determinism(options: &SimOptions, seed: u64) -> anyhow::Result<DeterminismReport> {
-    let first = run_seed(options, seed)?;
-    let second = run_seed(options, seed)?;
+    let mut options = options.clone();
+    options.record_frames = true;
+    check_determinism_with(&|s| run_seed(&options, s), seed)
+}
+
+/// Runs `seed` through `run` once alone, then once more after two other seeds and
+/// beside two more running in parallel, and compares the traces part by part (the
+/// runner should record frames).
+pub fn check_determinism_with(run: Runner<'_>, seed: u64) -> anyhow::Result<DeterminismReport> {
+    let first = run(seed)?;
+    let second = std::thread::scope(|scope| {
+        let beside = scope.spawn(|| {
+            for other in [seed.wrapping_add(3), seed.wrapping_add(4)] {
+                run(other)?;
+            }
+            anyhow::Ok(())
+        });
+        let mut second = None;
+        for s in [seed.wrapping_add(1), seed.wrapping_add(2), seed] {
+            let report = run(s)?;
+            if s == seed {
+                second = Some(report);
+            }
+        }
+        beside
+            .join()
+            .map_err(|_| anyhow::anyhow!("a run beside the check panicked"))??;
+        second.context("the second run of the seed did not happen")
+    })?;
     let compare = |name: &str, a: &[String], b: &[String]| {
         let first_difference = a
             .iter()
@@ -331,6 +407,11 @@ pub fn check_determinism(options: &SimOptions, seed: u64) -> anyhow::Result<Dete
             &[format!("{} frames", first.trace.frames)],
             &[format!("{} frames", second.trace.frames)],
         ),
+        compare(
+            "delivered frames",
+            &first.trace.deliveries,
+            &second.trace.deliveries,
+        ),
     ];
     Ok(DeterminismReport {
         seed,
@@ -365,6 +446,7 @@ async fn run_plan(
         gossip_interval: options.gossip_interval,
         policy: options.policy(),
         bug: options.bug,
+        record_frames: options.record_frames,
     };
     let mut cluster = SimCluster::start(&spec).await?;
     let mut progress = Progress {
@@ -819,6 +901,7 @@ async fn finish(
         final_state,
         verdicts: progress.verdicts.clone(),
         frames: traffic.frames_sent,
+        deliveries: cluster.deliveries(),
     };
     let violation_report = violation.map(|v| ViolationReport {
         invariant: v.invariant,

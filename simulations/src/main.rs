@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use georep_sim::duration::parse_duration;
-use georep_sim::{Scenario, SimOptions};
+use georep_sim::report::ChildRun;
+use georep_sim::{RunReport, Scenario, SimOptions};
+
+mod entropy;
 
 /// Chaos simulation of a georep mesh: real agents, simulated network and processes.
 #[derive(Debug, Parser)]
@@ -58,6 +61,13 @@ struct Args {
     /// Print every step to stderr as it runs.
     #[arg(long, short)]
     verbose: bool,
+    /// Internal: run the one seed and print its whole report as JSON for the parent
+    /// process (batches and determinism checks run each seed in a child).
+    #[arg(long, hide = true)]
+    child_run: bool,
+    /// Internal: record every delivered frame (determinism checks).
+    #[arg(long, hide = true)]
+    record_frames: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,22 +94,31 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     options.command_rate = args.command_rate;
     options.fault_rate = args.fault_rate;
     options.verbose = args.verbose;
+    options.record_frames = args.record_frames;
+    options.on_run_thread = Some(entropy::install);
     let mut seed = args.seed.unwrap_or(1);
     if let Some(path) = &args.scenario {
         let scenario =
             Scenario::load(path, args.nodes, seed).context("cannot load the scenario")?;
         seed = args.seed.unwrap_or(scenario.seed);
         options.scenario = Some(scenario);
+        options.scenario_path = Some(path.clone());
+    }
+    if args.child_run {
+        let report = georep_sim::run_seed(&options, seed)?;
+        println!("{}", serde_json::to_string(&ChildRun::from_report(report))?);
+        return Ok(ExitCode::SUCCESS);
     }
     if args.check_determinism {
-        let report = georep_sim::driver::check_determinism(&options, seed)?;
+        let runner = |s: u64| run_in_child(&options, s, true);
+        let report = georep_sim::driver::check_determinism_with(&runner, seed)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", report.text());
         }
         let violations: usize = report.runs.iter().map(|r| r.violations).sum();
-        return Ok(if violations > 0 {
+        return Ok(if violations > 0 || !report.identical() {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
@@ -108,7 +127,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let report = georep_sim::run_batch(&options, seed, args.seeds.max(1), jobs)?;
+    let report = if args.seeds > 1 {
+        // Each seed in a fresh process: nothing one run does can reach another.
+        let runner = |s: u64| run_in_child(&options, s, false);
+        georep_sim::driver::run_batch_with(&runner, seed, args.seeds, jobs)?
+    } else {
+        // This process is fresh: run here.
+        georep_sim::run_batch(&options, seed, 1, 1)?
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -125,4 +151,32 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Runs `seed` in a child `georep-sim` with the same options and reads its report.
+fn run_in_child(options: &SimOptions, seed: u64, record_frames: bool) -> anyhow::Result<RunReport> {
+    let exe = std::env::current_exe().context("cannot find the georep-sim executable")?;
+    let mut command = std::process::Command::new(&exe);
+    command.args(options.rerun_args(seed)).arg("--child-run");
+    if record_frames {
+        command.arg("--record-frames");
+    }
+    if options.verbose {
+        command.arg("--verbose");
+    }
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "seed {seed}: the child run failed ({}); re-run it alone with: georep-sim {}",
+            output.status,
+            options.rerun_flags(seed)
+        );
+    }
+    let child: ChildRun = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("seed {seed}: unreadable report from the child run"))?;
+    Ok(child.into_report())
 }

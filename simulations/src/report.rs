@@ -5,13 +5,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Percentiles, TrafficPoint};
 use crate::svg;
 
 /// Commands issued and how they ended.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OpCounts {
     /// Issued on a running node.
     pub issued: usize,
@@ -28,7 +28,7 @@ pub struct OpCounts {
 }
 
 /// Faults injected.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FaultCounts {
     /// Two-way partitions.
     pub partitions: usize,
@@ -57,7 +57,7 @@ pub struct FaultCounts {
 }
 
 /// A broken invariant with what reproduces it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViolationReport {
     /// Which invariant.
     pub invariant: String,
@@ -70,7 +70,7 @@ pub struct ViolationReport {
 }
 
 /// The comparable trace of a run (see `--check-determinism`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Trace {
     /// Executed steps with their virtual times.
     pub schedule: Vec<String>,
@@ -82,10 +82,12 @@ pub struct Trace {
     pub verdicts: Vec<String>,
     /// Frames sent in total.
     pub frames: u64,
+    /// Every delivered frame (recorded for `--check-determinism` only).
+    pub deliveries: Vec<String>,
 }
 
 /// One run (one seed).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// The seed (network faults and random workload).
     pub seed: u64,
@@ -501,7 +503,10 @@ pub struct DeterminismReport {
 impl DeterminismReport {
     /// The human summary.
     pub fn text(&self) -> String {
-        let mut out = format!("determinism check, seed {} run twice:\n", self.seed);
+        let mut out = format!(
+            "determinism check, seed {}: run alone, then again after other seeds and beside parallel runs:\n",
+            self.seed
+        );
         for part in &self.parts {
             let _ = writeln!(
                 out,
@@ -519,9 +524,64 @@ impl DeterminismReport {
                 }
             );
         }
-        out.push_str(
-            "  (chitchat picks gossip peers with the thread RNG and tokio::select! polls branches in random order, so message-level traces differ; see simulations/README.md)\n",
-        );
+        out.push_str(if self.identical() {
+            "deterministic: both runs are identical\n"
+        } else {
+            "NOT deterministic: the runs differ (first difference per part above)\n"
+        });
         out
+    }
+
+    /// Whether every part of the trace was identical.
+    pub fn identical(&self) -> bool {
+        self.parts.iter().all(|p| p.identical)
+    }
+}
+
+/// A whole run as a child process hands it to its parent (the report's raw samples
+/// and trace included, which the user-facing JSON leaves out).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildRun {
+    /// The report (without the fields below).
+    pub report: RunReport,
+    /// [`RunReport::convergence_samples`].
+    pub convergence_samples: Vec<u64>,
+    /// [`RunReport::unpartitioned_samples`].
+    pub unpartitioned_samples: Vec<u64>,
+    /// [`RunReport::reaction_samples`].
+    pub reaction_samples: Vec<u64>,
+    /// [`RunReport::recovery_samples`].
+    pub recovery_samples: Vec<u64>,
+    /// [`RunReport::traffic`].
+    pub traffic: Vec<TrafficPoint>,
+    /// [`RunReport::trace`].
+    pub trace: Trace,
+}
+
+impl ChildRun {
+    /// Packs a report.
+    pub fn from_report(report: RunReport) -> Self {
+        Self {
+            convergence_samples: report.convergence_samples.clone(),
+            unpartitioned_samples: report.unpartitioned_samples.clone(),
+            reaction_samples: report.reaction_samples.clone(),
+            recovery_samples: report.recovery_samples.clone(),
+            traffic: report.traffic.clone(),
+            trace: report.trace.clone(),
+            report,
+        }
+    }
+
+    /// Unpacks the report.
+    pub fn into_report(self) -> RunReport {
+        RunReport {
+            convergence_samples: self.convergence_samples,
+            unpartitioned_samples: self.unpartitioned_samples,
+            reaction_samples: self.reaction_samples,
+            recovery_samples: self.recovery_samples,
+            traffic: self.traffic,
+            trace: self.trace,
+            ..self.report
+        }
     }
 }

@@ -100,7 +100,7 @@ fn a_leaked_monitor_is_caught_and_reported_with_the_seed() {
     let text = batch.text();
     assert!(text.contains("VIOLATION (seed 42"), "{text}");
     assert!(
-        text.contains("rerun alone: georep-sim --seed 42 --scenario FILE"),
+        text.contains("rerun alone: georep-sim --seed 42 --scenario 'FILE (of scenario `leak`)'"),
         "{text}"
     );
     assert!(text.contains("stop on n2"), "{text}");
@@ -166,6 +166,21 @@ fn the_schedule_is_a_function_of_the_seed() {
     assert_eq!(schedule.part, "fault and command schedule");
     assert!(schedule.identical, "{:?}", schedule.first_difference);
     assert!(report.runs.iter().all(|r| r.violations == 0));
+}
+
+#[test]
+fn without_seeded_entropy_the_check_sees_the_message_traces_differ() {
+    // In this test binary nothing seeds the run threads' entropy (the georep-sim
+    // binary does): chitchat's peer choice is random, and the check must notice.
+    let report = check_determinism(&options(scenario("flaky-network.toml")), 5).unwrap();
+    let frames = report
+        .parts
+        .iter()
+        .find(|p| p.part == "delivered frames")
+        .expect("the frame-level part");
+    assert!(frames.lines.0 > 100, "{:?}", frames.lines);
+    assert!(!frames.identical, "random peer choice replayed identically");
+    assert!(!report.identical());
 }
 
 #[test]
