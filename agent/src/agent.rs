@@ -11,21 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use georep_api::ErrorCode;
 use georep_mesh::codec;
 use georep_mesh::hlc::{Hlc, WallClock};
 use georep_mesh::network::Link;
 use georep_mesh::node::{MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY};
-use georep_mesh::state::{DesiredState, SessionId, SessionOp, SessionView};
+use georep_mesh::state::{DesiredState, SessionId, SessionOp, SessionView, StateError};
 use georep_mesh::view::{Brick, Membership, NodeInfo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api_types::{
-    ConfigResponse, ConfigRow, ExistsResponse, ForgetRequest, ForgetResponse, NodeRow,
-    NodesResponse, OpRequest, OpResponse, SessionStatus, StatusResponse, WorkerRow,
-};
 use crate::config::AgentConfig;
 use crate::monitor::BrickStatus;
 use crate::monitor_command::MonitorCommand;
@@ -33,6 +30,10 @@ use crate::reconcile::SessionPlan;
 use crate::session_dir::{self, SessionDirState};
 use crate::store::{StateFile, StoreError};
 use crate::supervise::{MonitorReport, MonitorState, ProcessBackend, SupervisePolicy, Supervisor};
+use georep_api::types::{
+    ConfigResponse, ConfigRow, ExistsResponse, ForgetRequest, ForgetResponse, NodeRow,
+    NodesResponse, OpRequest, OpResponse, SessionStatus, StatusResponse, WorkerRow,
+};
 
 /// Key prefix of the per-session status each node publishes.
 pub const MONITOR_PREFIX: &str = "m/";
@@ -88,15 +89,23 @@ pub struct PersistedState {
     pub mesh: MeshSnapshot,
 }
 
-/// A refusal or failure of an API call, mapped to an HTTP status by the API layer.
+/// A refusal or failure of an API call, mapped to an HTTP status by the API layer;
+/// `code` is the machine-readable kind the error body carries.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request was malformed (HTTP 400).
-    #[error("{0}")]
-    BadRequest(String),
+    #[error("{message}")]
+    BadRequest {
+        /// What kind.
+        code: ErrorCode,
+        /// What was wrong.
+        message: String,
+    },
     /// The operation was refused (HTTP 409), naming the session.
     #[error("{message}")]
     Refused {
+        /// What kind.
+        code: ErrorCode,
         /// Session concerned.
         session: Option<String>,
         /// What was wrong and what to do.
@@ -104,29 +113,66 @@ pub enum ApiError {
     },
 }
 
-impl From<MeshError> for ApiError {
-    fn from(error: MeshError) -> Self {
-        let session = match &error {
-            MeshError::Refused(refusal) => refused_session(refusal),
-            _ => None,
-        };
-        ApiError::Refused {
-            session,
-            message: error.to_string(),
+impl ApiError {
+    /// A malformed request ([`ErrorCode::BadRequest`]).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code: ErrorCode::BadRequest,
+            message: message.into(),
         }
     }
 }
 
-fn refused_session(error: &georep_mesh::state::StateError) -> Option<String> {
-    use georep_mesh::state::StateError::*;
-    match error {
-        NotCreated(id) | AlreadyExists(id) => Some(id.to_string()),
-        PrimaryVolumeUnknown { session, .. }
-        | SameVolumes { session, .. }
-        | SecondaryNotHosted { session, .. }
-        | WrongState { session, .. }
-        | Config { session, .. } => Some(session.to_string()),
-        BadSessionName { .. } => None,
+impl From<StateError> for ApiError {
+    fn from(error: StateError) -> Self {
+        use georep_mesh::session_config::ConfigKeyError;
+        let message = error.to_string();
+        let (code, session) = match &error {
+            StateError::BadSessionName { .. } => {
+                return ApiError::BadRequest {
+                    code: ErrorCode::BadSessionName,
+                    message,
+                };
+            }
+            StateError::NotCreated(id) => (ErrorCode::SessionNotFound, id),
+            StateError::AlreadyExists(id) => (ErrorCode::AlreadyExists, id),
+            StateError::SameVolumes { session, .. } => (ErrorCode::SameVolumes, session),
+            StateError::PrimaryVolumeUnknown { session, .. } => {
+                (ErrorCode::PrimaryVolumeUnknown, session)
+            }
+            StateError::SecondaryNotHosted { session, .. } => {
+                (ErrorCode::SecondaryNotHosted, session)
+            }
+            StateError::WrongState { session, .. } => (ErrorCode::WrongState, session),
+            StateError::Config { session, error } => (
+                match error {
+                    ConfigKeyError::UnknownKey { .. } => ErrorCode::UnknownKey,
+                    ConfigKeyError::InvalidValue { .. } => ErrorCode::BadValue,
+                },
+                session,
+            ),
+        };
+        ApiError::Refused {
+            code,
+            session: Some(session.to_string()),
+            message,
+        }
+    }
+}
+
+impl From<MeshError> for ApiError {
+    fn from(error: MeshError) -> Self {
+        let code = match error {
+            MeshError::Refused(refusal) => return refusal.into(),
+            MeshError::Encode(_) => ErrorCode::NotStored,
+            MeshError::ForgetRefused(_) => ErrorCode::ForgetRefused,
+            MeshError::Start(_) | MeshError::AlreadyRunning { .. } => ErrorCode::Internal,
+        };
+        ApiError::Refused {
+            code,
+            session: None,
+            message: error.to_string(),
+        }
     }
 }
 
@@ -570,8 +616,7 @@ impl Agent {
 
     /// Applies an operation locally and (optionally) waits for the mesh to follow.
     pub async fn op(&self, request: OpRequest) -> Result<OpResponse, ApiError> {
-        let id = SessionId::parse(&request.primary, &request.secondary)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let id = SessionId::parse(&request.primary, &request.secondary).map_err(ApiError::from)?;
         let receipt = self.mesh.apply(&id, &request.op).await?;
         self.wake.notify_one();
         self.persist();
@@ -641,7 +686,7 @@ impl Agent {
     /// waits until every live node merged that.
     pub async fn forget(&self, request: ForgetRequest) -> Result<ForgetResponse, ApiError> {
         georep_mesh::tls::validate_node_id(&request.node)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let (generation, position) = self.mesh.forget(&request.node).await?;
         self.wake.notify_one();
         let (progress, converged) = self
@@ -731,12 +776,9 @@ impl Agent {
         let membership = self.mesh.membership().await;
         let only = match (primary, secondary) {
             (Some(p), Some(s)) => {
-                let id = SessionId::parse(p, s).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                let id = SessionId::parse(p, s)?;
                 if !replica.view(&id).is_some_and(|v| v.exists) {
-                    return Err(ApiError::Refused {
-                        session: Some(id.to_string()),
-                        message: georep_mesh::state::StateError::NotCreated(id).to_string(),
-                    });
+                    return Err(StateError::NotCreated(id).into());
                 }
                 Some(id)
             }
@@ -860,23 +902,21 @@ impl Agent {
         secondary: &str,
         key: Option<&str>,
     ) -> Result<ConfigResponse, ApiError> {
-        let id = SessionId::parse(primary, secondary)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let id = SessionId::parse(primary, secondary)?;
         let view = self
             .mesh
             .replica()
             .view(&id)
             .filter(|v| v.exists)
-            .ok_or_else(|| ApiError::Refused {
-                session: Some(id.to_string()),
-                message: georep_mesh::state::StateError::NotCreated(id.clone()).to_string(),
-            })?;
+            .ok_or_else(|| ApiError::from(StateError::NotCreated(id.clone())))?;
         let wanted = match key {
             Some(key) => Some(
                 georep_mesh::session_config::lookup(key)
-                    .map_err(|error| ApiError::Refused {
-                        session: Some(id.to_string()),
-                        message: format!("Session {id}: {error}"),
+                    .map_err(|error| {
+                        ApiError::from(StateError::Config {
+                            session: id.clone(),
+                            error,
+                        })
                     })?
                     .name,
             ),
@@ -908,9 +948,7 @@ impl Agent {
         secondary: Option<&str>,
     ) -> Result<ExistsResponse, ApiError> {
         let only = match secondary {
-            Some(s) => {
-                Some(SessionId::parse(volume, s).map_err(|e| ApiError::BadRequest(e.to_string()))?)
-            }
+            Some(s) => Some(SessionId::parse(volume, s)?),
             None => None,
         };
         let replica = self.mesh.replica();

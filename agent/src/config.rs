@@ -33,7 +33,7 @@ pub const GOSSIP_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
 pub const API_SOCKET_FILE: &str = "georepd.sock";
 /// Where the agent serves its local API, and where `georep` looks for it, when
 /// neither is told otherwise.
-pub const DEFAULT_API_SOCKET: &str = "/run/georep/georepd.sock";
+pub const DEFAULT_API_SOCKET: &str = georep_api::DEFAULT_API_SOCKET;
 /// Longest delay or jitter `--inject-delay` accepts.
 pub const MAX_INJECTED_DELAY: Duration = Duration::from_secs(60);
 

@@ -83,7 +83,7 @@ async fn run_incarnation(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<u64>> {
     use anyhow::Context;
-    let listener = crate::http::bind_socket(&config.api_socket).with_context(|| {
+    let listener = crate::api::serve::bind_socket(&config.api_socket).with_context(|| {
         format!(
             "cannot serve the local API on {}",
             config.api_socket.display()
@@ -102,10 +102,11 @@ async fn run_incarnation(
     .await?;
     tracing::info!(node = %config.node_id, listen = %config.listen, api = %config.api_socket.display(), generation = agent.mesh().generation(), "georepd running");
     let round = shutdown.child_token();
-    let api_task = tokio::spawn(crate::http::serve(
+    let api_task = tokio::spawn(crate::api::serve::serve(
         listener,
-        Arc::new(crate::api::ApiHandler::new(agent.clone())),
+        crate::api::router(agent.clone()),
         round.clone(),
+        crate::api::serve::Limits::default(),
     ));
     let loop_task = tokio::spawn(agent.clone().run_loop(round.clone()));
     // A monitor that exits is noticed at once, not at the next poll: its status must

@@ -1,7 +1,7 @@
 //! Gossip-state inspection: what the local agent knows about every node, every session
 //! register and every raw key, why a monitor is or is not running on a node, where two
 //! nodes' views differ, and a stopped agent's persisted state (see
-//! [`crate::inspect_types`] for the JSON).
+//! [`georep_api::inspect`] for the JSON).
 //!
 //! The answers are built in two steps: the `Agent` methods gather a snapshot (membership,
 //! replica, raw namespaces), and pure functions ([`convergence`], [`explain_reason`],
@@ -21,15 +21,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::agent::{Agent, ApiError, MONITOR_PREFIX, NodeSessionStatus, PersistedState};
-use crate::inspect_types::{
+use crate::session_dir::{PID_FILE, STATUS_FILE};
+use crate::store::{STATE_FORMAT_VERSION, STATE_MAGIC, StateFile, StoreError};
+use crate::supervise::{MonitorReport, MonitorState};
+use georep_api::inspect::{
     Carrier, Convergence, ConvergenceCell, DiffResponse, EnvelopeHeader, ExplainReason,
     ExplainResponse, KeyRow, KeysResponse, LatestWrite, MemberRow, MemberStatus, MembersResponse,
     MonitorView, OfflineRecord, OfflineResponse, RegisterRow, RegisterValue, SeenDiff,
     SessionDirRow, SessionInspect, SessionsResponse, WriteDiff,
 };
-use crate::session_dir::{PID_FILE, STATUS_FILE};
-use crate::store::{STATE_FORMAT_VERSION, STATE_MAGIC, StateFile, StoreError};
-use crate::supervise::{MonitorReport, MonitorState};
 
 /// Name of the persisted state file in a data directory.
 pub const STATE_FILE: &str = "state.bin";
@@ -378,19 +378,17 @@ async fn pushes_acked(
 }
 
 fn parse(primary: &str, secondary: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(primary, secondary).map_err(|e| ApiError::BadRequest(e.to_string()))
+    Ok(SessionId::parse(primary, secondary)?)
 }
 
 fn not_created(id: &SessionId) -> ApiError {
-    ApiError::Refused {
-        session: Some(id.to_string()),
-        message: StateError::NotCreated(id.clone()).to_string(),
-    }
+    StateError::NotCreated(id.clone()).into()
 }
 
 fn unknown_node(membership: &Membership, node: &str) -> ApiError {
     let known: Vec<&str> = membership.members.keys().map(String::as_str).collect();
     ApiError::Refused {
+        code: georep_api::ErrorCode::UnknownNode,
         session: None,
         message: format!(
             "node `{node}` is not known to {} (known nodes: {}); check the node id with `georep inspect members`",

@@ -1,16 +1,13 @@
 //! `georepd`, the georep agent, as a library (the binary is a thin `main`).
 //!
 //! - [`agent`]: the running agent tying mesh, supervisor, session dirs and API together.
-//! - [`api`]: the local API's routes.
-//! - [`api_types`]: the JSON of the local API, shared with the CLI.
+//! - [`api`]: the local API: its routes (axum) and serving them on the Unix socket
+//!   (hyper, with limits); its JSON is the `georep-api` crate's.
 //! - [`daemon`]: the `georepd` process: real link, API server, incarnation loop.
 //! - [`data_dir_lock`]: the exclusive lock an agent holds on its data directory.
 //! - [`config`]: flags and TOML file resolved into one validated `AgentConfig`.
-//! - [`http`]: a minimal HTTP/1.1 JSON server and client for the local API
-//!   on a Unix socket.
 //! - [`inspect`]: gossip-state inspection (members, registers, raw keys, explain,
 //!   diff) and offline decoding of a stopped agent's data directory.
-//! - [`inspect_types`]: the JSON of `georep inspect` (`/v1/inspect/...`).
 //! - [`monitor`]: the built-in monitor (`georepd monitor`): one worker per local primary brick.
 //! - [`monitor_command`]: the `--monitor-command` template, parsed once, rendered per session.
 //! - [`reconcile`]: the pure decision of what to do to local monitors.
@@ -22,13 +19,10 @@
 
 pub mod agent;
 pub mod api;
-pub mod api_types;
 pub mod config;
 pub mod daemon;
 pub mod data_dir_lock;
-pub mod http;
 pub mod inspect;
-pub mod inspect_types;
 pub mod monitor;
 pub mod monitor_command;
 pub mod reconcile;

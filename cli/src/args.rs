@@ -14,7 +14,7 @@ use crate::client::Client;
 pub const SOCKET_ENV: &str = "GEOREP_SOCKET";
 /// Agent socket when neither `--socket` nor [`SOCKET_ENV`] is given: where `georepd`
 /// serves by default.
-pub const DEFAULT_SOCKET: &str = georep_agent::config::DEFAULT_API_SOCKET;
+pub const DEFAULT_SOCKET: &str = georep_api::DEFAULT_API_SOCKET;
 /// Default `--timeout`, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
 /// Largest accepted `--timeout`: the agent caps any wait at 10 minutes.

@@ -1,11 +1,12 @@
-//! The local API client: the routes of `georep_agent::api_types` over the
-//! agent's Unix socket, with agent errors turned into [`CommandError`]s.
+//! The local API client: the routes of `georep_api::types` over the agent's Unix
+//! socket (`georep_api::client`), with agent errors turned into [`CommandError`]s.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use georep_agent::api_types::{ErrorBody, ForgetRequest, ForgetResponse, OpRequest, OpResponse};
-use georep_agent::http::{ClientError, percent_encode, request};
+pub use georep_api::client::with_query;
+use georep_api::client::{ClientError, request};
+use georep_api::types::{ErrorBody, ForgetRequest, ForgetResponse, OpRequest, OpResponse};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -129,11 +130,13 @@ pub fn refusal(status: u16, body: Value) -> CommandError {
     match serde_json::from_value::<ErrorBody>(body.clone()) {
         Ok(error) => CommandError::Refused {
             status,
+            code: error.code,
             session: error.session,
             message: error.message,
         },
         Err(_) => CommandError::Refused {
             status,
+            code: georep_api::ErrorCode::Unknown,
             session: None,
             message: match body.get("message").and_then(Value::as_str) {
                 Some(message) => message.to_owned(),
@@ -152,30 +155,15 @@ pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, CommandError> {
     })
 }
 
-/// Builds `path?k=v&...` with percent-encoded values, skipping absent ones.
-pub fn with_query(path: &str, params: &[(&str, Option<&str>)]) -> String {
-    let mut out = path.to_owned();
-    let mut sep = '?';
-    for (key, value) in params {
-        if let Some(value) = value {
-            out.push(sep);
-            out.push_str(key);
-            out.push('=');
-            out.push_str(&percent_encode(value));
-            sep = '&';
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::convert::Infallible;
 
     use clap::Parser;
-    use georep_agent::http::{Request, Response, bind_socket, serve};
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper_util::rt::TokioIo;
     use serde_json::json;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::args::Cli;
@@ -203,6 +191,7 @@ mod tests {
             err,
             CommandError::Refused {
                 status: 409,
+                code: georep_api::ErrorCode::Unknown,
                 session: Some("gv0 -> n4::gv1".into()),
                 message: "already exists".into()
             }
@@ -214,23 +203,34 @@ mod tests {
         assert_eq!(err.exit(), Exit::Failed);
     }
 
+    type Answer = hyper::Response<Full<Bytes>>;
+
+    fn answer(status: u16, value: &impl serde::Serialize) -> Answer {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(value).unwrap())))
+            .unwrap()
+    }
+
     /// A stand-in agent: `primary` of an op picks the answer.
-    async fn fake_agent(req: Request) -> Response {
-        match (req.method.as_str(), req.path.as_str()) {
+    async fn fake_agent(req: hyper::Request<Incoming>) -> Result<Answer, Infallible> {
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Ok(match (method.as_str(), path.as_str()) {
             ("POST", "/v1/op") => {
-                let op: OpRequest = match req.json() {
-                    Ok(op) => op,
-                    Err(resp) => return resp,
-                };
+                let op: OpRequest = serde_json::from_slice(&body).unwrap();
                 assert_eq!(op.timeout_ms, 7_000);
                 if op.primary == "dup" {
-                    return Response::json(
+                    return Ok(answer(
                         409,
-                        &json!({"ok": false, "session": "dup -> n4::gv1", "message": "Session dup -> n4::gv1 already exists."}),
-                    );
+                        &json!({"ok": false, "code": "already_exists", "session": "dup -> n4::gv1", "message": "Session dup -> n4::gv1 already exists."}),
+                    ));
                 }
                 let converged = op.primary != "lag" && op.wait;
-                Response::json(
+                answer(
                     200,
                     &OpResponse {
                         ok: true,
@@ -252,25 +252,42 @@ mod tests {
                 )
             }
             ("GET", "/v1/exists") => {
-                let exists = req.query.get("volume").map(String::as_str) == Some("gv0");
-                Response::json(
+                let exists = query.split('&').any(|kv| kv == "volume=gv0");
+                answer(
                     200,
                     &json!({"ok": true, "exists": exists, "running": false, "sessions": [],
                             "session": "gv0", "message": "m"}),
                 )
             }
-            ("GET", "/v1/status") => Response::json(200, &json!({"sessions": [], "extra": 1})),
-            _ => Response::error(404, format!("no such endpoint: {}", req.path)),
-        }
+            ("GET", "/v1/status") => answer(200, &json!({"sessions": [], "extra": 1})),
+            _ => answer(
+                404,
+                &json!({"ok": false, "code": "not_found", "message": format!("no such endpoint: {path}")}),
+            ),
+        })
+    }
+
+    /// Serves [`fake_agent`] on `socket` until the task is aborted.
+    fn serve_fake_agent(socket: &std::path::Path) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(stream),
+                    hyper::service::service_fn(fake_agent),
+                ));
+            }
+        })
     }
 
     #[tokio::test]
     async fn round_trips_through_a_real_socket() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("georepd.sock");
-        let listener = bind_socket(&socket).unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::new(fake_agent), shutdown.clone()));
+        let server = serve_fake_agent(&socket);
         let run = |args: &[&str]| {
             let argv: Vec<String> = [
                 "georep",
@@ -308,6 +325,7 @@ mod tests {
             (v["ok"].as_bool(), v["session"].as_str()),
             (Some(false), Some("dup -> n4::gv1"))
         );
+        assert_eq!(v["code"], "already_exists");
 
         assert_eq!(run(&["exists", "gv0"]).await, Report::new(Exit::Done));
         assert_eq!(run(&["exists", "gv9"]).await, Report::new(Exit::Failed));
@@ -339,8 +357,7 @@ mod tests {
         assert_eq!(report.exit, Exit::Failed);
         assert_eq!(report.stderr, "no such endpoint: /v1/nodes\n");
 
-        shutdown.cancel();
-        server.await.unwrap();
+        server.abort();
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! `config`: list every key (`GET /v1/config`), print one, set one or reset
 //! one (`POST /v1/op`).
 
-use georep_agent::api_types::{ConfigResponse, ConfigRow};
+use georep_api::types::{ConfigResponse, ConfigRow};
 use georep_mesh::session_config;
 use georep_mesh::state::{SessionId, SessionOp};
 use serde_json::json;

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
-use georep_agent::api_types::{NodesResponse, StatusResponse};
-use georep_agent::http::request;
+use georep_api::client::request;
+use georep_api::types::{NodesResponse, StatusResponse};
 use georep_mesh::tls::{CA_CERT_FILE, write_ca, write_node_cert};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

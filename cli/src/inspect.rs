@@ -3,13 +3,13 @@
 //! decodes a stopped agent's data directory without any agent.
 //!
 //! `--json` prints the agent's answer as it came (the types of
-//! `georep_agent::inspect_types`); `watch --json` prints one such object per refresh.
+//! `georep_api::inspect`); `watch --json` prints one such object per refresh.
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write as _};
 use std::time::Duration;
 
-use georep_agent::inspect_types::{
+use georep_api::inspect::{
     Convergence, ConvergenceCell, DiffResponse, ExplainResponse, KeysResponse, MemberRow,
     MemberStatus, MembersResponse, OfflineRecord, OfflineResponse, RegisterValue, SessionInspect,
     SessionsResponse,
@@ -662,7 +662,7 @@ pub fn render_offline(resp: &OfflineResponse) -> String {
 
 #[cfg(test)]
 mod tests {
-    use georep_agent::inspect_types::{
+    use georep_api::inspect::{
         Carrier, ExplainReason, LatestWrite, RegisterRow, SeenDiff, WriteDiff,
     };
 

@@ -3,7 +3,7 @@
 //! between gv0 & n4::gv1 has been successful") plus which nodes confirmed.
 //! Also the local session-name validation and op rendering `config` reuses.
 
-use georep_agent::api_types::OpResponse;
+use georep_api::types::OpResponse;
 use georep_mesh::state::{SessionId, SessionOp, SessionOptions, StateError};
 use serde_json::Value;
 

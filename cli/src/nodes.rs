@@ -1,6 +1,6 @@
 //! `nodes`: cluster membership as the local agent sees it.
 
-use georep_agent::api_types::{NodeRow, NodesResponse, OpResponse};
+use georep_api::types::{NodeRow, NodesResponse, OpResponse};
 
 use crate::args::Globals;
 use crate::client::decode;

@@ -111,6 +111,8 @@ pub enum CommandError {
     Refused {
         /// HTTP status.
         status: u16,
+        /// The agent's machine-readable kind of error.
+        code: georep_api::ErrorCode,
         /// The session the agent named, if any.
         session: Option<String>,
         /// The agent's message (it names the session and the reason).
@@ -157,9 +159,25 @@ impl CommandError {
         }
     }
 
+    /// The machine-readable kind: the agent's code for a refusal (`session_not_found`,
+    /// `wrong_state`, ...), else `no_agent`, `unresponsive`, `failed` or `usage`.
+    pub fn code(&self) -> String {
+        match self {
+            CommandError::Refused { code, .. } => serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unknown".to_owned()),
+            CommandError::NoAgent { .. } => "no_agent".to_owned(),
+            CommandError::Unresponsive { .. } => "unresponsive".to_owned(),
+            CommandError::Failed(_) => "failed".to_owned(),
+            CommandError::Usage(_) => "usage".to_owned(),
+        }
+    }
+
     /// The report: the message on stderr (prefixed `georep:` unless it is the
-    /// agent's own) and, with `--json`, `{"ok":false,"session":..,"message":..}`
-    /// on stdout; `session` is used when the agent named none.
+    /// agent's own) and, with `--json`,
+    /// `{"ok":false,"code":..,"session":..,"message":..}` on stdout; `session` is used
+    /// when the agent named none.
     pub fn report(&self, json: bool, session: Option<&str>) -> Report {
         let mut report = Report::new(self.exit());
         let message = self.message();
@@ -176,7 +194,7 @@ impl CommandError {
                 _ => session,
             };
             report.out(json_line(
-                &json!({"ok": false, "session": session, "message": message}),
+                &json!({"ok": false, "code": self.code(), "session": session, "message": message}),
             ));
         }
         report
@@ -301,6 +319,7 @@ mod tests {
     fn refusal_in_json_names_the_session() {
         let err = CommandError::Refused {
             status: 409,
+            code: georep_api::ErrorCode::SessionNotFound,
             session: None,
             message: "Session gv0 -> n4::gv1 has not been created.".into(),
         };
@@ -308,6 +327,7 @@ mod tests {
         assert_eq!(report.exit, Exit::Failed);
         let v: serde_json::Value = serde_json::from_str(report.stdout.trim()).unwrap();
         assert_eq!(v["ok"], false);
+        assert_eq!(v["code"], "session_not_found");
         assert_eq!(v["session"], "gv0 -> n4::gv1");
         assert_eq!(v["message"], "Session gv0 -> n4::gv1 has not been created.");
         assert_eq!(

@@ -1,7 +1,7 @@
 //! `status` (gluster's table, one row per primary brick, under a line per
 //! session with its desired state and convergence), `exists` and `running`.
 
-use georep_agent::api_types::{ExistsResponse, SessionStatus, StatusResponse, WorkerRow};
+use georep_api::types::{ExistsResponse, SessionStatus, StatusResponse, WorkerRow};
 use georep_mesh::state::{DEFAULT_SECONDARY_USER, SessionId, StateError};
 
 use crate::args::{ExistsArgs, Globals, StatusArgs};

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use georep_agent::agent::{Agent, PersistedState};
-use georep_agent::api_types::OpRequest;
 use georep_agent::config::{AgentConfig, BrickSpec};
 use georep_agent::monitor_command::MonitorCommand;
 use georep_agent::store::StateFile;
 use georep_agent::supervise::{ProcessBackend, SupervisePolicy};
+use georep_api::types::OpRequest;
 use georep_mesh::faults::Faults;
 use georep_mesh::hlc::{Hlc, WallClock};
 use georep_mesh::mem::{MemHub, MemLink};

@@ -254,8 +254,63 @@ pub struct ExistsResponse {
 pub struct ErrorBody {
     /// Always false.
     pub ok: bool,
+    /// What kind of error, for programs (`message` is for people).
+    #[serde(default)]
+    pub code: ErrorCode,
     /// Session concerned, if any.
     pub session: Option<String>,
     /// What was wrong and what to do.
     pub message: String,
+}
+
+/// The machine-readable kind of an error answer (`code` in [`ErrorBody`]), in JSON as
+/// its snake_case name. New codes may be added; a client reads a code it does not
+/// know as [`ErrorCode::Unknown`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request was malformed: a missing or invalid parameter, a body that is not
+    /// the expected JSON (400).
+    BadRequest,
+    /// The session name (`PRIMARY`, `HOST::SECONDARY`) is invalid (400).
+    BadSessionName,
+    /// No such session (409).
+    SessionNotFound,
+    /// Create of a session that exists (409).
+    AlreadyExists,
+    /// Create between two volumes another session already replicates between (409).
+    SameVolumes,
+    /// Create with a primary volume no node declares bricks of (409).
+    PrimaryVolumeUnknown,
+    /// Create with a secondary volume no live node hosts (409; `--force` overrides).
+    SecondaryNotHosted,
+    /// The session's desired state does not allow the operation, e.g. start of a
+    /// started session (409).
+    WrongState,
+    /// A config key that does not exist (409).
+    UnknownKey,
+    /// A config value that does not fit its key (409).
+    BadValue,
+    /// A node id no member of the mesh has (409).
+    UnknownNode,
+    /// `node forget` was refused (409).
+    ForgetRefused,
+    /// The request could not be stored (e.g. the record would be too large) (409).
+    NotStored,
+    /// No such endpoint (404).
+    NotFound,
+    /// The endpoint does not take this method (405).
+    MethodNotAllowed,
+    /// The request body exceeds the limit (413).
+    PayloadTooLarge,
+    /// The request was not received in time (408).
+    RequestTimeout,
+    /// Every connection slot is serving a request (503).
+    Busy,
+    /// The agent failed to answer (500).
+    Internal,
+    /// A code this client does not know (a newer agent), or none (an older one).
+    #[default]
+    #[serde(other)]
+    Unknown,
 }

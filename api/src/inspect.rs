@@ -2,7 +2,7 @@
 //! offline decoding of a data directory). Stable: fields may be added, never renamed.
 //!
 //! Routes (HTTP/1.1 `GET`, one request per connection; errors are
-//! [`crate::api_types::ErrorBody`], 400 for a malformed request, 409 for an unknown
+//! [`crate::types::ErrorBody`], 400 for a malformed request, 409 for an unknown
 //! node or session):
 //! - `/v1/inspect/members` -> [`MembersResponse`]
 //! - `/v1/inspect/sessions[?primary=P[&secondary=S]]` -> [`SessionsResponse`]
@@ -11,7 +11,7 @@
 //! - `/v1/inspect/diff?a=A&b=B` -> [`DiffResponse`]
 //!
 //! `georep inspect offline` needs no agent: [`OfflineResponse`] comes from
-//! [`crate::inspect::offline`].
+//! `georep_agent::inspect::offline`.
 //!
 //! Conventions: HLC stamps are strings in their `Display` form `millis.counter@node`;
 //! a position in a writer's history ([`WritePosition`]) is
@@ -340,7 +340,7 @@ pub struct MonitorView {
 /// Response of `GET /v1/inspect/explain`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExplainResponse {
-    /// Always true (errors use [`crate::api_types::ErrorBody`]).
+    /// Always true (errors use [`crate::types::ErrorBody`]).
     pub ok: bool,
     /// `PRIMARYVOL -> [USER@]HOST::SECONDARYVOL`.
     pub session: String,

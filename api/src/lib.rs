@@ -1,0 +1,22 @@
+//! georep-api: the local API of `georepd` as its clients see it: the JSON it speaks
+//! and a client for its Unix socket. The CLI depends on this crate, not on the agent.
+//!
+//! - [`types`]: requests and responses of the lifecycle routes (`/v1/status`,
+//!   `/v1/op`, `/v1/nodes`, ...), and [`types::ErrorBody`] with its
+//!   [`types::ErrorCode`].
+//! - [`inspect`]: the JSON of `georep inspect` (`/v1/inspect/...`, and the offline
+//!   decoding of a data directory).
+//! - [`client`]: one request over the socket (hyper, HTTP/1.1), percent-encoded queries.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod inspect;
+pub mod types;
+
+pub use client::{ClientError, request, with_query};
+pub use types::{ErrorBody, ErrorCode};
+
+/// Where the agent serves its local API, and where `georep` looks for it, when
+/// neither is told otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/georep/georepd.sock";
