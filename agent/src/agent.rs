@@ -28,12 +28,12 @@ use crate::monitor::BrickStatus;
 use crate::monitor_command::MonitorCommand;
 use crate::reconcile::SessionPlan;
 use crate::session_dir::{self, SessionDirState};
-use crate::store::{StateFile, StoreError};
 use crate::supervise::{MonitorReport, MonitorState, ProcessBackend, SupervisePolicy, Supervisor};
 use georep_api::types::{
     ConfigResponse, ConfigRow, ExistsResponse, ForgetRequest, ForgetResponse, NodeRow,
     NodesResponse, OpRequest, OpResponse, SessionStatus, StatusResponse, WorkerRow,
 };
+use georep_store::{StateFile, StoreError};
 
 /// Key prefix of the per-session status each node publishes.
 pub const MONITOR_PREFIX: &str = "m/";
@@ -78,16 +78,7 @@ impl NodeSessionStatus {
     }
 }
 
-/// What the agent persists in `<data-dir>/state.bin`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PersistedState {
-    /// Node id the data directory belongs to.
-    pub node_id: String,
-    /// Chitchat generation of the last run.
-    pub generation: u64,
-    /// The mesh state.
-    pub mesh: MeshSnapshot,
-}
+pub use georep_store::PersistedState;
 
 /// A refusal or failure of an API call, mapped to an HTTP status by the API layer;
 /// `code` is the machine-readable kind the error body carries.
@@ -227,7 +218,7 @@ fn missing_bricks(config: &AgentConfig) -> Vec<String> {
 }
 
 fn sessions_root(data_dir: &Path) -> PathBuf {
-    data_dir.join("geo-replication")
+    georep_store::DataDir::new(data_dir).sessions_root()
 }
 
 fn monitor_key(id: &SessionId) -> String {
@@ -284,7 +275,7 @@ impl Agent {
         floor: u64,
     ) -> anyhow::Result<Arc<Agent>> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let store = StateFile::new(config.data_dir.join("state.bin"));
+        let store = StateFile::new(georep_store::DataDir::new(&config.data_dir).state_file());
         let persisted = load_state(&store, &config.node_id)?;
         // A new chitchat generation on every start, strictly above the last one.
         let generation = (wall.now_millis())

@@ -30,7 +30,7 @@ pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
 pub const GOSSIP_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
 /// File name of the local API socket inside the data directory (tests and the demo
 /// put it there).
-pub const API_SOCKET_FILE: &str = "georepd.sock";
+pub use georep_store::data_dir::API_SOCKET_FILE;
 /// Where the agent serves its local API, and where `georep` looks for it, when
 /// neither is told otherwise.
 pub const DEFAULT_API_SOCKET: &str = georep_api::DEFAULT_API_SOCKET;

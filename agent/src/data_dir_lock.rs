@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-/// Name of the lock file inside the data directory.
-pub const LOCK_FILE: &str = "georepd.lock";
+pub use georep_store::data_dir::LOCK_FILE;
 
 /// Why the data directory could not be locked.
 #[derive(Debug, thiserror::Error)]

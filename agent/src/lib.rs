@@ -12,7 +12,6 @@
 //! - [`monitor_command`]: the `--monitor-command` template, parsed once, rendered per session.
 //! - [`reconcile`]: the pure decision of what to do to local monitors.
 //! - [`session_dir`]: the per-session directory on disk.
-//! - [`store`]: durable files (atomic replace, checked state envelopes).
 //! - [`supervise`]: monitor processes: spawn, signal, adopt, back off.
 #![deny(unsafe_code)] // one audited exception: `supervise::in_new_session`
 #![deny(missing_docs)]
@@ -27,5 +26,4 @@ pub mod monitor;
 pub mod monitor_command;
 pub mod reconcile;
 pub mod session_dir;
-pub mod store;
 pub mod supervise;

@@ -22,16 +22,9 @@ use std::path::Path;
 
 use georep_mesh::state::SessionView;
 
-/// Name of the effective configuration file.
-pub const CONFIG_FILE: &str = "gsyncd.conf";
-/// Name of the monitor status file.
-pub const STATUS_FILE: &str = "monitor.status";
-/// Name of the file listing the local Active bricks.
-pub const ACTIVE_BRICKS_FILE: &str = "active_bricks";
-/// Name of the monitor pid file (written by [`crate::supervise`]).
-pub const PID_FILE: &str = "monitor.pid";
-/// Name of the monitor's log (stdout and stderr).
-pub const LOG_FILE: &str = "monitor.log";
+pub use georep_store::data_dir::{
+    ACTIVE_BRICKS_FILE, CONFIG_FILE, LOG_FILE, PID_FILE, STATUS_FILE,
+};
 
 /// What one existing session's directory must contain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,9 +143,9 @@ pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
 /// crash, like the pid file).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     if durable {
-        crate::store::write_atomic(path, bytes)
+        georep_store::write_atomic(path, bytes)
     } else {
-        crate::store::write_atomic_unsynced(path, bytes)
+        georep_store::write_atomic_unsynced(path, bytes)
     }
 }
 

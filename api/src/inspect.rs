@@ -505,3 +505,41 @@ pub struct OfflineResponse {
     /// One-sentence summary.
     pub message: String,
 }
+
+/// Every register of a record with its value, stamp and writer.
+pub fn register_values(record: &georep_mesh::state::SessionRecord) -> Vec<RegisterValue> {
+    let mut out = Vec::new();
+    if let Some(reg) = &record.created {
+        out.push(RegisterValue {
+            register: "created".into(),
+            value: serde_json::json!({"push_pem": reg.val.push_pem, "forced": reg.val.forced}),
+            stamp: reg.marker.to_string(),
+            writer: reg.marker.node.clone(),
+        });
+    }
+    if let Some(stamp) = &record.deleted {
+        out.push(RegisterValue {
+            register: "deleted".into(),
+            value: Value::Null,
+            stamp: stamp.to_string(),
+            writer: stamp.node.clone(),
+        });
+    }
+    if let Some(reg) = &record.desired {
+        out.push(RegisterValue {
+            register: "desired".into(),
+            value: Value::String(reg.val.to_string()),
+            stamp: reg.marker.to_string(),
+            writer: reg.marker.node.clone(),
+        });
+    }
+    for (key, reg) in &record.config {
+        out.push(RegisterValue {
+            register: format!("config.{key}"),
+            value: reg.val.clone().map_or(Value::Null, Value::String),
+            stamp: reg.marker.to_string(),
+            writer: reg.marker.node.clone(),
+        });
+    }
+    out
+}

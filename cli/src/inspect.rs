@@ -184,7 +184,7 @@ async fn watch(g: &Globals, a: &InspectWatchArgs) -> Report {
 }
 
 fn offline(g: &Globals, a: &InspectOfflineArgs) -> Report {
-    let resp = georep_agent::inspect::offline(&a.data_dir);
+    let resp = georep_store::offline(&a.data_dir);
     let exit = if resp.ok { Exit::Done } else { Exit::Failed };
     let mut report = if g.json {
         Report::json(exit, &resp)

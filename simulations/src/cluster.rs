@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
-use georep_agent::agent::{Agent, PersistedState};
+use georep_agent::agent::Agent;
 use georep_agent::config::{AgentConfig, BrickSpec};
 use georep_agent::monitor_command::MonitorCommand;
-use georep_agent::store::StateFile;
 use georep_agent::supervise::{ProcessBackend, SupervisePolicy};
 use georep_api::types::OpRequest;
 use georep_mesh::faults::Faults;
@@ -20,6 +19,7 @@ use georep_mesh::hlc::{Hlc, WallClock};
 use georep_mesh::mem::{MemHub, MemLink};
 use georep_mesh::network::{Link, LinkStatsSnapshot};
 use georep_mesh::state::{Replica, SessionOp};
+use georep_store::{DataDir, PersistedState, StateFile};
 use tempfile::TempDir;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -364,7 +364,8 @@ impl SimCluster {
             if node.is_up() || node.index == lost_node {
                 continue;
             }
-            let store = StateFile::<PersistedState>::new(node.config.data_dir.join("state.bin"));
+            let store =
+                StateFile::<PersistedState>::new(DataDir::new(&node.config.data_dir).state_file());
             if let Ok(Some(state)) = store.load() {
                 replicas.push(state.mesh.replica);
             }

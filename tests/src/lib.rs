@@ -78,6 +78,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The layout of the node's data directory.
+    pub fn data(&self) -> georep_store::DataDir {
+        georep_store::DataDir::new(&self.data_dir)
+    }
+
     /// Pid of the running agent.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -299,7 +304,7 @@ impl Cluster {
     pub fn test_monitors(&self, i: usize) -> Vec<u32> {
         let needle = format!(
             "georep-test-monitor {}",
-            self.nodes[i].data_dir.join("geo-replication").display()
+            self.nodes[i].data().sessions_root().display()
         );
         processes_matching(&needle)
             .into_iter()
@@ -314,7 +319,7 @@ impl Cluster {
     pub fn session_monitors(&self, i: usize) -> Vec<u32> {
         let prefix = format!(
             "GEOREP_SESSION_DIR={}",
-            self.nodes[i].data_dir.join("geo-replication").display()
+            self.nodes[i].data().sessions_root().display()
         );
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();

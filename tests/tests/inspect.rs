@@ -618,10 +618,10 @@ fn offline_decodes_a_terminated_agents_data_dir() {
 
     // a corrupted copy: the failed check, the size, and what could still be read
     let copy = tempfile::tempdir().unwrap();
-    let mut bytes = std::fs::read(dir.join("state.bin")).unwrap();
+    let mut bytes = std::fs::read(georep_store::DataDir::new(&dir).state_file()).unwrap();
     let keep = bytes.len() - 10;
     bytes.truncate(keep);
-    std::fs::write(copy.path().join("state.bin"), &bytes).unwrap();
+    std::fs::write(georep_store::DataDir::new(copy.path()).state_file(), &bytes).unwrap();
     let copy_arg = copy.path().display().to_string();
     let out = cluster.georep(
         0,

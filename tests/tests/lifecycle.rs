@@ -30,8 +30,8 @@ fn five_nodes(monitor: Option<&str>) -> Cluster {
 
 fn session_dir(cluster: &Cluster, node: usize) -> std::path::PathBuf {
     cluster.nodes[node]
-        .data_dir
-        .join("geo-replication")
+        .data()
+        .sessions_root()
         .join("gv0_n4_gv1")
 }
 

@@ -269,7 +269,7 @@ fn sessions_never_share_a_directory() {
     cluster.ok(0, &["create", "gv0", b, "--force"]);
     cluster.ok(0, &["start", "gv0", a]);
     cluster.ok(0, &["start", "gv0", b]);
-    let root = cluster.nodes[0].data_dir.join("geo-replication");
+    let root = cluster.nodes[0].data().sessions_root();
     let mut dirs: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
         .flatten()

@@ -123,10 +123,7 @@ impl TwoSites {
     fn monitors(&self, i: usize) -> Vec<u32> {
         let needle = format!(
             "georep-test-monitor {}",
-            self.cluster.nodes[i]
-                .data_dir
-                .join("geo-replication")
-                .display()
+            self.cluster.nodes[i].data().sessions_root().display()
         );
         processes_matching(&needle)
     }

@@ -65,10 +65,7 @@ fn killed_primary_catches_up_with_a_stop_and_delete_issued_while_it_was_dead() {
     assert!(row["last_heard_ms"].as_u64().is_some(), "{row}");
     // and the session is deleted while n1 is down
     cluster.ok(2, &["delete", "gv0", SECONDARY]);
-    let session_dir = cluster.nodes[0]
-        .data_dir
-        .join("geo-replication")
-        .join("gv0_n4_gv1");
+    let session_dir = cluster.nodes[0].data().sessions_root().join("gv0_n4_gv1");
     assert!(session_dir.exists(), "n1 could not clean up while down");
     cluster.restart(0);
     cluster.wait_until(
@@ -204,7 +201,7 @@ fn corrupt_state_file_is_reported_kept_and_repaired_from_peers() {
     let mut cluster = cluster(TEST_MONITOR);
     cluster.ok(0, &["create", "gv0", SECONDARY]);
     cluster.terminate(3);
-    let state = cluster.nodes[3].data_dir.join("state.bin");
+    let state = cluster.nodes[3].data().state_file();
     std::fs::write(&state, b"GRPS\x01garbage").unwrap();
     cluster.restart(3);
     cluster.wait_until(

@@ -1,4 +1,4 @@
-//! Durable files in the data directory.
+//! Durable files: atomic replacement and the checked state envelope.
 //!
 //! [`write_atomic`] replaces a file so that a crash leaves either the old or
 //! the new content, never a mix. [`StateFile`] stores one serde value in a
@@ -23,10 +23,10 @@ use serde::de::DeserializeOwned;
 pub const STATE_MAGIC: [u8; 4] = *b"GRPS";
 /// Envelope format version written by [`StateFile::save`].
 pub const STATE_FORMAT_VERSION: u8 = 1;
-/// magic + version + length.
-const HEADER_LEN: usize = 4 + 1 + 4;
-/// CRC-32 trailer.
-const TRAILER_LEN: usize = 4;
+/// Bytes of the envelope header: magic, version, payload length.
+pub const HEADER_LEN: usize = 4 + 1 + 4;
+/// Bytes of the envelope's CRC-32 trailer.
+pub const TRAILER_LEN: usize = 4;
 
 /// Mode of files [`write_atomic`] creates (existing files keep theirs): the
 /// data directory holds keys and cluster state.
@@ -251,54 +251,100 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     out.push(STATE_FORMAT_VERSION);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&payload);
-    let crc = crc32(&out);
+    let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
+/// A state file's envelope as it is on disk, read without any check (see
+/// [`Envelope::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// The first four bytes (`"GRPS"` when valid).
+    pub magic: [u8; 4],
+    /// The format version byte.
+    pub version: u8,
+    /// The payload length the header claims.
+    pub claimed_len: usize,
+    /// The payload bytes present, at most `claimed_len` (fewer when truncated).
+    pub payload: &'a [u8],
+    /// Payload bytes the file holds between header and trailer.
+    pub held_len: usize,
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads the header of `bytes`; `None` if it is shorter than a header.
+    pub fn read(bytes: &'a [u8]) -> Option<Self> {
+        let header = bytes.get(..HEADER_LEN)?;
+        let mut magic = [0u8; 4];
+        magic.copy_from_slice(&header[..4]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&header[5..9]);
+        let claimed_len = u32::from_le_bytes(len) as usize;
+        let body = &bytes[HEADER_LEN..];
+        let end = claimed_len.min(body.len());
+        Some(Envelope {
+            magic,
+            version: header[4],
+            claimed_len,
+            payload: &body[..end],
+            held_len: bytes.len().saturating_sub(HEADER_LEN + TRAILER_LEN),
+        })
+    }
+
+    /// Whether the magic is right.
+    pub fn magic_ok(&self) -> bool {
+        self.magic == STATE_MAGIC
+    }
+
+    /// Every check of a whole file `bytes` (magic, version, length, checksum): the
+    /// verified payload, or what failed.
+    pub fn check(bytes: &'a [u8]) -> Result<&'a [u8], String> {
+        if bytes.is_empty() {
+            return Err("file is empty".to_owned());
+        }
+        if bytes.len() < HEADER_LEN + TRAILER_LEN {
+            return Err(format!(
+                "file is {} bytes, shorter than the {}-byte envelope",
+                bytes.len(),
+                HEADER_LEN + TRAILER_LEN
+            ));
+        }
+        let envelope = Envelope::read(bytes).ok_or("file is shorter than its header")?;
+        if !envelope.magic_ok() {
+            return Err(format!(
+                "bad magic {:02x?}, expected \"GRPS\"",
+                envelope.magic
+            ));
+        }
+        if envelope.version != STATE_FORMAT_VERSION {
+            return Err(format!(
+                "unsupported format version {} (this build reads {STATE_FORMAT_VERSION})",
+                envelope.version
+            ));
+        }
+        if envelope.claimed_len != envelope.held_len {
+            return Err(format!(
+                "length field says {} payload bytes but the file holds {} (truncated or torn write?)",
+                envelope.claimed_len, envelope.held_len
+            ));
+        }
+        let (body, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
+        let mut stored = [0u8; 4];
+        stored.copy_from_slice(trailer);
+        let stored = u32::from_le_bytes(stored);
+        let computed = crc32fast::hash(body);
+        if stored != computed {
+            return Err(format!(
+                "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+            ));
+        }
+        Ok(&body[HEADER_LEN..])
+    }
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    if bytes.is_empty() {
-        return Err("file is empty".to_owned());
-    }
-    if bytes.len() < HEADER_LEN + TRAILER_LEN {
-        return Err(format!(
-            "file is {} bytes, shorter than the {}-byte envelope",
-            bytes.len(),
-            HEADER_LEN + TRAILER_LEN
-        ));
-    }
-    let (header, rest) = bytes.split_at(HEADER_LEN);
-    let (magic, rest_header) = header.split_at(4);
-    if magic != STATE_MAGIC {
-        return Err(format!("bad magic {magic:02x?}, expected \"GRPS\""));
-    }
-    let (version, len_bytes) = rest_header.split_at(1);
-    if version[0] != STATE_FORMAT_VERSION {
-        return Err(format!(
-            "unsupported format version {} (this build reads {STATE_FORMAT_VERSION})",
-            version[0]
-        ));
-    }
-    let mut len = [0u8; 4];
-    len.copy_from_slice(len_bytes);
-    let len = u32::from_le_bytes(len) as usize;
-    let held = rest.len() - TRAILER_LEN;
-    if len != held {
-        return Err(format!(
-            "length field says {len} payload bytes but the file holds {held} (truncated or torn write?)"
-        ));
-    }
-    let (body, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
-    let mut stored = [0u8; 4];
-    stored.copy_from_slice(trailer);
-    let stored = u32::from_le_bytes(stored);
-    let computed = crc32(body);
-    if stored != computed {
-        return Err(format!(
-            "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
-        ));
-    }
-    let payload = &body[HEADER_LEN..];
+    let payload = Envelope::check(bytes)?;
     let (value, unread) =
         postcard::take_from_bytes::<T>(payload).map_err(|e| format!("cannot decode: {e}"))?;
     if !unread.is_empty() {
@@ -308,20 +354,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         ));
     }
     Ok(value)
-}
-
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), bitwise: state
-/// files are small and written rarely.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
 }
 
 #[cfg(test)]
@@ -371,9 +403,12 @@ mod tests {
     }
 
     #[test]
-    fn crc32_matches_reference() {
-        assert_eq!(crc32(b""), 0);
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    fn the_envelope_is_byte_for_byte_the_documented_format() {
+        // "GRPS", version 1, length 1 (LE), postcard of 7u8, CRC-32/IEEE (LE) of the rest.
+        let mut expected = b"GRPS\x01\x01\x00\x00\x00\x07".to_vec();
+        expected.extend_from_slice(&[5, 114, 11, 236]);
+        assert_eq!(encode(&7u8).unwrap(), expected);
+        assert_eq!(decode::<u8>(&expected), Ok(7));
     }
 
     #[test]
