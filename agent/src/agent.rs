@@ -174,7 +174,7 @@ pub struct Agent {
     supervisor: tokio::sync::Mutex<Supervisor>,
     store: StateFile<PersistedState>,
     sessions_root: PathBuf,
-    last_persisted: Mutex<Option<MeshSnapshot>>,
+    last_persisted: tokio::sync::Mutex<Option<MeshSnapshot>>,
     /// The session directories as last written, and when.
     last_dirs: Mutex<Option<(Vec<SessionDirState>, Instant)>>,
     /// What this node last published under `m/`, without its clock fields.
@@ -316,7 +316,7 @@ impl Agent {
             supervisor: tokio::sync::Mutex::new(supervisor),
             store,
             sessions_root,
-            last_persisted: Mutex::new(snapshot),
+            last_persisted: tokio::sync::Mutex::new(snapshot),
             last_dirs: Mutex::new(None),
             published: Mutex::new(BTreeMap::new()),
             wall,
@@ -325,7 +325,7 @@ impl Agent {
             caught_up: AtomicBool::new(false),
             bricks_checked: Mutex::new((info.missing.clone(), Instant::now())),
         });
-        agent.persist();
+        agent.persist().await;
         Ok(agent)
     }
 
@@ -464,7 +464,7 @@ impl Agent {
             .collect();
         self.sync_session_dirs(dir_states);
         self.publish_status(&plans, &reports).await;
-        self.persist();
+        self.persist().await;
     }
 
     /// Writes the session directories when what they must contain changed, and at
@@ -579,11 +579,10 @@ impl Agent {
     }
 
     /// Persists the mesh snapshot if it changed since the last write.
-    pub fn persist(&self) {
+    pub async fn persist(&self) {
+        // Held across the write: persists happen one at a time, in order.
+        let mut last = self.last_persisted.lock().await;
         let snapshot = self.mesh.snapshot();
-        let Ok(mut last) = self.last_persisted.lock() else {
-            return;
-        };
         // The HLC moves on every refresh; persist when the records change, and always
         // carry the latest stamp along.
         let unchanged = last
@@ -597,7 +596,20 @@ impl Agent {
             generation: self.mesh.generation(),
             mesh: snapshot.clone(),
         };
-        match self.store.save(&state) {
+        let store = self.store.clone();
+        // fsync blocks: off the async threads, unless told otherwise (the simulator).
+        let saved = if self.config.persist_inline {
+            store.save(&state)
+        } else {
+            match tokio::task::spawn_blocking(move || store.save(&state)).await {
+                Ok(saved) => saved,
+                Err(error) => {
+                    tracing::error!(%error, "the state writer did not finish");
+                    return;
+                }
+            }
+        };
+        match saved {
             Ok(()) => *last = Some(snapshot),
             Err(error) => {
                 tracing::error!(%error, path = %self.store.path().display(), "cannot persist state")
@@ -610,7 +622,7 @@ impl Agent {
         let id = SessionId::parse(&request.primary, &request.secondary).map_err(ApiError::from)?;
         let receipt = self.mesh.apply(&id, &request.op).await?;
         self.wake.notify_one();
-        self.persist();
+        self.persist().await;
         let ((progress, pending), converged) = self
             .wait_for(request.wait, request.timeout_ms, || async {
                 let progress = self.mesh.progress(&receipt).await;
@@ -977,13 +989,13 @@ impl Agent {
 
     /// Stops gossiping and persists. Monitors keep running for re-adoption.
     pub async fn shutdown(self: Arc<Self>) {
-        self.persist();
+        self.persist().await;
         match Arc::try_unwrap(self) {
             Ok(agent) => {
-                agent.persist();
+                agent.persist().await;
                 agent.mesh.shutdown().await;
             }
-            Err(agent) => agent.persist(),
+            Err(agent) => agent.persist().await,
         }
     }
 }

@@ -281,6 +281,10 @@ pub struct AgentConfig {
     /// Latency injected on frames to these networks (testing only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inject_delay: Vec<DelayRule>,
+    /// Write `state.bin` on the calling thread instead of the blocking pool. Only the
+    /// simulator sets it: a second thread would make its runs depend on timing.
+    #[serde(skip)]
+    pub persist_inline: bool,
 }
 
 /// Why the configuration could not be loaded. Always one line; nothing has
@@ -453,6 +457,7 @@ impl AgentConfig {
             authorized_keys: None,
             webhooks: Vec::new(),
             inject_delay: Vec::new(),
+            persist_inline: false,
         }
     }
 
@@ -852,6 +857,7 @@ fn resolve(
         authorized_keys,
         webhooks,
         inject_delay,
+        persist_inline: false,
     })
 }
 

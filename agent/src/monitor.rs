@@ -162,9 +162,19 @@ impl BrickStatus {
     }
 }
 
-/// The status file name of a brick: its path with `/` written `%2F`, then `.status`.
+/// What a brick path keeps literally in its status file name: all but `/` (not allowed
+/// in a name), `%` (so that the encoding is reversible: `/a%2Fb` and `/a/b` differ) and
+/// control characters.
+const STATUS_NAME_ESCAPES: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b'/').add(b'%');
+
+/// The status file name of a brick: its path percent-encoded (`/` is `%2F`, `%` is
+/// `%25`), then `.status`.
 pub fn status_file_name(brick: &str) -> String {
-    format!("{}.status", brick.replace('/', "%2F"))
+    format!(
+        "{}.status",
+        percent_encoding::utf8_percent_encode(brick, STATUS_NAME_ESCAPES)
+    )
 }
 
 /// One brick's worker.
@@ -297,6 +307,12 @@ mod tests {
         assert_eq!(cli.monitor.bricks, vec!["/data/b1", "/data/b2"]);
         assert_eq!(cli.monitor.session.as_deref(), Some("gv0_n4_gv1"));
         assert!(Cli::try_parse_from(["monitor", "--session-dir", "/x", "--node", "n1"]).is_err());
+    }
+
+    #[test]
+    fn status_file_names_of_different_bricks_differ() {
+        assert_ne!(status_file_name("/a%2Fb"), status_file_name("/a/b"));
+        assert_eq!(status_file_name("/a%2Fb"), "%2Fa%252Fb.status");
     }
 
     #[test]

@@ -181,6 +181,7 @@ impl SimCluster {
             let data_dir: PathBuf = root.path().join(&id);
             let mut config = AgentConfig::for_test(&id, &data_dir);
             config.gossip_interval_ms = spec.gossip_interval.as_millis() as u64;
+            config.persist_inline = true;
             config.monitor_command = Some(
                 MonitorCommand::parse("sim-monitor --session {session} --node {node}")
                     .expect("a valid template"),
