@@ -26,9 +26,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentConfig;
 use crate::monitor::BrickStatus;
 use crate::monitor_command::MonitorCommand;
+use crate::monitor_report::{MonitorReport, MonitorState};
+use crate::process::ProcessBackend;
 use crate::reconcile::SessionPlan;
 use crate::session_dir::{self, SessionDirState};
-use crate::supervise::{MonitorReport, MonitorState, ProcessBackend, SupervisePolicy, Supervisor};
+use crate::supervise::{SupervisePolicy, Supervisor};
 use georep_api::types::{
     ConfigResponse, ConfigRow, ExistsResponse, ForgetRequest, ForgetResponse, NodeRow,
     NodesResponse, OpRequest, OpResponse, SessionStatus, StatusResponse, WorkerRow,

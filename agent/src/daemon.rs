@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::config::AgentConfig;
-use crate::supervise::{ProcessBackend, RealBackend, SupervisePolicy};
+use crate::process::{ProcessBackend, RealBackend};
+use crate::supervise::SupervisePolicy;
 
 /// Runs `georepd` with real QUIC, processes and clock until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {

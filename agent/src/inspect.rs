@@ -19,7 +19,7 @@ use georep_mesh::view::{Brick, Member, Membership, NodeInfo, Seen, WritePosition
 use serde_json::{Value, json};
 
 use crate::agent::{Agent, ApiError, MONITOR_PREFIX, NodeSessionStatus};
-use crate::supervise::{MonitorReport, MonitorState};
+use crate::monitor_report::{MonitorReport, MonitorState};
 use georep_api::inspect::{
     Carrier, Convergence, ConvergenceCell, DiffResponse, ExplainReason, ExplainResponse, KeyRow,
     KeysResponse, LatestWrite, MemberRow, MemberStatus, MembersResponse, MonitorView, RegisterRow,

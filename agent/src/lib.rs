@@ -12,8 +12,11 @@
 //! - [`monitor_command`]: the `--monitor-command` template, parsed once, rendered per session.
 //! - [`reconcile`]: the pure decision of what to do to local monitors.
 //! - [`session_dir`]: the per-session directory on disk.
-//! - [`supervise`]: monitor processes: spawn, signal, adopt, back off.
-#![deny(unsafe_code)] // one audited exception: `supervise::in_new_session`
+//! - [`monitor_report`]: a session's monitor state on this node, as gossiped.
+//! - [`process`]: monitor processes: the backend trait, the real one (procfs identity),
+//!   and the in-memory one for tests and the simulator (feature `testing`).
+//! - [`supervise`]: the supervisor: spawn, signal, adopt, back off.
+#![deny(unsafe_code)] // one audited exception: `process::backend::in_new_session`
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -24,6 +27,8 @@ pub mod data_dir_lock;
 pub mod inspect;
 pub mod monitor;
 pub mod monitor_command;
+pub mod monitor_report;
+pub mod process;
 pub mod reconcile;
 pub mod session_dir;
 pub mod supervise;

@@ -66,14 +66,18 @@ impl fmt::Display for StopCause {
 
 /// What a plan asks of the local monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub enum Need {
+    /// Running.
     Run,
+    /// Present but frozen (SIGSTOP).
     Frozen,
+    /// No monitor, and why.
     Absent(StopCause),
 }
 
 impl Need {
-    fn of(plan: Option<&SessionPlan>) -> Need {
+    /// What `plan` (`None`: the session is gone) asks of the local monitor.
+    pub fn of(plan: Option<&SessionPlan>) -> Need {
         match plan {
             None => Need::Absent(StopCause::Deleted),
             Some(plan) if !plan.is_primary() => Need::Absent(StopCause::NotPrimary),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use georep_agent::supervise::{
+use georep_agent::process::{
     ExitNotice, FakeBackend, MonitorSignal, ProcessBackend, ProcessIdentity, SpawnSpec,
     SuperviseError,
 };

@@ -1,0 +1,341 @@
+//! Monitor processes as the supervisor sees them: the [`ProcessBackend`] trait (spawn,
+//! signal a process group, identify a pid, reap), the real one ([`RealBackend`]: fork
+//! into a new session, `killpg`, `/proc/PID/stat`) and the identity rule: a process is
+//! a recorded monitor when its pid and start time match and it still leads the session
+//! it was started in (its command line is not part of its identity; exec changes it).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+use georep_mesh::state::SessionId;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Pid, getpgrp};
+use serde::{Deserialize, Serialize};
+
+use crate::session_dir::LOG_FILE;
+
+/// A signal the supervisor sends to a monitor's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MonitorSignal {
+    /// SIGTERM: please exit.
+    Term,
+    /// SIGKILL: exit now.
+    Kill,
+    /// SIGSTOP: freeze (pause).
+    Stop,
+    /// SIGCONT: thaw (resume).
+    Cont,
+}
+
+impl MonitorSignal {
+    fn to_nix(self) -> Signal {
+        match self {
+            MonitorSignal::Term => Signal::SIGTERM,
+            MonitorSignal::Kill => Signal::SIGKILL,
+            MonitorSignal::Stop => Signal::SIGSTOP,
+            MonitorSignal::Cont => Signal::SIGCONT,
+        }
+    }
+}
+
+impl fmt::Display for MonitorSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.to_nix().as_str())
+    }
+}
+
+/// How to start one monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnSpec {
+    /// The session it serves.
+    pub session: SessionId,
+    /// Program and arguments, placeholders already substituted.
+    pub argv: Vec<String>,
+    /// The session directory (`monitor.log` goes there).
+    pub session_dir: PathBuf,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// What tells one process apart from a later one that reuses its pid. Neither field
+/// changes when the process execs, unlike its command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+    pub start_ticks: u64,
+    /// The session id of the process (field 6 of `/proc/<pid>/stat`): a monitor leads
+    /// its own session, so this is its own pid.
+    pub process_session: u32,
+}
+
+/// A monitor process that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitNotice {
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended, e.g. "exited with status 1" or "killed by signal 9".
+    pub reason: String,
+}
+
+/// Why a process operation failed. None of them changes the supervisor's state by
+/// itself: a failed spawn goes through the crash backoff, a failed signal is reported
+/// in the session's last decision and retried by the next level-triggered round.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The monitor command is empty; nothing was started.
+    #[error("the monitor command is empty; set --monitor-command in the agent configuration")]
+    EmptyCommand,
+    /// The session directory or its log could not be prepared; nothing was started.
+    #[error("cannot prepare {}: {source}", path.display())]
+    SessionDir {
+        /// The directory or file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The program could not be executed; nothing was started.
+    #[error("cannot start monitor `{program}` for {session}: {source}")]
+    Spawn {
+        /// The session.
+        session: String,
+        /// The program that was to run.
+        program: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The process group does not exist (any more); nothing was signalled.
+    #[error("process group {pgid} does not exist")]
+    NoSuchGroup {
+        /// The group.
+        pgid: u32,
+    },
+    /// The group id would hit init, the agent itself or every process; nothing was
+    /// signalled.
+    #[error("refusing to signal process group {pgid}")]
+    UnsafeGroup {
+        /// The group.
+        pgid: u32,
+    },
+    /// The kernel refused the signal; nothing was signalled.
+    #[error("cannot send {signal} to process group {pgid}: {errno}")]
+    Signal {
+        /// The group.
+        pgid: u32,
+        /// The signal.
+        signal: MonitorSignal,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+}
+
+/// Starting, signalling and observing monitor processes.
+pub trait ProcessBackend: Send + Sync + 'static {
+    /// Starts a process as the leader of a new session and process group (`setsid`), so
+    /// that it survives the agent; returns its pid.
+    fn spawn(&self, spec: &SpawnSpec) -> Result<u32, SuperviseError>;
+    /// Sends `sig` to every process of group `pgid`.
+    fn signal_group(&self, pgid: u32, sig: MonitorSignal) -> Result<(), SuperviseError>;
+    /// The identity of a live process; `None` when absent or a zombie.
+    fn identity(&self, pid: u32) -> Option<ProcessIdentity>;
+    /// Exits of processes this backend spawned, since the last call. Processes it did
+    /// not spawn (adopted ones) are never reported here: poll [`Self::identity`].
+    fn try_reap(&self) -> Vec<ExitNotice>;
+}
+
+/// How an exit status reads in reports.
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exited with status {code}")
+    } else if let Some(signal) = status.signal() {
+        format!("killed by signal {signal}")
+    } else {
+        status.to_string()
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps stay consistent even if a holder panicked mid-way.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Real processes: std `Command` in a new session (`setsid`), signals through `killpg`,
+/// identities from `/proc`.
+#[derive(Debug, Default)]
+pub struct RealBackend {
+    children: Mutex<BTreeMap<u32, Child>>,
+}
+
+impl RealBackend {
+    /// A backend with no children yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl ProcessBackend for RealBackend {
+    fn spawn(&self, spec: &SpawnSpec) -> Result<u32, SuperviseError> {
+        let (program, args) = spec
+            .argv
+            .split_first()
+            .ok_or(SuperviseError::EmptyCommand)?;
+        let prepare = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SuperviseError::SessionDir { path, source }
+        };
+        fs::create_dir_all(&spec.session_dir).map_err(prepare(&spec.session_dir))?;
+        let log_path = spec.session_dir.join(LOG_FILE);
+        let stdout = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(prepare(&log_path))?;
+        let stderr = stdout.try_clone().map_err(prepare(&log_path))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(spec.env.iter().map(|(key, value)| (key, value)))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        in_new_session(&mut command);
+        let child = command.spawn().map_err(|source| SuperviseError::Spawn {
+            session: spec.session.to_string(),
+            program: program.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        lock(&self.children).insert(pid, child);
+        Ok(pid)
+    }
+
+    fn signal_group(&self, pgid: u32, sig: MonitorSignal) -> Result<(), SuperviseError> {
+        let raw = i32::try_from(pgid)
+            .ok()
+            .filter(|raw| *raw > 1 && *raw != getpgrp().as_raw())
+            .ok_or(SuperviseError::UnsafeGroup { pgid })?;
+        match killpg(Pid::from_raw(raw), sig.to_nix()) {
+            Ok(()) => Ok(()),
+            Err(Errno::ESRCH) => Err(SuperviseError::NoSuchGroup { pgid }),
+            Err(errno) => Err(SuperviseError::Signal {
+                pgid,
+                signal: sig,
+                errno,
+            }),
+        }
+    }
+
+    fn identity(&self, pid: u32) -> Option<ProcessIdentity> {
+        proc_identity(Path::new("/proc"), pid)
+    }
+
+    fn try_reap(&self) -> Vec<ExitNotice> {
+        let mut exits = Vec::new();
+        lock(&self.children).retain(|pid, child| match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                exits.push(ExitNotice {
+                    pid: *pid,
+                    reason: describe_exit(status),
+                });
+                false
+            }
+            Err(error) => {
+                exits.push(ExitNotice {
+                    pid: *pid,
+                    reason: format!("could not be waited for: {error}"),
+                });
+                false
+            }
+        });
+        exits
+    }
+}
+
+/// Makes `command`'s child call `setsid()` before it execs: it leads a new session and
+/// process group (pgid = sid = its pid), outside the agent's session. When the agent
+/// dies its process group is then never "orphaned with stopped members" by that death
+/// (the kernel only checks groups in the dying parent's session), so a paused monitor
+/// is not sent SIGHUP + SIGCONT, and no terminal's hang-up reaches it.
+#[allow(unsafe_code)]
+fn in_new_session(command: &mut Command) {
+    // SAFETY: `pre_exec` runs the closure in the forked child before exec, where only
+    // async-signal-safe calls are sound. The closure calls setsid(2), which POSIX lists
+    // as async-signal-safe, through nix's thin wrapper (no allocation, no lock), and
+    // turns its errno into an `io::Error` by value (`from_raw_os_error` does not
+    // allocate). It touches no memory shared with the parent. setsid cannot fail here:
+    // the fresh child is not a process group leader.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
+        });
+    }
+}
+
+/// Reads a process's identity under a procfs mount (`/proc` outside tests).
+pub fn proc_identity(proc_root: &Path, pid: u32) -> Option<ProcessIdentity> {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let stat = parse_stat(&stat)?;
+    if matches!(stat.state, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    Some(ProcessIdentity {
+        start_ticks: stat.start_ticks,
+        process_session: stat.process_session,
+    })
+}
+
+/// The fields of a `/proc/<pid>/stat` line that identify a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    /// Field 3.
+    state: char,
+    /// Field 6.
+    process_session: u32,
+    /// Field 22.
+    start_ticks: u64,
+}
+
+fn parse_stat(stat: &str) -> Option<Stat> {
+    // The command name (field 2) is in parentheses and may itself contain spaces and
+    // parentheses; everything after the last ')' is well-formed.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let process_session = fields.nth(2)?.parse().ok()?;
+    let start_ticks = fields.nth(15)?.parse().ok()?;
+    Some(Stat {
+        state,
+        process_session,
+        start_ticks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_command_names() {
+        let line = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                state: 'S',
+                process_session: 42,
+                start_ticks: 987654
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}
