@@ -562,7 +562,8 @@ impl Supervisor {
                     pid: process.pid,
                     // Unknown after adoption: assume the opposite of what the plan wants
                     // so that the matching SIGSTOP/SIGCONT, harmless if redundant, is sent.
-                    sigstopped: sigstopped.unwrap_or_else(|| Need::of(plans.get(id)) != Need::Frozen),
+                    sigstopped: sigstopped
+                        .unwrap_or_else(|| Need::of(plans.get(id)) != Need::Frozen),
                     restart_stamp: process.restart_stamp.clone(),
                 },
                 Phase::Stopping {
