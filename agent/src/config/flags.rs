@@ -1,0 +1,64 @@
+//! The command-line flags of `georepd` ([`AgentArgs`]).
+
+use super::*;
+
+/// The `georepd` flags of `cli.md` (everything optional: the file may supply
+/// the rest). Flatten into the binary's parser with `#[command(flatten)]`.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id ([A-Za-z0-9._-], at most 64 characters).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Directory holding identity, persisted state and session directories.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the mesh listens on (default 127.0.0.1:7400).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Address peers dial to reach this node (default: --listen, which must
+    /// then name a specific address).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub advertise: Option<SocketAddr>,
+    /// A peer to join through (repeatable; replaces the file's `seeds`).
+    #[arg(long = "seed", value_name = "ADDR:PORT")]
+    pub seeds: Vec<String>,
+    /// Local API socket (default /run/georep/georepd.sock, where `georep` looks).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// A local primary brick (repeatable; replaces the file's `[[brick]]`s).
+    #[arg(long = "brick", value_name = "VOL:PATH[:REPLICA_SET]")]
+    pub bricks: Vec<String>,
+    /// CA certificate (default DATA_DIR/tls/ca.crt).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (default DATA_DIR/tls/NODE_ID.crt).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (default DATA_DIR/tls/NODE_ID.key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Gossip period in milliseconds (10..=60000, default 500).
+    #[arg(long, value_name = "N")]
+    pub gossip_interval_ms: Option<u64>,
+    /// Command started as each session's monitor (split like a POSIX shell
+    /// would, no shell runs; default: the built-in monitor).
+    #[arg(long, value_name = "CMD ARGS...")]
+    pub monitor_command: Option<String>,
+    /// authorized_keys file whose managed block this node maintains.
+    #[arg(long, value_name = "FILE")]
+    pub authorized_keys: Option<PathBuf>,
+    /// http:// URL receiving this node's events (repeatable; replaces the
+    /// file's `webhooks`).
+    #[arg(long = "webhook", value_name = "URL")]
+    pub webhooks: Vec<String>,
+    /// FOR TESTING ONLY: delay every frame this node sends to a peer in
+    /// NETWORK (an IP or a CIDR) by DELAY plus a random 0..JITTER, e.g.
+    /// 10.77.2.0/24=40ms~5ms (units us, ms, s). One way: give it on both sides
+    /// for a round trip. Repeatable; the most specific network wins; replaces
+    /// the file's `inject_delay`.
+    #[arg(long = "inject-delay", value_name = "NETWORK=DELAY[~JITTER]")]
+    pub inject_delay: Vec<String>,
+}

@@ -1,0 +1,157 @@
+//! `georepd` configuration: the command-line flags ([`AgentArgs`]), the TOML
+//! file, and the resolved, validated [`AgentConfig`] they produce together.
+//!
+//! Flags override the file; a repeatable flag given at least once replaces
+//! the file's whole list. Every error is one line naming the file, line and
+//! key (or the flag) and what is wrong with it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use georep_mesh::faults::{Faults, IpNetwork, LinkFaults};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::monitor_command::MonitorCommand;
+
+/// Cluster name used when the file does not set `cluster_id`.
+pub const DEFAULT_CLUSTER_ID: &str = "georep";
+/// Address the mesh listens on when neither the file nor `--listen` sets one.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7400,
+));
+/// Gossip period when neither the file nor `--gossip-interval-ms` sets one.
+pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
+/// Accepted gossip periods, in milliseconds.
+pub const GOSSIP_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
+/// File name of the local API socket inside the data directory (tests and the demo
+/// put it there).
+pub use georep_store::data_dir::API_SOCKET_FILE;
+/// Where the agent serves its local API, and where `georep` looks for it, when
+/// neither is told otherwise.
+pub const DEFAULT_API_SOCKET: &str = georep_api::DEFAULT_API_SOCKET;
+/// Longest delay or jitter `--inject-delay` accepts.
+pub const MAX_INJECTED_DELAY: Duration = Duration::from_secs(60);
+
+/// Longest accepted node or cluster id.
+const MAX_ID_LEN: usize = 64;
+
+mod delay;
+mod flags;
+mod load;
+
+pub use delay::*;
+pub use flags::*;
+
+/// A local primary brick: `[[brick]]` in the file, `--brick VOL:PATH[:N]`
+/// on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrickSpec {
+    /// Volume name ([A-Za-z0-9_-]+).
+    pub volume: String,
+    /// Absolute path of the brick directory.
+    pub path: PathBuf,
+    /// Replica set (subvolume) of the volume this brick belongs to.
+    #[serde(default)]
+    pub replica_set: u32,
+}
+
+/// The resolved, validated agent configuration. Its serde form is the
+/// configuration file's format (bricks as `[[brick]]`), so a serialized
+/// `AgentConfig` is itself a valid file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Name shared by every node of the cluster (file only).
+    pub cluster_id: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Directory holding identity, persisted state and session directories.
+    pub data_dir: PathBuf,
+    /// Address the mesh listens on.
+    pub listen: SocketAddr,
+    /// Address peers dial to reach this node (never unspecified).
+    pub advertise: SocketAddr,
+    /// Peers to join through.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Local API socket.
+    pub api_socket: PathBuf,
+    /// Local primary bricks.
+    #[serde(default, rename = "brick")]
+    pub bricks: Vec<BrickSpec>,
+    /// CA certificate.
+    pub tls_ca: PathBuf,
+    /// This node's certificate.
+    pub tls_cert: PathBuf,
+    /// This node's private key.
+    pub tls_key: PathBuf,
+    /// Gossip period in milliseconds.
+    pub gossip_interval_ms: u64,
+    /// Monitor command template, parsed; `None` runs the built-in monitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_command: Option<MonitorCommand>,
+    /// authorized_keys file whose managed block this node maintains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<PathBuf>,
+    /// http:// URLs receiving this node's events.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Latency injected on frames to these networks (testing only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inject_delay: Vec<DelayRule>,
+    /// Write `state.bin` on the calling thread instead of the blocking pool. Only the
+    /// simulator sets it: a second thread would make its runs depend on timing.
+    #[serde(skip)]
+    pub persist_inline: bool,
+}
+
+/// Why the configuration could not be loaded. Always one line; nothing has
+/// been started when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("{}: cannot read configuration file: {source}", path.display())]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A value in the file is malformed, of the wrong type, unknown or
+    /// invalid.
+    #[error("{}:{line}:{column}: {}{message}", path.display(), key_prefix(key))]
+    File {
+        /// The configuration file.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column (in characters) of the offending text.
+        column: usize,
+        /// Dotted key, when one could be determined (e.g. `brick[1].path`).
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A flag value, a missing required setting, or a monitor command
+    /// expansion is invalid.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The flag (`--brick "gv0:x"`) or key (`node_id`) at fault.
+        key: String,
+        /// What is wrong and, where useful, what to do.
+        reason: String,
+    },
+}
+
+fn key_prefix(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
