@@ -90,22 +90,42 @@ impl Reporter<'_> {
 }
 
 pub(super) fn parse_file(source: &Source) -> Result<FileConfig, ConfigError> {
-    toml::from_str::<FileConfig>(&source.text).map_err(|err| {
+    let syntax = |err: toml::de::Error| {
         let span = err.span().unwrap_or(0..0);
-        let key = key_at(&source.text, span.start).or_else(|| toml_error_key(&err));
+        let key = key_at(&source.text, span.start);
+        source.error_at(span, key, err.message())
+    };
+    let deserializer = toml::Deserializer::parse(&source.text).map_err(syntax)?;
+    // The key path (e.g. `brick[1].path`) from serde_path_to_error; the line from
+    // toml's span.
+    serde_path_to_error::deserialize::<_, FileConfig>(deserializer).map_err(|err| {
+        let path = key_path(err.path());
+        let err = err.into_inner();
+        let span = err.span().unwrap_or(0..0);
+        let key = path.or_else(|| key_at(&source.text, span.start));
         source.error_at(span, key, err.message())
     })
 }
 
-/// The dotted key toml attached to its error, if any. toml only prints the
-/// key path when it has no input to quote, so ask for exactly that.
-pub(super) fn toml_error_key(err: &toml::de::Error) -> Option<String> {
-    let mut bare = err.clone();
-    bare.set_input(None);
-    let rendered = bare.to_string();
-    let last = rendered.trim_end().lines().last()?;
-    let key = last.strip_prefix("in `")?.strip_suffix('`')?;
-    (!key.is_empty()).then(|| key.to_owned())
+/// A deserializer path as the file spells it (`brick[1].path`), without the private
+/// field `toml::Spanned` wraps values in; `None` for the top level.
+fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Best-effort key for an error at byte `offset`: the left-hand side of the

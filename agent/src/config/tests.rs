@@ -253,9 +253,9 @@ fn unknown_key_is_named_with_line() {
         msg.starts_with("FILE:7:10: brick[1].volume: invalid type"),
         "{msg}"
     );
-    // A key spread over lines: toml's own key path is used.
+    // A value inside an array spread over lines: the element is named.
     let msg = err_line("node_id = \"n\"\nseeds = [\n  \"a:1\",\n  5,\n]\n", &[]);
-    assert!(msg.starts_with("FILE:4:3: seeds: invalid type"), "{msg}");
+    assert!(msg.starts_with("FILE:4:3: seeds[1]: invalid type"), "{msg}");
 }
 
 #[test]
