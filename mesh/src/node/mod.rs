@@ -19,10 +19,11 @@ use chitchat::{
     spawn_chitchat,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::codec::{self, CodecError};
 use crate::gossip::{GossipTransport, IdentityGuard};
@@ -36,6 +37,8 @@ use crate::view::{Member, Membership, NodeInfo, Seen, WritePosition};
 pub const SESSION_PREFIX: &str = "s/";
 /// Key of a node's frontier.
 pub const SEEN_KEY: &str = "seen";
+/// Sends on tasks of their own in flight at once (see `Shared::send_detached`).
+const MAX_DETACHED_SENDS: usize = 256;
 /// Gossip rounds an uncarried register waits before the lowest-ranked custodians
 /// republish it, when its writer is not live.
 const CUSTODIAN_ROUNDS: u32 = 3;
@@ -209,7 +212,7 @@ struct Local {
     heard: HashMap<ChitchatId, Heard>,
     /// Registers no live namespace carries: since when, and the writer's live
     /// generation when first seen so (see [`keep_alive`]).
-    uncarried_since: HashMap<(SessionId, RegisterName, Hlc), (Instant, Option<u64>)>,
+    uncarried_since: Uncarried,
     /// Own records wholly superseded, and since when (see [`shed_superseded`]).
     superseded_since: HashMap<SessionId, Instant>,
     published_seen: Arc<Seen>,
@@ -241,6 +244,10 @@ struct Shared {
     view_changes: watch::Sender<u64>,
     guard: IdentityGuard,
     wall: Arc<dyn WallClock>,
+    /// Sends made on tasks of their own (pushes, acks, generation replies).
+    sends: TaskTracker,
+    /// Bounds those tasks: beyond it a frame is dropped (gossip repairs).
+    send_slots: Arc<Semaphore>,
 }
 
 /// A running mesh node.
@@ -265,6 +272,25 @@ impl Shared {
 
     fn bump(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Sends `frame` to `to` on a tracked task of its own, so that a slow or dead peer
+    /// holds up neither the caller nor the demux loop. At most [`MAX_DETACHED_SENDS`]
+    /// run at once; beyond that the frame is dropped: pushes, acks and replies are
+    /// best effort, and gossip repairs what they miss. Shutdown waits for them.
+    fn send_detached(&self, to: SocketAddr, frame: Frame, what: &'static str) {
+        let Ok(slot) = self.send_slots.clone().try_acquire_owned() else {
+            self.link.stats().record_rejected();
+            tracing::debug!(%to, what, "too many sends in flight; dropped");
+            return;
+        };
+        let link = self.link.clone();
+        self.sends.spawn(async move {
+            if let Err(error) = link.send(to, frame).await {
+                tracing::debug!(%to, %error, what, "not sent; gossip will repair");
+            }
+            drop(slot);
+        });
     }
 
     fn bump_view(&self) {
@@ -390,6 +416,8 @@ impl MeshNode {
             view_changes: watch::channel(0).0,
             guard: IdentityGuard::default(),
             wall,
+            sends: TaskTracker::new(),
+            send_slots: Arc::new(Semaphore::new(MAX_DETACHED_SENDS)),
         });
         let listener = {
             let waker = Arc::downgrade(&shared);
@@ -511,12 +539,7 @@ impl MeshNode {
                 // In parallel: one slow or dead peer must not delay the others.
                 for peer in peers {
                     let frame = Frame::new(FrameKind::Push, payload.clone());
-                    let link = shared.link.clone();
-                    tokio::spawn(async move {
-                        if let Err(error) = link.send(peer, frame).await {
-                            tracing::debug!(%peer, %error, "eager push failed; gossip will repair");
-                        }
-                    });
+                    shared.send_detached(peer, frame, "eager push");
                 }
             }
             Err(error) => tracing::warn!(%error, "eager push not sent; gossip will carry it"),
@@ -825,6 +848,8 @@ impl MeshNode {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        self.shared.sends.close();
+        self.shared.sends.wait().await;
     }
 }
 
@@ -857,112 +882,6 @@ fn progress_in(
         }
     }
     progress
-}
-
-fn membership_of(shared: &Shared, chitchat: &Chitchat, local: &mut Local) -> Membership {
-    let live: BTreeSet<&ChitchatId> = chitchat.live_nodes().collect();
-    let scheduled: BTreeSet<&ChitchatId> = chitchat.scheduled_for_deletion_nodes().collect();
-    let now = Instant::now();
-    let forgotten = forgotten_in(chitchat);
-    let mut members: BTreeMap<String, Member> = BTreeMap::new();
-    for (id, state) in chitchat.node_states() {
-        if members
-            .get(&*id.node_id)
-            .is_some_and(|m| m.generation > id.generation_id)
-        {
-            continue;
-        }
-        let is_self = *id == shared.chitchat_id;
-        // A forgotten generation is hidden while it is not live: a node that was only
-        // cut off when it was forgotten shows again as soon as it is heard, and one that
-        // comes back (under a new generation) is a new member.
-        if !is_self
-            && !live.contains(id)
-            && forgotten
-                .get(&*id.node_id)
-                .is_some_and(|generation| *generation >= id.generation_id)
-        {
-            continue;
-        }
-        let decoded = local.members.entry(id.clone()).or_default();
-        let info = match state.get_versioned(NODE_KEY).filter(|v| !v.is_deleted()) {
-            None => None,
-            Some(value) => match &decoded.node {
-                Some((version, info)) if *version == value.version => info.clone(),
-                _ => {
-                    let info = codec::decode::<NodeInfo>(&value.value).ok();
-                    decoded.node = Some((value.version, info.clone()));
-                    info
-                }
-            },
-        };
-        let seen = if is_self {
-            local.published_seen.clone()
-        } else {
-            match state.get_versioned(SEEN_KEY).filter(|v| !v.is_deleted()) {
-                None => Arc::default(),
-                Some(value) => match &decoded.seen {
-                    Some((version, seen)) if *version == value.version => seen.clone(),
-                    _ => {
-                        let seen =
-                            Arc::new(codec::decode::<Seen>(&value.value).unwrap_or_default());
-                        decoded.seen = Some((value.version, seen.clone()));
-                        seen
-                    }
-                },
-            }
-        };
-        let last_heard_ms = if is_self {
-            Some(0)
-        } else {
-            local
-                .heard
-                .get(id)
-                .map(|heard| now.duration_since(heard.at).as_millis() as u64)
-        };
-        members.insert(
-            id.node_id.to_string(),
-            Member {
-                node_id: id.node_id.to_string(),
-                generation: id.generation_id,
-                gossip_addr: id.gossip_advertise_addr,
-                live: is_self || live.contains(id),
-                scheduled_for_deletion: scheduled.contains(id),
-                heartbeat: u64::from(state.heartbeat()),
-                last_heard_ms,
-                key_count: state.num_key_values(),
-                max_version: state.max_version(),
-                info,
-                seen,
-            },
-        );
-    }
-    Membership {
-        self_id: shared.config.node_id.clone(),
-        members,
-    }
-}
-
-/// The newest of `ids` that belongs to node `node`.
-fn newest_of<'a>(ids: impl Iterator<Item = &'a ChitchatId>, node: &str) -> Option<&'a ChitchatId> {
-    ids.filter(|id| *id.node_id == *node)
-        .max_by_key(|id| id.generation_id)
-}
-
-/// Per node id: the newest generation some namespace says was forgotten.
-fn forgotten_in(chitchat: &Chitchat) -> BTreeMap<String, u64> {
-    let mut forgotten: BTreeMap<String, u64> = BTreeMap::new();
-    for state in chitchat.node_states().values() {
-        for (key, value) in state.iter_prefix(FORGET_PREFIX) {
-            let Ok(generation) = codec::decode::<u64>(&value.value) else {
-                continue;
-            };
-            let node = &key[FORGET_PREFIX.len()..];
-            let slot = forgotten.entry(node.to_string()).or_default();
-            *slot = (*slot).max(generation);
-        }
-    }
-    forgotten
 }
 
 async fn demux_loop(
@@ -1000,588 +919,14 @@ async fn demux_loop(
     }
 }
 
-/// Tells a starting peer the highest generation we hold for it.
-async fn answer_generation(shared: &Shared, received: &Received) {
-    let (generation, live) = {
-        let chitchat = shared.chitchat.lock().await;
-        let highest = newest_of(chitchat.node_states().keys(), &received.peer_node);
-        let live = highest.filter(|id| chitchat.live_nodes().any(|live| live == *id));
-        let live = live.and_then(|id| {
-            Some(LiveIncarnation {
-                generation: id.generation_id,
-                addr: id.gossip_advertise_addr,
-                heartbeat: u64::from(chitchat.node_state(id)?.heartbeat()),
-            })
-        });
-        (highest.map(|id| id.generation_id), live)
-    };
-    let reply = GenerationReply {
-        node: received.peer_node.clone(),
-        generation,
-        live,
-        nonce: codec::from_bytes::<u64>(&received.frame.payload).unwrap_or(0),
-    };
-    match codec::to_bytes(&reply) {
-        Ok(payload) => {
-            let frame = Frame::new(FrameKind::GenerationReply, payload);
-            if let Err(error) = shared.link.send(received.from, frame).await {
-                tracing::debug!(peer = %received.peer_node, %error, "generation reply not sent");
-            }
-        }
-        Err(error) => tracing::warn!(%error, "cannot encode a generation reply"),
-    }
-}
+mod custodian;
+mod generation;
+mod membership;
+mod push;
+mod refresh;
 
-async fn handle_push(shared: &Shared, received: Received) {
-    let push: PushMsg = match codec::from_bytes(&received.frame.payload) {
-        Ok(push) => push,
-        Err(error) => {
-            shared.link.stats().record_rejected();
-            tracing::warn!(peer = %received.peer_node, %error, "undecodable push dropped");
-            return;
-        }
-    };
-    if push.origin != received.peer_node {
-        shared.link.stats().record_rejected();
-        tracing::warn!(peer = %received.peer_node, origin = %push.origin, "push on behalf of another node refused");
-        return;
-    }
-    {
-        let mut local = shared.local();
-        if let Some(max) = push.record.max_stamp() {
-            local.hlc.observe(&max);
-            // Status must know the newest write as soon as it is merged, not only once
-            // the writer's namespace arrives by gossip.
-            let newer = local
-                .latest_writes
-                .get(&push.record.id)
-                .is_none_or(|(best, _, _)| max > *best);
-            if newer {
-                local.latest_writes.insert(
-                    push.record.id.clone(),
-                    (max, push.origin.clone(), push.position),
-                );
-            }
-        }
-        local.replica.join_record(&push.record);
-    }
-    shared.bump_view();
-    let ack = PushAck {
-        origin: push.origin,
-        position: push.position,
-    };
-    if let Ok(payload) = codec::to_bytes(&ack) {
-        let _ = shared
-            .link
-            .send(received.from, Frame::new(FrameKind::PushAck, payload))
-            .await;
-    }
-}
-
-fn handle_push_ack(shared: &Shared, received: &Received) {
-    let Ok(ack) = codec::from_bytes::<PushAck>(&received.frame.payload) else {
-        shared.link.stats().record_rejected();
-        return;
-    };
-    if ack.origin != shared.config.node_id {
-        return;
-    }
-    {
-        let mut local = shared.local();
-        // The acknowledging incarnation: the newest generation of that node we know of.
-        // A node we know nothing of yet counts through its frontier instead.
-        let generation = newest_of(local.members.keys(), &received.peer_node)
-            .map_or(u64::MAX, |id| id.generation_id);
-        local
-            .acks
-            .entry(ack.position)
-            .or_default()
-            .insert(received.peer_node.clone(), generation);
-        // Bound the map: acknowledgements of old writes are also visible through `seen`.
-        while local.acks.len() > 1024 {
-            local.acks.pop_first();
-        }
-    }
-    shared.bump();
-}
-
-async fn refresh_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(shared.config.gossip_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Key changes arrive in bursts (each gossip exchange brings some): one refresh per
-    // burst, at most one per gap, instead of one per exchange.
-    let gap = shared.config.gossip_interval / REFRESHES_PER_ROUND;
-    let mut come_back: Option<Instant> = None;
-    loop {
-        let held = come_back.unwrap_or_else(|| Instant::now() + shared.config.gossip_interval);
-        come_back = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = shared.wake.notified() => {
-                let next = refresh(&shared, false).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(gap) => {}
-                }
-                next
-            }
-            _ = tokio::time::sleep_until(held), if come_back.is_some() => refresh(&shared, false).await,
-            _ = tick.tick() => refresh(&shared, true).await,
-        };
-    }
-}
-
-/// Recomputes the converged replica and frontier. Between ticks only the namespaces
-/// chitchat reported changed are read; ticks read every namespace, pick up liveness,
-/// deletions and heartbeats, and keep uncarried registers alive.
-/// Returns when to come back if a frontier publish is held back.
-async fn refresh(shared: &Shared, tick: bool) -> Option<Instant> {
-    let mut chitchat = shared.chitchat.lock().await;
-    let dirty = std::mem::take(&mut *shared.dirty());
-    let everything = tick || dirty.all;
-    let mut come_back = None;
-    let mut replica_changed = false;
-    let mut topology_changed = false;
-    let mut publish: Vec<(String, String)> = Vec::new();
-    let mut retire: Vec<String> = Vec::new();
-    {
-        let live: BTreeSet<&ChitchatId> = if everything || dirty.node_info {
-            chitchat.live_nodes().collect()
-        } else {
-            BTreeSet::new()
-        };
-        let mut local = shared.local();
-        let local = &mut *local;
-        let now = Instant::now();
-        let mut fresh: Vec<SessionRecord> = Vec::new();
-        let mut decoded_changed = false;
-        if everything {
-            for (id, state) in chitchat.node_states() {
-                let heartbeat = u64::from(state.heartbeat());
-                let max_version = state.max_version();
-                // A namespace whose max version did not move has no new, changed or
-                // deleted key since it was last read (a reset lowers it: also a move).
-                let moved = match local.heard.get_mut(id) {
-                    Some(entry) => {
-                        if entry.heartbeat != heartbeat {
-                            entry.heartbeat = heartbeat;
-                            entry.at = now;
-                        }
-                        std::mem::replace(&mut entry.read_at_version, max_version) != max_version
-                    }
-                    None => {
-                        let entry = Heard {
-                            heartbeat,
-                            at: now,
-                            read_at_version: max_version,
-                        };
-                        local.heard.insert(id.clone(), entry);
-                        true
-                    }
-                };
-                if moved || dirty.all {
-                    decoded_changed |= read_records(local, id, state, &mut fresh);
-                }
-            }
-        } else {
-            for id in &dirty.nodes {
-                if let Some(state) = chitchat.node_state(id) {
-                    decoded_changed |= read_records(local, id, state, &mut fresh);
-                }
-            }
-        }
-        if everything || dirty.node_info {
-            let epoch = topology_fingerprint(&chitchat, &live);
-            topology_changed = epoch != local.topology_epoch;
-            local.topology_epoch = epoch;
-        }
-        // Only what changed is joined: the replica is the join of every version seen.
-        for record in &fresh {
-            let before = local.replica.sessions.get(&record.id).cloned();
-            local.replica.join_record(record);
-            if local.replica.sessions.get(&record.id) != before.as_ref() {
-                replica_changed = true;
-            }
-        }
-        if replica_changed && let Some(max) = local.replica.max_stamp() {
-            local.hlc.observe(&max);
-        }
-        decoded_changed |= !fresh.is_empty();
-        // After a tick's walk `heard` holds every namespace chitchat has: more entries
-        // (here or in the member cache) mean some namespace was dropped since.
-        let namespaces = chitchat.node_states().len();
-        if everything && (local.heard.len() > namespaces || local.members.len() > namespaces) {
-            let before = local.decoded.len();
-            local
-                .decoded
-                .retain(|id, _| chitchat.node_state(id).is_some());
-            decoded_changed |= local.decoded.len() != before;
-            local
-                .positions
-                .retain(|id, _| chitchat.node_state(id).is_some());
-            local
-                .heard
-                .retain(|id, _| chitchat.node_state(id).is_some());
-            local
-                .members
-                .retain(|id, _| chitchat.node_state(id).is_some());
-        }
-        let mut latest_writes: BTreeMap<SessionId, (Hlc, String, WritePosition)> = BTreeMap::new();
-        // Per live node: the records its namespace carries (for custodianship).
-        let mut carried: Vec<&SessionRecord> = Vec::new();
-        // Both only change with the decoded namespaces (and liveness, read on ticks).
-        let rescan = tick || decoded_changed;
-        for (id, records) in local.decoded.iter().filter(|_| rescan) {
-            for (version, record) in records.values() {
-                let Some(record) = record else {
-                    continue;
-                };
-                if let Some(stamp) = record.max_stamp() {
-                    let position = WritePosition {
-                        generation: id.generation_id,
-                        version: *version,
-                    };
-                    // Custodians carry copies of a write: among equal stamps prefer the
-                    // writer's own namespace, then the lowest node id, so the answer does
-                    // not depend on map iteration order.
-                    let newer = latest_writes.get(&record.id).is_none_or(|(best, node, _)| {
-                        stamp > *best
-                            || (stamp == *best
-                                && carrier_rank(&id.node_id, &stamp.node)
-                                    < carrier_rank(node, &stamp.node))
-                    });
-                    if newer {
-                        latest_writes
-                            .insert(record.id.clone(), (stamp, id.node_id.to_string(), position));
-                    }
-                }
-                if tick && (live.contains(id) || *id == shared.chitchat_id) {
-                    carried.push(record);
-                }
-            }
-        }
-        let carried = carried_ids(&carried);
-        if rescan {
-            // A write merged by push whose namespace has not arrived yet stays known.
-            for (id, pushed) in &local.latest_writes {
-                let scanned = latest_writes.get(id);
-                if scanned.is_none_or(|(stamp, _, _)| *stamp < pushed.0)
-                    && local.replica.sessions.contains_key(id)
-                {
-                    latest_writes.insert(id.clone(), pushed.clone());
-                }
-            }
-            local.latest_writes = latest_writes;
-        }
-        // Our frontier: per origin node, the newest write position we hold.
-        let mut seen = Seen::new();
-        for (id, best) in &local.positions {
-            let slot = seen.entry(id.node_id.to_string()).or_default();
-            *slot = (*slot).max(*best);
-        }
-        // The frontier is what `--wait` and `status` read on other nodes: publish it as
-        // soon as it moves, but at most twice per gossip round (each publish is a
-        // new version of our `seen` key that everyone gossips).
-        let seen_due = tick
-            || local
-                .seen_published_at
-                .is_none_or(|at| now.duration_since(at) >= shared.config.gossip_interval / 2);
-        if seen != *local.published_seen && seen_due {
-            if let Ok(value) = codec::encode(&seen) {
-                publish.push((SEEN_KEY.to_string(), value));
-            }
-            local.published_seen = Arc::new(seen);
-            local.seen_published_at = Some(now);
-        } else if seen != *local.published_seen {
-            // Not due yet: come back for it (no gossip may arrive to wake us).
-            come_back = local
-                .seen_published_at
-                .map(|at| at + shared.config.gossip_interval / 2);
-        }
-        if tick {
-            publish.extend(keep_alive(shared, local, &live, &carried, now));
-            let republished: BTreeSet<&str> = publish.iter().map(|(k, _)| k.as_str()).collect();
-            for id in shed_superseded(shared, local, &carried, now) {
-                let key = session_key(&id);
-                if !republished.contains(key.as_str()) {
-                    local.own.remove(&id);
-                    local.superseded_since.remove(&id);
-                    retire.push(key);
-                }
-            }
-        }
-    }
-    let published = !publish.is_empty() || !retire.is_empty();
-    if published {
-        let node_state = chitchat.self_node_state();
-        for (key, value) in publish {
-            node_state.set(key, value);
-        }
-        for key in retire {
-            tracing::debug!(key, "retiring a wholly superseded record");
-            node_state.delete(&key);
-        }
-    }
-    drop(chitchat);
-    if replica_changed || topology_changed {
-        shared.bump_view();
-    } else if published || tick {
-        shared.bump();
-    }
-    come_back
-}
-
-/// Reads one namespace's session records into the decode cache (decoding only new
-/// versions), queues newly seen records for the join and notes the newest write
-/// position it carries. True if the cached set of records changed shape.
-fn read_records(
-    local: &mut Local,
-    id: &ChitchatId,
-    state: &chitchat::NodeState,
-    fresh: &mut Vec<SessionRecord>,
-) -> bool {
-    // Forgets are writes too: `--wait` on `node forget` reads frontiers like any other.
-    let forgets = state
-        .iter_prefix(FORGET_PREFIX)
-        .map(|(_, value)| WritePosition {
-            generation: id.generation_id,
-            version: value.version,
-        })
-        .max();
-    let mut records = state.iter_prefix(SESSION_PREFIX).peekable();
-    if records.peek().is_none() {
-        match forgets {
-            Some(best) => {
-                local.positions.insert(id.clone(), best);
-            }
-            None => {
-                local.positions.remove(id);
-            }
-        }
-        return local.decoded.remove(id).is_some();
-    }
-    if !local.decoded.contains_key(id) {
-        local.decoded.insert(id.clone(), HashMap::new());
-    }
-    let Some(cache) = local.decoded.get_mut(id) else {
-        return false;
-    };
-    let mut best = forgets.unwrap_or_default();
-    let mut count = 0;
-    let mut undecodable = 0;
-    for (key, value) in records {
-        count += 1;
-        best = best.max(WritePosition {
-            generation: id.generation_id,
-            version: value.version,
-        });
-        if cache
-            .get(key)
-            .is_some_and(|(version, _)| *version == value.version)
-        {
-            continue;
-        }
-        let record = match codec::decode::<SessionRecord>(&value.value) {
-            Ok(record) if session_key(&record.id) == key => Some(record),
-            Ok(_) | Err(_) => {
-                undecodable += 1;
-                tracing::warn!(node = %id.node_id, key, "undecodable or mislabelled session record ignored");
-                None
-            }
-        };
-        if let Some(record) = &record {
-            fresh.push(record.clone());
-        }
-        cache.insert(key.to_string(), (value.version, record));
-    }
-    let mut reshaped = false;
-    if cache.len() > count {
-        // A key was deleted (a retired record): forget its decoded value.
-        cache.retain(|key, _| state.get(key).is_some());
-        reshaped = true;
-    }
-    local.undecodable += undecodable;
-    match local.positions.get_mut(id) {
-        Some(slot) => *slot = best,
-        None => {
-            local.positions.insert(id.clone(), best);
-        }
-    }
-    reshaped
-}
-
-/// Fingerprint of what the reconciler's topology depends on: node ids, liveness and
-/// `node` key versions (not frontiers: they move at every node on every write).
-fn topology_fingerprint(chitchat: &Chitchat, live: &BTreeSet<&ChitchatId>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    for (id, state) in chitchat.node_states() {
-        id.hash(&mut hasher);
-        state
-            .get_versioned(NODE_KEY)
-            .map(|v| (v.version, v.is_deleted()))
-            .hash(&mut hasher);
-        for (key, value) in state.iter_prefix(FORGET_PREFIX) {
-            (key, value.version).hash(&mut hasher);
-        }
-    }
-    // Both iterate in id order: no lookups needed.
-    for id in live {
-        id.hash(&mut hasher);
-    }
-    hasher.finish()
-}
-
-/// Own records to retire: every register in them lost to a newer write (or a newer
-/// incarnation of the session) that a live namespace carries, for longer than the
-/// grace period. Without this every node that ever wrote would stay an origin in every
-/// frontier, and frontiers (gossiped by all) would grow to N entries each. What is
-/// retired changes no outcome: the join already ignores it.
-fn shed_superseded(
-    shared: &Shared,
-    local: &mut Local,
-    carried: &BTreeMap<(SessionId, RegisterName), Hlc>,
-    now: Instant,
-) -> Vec<SessionId> {
-    let grace = shared.config.retire_superseded_after;
-    let mut due = Vec::new();
-    let mut still = HashMap::new();
-    for (id, own) in &local.own {
-        let Some(current) = local.replica.sessions.get(id) else {
-            continue;
-        };
-        let winners: BTreeMap<RegisterName, Hlc> = current.registers().into_iter().collect();
-        let carried_at = |name: &RegisterName, stamp: &Hlc| {
-            carried
-                .get(&(id.clone(), name.clone()))
-                .is_some_and(|c| c >= stamp)
-        };
-        let superseded = own.registers().into_iter().all(|(name, stamp)| {
-            match winners.get(&name) {
-                Some(winner) => *winner > stamp && carried_at(&name, winner),
-                // Pruned by the join: a newer incarnation of the session, or a delete,
-                // made it dead.
-                None => current
-                    .floor()
-                    .is_some_and(|(floor, at)| *at > stamp && carried_at(&floor, at)),
-            }
-        });
-        if !superseded {
-            continue;
-        }
-        let since = local.superseded_since.get(id).copied().unwrap_or(now);
-        if now.duration_since(since) >= grace {
-            due.push(id.clone());
-        }
-        still.insert(id.clone(), since);
-    }
-    local.superseded_since = still;
-    due
-}
-
-/// Order of preference among namespaces carrying the same write: the writer's own
-/// first, then by node id.
-fn carrier_rank<'a>(node: &'a str, writer: &str) -> (bool, &'a str) {
-    (node != writer, node)
-}
-
-/// Which (session, register, stamp) some live namespace carries.
-fn carried_ids(carried: &[&SessionRecord]) -> BTreeMap<(SessionId, RegisterName), Hlc> {
-    let mut out: BTreeMap<(SessionId, RegisterName), Hlc> = BTreeMap::new();
-    for record in carried {
-        for (name, stamp) in record.registers() {
-            let slot = out
-                .entry((record.id.clone(), name))
-                .or_insert(stamp.clone());
-            if stamp > *slot {
-                *slot = stamp;
-            }
-        }
-    }
-    out
-}
-
-/// Custodianship: a winning register that no live namespace carries (its writer died, or
-/// it only arrived by push) is republished here if this node ranks among the
-/// `custodians` lowest live ids, or after a rank-proportional delay otherwise (so a
-/// register held only by high-ranked nodes is not lost either).
-fn keep_alive(
-    shared: &Shared,
-    local: &mut Local,
-    live: &BTreeSet<&ChitchatId>,
-    carried: &BTreeMap<(SessionId, RegisterName), Hlc>,
-    now: Instant,
-) -> Vec<(String, String)> {
-    let mut live_ids: Vec<&str> = live.iter().map(|id| &*id.node_id).collect();
-    live_ids.push(&shared.config.node_id);
-    live_ids.sort_unstable();
-    live_ids.dedup();
-    let rank = live_ids
-        .iter()
-        .position(|id| *id == shared.config.node_id)
-        .unwrap_or(0);
-    // A fresh write normally reaches us by push before its writer's namespace does by
-    // gossip: give gossip a few rounds before stepping in, more when the writer is
-    // alive (it carries the write itself), and more for higher-ranked nodes.
-    // The writer's live incarnation, if any.
-    let writer_generation =
-        |writer: &str| newest_of(live.iter().copied(), writer).map(|id| id.generation_id);
-    // The writer carries a write itself only in the incarnation that made it. Waiting
-    // longer for it is right only while the incarnation that was live when we first saw
-    // the write uncarried still is: if the writer was not live then (the write came
-    // from disk at our start, or its writer was down) or has restarted since (its disk
-    // maybe lost), nobody else will publish it. Clock steps make stamps useless here.
-    let rounds = |writer_live_throughout: bool| {
-        let base = if writer_live_throughout {
-            CUSTODIAN_ROUNDS_WRITER_LIVE
-        } else {
-            CUSTODIAN_ROUNDS
-        };
-        let behind = rank.saturating_sub(shared.config.custodians.saturating_sub(1));
-        base * (1 + behind.min(MAX_CUSTODIAN_STAGGER)) as u32
-    };
-    let mut adopt: BTreeMap<SessionId, Vec<RegisterName>> = BTreeMap::new();
-    let mut still_uncarried = HashMap::new();
-    for record in local.replica.sessions.values() {
-        for (name, stamp) in record.registers() {
-            let key = (record.id.clone(), name.clone());
-            if carried.get(&key).is_some_and(|c| *c >= stamp) {
-                continue;
-            }
-            let writer_now = writer_generation(&stamp.node);
-            let slot = (record.id.clone(), name.clone(), stamp);
-            let (since, writer_then) = local
-                .uncarried_since
-                .get(&slot)
-                .copied()
-                .unwrap_or((now, writer_now));
-            let throughout = writer_then.is_some() && writer_then == writer_now;
-            let patience = shared.config.gossip_interval * rounds(throughout);
-            if now.duration_since(since) >= patience {
-                adopt.entry(record.id.clone()).or_default().push(name);
-            } else {
-                still_uncarried.insert(slot, (since, writer_then));
-            }
-        }
-    }
-    local.uncarried_since = still_uncarried;
-    let mut publish = Vec::new();
-    for (id, names) in adopt {
-        let Some(record) = local.replica.sessions.get(&id) else {
-            continue;
-        };
-        let part = record.extract(&names);
-        let own = local
-            .own
-            .entry(id.clone())
-            .or_insert_with(|| SessionRecord::empty(id.clone()));
-        own.join(&part);
-        match codec::encode(&*own) {
-            Ok(value) => {
-                tracing::debug!(session = %id, registers = ?names, "keeping uncarried registers alive");
-                publish.push((session_key(&id), value));
-            }
-            Err(error) => tracing::warn!(session = %id, %error, "cannot republish session record"),
-        }
-    }
-    publish
-}
+use custodian::*;
+use generation::*;
+use membership::*;
+use push::*;
+use refresh::*;
