@@ -1,0 +1,331 @@
+//! Operations on sessions: what a command asks ([`SessionOp`]), why it may be refused
+//! ([`StateError`]) and [`plan`], which validates it against the converged view and
+//! returns the registers to write.
+
+use super::*;
+
+/// A command on a session, as a user issues it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionOp {
+    /// `create` (`force` skips the secondary checks, never the duplicate check).
+    Create {
+        /// Creation options.
+        options: SessionOptions,
+        /// `--force`.
+        force: bool,
+    },
+    /// `start`.
+    Start {
+        /// `--force`.
+        force: bool,
+    },
+    /// `stop`.
+    Stop {
+        /// `--force`.
+        force: bool,
+    },
+    /// `pause`.
+    Pause {
+        /// `--force`.
+        force: bool,
+    },
+    /// `resume`.
+    Resume {
+        /// `--force`.
+        force: bool,
+    },
+    /// `config KEY VALUE`.
+    SetConfig {
+        /// Key, any spelling.
+        key: String,
+        /// Value as given.
+        value: String,
+    },
+    /// `config --reset KEY` / `config '!KEY'`.
+    ResetConfig {
+        /// Key, any spelling.
+        key: String,
+    },
+    /// `delete`.
+    Delete {
+        /// `--force`.
+        force: bool,
+    },
+}
+
+impl SessionOp {
+    /// The command's name as the CLI spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SessionOp::Create { .. } => "create",
+            SessionOp::Start { .. } => "start",
+            SessionOp::Stop { .. } => "stop",
+            SessionOp::Pause { .. } => "pause",
+            SessionOp::Resume { .. } => "resume",
+            SessionOp::SetConfig { .. } | SessionOp::ResetConfig { .. } => "config",
+            SessionOp::Delete { .. } => "delete",
+        }
+    }
+
+    /// The desired state the op leads to, if it changes the run state.
+    pub fn target_state(&self) -> Option<DesiredState> {
+        match self {
+            SessionOp::Start { .. } | SessionOp::Resume { .. } => Some(DesiredState::Started),
+            SessionOp::Stop { .. } => Some(DesiredState::Stopped),
+            SessionOp::Pause { .. } => Some(DesiredState::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// What the validator needs to know about volumes (answered from the membership view).
+pub trait VolumeDirectory {
+    /// Whether any node (live or not) declares bricks of `volume`.
+    fn has_bricks(&self, volume: &str) -> bool;
+    /// Whether a live node hosts `volume`.
+    fn hosted_by_live_node(&self, volume: &str) -> bool;
+}
+
+/// Why an operation was refused. Refusals do not change any state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The session name could not be parsed.
+    #[error("invalid session `{given}`: {reason}")]
+    BadSessionName {
+        /// What was given.
+        given: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such session.
+    #[error("Session {0} has not been created. Please create session and retry.")]
+    NotCreated(SessionId),
+    /// Create of an existing session.
+    #[error("Session {0} already exists. Delete it first to create it again.")]
+    AlreadyExists(SessionId),
+    /// Create of a session between two volumes another session already replicates
+    /// between (through another secondary host or user).
+    #[error(
+        "Session between {} and {}::{} is already created: {existing}. One session per pair of volumes; delete that one first to reach the secondary another way.",
+        session.primary_volume,
+        session.secondary_host,
+        session.secondary_volume
+    )]
+    SameVolumes {
+        /// The session asked for.
+        session: SessionId,
+        /// The session that exists.
+        existing: SessionId,
+    },
+    /// Create with a primary volume nobody declares.
+    #[error(
+        "Cannot create session {session}: primary volume {volume} has no bricks on any node. Declare its bricks with --brick on the nodes that host it."
+    )]
+    PrimaryVolumeUnknown {
+        /// Session.
+        session: SessionId,
+        /// The primary volume.
+        volume: String,
+    },
+    /// Create with a secondary volume no live node hosts.
+    #[error(
+        "Cannot create session {session}: secondary volume {volume} is not hosted by any live node. Check the secondary agents, or use --force."
+    )]
+    SecondaryNotHosted {
+        /// Session.
+        session: SessionId,
+        /// The secondary volume.
+        volume: String,
+    },
+    /// The desired state does not allow the operation.
+    #[error("Session {session}: {reason}")]
+    WrongState {
+        /// Session.
+        session: SessionId,
+        /// Current desired state.
+        current: DesiredState,
+        /// Sentence explaining the refusal and what to do.
+        reason: String,
+    },
+    /// Bad config key or value.
+    #[error("Session {session}: {error}")]
+    Config {
+        /// Session.
+        session: SessionId,
+        /// Key or value error.
+        error: ConfigKeyError,
+    },
+}
+
+/// Validates `op` on `id` against the local converged view and returns the registers to
+/// write, all stamped `stamp`. `now_secs` resolves `checkpoint now`.
+// StateError is matched field-by-field by agent/ and cli/; boxing would change its shape.
+#[allow(clippy::result_large_err)]
+pub fn plan(
+    replica: &Replica,
+    volumes: &dyn VolumeDirectory,
+    id: &SessionId,
+    op: &SessionOp,
+    stamp: Hlc,
+    now_secs: u64,
+) -> Result<SessionRecord, StateError> {
+    let view = replica.view(id).filter(|v| v.exists);
+    let mut delta = SessionRecord::empty(id.clone());
+    let wrong = |current: DesiredState, reason: String| StateError::WrongState {
+        session: id.clone(),
+        current,
+        reason,
+    };
+    let Some(view) = view else {
+        let SessionOp::Create { options, force } = op else {
+            return Err(StateError::NotCreated(id.clone()));
+        };
+        if let Some(existing) = replica
+            .existing()
+            .find(|other| other.id != *id && other.id.same_volume_pair(id))
+        {
+            return Err(StateError::SameVolumes {
+                session: id.clone(),
+                existing: existing.id,
+            });
+        }
+        if !volumes.has_bricks(&id.primary_volume) {
+            return Err(StateError::PrimaryVolumeUnknown {
+                session: id.clone(),
+                volume: id.primary_volume.clone(),
+            });
+        }
+        if !force && !volumes.hosted_by_live_node(&id.secondary_volume) {
+            return Err(StateError::SecondaryNotHosted {
+                session: id.clone(),
+                volume: id.secondary_volume.clone(),
+            });
+        }
+        let options = SessionOptions {
+            forced: *force,
+            ..options.clone()
+        };
+        delta.created = Some(LWWReg {
+            val: options,
+            marker: stamp,
+        });
+        return Ok(delta);
+    };
+    let current = view.desired;
+    let set_desired = |delta: &mut SessionRecord, state: DesiredState| {
+        delta.desired = Some(LWWReg {
+            val: state,
+            marker: stamp.clone(),
+        });
+    };
+    if matches!(op, SessionOp::Start { .. } | SessionOp::Resume { .. })
+        && let Some(winner) = replica.superseded().get(id)
+    {
+        return Err(wrong(
+            current,
+            format!(
+                "{winner} replicates the same volumes and was created first, so this session cannot run. Delete one of them."
+            ),
+        ));
+    }
+    match op {
+        SessionOp::Create { .. } => return Err(StateError::AlreadyExists(id.clone())),
+        SessionOp::Start { force } => {
+            if current.is_running() && !force {
+                return Err(wrong(
+                    current,
+                    format!(
+                        "geo-replication session is already {current}. Use --force to start it anyway."
+                    ),
+                ));
+            }
+            set_desired(&mut delta, DesiredState::Started);
+        }
+        SessionOp::Stop { force } => {
+            if !current.is_running() && !force {
+                return Err(wrong(
+                    current,
+                    format!(
+                        "geo-replication session is not running (it is {current}). Use --force to stop it anyway."
+                    ),
+                ));
+            }
+            set_desired(&mut delta, DesiredState::Stopped);
+        }
+        SessionOp::Pause { force } => {
+            if current != DesiredState::Started && !force {
+                return Err(wrong(
+                    current,
+                    format!(
+                        "geo-replication session is {current}; only a Started session can be paused."
+                    ),
+                ));
+            }
+            set_desired(&mut delta, DesiredState::Paused);
+        }
+        SessionOp::Resume { force } => {
+            if current != DesiredState::Paused && !force {
+                return Err(wrong(
+                    current,
+                    format!(
+                        "geo-replication session is {current}; only a Paused session can be resumed."
+                    ),
+                ));
+            }
+            set_desired(&mut delta, DesiredState::Started);
+        }
+        SessionOp::SetConfig { key, value } => {
+            let config_error = |error| StateError::Config {
+                session: id.clone(),
+                error,
+            };
+            let key = session_config::lookup(key).map_err(config_error)?;
+            let value = session_config::normalise(key, value, now_secs).map_err(config_error)?;
+            delta.config.insert(
+                key.name.to_string(),
+                reassert_or(replica, id, key.name, Some(value), stamp),
+            );
+        }
+        SessionOp::ResetConfig { key } => {
+            let key = session_config::lookup(key).map_err(|error| StateError::Config {
+                session: id.clone(),
+                error,
+            })?;
+            delta.config.insert(
+                key.name.to_string(),
+                reassert_or(replica, id, key.name, None, stamp),
+            );
+        }
+        SessionOp::Delete { force } => {
+            if current.is_running() && !force {
+                return Err(wrong(
+                    current,
+                    format!(
+                        "geo-replication session is {current}. Please stop the session and retry, or use --force."
+                    ),
+                ));
+            }
+            delta.deleted = Some(stamp);
+        }
+    }
+    Ok(delta)
+}
+
+/// The register that sets `key` to `value`: the current one when it already holds that
+/// value (so the write changes no stamp and restarts no monitor), else a new one
+/// stamped `stamp`.
+pub(super) fn reassert_or(
+    replica: &Replica,
+    id: &SessionId,
+    key: &str,
+    value: Option<String>,
+    stamp: Hlc,
+) -> Reg<Option<String>> {
+    match replica.sessions.get(id).and_then(|r| r.config.get(key)) {
+        Some(current) if current.val == value => current.clone(),
+        _ => LWWReg {
+            val: value,
+            marker: stamp,
+        },
+    }
+}
