@@ -2,10 +2,10 @@
 //!
 //! - [`data_dir`]: the layout ([`DataDir`]: which file is where), one place for every
 //!   path the agent, `inspect offline`, the simulator and the tests use.
-//! - [`file`]: durable files: atomic replacement ([`write_atomic`]) and the checked
+//! - [`file`](mod@file): durable files: atomic replacement ([`write_atomic`]) and the checked
 //!   envelope of `state.bin` ([`StateFile`], [`Envelope`]).
 //! - [`persisted`]: what `state.bin` holds ([`PersistedState`]).
-//! - [`offline`]: `georep inspect offline`, the data directory decoded for people.
+//! - [`offline`](mod@offline): `georep inspect offline`, the data directory decoded for people.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
