@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::views;
 use crate::config::AgentConfig;
 use crate::monitor::BrickStatus;
 use crate::monitor_command::MonitorCommand;
@@ -32,8 +33,8 @@ use crate::reconcile::SessionPlan;
 use crate::session_dir::{self, SessionDirState};
 use crate::supervise::{SupervisePolicy, Supervisor};
 use georep_api::types::{
-    ConfigResponse, ConfigRow, ExistsResponse, ForgetRequest, ForgetResponse, NodeRow,
-    NodesResponse, OpRequest, OpResponse, SessionStatus, StatusResponse, WorkerRow,
+    ConfigResponse, ExistsResponse, ForgetRequest, ForgetResponse, NodesResponse, OpRequest,
+    OpResponse, SessionStatus, StatusResponse,
 };
 use georep_store::{StateFile, StoreError};
 
@@ -805,99 +806,18 @@ impl Agent {
     }
 
     async fn session_status(&self, view: &SessionView, membership: &Membership) -> SessionStatus {
-        let id = &view.id;
-        let progress = self.mesh.session_progress(id).await.unwrap_or_default();
-        let statuses = self.node_statuses(id).await;
-        let secondary_node = membership
-            .live()
-            .find(|m| m.hosts(&id.secondary_volume))
-            .map(|m| m.node_id.clone());
-        let mut workers = Vec::new();
-        for member in membership.hosts_of(&id.primary_volume) {
-            let Some(info) = &member.info else { continue };
-            let status = statuses.get(&member.node_id);
-            for brick in info.bricks_of(&id.primary_volume) {
-                let file = status.and_then(|s| s.workers.iter().find(|w| w.brick == brick.path));
-                let report = status.map(|s| &s.report);
-                // A report published before the current desired state was merged there
-                // says what the monitor did then, not now.
-                let behind = report.is_some_and(|r| r.desired_stamp < view.desired_stamp);
-                let state = if !member.live {
-                    "Offline".to_string()
-                } else if behind {
-                    transition_word(view.desired)
-                } else {
-                    worker_state(view.desired, report, file)
-                };
-                let file = file.cloned().unwrap_or_default();
-                workers.push(WorkerRow {
-                    node: member.node_id.clone(),
-                    brick: brick.path.clone(),
-                    status: state,
-                    crawl_status: if file.crawl_status.is_empty() {
-                        "N/A".into()
-                    } else {
-                        file.crawl_status
-                    },
-                    last_synced: file.last_synced,
-                    monitor_pid: report.and_then(|r| r.pid),
-                    secondary_node: secondary_node.clone(),
-                    entry: file.entry,
-                    data: file.data,
-                    meta: file.meta,
-                    failures: file.failures,
-                    checkpoint_time: file.checkpoint_time,
-                    checkpoint_completed: file.checkpoint_completed,
-                    checkpoint_completion_time: file.checkpoint_completion_time,
-                    last_heard_ms: member.last_heard_ms,
-                    restarts: report.map_or(0, |r| r.restarts),
-                    last_error: report.and_then(|r| r.last_error.clone()),
-                });
-            }
-        }
-        SessionStatus {
-            primary_volume: id.primary_volume.clone(),
-            secondary_user: id.secondary_user.clone(),
-            secondary_host: id.secondary_host.clone(),
-            secondary_volume: id.secondary_volume.clone(),
-            name: id.dir_name(),
-            desired_state: view.desired.to_string(),
-            converged_nodes: progress.confirmed,
-            lagging_nodes: progress.lagging,
-            dead_nodes: progress.dead,
-            config: view.config.clone(),
-            workers,
-            superseded_by: None,
-        }
+        let progress = self
+            .mesh
+            .session_progress(&view.id)
+            .await
+            .unwrap_or_default();
+        let statuses = self.node_statuses(&view.id).await;
+        views::session_status(view, membership, progress, &statuses)
     }
 
     /// `nodes`.
     pub async fn nodes(&self) -> NodesResponse {
-        let membership = self.mesh.membership().await;
-        NodesResponse {
-            nodes: membership
-                .members
-                .values()
-                .map(|m| NodeRow {
-                    node: m.node_id.clone(),
-                    address: m.gossip_addr.to_string(),
-                    live: m.live,
-                    generation: m.generation,
-                    agent_version: m.info.as_ref().map(|i| i.agent_version.clone()),
-                    last_heard_ms: m.last_heard_ms,
-                    bricks: m
-                        .info
-                        .as_ref()
-                        .map(|i| i.bricks.clone())
-                        .unwrap_or_default(),
-                    missing_bricks: m
-                        .info
-                        .as_ref()
-                        .map(|i| i.missing.clone())
-                        .unwrap_or_default(),
-                })
-                .collect(),
-        }
+        views::nodes(&self.mesh.membership().await)
     }
 
     /// `config` list or get.
@@ -907,43 +827,7 @@ impl Agent {
         secondary: &str,
         key: Option<&str>,
     ) -> Result<ConfigResponse, ApiError> {
-        let id = SessionId::parse(primary, secondary)?;
-        let view = self
-            .mesh
-            .replica()
-            .view(&id)
-            .filter(|v| v.exists)
-            .ok_or_else(|| ApiError::from(StateError::NotCreated(id.clone())))?;
-        let wanted = match key {
-            Some(key) => Some(
-                georep_mesh::session_config::lookup(key)
-                    .map_err(|error| {
-                        ApiError::from(StateError::Config {
-                            session: id.clone(),
-                            error,
-                        })
-                    })?
-                    .name,
-            ),
-            None => None,
-        };
-        let keys = view
-            .effective_config()
-            .into_iter()
-            .filter(|(name, ..)| wanted.is_none_or(|w| w == *name))
-            .map(|(name, value, default, set)| ConfigRow {
-                key: name.to_string(),
-                value,
-                default: default.to_string(),
-                set,
-                live: georep_mesh::session_config::lookup(name).is_ok_and(|k| k.live),
-            })
-            .collect();
-        Ok(ConfigResponse {
-            ok: true,
-            session: id.to_string(),
-            keys,
-        })
+        views::config(&self.mesh.replica(), primary, secondary, key)
     }
 
     /// `exists` / `running`: answered from the local replica, no network round-trip.
@@ -952,41 +836,7 @@ impl Agent {
         volume: &str,
         secondary: Option<&str>,
     ) -> Result<ExistsResponse, ApiError> {
-        let only = match secondary {
-            Some(s) => Some(SessionId::parse(volume, s)?),
-            None => None,
-        };
-        let replica = self.mesh.replica();
-        let matching: Vec<SessionView> = replica
-            .existing()
-            .filter(|v| match &only {
-                Some(id) => v.id == *id,
-                None => v.id.primary_volume == volume || v.id.secondary_volume == volume,
-            })
-            .collect();
-        let session = only
-            .as_ref()
-            .map_or_else(|| volume.to_owned(), ToString::to_string);
-        let message = if matching.is_empty() {
-            match &only {
-                Some(id) => format!("no session {id}"),
-                None => format!("no session with {volume} as primary or secondary volume"),
-            }
-        } else {
-            let listed: Vec<String> = matching
-                .iter()
-                .map(|v| format!("{} ({})", v.id, v.desired))
-                .collect();
-            format!("session exists: {}", listed.join(", "))
-        };
-        Ok(ExistsResponse {
-            ok: true,
-            exists: !matching.is_empty(),
-            running: matching.iter().any(|v| v.desired.is_running()),
-            sessions: matching.iter().map(|v| v.id.to_string()).collect(),
-            session,
-            message,
-        })
+        views::exists(&self.mesh.replica(), volume, secondary)
     }
 
     /// Stops gossiping and persists. Monitors keep running for re-adoption.
@@ -1007,40 +857,6 @@ fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
         DesiredState::Started => report.state == MonitorState::Started,
         DesiredState::Paused => report.state == MonitorState::Paused,
         DesiredState::Stopped | DesiredState::Created => report.pid.is_none(),
-    }
-}
-
-/// A worker row's status while its node's monitor has not acted on the current
-/// desired state yet.
-fn transition_word(desired: DesiredState) -> String {
-    match desired {
-        DesiredState::Created => "Created",
-        DesiredState::Started => "Initializing...",
-        DesiredState::Paused => "Pausing...",
-        DesiredState::Stopped => "Stopping...",
-    }
-    .into()
-}
-
-fn worker_state(
-    desired: DesiredState,
-    report: Option<&MonitorReport>,
-    file: Option<&BrickStatus>,
-) -> String {
-    match report.map(|r| r.state) {
-        Some(MonitorState::Faulty) => "Faulty".into(),
-        Some(MonitorState::Paused) => "Paused".into(),
-        Some(MonitorState::Started) => file
-            .map(|f| f.status.clone())
-            .filter(|s| !s.is_empty() && s != "Stopped")
-            .unwrap_or_else(|| "Initializing...".into()),
-        Some(MonitorState::Starting) => "Initializing...".into(),
-        _ => match desired {
-            DesiredState::Created => "Created".into(),
-            DesiredState::Started => "Initializing...".into(),
-            DesiredState::Paused => "Paused".into(),
-            DesiredState::Stopped => "Stopped".into(),
-        },
     }
 }
 
