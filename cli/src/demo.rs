@@ -9,18 +9,17 @@
 //! whose `Drop` terminates them, so an error or Ctrl-C never leaves agents
 //! behind.
 
-use std::fs::{self, File};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::process::CommandExt;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use georep_api::client::request;
 use georep_api::types::{NodesResponse, StatusResponse};
-use georep_mesh::tls::{CA_CERT_FILE, write_ca, write_node_cert};
+use georep_devcluster::{AgentPlan, AgentSpec, ClusterOptions};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::Instant;
@@ -49,7 +48,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Log lines shown per agent when something goes wrong.
 const LOG_TAIL_LINES: usize = 15;
 /// File name of each agent's API socket in its data directory.
-const SOCKET_FILE: &str = "georepd.sock";
+const SOCKET_FILE: &str = georep_store::data_dir::API_SOCKET_FILE;
 /// Longest Unix socket path (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -181,10 +180,10 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<bool> {
     let n = usize::from(a.nodes);
     // Declared before the agents so that it is removed after they are gone.
     let (root, temp) = prepare_root(a.dir.as_deref(), n)?;
-    let ports = free_udp_ports(n)?;
+    let ports =
+        georep_devcluster::free_udp_ports(n).context("cannot find free UDP ports on 127.0.0.1")?;
     let plans = plan_cluster(&root, &ports);
-    let tls = root.join("tls");
-    write_tls(&tls, &plans)?;
+    let agent_plans = prepare_agents(&root, &plans)?;
 
     println!(
         "demo: {n} agents on loopback in {} ({} primaries hosting {PRIMARY_VOLUME}, {} secondaries hosting {SECONDARY_VOLUME})",
@@ -212,7 +211,7 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<bool> {
         }
     };
     let outcome = tokio::select! {
-        outcome = drive(&georepd, &plans, &tls, &mut agents) => outcome,
+        outcome = drive(&georepd, &plans, &agent_plans, &mut agents) => outcome,
         () = interrupted => Err(anyhow!("interrupted")),
     };
     let succeeded = matches!(outcome, Ok(true));
@@ -252,12 +251,11 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<bool> {
 async fn drive(
     georepd: &Path,
     plans: &[NodePlan],
-    tls: &Path,
+    agent_plans: &[AgentPlan],
     agents: &mut Agents,
 ) -> anyhow::Result<bool> {
-    let seed = plans.first().map(|p| p.listen);
-    for plan in plans {
-        agents.spawn(georepd, plan, seed.filter(|s| *s != plan.listen), tls)?;
+    for (plan, agent) in plans.iter().zip(agent_plans) {
+        agents.spawn(georepd, plan, agent)?;
     }
     wait_ready(plans, agents).await?;
     for step in steps(plans) {
@@ -345,26 +343,24 @@ fn check_socket_room(root: &Path, nodes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` distinct free UDP ports on 127.0.0.1 (QUIC listens on UDP). All are
-/// held until every one is chosen, then released for the agents.
-fn free_udp_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let sockets = (0..n)
-        .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot find free UDP ports on 127.0.0.1")?;
-    sockets
+/// The certificates, data directories and `georepd` flags of every agent (the shared
+/// launcher, `georep-devcluster`); the first agent is everyone's seed.
+fn prepare_agents(root: &Path, plans: &[NodePlan]) -> anyhow::Result<Vec<AgentPlan>> {
+    let specs: Vec<AgentSpec> = plans
         .iter()
-        .map(|s| Ok(s.local_addr()?.port()))
-        .collect::<std::io::Result<Vec<u16>>>()
-        .context("cannot read a bound UDP port")
-}
-
-fn write_tls(tls: &Path, plans: &[NodePlan]) -> anyhow::Result<()> {
-    write_ca(tls)?;
-    for plan in plans {
-        write_node_cert(tls, &plan.id, &[Ipv4Addr::LOCALHOST.into()], &[], tls)?;
-    }
-    Ok(())
+        .map(|plan| AgentSpec {
+            id: plan.id.clone(),
+            addr: plan.listen,
+            bricks: vec![plan.brick.clone()],
+            extra_args: Vec::new(),
+        })
+        .collect();
+    let options = ClusterOptions {
+        gossip_interval_ms: GOSSIP_INTERVAL_MS,
+        monitor_command: None,
+        seeds: plans.first().map(|p| p.listen).into_iter().collect(),
+    };
+    georep_devcluster::prepare(root, &specs, &options).context("cannot prepare the agents")
 }
 
 /// Polls n1's `nodes` until every agent is live there.
@@ -504,53 +500,10 @@ struct Agents {
 }
 
 impl Agents {
-    fn spawn(
-        &mut self,
-        georepd: &Path,
-        plan: &NodePlan,
-        seed: Option<SocketAddr>,
-        tls: &Path,
-    ) -> anyhow::Result<()> {
+    fn spawn(&mut self, georepd: &Path, plan: &NodePlan, agent: &AgentPlan) -> anyhow::Result<()> {
         fs::create_dir_all(&plan.brick_dir)
             .with_context(|| format!("cannot create {}", plan.brick_dir.display()))?;
-        let log = File::create(&plan.log)
-            .with_context(|| format!("cannot create {}", plan.log.display()))?;
-        let log_err = log
-            .try_clone()
-            .with_context(|| format!("cannot reopen {}", plan.log.display()))?;
-        let mut command = std::process::Command::new(georepd);
-        // Plain log files: no terminal colour codes.
-        command
-            .env("NO_COLOR", "1")
-            .arg("--node-id")
-            .arg(&plan.id)
-            .arg("--data-dir")
-            .arg(&plan.dir)
-            .arg("--listen")
-            .arg(plan.listen.to_string())
-            .arg("--api-socket")
-            .arg(&plan.socket)
-            .arg("--brick")
-            .arg(&plan.brick)
-            .arg("--tls-ca")
-            .arg(tls.join(CA_CERT_FILE))
-            .arg("--tls-cert")
-            .arg(tls.join(format!("{}.crt", plan.id)))
-            .arg("--tls-key")
-            .arg(tls.join(format!("{}.key", plan.id)))
-            .arg("--gossip-interval-ms")
-            .arg(GOSSIP_INTERVAL_MS.to_string());
-        if let Some(seed) = seed {
-            command.arg("--seed").arg(seed.to_string());
-        }
-        // Own process group: a Ctrl-C reaches the demo, which then stops
-        // the agents in order, rather than every agent at once.
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .process_group(0)
-            .spawn()
+        let child = georep_devcluster::spawn(georepd, agent, &[], &[])
             .with_context(|| format!("cannot start {} for {}", georepd.display(), plan.id))?;
         self.running.push(Agent {
             id: plan.id.clone(),
@@ -572,6 +525,7 @@ impl Agents {
     /// SIGTERMs every agent, waits up to [`STOP_GRACE`], kills stragglers,
     /// and returns how each ended.
     fn terminate(&mut self) -> Vec<(String, std::io::Result<ExitStatus>)> {
+        // All at once, then each within what is left of the grace.
         for agent in &self.running {
             if let Ok(pid) = i32::try_from(agent.child.id()) {
                 // ESRCH: it already exited, and is reaped below.
@@ -582,19 +536,8 @@ impl Agents {
         self.running
             .drain(..)
             .map(|mut agent| {
-                let status = loop {
-                    match agent.child.try_wait() {
-                        Ok(Some(status)) => break Ok(status),
-                        Ok(None) if std::time::Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        Ok(None) => {
-                            let _ = agent.child.kill();
-                            break agent.child.wait();
-                        }
-                        Err(e) => break Err(e),
-                    }
-                };
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let status = georep_devcluster::terminate(&mut agent.child, left);
                 (agent.id, status)
             })
             .collect()
@@ -668,16 +611,8 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_are_distinct() {
-        let ports = free_udp_ports(5).unwrap();
-        let mut unique = ports.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), 5);
-    }
-
-    #[test]
     fn guard_terminates_children() {
+        use std::os::unix::process::CommandExt;
         let child = std::process::Command::new("sleep")
             .arg("60")
             .process_group(0)

@@ -1,6 +1,7 @@
 //! georep-mesh: the part of georep every other capability stands on.
 //!
-//! - [`tls`]: the cluster CA, node certificates (node id in the SAN), mutual-TLS configs.
+//! - [`tls`]: the cluster CA and node certificates (`tls/pki.rs`), a node's loaded
+//!   identity (`tls/identity.rs`), the verifiers of both TLS sides (`tls/verify.rs`).
 //! - [`network`]: the [`network::Link`] trait and frame format every transport speaks.
 //! - [`quic`]: the QUIC [`network::Link`] (quinn + rustls, ring), one connection per peer.
 //! - [`mem`]: an in-memory [`network::Link`] hub for fast tests and the simulator.
@@ -9,10 +10,12 @@
 //! - [`hlc`]: hybrid logical clock stamping every replicated write.
 //! - [`codec`]: versioned, size-capped postcard + base64 encoding of replicated values.
 //! - [`session_config`]: the session configuration keys, their defaults and validation.
-//! - [`state`]: the CRDT session records, their join, and validated operations.
+//! - [`state`]: session ids, the CRDT session records and their join (`state/record.rs`),
+//!   and validated operations (`state/ops.rs`).
 //! - [`view`]: owner-written node records and the membership view.
 //! - [`gossip`]: the chitchat `Transport` adapter over a [`network::Link`], with identity checks.
-//! - [`node`]: a running mesh node: chitchat + replicated state + eager push + custodians.
+//! - [`node`]: a running mesh node: chitchat + replicated state; in `node/`: start,
+//!   membership, the generation answer, eager push and acks, the refresh, custody.
 //! - `probe` (private): at start, what the seeds hold for this node id, and whether it
 //!   already runs elsewhere.
 #![forbid(unsafe_code)]

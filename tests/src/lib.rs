@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -74,6 +74,8 @@ pub struct Node {
     args: Vec<String>,
     /// Words run before `georepd` (e.g. `ip netns exec NS`); empty: run it directly.
     launcher: Vec<String>,
+    /// How the shared launcher prepared it.
+    plan: georep_devcluster::AgentPlan,
     child: Option<Child>,
 }
 
@@ -181,8 +183,6 @@ impl Cluster {
     ) -> Cluster {
         let bins = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
-        let tls = dir.path().join("tls");
-        georep_mesh::tls::write_ca(&tls).expect("write CA");
         let placements: Vec<Placement> = placements.unwrap_or_else(|| {
             specs
                 .iter()
@@ -194,54 +194,38 @@ impl Cluster {
                 .collect()
         });
         let addrs: Vec<SocketAddr> = placements.iter().map(|p| p.addr).collect();
-        let mut nodes = Vec::new();
-        for ((spec, addr), placement) in specs.iter().zip(&addrs).zip(&placements) {
-            georep_mesh::tls::write_node_cert(&tls, &spec.id, &[addr.ip()], &[], &tls)
-                .expect("write node cert");
-            let data_dir = dir.path().join(&spec.id);
-            std::fs::create_dir_all(&data_dir).expect("data dir");
-            let socket = data_dir.join("georepd.sock");
-            let mut args = vec![
-                "--node-id".to_string(),
-                spec.id.clone(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--listen".into(),
-                addr.to_string(),
-                "--seed".into(),
-                addrs[0].to_string(),
-                "--seed".into(),
-                addrs[addrs.len().min(2) - 1].to_string(),
-                "--api-socket".into(),
-                socket.display().to_string(),
-                "--tls-ca".into(),
-                tls.join("ca.crt").display().to_string(),
-                "--tls-cert".into(),
-                tls.join(format!("{}.crt", spec.id)).display().to_string(),
-                "--tls-key".into(),
-                tls.join(format!("{}.key", spec.id)).display().to_string(),
-                "--gossip-interval-ms".into(),
-                gossip_ms.to_string(),
-            ];
-            for brick in &spec.bricks {
-                args.push("--brick".into());
-                args.push(brick.clone());
-            }
-            if let Some(command) = monitor_command {
-                args.push("--monitor-command".into());
-                args.push(command.to_string());
-            }
-            args.extend(placement.extra_args.iter().cloned());
-            nodes.push(Node {
+        let agents: Vec<georep_devcluster::AgentSpec> = specs
+            .iter()
+            .zip(&placements)
+            .map(|(spec, placement)| georep_devcluster::AgentSpec {
                 id: spec.id.clone(),
-                data_dir,
-                socket,
-                addr: *addr,
-                args,
+                addr: placement.addr,
+                bricks: spec.bricks.clone(),
+                extra_args: placement.extra_args.clone(),
+            })
+            .collect();
+        // Nodes 0 and 1 are everyone's seeds.
+        let options = georep_devcluster::ClusterOptions {
+            gossip_interval_ms: gossip_ms,
+            monitor_command: monitor_command.map(str::to_owned),
+            seeds: addrs.iter().take(2).copied().collect(),
+        };
+        let plans = georep_devcluster::prepare(dir.path(), &agents, &options)
+            .expect("prepare the cluster's certificates and data directories");
+        let nodes = plans
+            .into_iter()
+            .zip(&placements)
+            .map(|(plan, placement)| Node {
+                id: plan.id.clone(),
+                data_dir: plan.data_dir.clone(),
+                socket: plan.socket.clone(),
+                addr: plan.addr,
+                args: plan.args.clone(),
                 launcher: placement.launcher.clone(),
+                plan,
                 child: None,
-            });
-        }
+            })
+            .collect();
         let mut cluster = Cluster { dir, nodes, bins };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i);
@@ -250,19 +234,17 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.nodes[i].data_dir.join("georepd.log"))
-            .expect("agent log");
-        let child = self
-            .agent_command(i)
-            .env("RUST_LOG", "info,georep_mesh=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn georepd");
+        let node = &self.nodes[i];
+        let mut plan = node.plan.clone();
+        // Tests may change the flags of a node between runs (see `agent_args`).
+        plan.args = node.args.clone();
+        let child = georep_devcluster::spawn(
+            &self.georepd_bin(),
+            &plan,
+            &node.launcher,
+            &[("RUST_LOG", "info,georep_mesh=debug")],
+        )
+        .expect("spawn georepd");
         self.nodes[i].child = Some(child);
     }
 
@@ -359,16 +341,9 @@ impl Cluster {
     /// The `georepd` command line node `i` runs with (launcher included).
     pub fn agent_command(&self, i: usize) -> Command {
         let node = &self.nodes[i];
-        let mut command = match node.launcher.split_first() {
-            Some((program, words)) => {
-                let mut command = Command::new(program);
-                command.args(words).arg(self.bins.join("georepd"));
-                command
-            }
-            None => Command::new(self.bins.join("georepd")),
-        };
-        command.args(&node.args);
-        command
+        let mut plan = node.plan.clone();
+        plan.args = node.args.clone();
+        georep_devcluster::command(&self.georepd_bin(), &plan, &node.launcher)
     }
 
     /// Runs `georep --socket <node i's socket> ARGS...`.
