@@ -224,12 +224,10 @@ fn state_of(monitor: &Monitor, plan: Option<&SessionPlan>, faulty_after: u32) ->
     }
 }
 
+/// A delay for people, to the millisecond (`2s`, `1s 500ms`).
 fn secs(duration: Duration) -> String {
-    if duration.subsec_millis() == 0 {
-        format!("{}s", duration.as_secs())
-    } else {
-        format!("{:.3}s", duration.as_secs_f64())
-    }
+    let ms = Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+    humantime::format_duration(ms).to_string()
 }
 
 fn stamp_text(stamp: Option<&Hlc>) -> String {

@@ -1,5 +1,5 @@
-//! Durations as people write them: `500ms`, `90s`, `5m`, `1h`, `1m30s`, and signed
-//! offsets (`-2s`, `+750ms`) for clock skew.
+//! Durations as people write them (`500ms`, `90s`, `5m`, `1h`, `1m30s`: humantime's
+//! grammar), and signed offsets (`-2s`, `+750ms`) for clock skew.
 
 use std::time::Duration;
 
@@ -10,49 +10,23 @@ pub struct DurationError {
     /// What was given.
     pub given: String,
     /// What is wrong.
-    pub reason: &'static str,
+    pub reason: String,
 }
 
-/// Parses an unsigned duration such as `90s`, `5m`, `1m30s` or `250ms`.
+/// Parses an unsigned duration such as `90s`, `5m`, `1m30s` or `250ms` (humantime's
+/// grammar; a bare number is refused: it has no unit).
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let error = |reason| DurationError {
-        given: text.to_string(),
-        reason,
-    };
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(error("empty"));
+        return Err(DurationError {
+            given: text.to_string(),
+            reason: "empty".into(),
+        });
     }
-    let mut total_ms: u64 = 0;
-    let mut rest = trimmed;
-    while !rest.is_empty() {
-        let digits = rest.chars().take_while(char::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(error("expected a number"));
-        }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| error("number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let factor = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "" => return Err(error("missing unit (ms, s, m or h)")),
-            _ => return Err(error("unknown unit (use ms, s, m or h)")),
-        };
-        let part = value
-            .checked_mul(factor)
-            .ok_or_else(|| error("too large"))?;
-        total_ms = total_ms
-            .checked_add(part)
-            .ok_or_else(|| error("too large"))?;
-    }
-    Ok(Duration::from_millis(total_ms))
+    humantime::parse_duration(trimmed).map_err(|e| DurationError {
+        given: text.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Parses a signed offset in milliseconds: `-2s`, `+750ms`, `3s`.
@@ -64,33 +38,14 @@ pub fn parse_offset_ms(text: &str) -> Result<i64, DurationError> {
     };
     let millis = i64::try_from(parse_duration(body)?.as_millis()).map_err(|_| DurationError {
         given: text.to_string(),
-        reason: "too large",
+        reason: "too large".into(),
     })?;
     Ok(sign * millis)
 }
 
-/// Formats a duration compactly (`1m30s`, `250ms`).
+/// Formats a duration as humantime does (`1m 30s`, `250ms`).
 pub fn format_duration(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    if !ms.is_multiple_of(1000) {
-        return format!("{ms}ms");
-    }
-    let secs = ms / 1000;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
+    humantime::format_duration(duration).to_string()
 }
 
 #[cfg(test)]
@@ -106,11 +61,12 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("90").is_err());
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(2 * 86_400)));
+        assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
         assert_eq!(parse_offset_ms("-2s"), Ok(-2000));
         assert_eq!(parse_offset_ms("+750ms"), Ok(750));
-        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
     }
 }

@@ -58,6 +58,9 @@ fn main() {
                 (writer + 1) % n,
                 &["start", "gv0", &secondary],
             ));
+            // One session per pair of volumes: clear it for the next round (untimed).
+            cluster.ok(writer, &["stop", "gv0", &secondary]);
+            cluster.ok(writer, &["delete", "gv0", &secondary]);
         }
         let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
         println!(

@@ -92,34 +92,17 @@ impl fmt::Display for DelaySpelling {
     }
 }
 
-/// Parses a whole number with a unit: `250us`, `40ms`, `2s`, at most [`MAX_INJECTED_DELAY`].
+/// Parses a duration (`250us`, `40ms`, `2s`: humantime's grammar), at most
+/// [`MAX_INJECTED_DELAY`].
 fn parse_delay(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = text.split_at(digits);
-    let scale = match unit {
-        "us" => 1,
-        "ms" => 1_000,
-        "s" => 1_000_000,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a whole number with a unit us, ms or s (e.g. 40ms)"
-            ));
-        }
-    };
-    if number.is_empty() {
-        return Err(format!("{text:?} has no number (e.g. 40ms)"));
+    let delay = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration with a unit (e.g. 40ms, 250us): {e}"))?;
+    if delay > MAX_INJECTED_DELAY {
+        return Err(format!(
+            "{text} is longer than {}",
+            DelaySpelling(MAX_INJECTED_DELAY)
+        ));
     }
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .map(Duration::from_micros)
-        .filter(|d| *d <= MAX_INJECTED_DELAY)
-        .ok_or_else(|| {
-            format!(
-                "{text} is longer than {}",
-                DelaySpelling(MAX_INJECTED_DELAY)
-            )
-        })
+    Ok(delay)
 }

@@ -121,12 +121,15 @@ pub fn lag_text(origin: &str, has: Option<WritePosition>, needs: WritePosition) 
     }
 }
 
+/// A time for people: milliseconds under a second, else whole seconds rounded up
+/// (`350ms`, `3s`, `1m 5s`).
 fn duration_text(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
+    let shown = if ms < 1000 {
+        std::time::Duration::from_millis(ms)
     } else {
-        format!("{}s", ms.div_ceil(1000))
-    }
+        std::time::Duration::from_secs(ms.div_ceil(1000))
+    };
+    humantime::format_duration(shown).to_string()
 }
 
 /// The conclusion for `reason` and every fact behind it, as plain sentences.
