@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use georep_api::ErrorCode;
 use georep_mesh::codec;
 use georep_mesh::hlc::{Hlc, WallClock};
 use georep_mesh::network::Link;
-use georep_mesh::node::{MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY};
+use georep_mesh::node::{MeshConfig, MeshNode, MeshSnapshot, NODE_KEY};
 use georep_mesh::state::{DesiredState, SessionId, SessionOp, SessionView, StateError};
 use georep_mesh::view::{Brick, Membership, NodeInfo};
 use serde::{Deserialize, Serialize};
@@ -83,92 +82,7 @@ impl NodeSessionStatus {
 
 pub use georep_store::PersistedState;
 
-/// A refusal or failure of an API call, mapped to an HTTP status by the API layer;
-/// `code` is the machine-readable kind the error body carries.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The request was malformed (HTTP 400).
-    #[error("{message}")]
-    BadRequest {
-        /// What kind.
-        code: ErrorCode,
-        /// What was wrong.
-        message: String,
-    },
-    /// The operation was refused (HTTP 409), naming the session.
-    #[error("{message}")]
-    Refused {
-        /// What kind.
-        code: ErrorCode,
-        /// Session concerned.
-        session: Option<String>,
-        /// What was wrong and what to do.
-        message: String,
-    },
-}
-
-impl ApiError {
-    /// A malformed request ([`ErrorCode::BadRequest`]).
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            code: ErrorCode::BadRequest,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<StateError> for ApiError {
-    fn from(error: StateError) -> Self {
-        use georep_mesh::session_config::ConfigKeyError;
-        let message = error.to_string();
-        let (code, session) = match &error {
-            StateError::BadSessionName { .. } => {
-                return ApiError::BadRequest {
-                    code: ErrorCode::BadSessionName,
-                    message,
-                };
-            }
-            StateError::NotCreated(id) => (ErrorCode::SessionNotFound, id),
-            StateError::AlreadyExists(id) => (ErrorCode::AlreadyExists, id),
-            StateError::SameVolumes { session, .. } => (ErrorCode::SameVolumes, session),
-            StateError::PrimaryVolumeUnknown { session, .. } => {
-                (ErrorCode::PrimaryVolumeUnknown, session)
-            }
-            StateError::SecondaryNotHosted { session, .. } => {
-                (ErrorCode::SecondaryNotHosted, session)
-            }
-            StateError::WrongState { session, .. } => (ErrorCode::WrongState, session),
-            StateError::Config { session, error } => (
-                match error {
-                    ConfigKeyError::UnknownKey { .. } => ErrorCode::UnknownKey,
-                    ConfigKeyError::InvalidValue { .. } => ErrorCode::BadValue,
-                },
-                session,
-            ),
-        };
-        ApiError::Refused {
-            code,
-            session: Some(session.to_string()),
-            message,
-        }
-    }
-}
-
-impl From<MeshError> for ApiError {
-    fn from(error: MeshError) -> Self {
-        let code = match error {
-            MeshError::Refused(refusal) => return refusal.into(),
-            MeshError::Encode(_) => ErrorCode::NotStored,
-            MeshError::ForgetRefused(_) => ErrorCode::ForgetRefused,
-            MeshError::Start(_) | MeshError::AlreadyRunning { .. } => ErrorCode::Internal,
-        };
-        ApiError::Refused {
-            code,
-            session: None,
-            message: error.to_string(),
-        }
-    }
-}
+pub use crate::api::error::ApiError;
 
 /// The running agent.
 pub struct Agent {
@@ -647,7 +561,7 @@ impl Agent {
                 }),
             _ => None,
         };
-        let message = success_message(&request.op, &id, value.as_deref());
+        let message = views::success_message(&request.op, &id, value.as_deref());
         Ok(OpResponse {
             ok: true,
             session: id.to_string(),
@@ -857,40 +771,6 @@ fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
         DesiredState::Started => report.state == MonitorState::Started,
         DesiredState::Paused => report.state == MonitorState::Paused,
         DesiredState::Stopped | DesiredState::Created => report.pid.is_none(),
-    }
-}
-
-fn success_message(op: &SessionOp, id: &SessionId, value: Option<&str>) -> String {
-    let between = format!("{} & {}", id.primary_volume, id.secondary());
-    match op {
-        SessionOp::Create { .. } => {
-            format!("Creating geo-replication session between {between} has been successful")
-        }
-        SessionOp::Start { .. } => {
-            format!("Starting geo-replication session between {between} has been successful")
-        }
-        SessionOp::Stop { .. } => {
-            format!("Stopping geo-replication session between {between} has been successful")
-        }
-        SessionOp::Pause { .. } => {
-            format!("Pausing geo-replication session between {between} has been successful")
-        }
-        SessionOp::Resume { .. } => {
-            format!("Resuming geo-replication session between {between} has been successful")
-        }
-        SessionOp::SetConfig { key, .. } => {
-            let key = georep_mesh::session_config::lookup(key).map_or(key.as_str(), |k| k.name);
-            let value = value.unwrap_or("?");
-            format!(
-                "geo-replication config-set of {key} = {value} for {between} has been successful"
-            )
-        }
-        SessionOp::ResetConfig { key } => {
-            format!("geo-replication config-reset of {key} for {between} has been successful")
-        }
-        SessionOp::Delete { .. } => {
-            format!("Deleting geo-replication session between {between} has been successful")
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The local API: its routes ([`router`]: HTTP requests to [`Agent`] calls, the JSON
 //! of `georep_api`) and serving them on the Unix socket ([`serve`]).
 
+pub mod error;
 pub mod serve;
 pub mod views;
 

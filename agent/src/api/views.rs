@@ -8,7 +8,7 @@ use georep_api::types::{
     ConfigResponse, ConfigRow, ExistsResponse, NodeRow, NodesResponse, SessionStatus, WorkerRow,
 };
 use georep_mesh::node::WriteProgress;
-use georep_mesh::state::{DesiredState, Replica, SessionId, SessionView, StateError};
+use georep_mesh::state::{DesiredState, Replica, SessionId, SessionOp, SessionView, StateError};
 use georep_mesh::view::Membership;
 
 use crate::agent::{ApiError, NodeSessionStatus};
@@ -233,6 +233,41 @@ fn worker_state(
             DesiredState::Paused => "Paused".into(),
             DesiredState::Stopped => "Stopped".into(),
         },
+    }
+}
+
+/// The sentence a successful command answers with, as gluster words it.
+pub fn success_message(op: &SessionOp, id: &SessionId, value: Option<&str>) -> String {
+    let between = format!("{} & {}", id.primary_volume, id.secondary());
+    match op {
+        SessionOp::Create { .. } => {
+            format!("Creating geo-replication session between {between} has been successful")
+        }
+        SessionOp::Start { .. } => {
+            format!("Starting geo-replication session between {between} has been successful")
+        }
+        SessionOp::Stop { .. } => {
+            format!("Stopping geo-replication session between {between} has been successful")
+        }
+        SessionOp::Pause { .. } => {
+            format!("Pausing geo-replication session between {between} has been successful")
+        }
+        SessionOp::Resume { .. } => {
+            format!("Resuming geo-replication session between {between} has been successful")
+        }
+        SessionOp::SetConfig { key, .. } => {
+            let key = georep_mesh::session_config::lookup(key).map_or(key.as_str(), |k| k.name);
+            let value = value.unwrap_or("?");
+            format!(
+                "geo-replication config-set of {key} = {value} for {between} has been successful"
+            )
+        }
+        SessionOp::ResetConfig { key } => {
+            format!("geo-replication config-reset of {key} for {between} has been successful")
+        }
+        SessionOp::Delete { .. } => {
+            format!("Deleting geo-replication session between {between} has been successful")
+        }
     }
 }
 
