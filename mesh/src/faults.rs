@@ -66,12 +66,11 @@ pub struct LinkFaults {
 }
 
 /// An IP network: an address and a prefix length (`10.77.2.0/24`, `fd00::/64`). A bare
-/// address is a network of one (`/32` or `/128`).
+/// address is a network of one (`/32` or `/128`). The arithmetic is `ipnet`'s; this
+/// type adds the refusal of host bits, the bare-address spelling and IPv4-mapped
+/// matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpNetwork {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNetwork(ipnet::IpNet);
 
 /// Why an [`IpNetwork`] was refused. Nothing was built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,18 +102,12 @@ impl IpNetwork {
     /// The network `addr/prefix`; refused when the prefix is too long for the family or
     /// `addr` has bits set beyond it.
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, NetworkError> {
-        let max = max_prefix(addr);
-        if prefix > max {
-            return Err(NetworkError::Prefix {
-                prefix: prefix.to_string(),
-                max,
-            });
-        }
-        let network = IpNetwork {
-            addr: masked(addr, prefix),
-            prefix,
-        };
-        if network.addr != addr {
+        let net = ipnet::IpNet::new(addr, prefix).map_err(|_| NetworkError::Prefix {
+            prefix: prefix.to_string(),
+            max: max_prefix(addr),
+        })?;
+        let network = IpNetwork(net.trunc());
+        if network.addr() != addr {
             return Err(NetworkError::HostBits {
                 addr,
                 prefix,
@@ -126,20 +119,17 @@ impl IpNetwork {
 
     /// The network holding exactly `addr`.
     pub fn host(addr: IpAddr) -> Self {
-        IpNetwork {
-            addr,
-            prefix: max_prefix(addr),
-        }
+        IpNetwork(ipnet::IpNet::from(addr))
     }
 
     /// The network's first address.
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.network()
     }
 
     /// The prefix length in bits.
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
@@ -149,26 +139,12 @@ impl IpNetwork {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             IpAddr::V4(_) => ip,
         };
-        ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix) == self.addr
+        self.0.contains(&ip)
     }
 }
 
 fn max_prefix(addr: IpAddr) -> u8 {
     if addr.is_ipv4() { 32 } else { 128 }
-}
-
-/// `addr` with every bit beyond `prefix` cleared (`prefix` at most the family's width).
-fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4((u32::from(v4) & mask).into())
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6((u128::from(v6) & mask).into())
-        }
-    }
 }
 
 impl FromStr for IpNetwork {
@@ -202,10 +178,10 @@ impl FromStr for IpNetwork {
 impl fmt::Display for IpNetwork {
     /// `ADDR/PREFIX`, or the bare address for a network of one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.prefix == max_prefix(self.addr) {
-            write!(f, "{}", self.addr)
+        if self.prefix() == max_prefix(self.addr()) {
+            write!(f, "{}", self.addr())
         } else {
-            write!(f, "{}/{}", self.addr, self.prefix)
+            write!(f, "{}", self.0)
         }
     }
 }
