@@ -22,18 +22,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use georep_api::{CrawlStatus, WorkerStatus};
+
 use crate::session_dir::{self, ACTIVE_BRICKS_FILE};
 
-/// Worker status while starting up.
-pub const INITIALIZING: &str = "Initializing...";
-/// Worker status of the replica set's syncing brick.
-pub const ACTIVE: &str = "Active";
-/// Worker status of the other bricks of a replica set.
-pub const PASSIVE: &str = "Passive";
-/// Worker status after a clean shutdown.
-pub const STOPPED: &str = "Stopped";
-/// Crawl status while no crawl exists.
-pub const NO_CRAWL: &str = "N/A";
 /// How often a worker re-reads `active_bricks`.
 pub const ACTIVE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -119,10 +111,10 @@ fn worker_error(ended: Result<io::Result<()>, tokio::task::JoinError>) -> Option
 pub struct BrickStatus {
     /// Brick path.
     pub brick: String,
-    /// Initializing..., Active, Passive or Stopped.
-    pub status: String,
-    /// Crawl status (`N/A` until data transfer exists).
-    pub crawl_status: String,
+    /// Initializing..., Active, Passive or Stopped (a custom monitor's own word is kept).
+    pub status: WorkerStatus,
+    /// Crawl status (`N/A` when there is none).
+    pub crawl_status: CrawlStatus,
     /// Time of the last synced change, if any.
     pub last_synced: Option<String>,
     /// Entry operations synced.
@@ -144,11 +136,11 @@ pub struct BrickStatus {
 }
 
 impl BrickStatus {
-    fn new(brick: &str, status: &str) -> Self {
+    fn new(brick: &str, status: WorkerStatus) -> Self {
         Self {
             brick: brick.to_string(),
-            status: status.to_string(),
-            crawl_status: NO_CRAWL.to_string(),
+            status,
+            crawl_status: CrawlStatus::NotApplicable,
             last_synced: None,
             entry: 0,
             data: 0,
@@ -216,7 +208,7 @@ impl Worker {
     /// Reports Initializing..., then Active or Passive as `active_bricks` says, until
     /// `shutdown`; then reports Stopped. Fails only when the status cannot be written.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
-        let mut status = BrickStatus::new(&self.brick, INITIALIZING);
+        let mut status = BrickStatus::new(&self.brick, WorkerStatus::Initializing);
         self.write(&mut status)?;
         let mut active = None;
         loop {
@@ -228,17 +220,17 @@ impl Worker {
             }
             active = self.is_active().or(active);
             let wanted = if active == Some(true) {
-                ACTIVE
+                WorkerStatus::Active
             } else {
-                PASSIVE
+                WorkerStatus::Passive
             };
             if status.status != wanted {
-                tracing::info!(brick = %self.brick, from = %status.status, to = wanted, "worker status");
-                status.status = wanted.to_string();
+                tracing::info!(brick = %self.brick, from = %status.status, to = %wanted, "worker status");
+                status.status = wanted;
                 self.write(&mut status)?;
             }
         }
-        status.status = STOPPED.to_string();
+        status.status = WorkerStatus::Stopped;
         self.write(&mut status)
     }
 
@@ -335,7 +327,7 @@ mod tests {
     }
 
     fn status_of(dir: &Path, brick: &str) -> Option<String> {
-        read_status(dir, brick).ok().map(|s| s.status)
+        read_status(dir, brick).ok().map(|s| s.status.to_string())
     }
 
     #[tokio::test]
@@ -363,8 +355,8 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let first = read_status(&session_dir, "/data/b1").unwrap();
-        assert_eq!(first.status, INITIALIZING);
-        assert_eq!(first.crawl_status, NO_CRAWL);
+        assert_eq!(first.status, WorkerStatus::Initializing);
+        assert_eq!(first.crawl_status, CrawlStatus::NotApplicable);
         assert_eq!(first.last_synced, None);
         assert_eq!(first.updated_ms, 1_700_000_000_000);
         let raw: serde_json::Value = serde_json::from_slice(
@@ -390,18 +382,18 @@ mod tests {
 
         // no list yet: nothing is Active
         eventually("Passive", || {
-            status_of(&session_dir, "/data/b1").as_deref() == Some(PASSIVE)
+            status_of(&session_dir, "/data/b1").as_deref() == Some("Passive")
         })
         .await;
         clock.advance(5);
         std::fs::write(session_dir.join(ACTIVE_BRICKS_FILE), "/data/b1\n").unwrap();
         eventually("b1 Active", || {
-            status_of(&session_dir, "/data/b1").as_deref() == Some(ACTIVE)
+            status_of(&session_dir, "/data/b1").as_deref() == Some("Active")
         })
         .await;
         assert_eq!(
             status_of(&session_dir, "/data/b2").as_deref(),
-            Some(PASSIVE)
+            Some("Passive")
         );
         assert_eq!(
             read_status(&session_dir, "/data/b1").unwrap().updated_ms,
@@ -409,8 +401,8 @@ mod tests {
         );
         std::fs::write(session_dir.join(ACTIVE_BRICKS_FILE), "/data/b2\n").unwrap();
         eventually("failover", || {
-            status_of(&session_dir, "/data/b1").as_deref() == Some(PASSIVE)
-                && status_of(&session_dir, "/data/b2").as_deref() == Some(ACTIVE)
+            status_of(&session_dir, "/data/b1").as_deref() == Some("Passive")
+                && status_of(&session_dir, "/data/b2").as_deref() == Some("Active")
         })
         .await;
 
@@ -420,11 +412,11 @@ mod tests {
         }
         assert_eq!(
             status_of(&session_dir, "/data/b1").as_deref(),
-            Some(STOPPED)
+            Some("Stopped")
         );
         assert_eq!(
             status_of(&session_dir, "/data/b2").as_deref(),
-            Some(STOPPED)
+            Some("Stopped")
         );
         let leftovers: Vec<_> = std::fs::read_dir(&session_dir)
             .unwrap()

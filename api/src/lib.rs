@@ -6,6 +6,8 @@
 //!   [`types::ErrorCode`].
 //! - [`inspect`]: the JSON of `georep inspect` (`/v1/inspect/...`, and the offline
 //!   decoding of a data directory).
+//! - [`words`]: the closed sets of status words ([`WorkerStatus`], [`CrawlStatus`]),
+//!   spelled as gluster prints them, unknown words kept.
 //! - [`client`]: one request over the socket (hyper, HTTP/1.1), percent-encoded queries.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -13,9 +15,11 @@
 pub mod client;
 pub mod inspect;
 pub mod types;
+pub mod words;
 
 pub use client::{ClientError, request, with_query};
 pub use types::{ErrorBody, ErrorCode};
+pub use words::{CrawlStatus, WorkerStatus};
 
 /// Where the agent serves its local API, and where `georep` looks for it, when
 /// neither is told otherwise.

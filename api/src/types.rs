@@ -23,10 +23,11 @@ pub struct WorkerRow {
     pub node: String,
     /// Primary brick path.
     pub brick: String,
-    /// Created, Initializing..., Active, Passive, Faulty, Stopped, Paused, Offline.
-    pub status: String,
-    /// Crawl status (`N/A` until data transfer exists).
-    pub crawl_status: String,
+    /// Created, Initializing..., Active, Passive, Faulty, Stopped, Paused, Offline,
+    /// Pausing..., Stopping...
+    pub status: crate::WorkerStatus,
+    /// Crawl status (`N/A` when there is none).
+    pub crawl_status: crate::CrawlStatus,
     /// Last synced time, if any.
     pub last_synced: Option<String>,
     /// Pid of the node's monitor for this session.

@@ -1,6 +1,7 @@
 //! `status` (gluster's table, one row per primary brick, under a line per
 //! session with its desired state and convergence), `exists` and `running`.
 
+use georep_api::WorkerStatus;
 use georep_api::types::{ExistsResponse, SessionStatus, StatusResponse, WorkerRow};
 use georep_mesh::state::{DEFAULT_SECONDARY_USER, SessionId, StateError};
 
@@ -32,9 +33,6 @@ pub const DETAIL_COLUMNS: &[&str] = &[
     "CHECKPOINT COMPLETED",
     "CHECKPOINT COMPLETION TIME",
 ];
-
-/// Worker status of a primary node that is dead.
-const OFFLINE: &str = "Offline";
 
 /// Printed when no session is in scope.
 pub const NO_SESSIONS: &str = "No active geo-replication sessions";
@@ -161,7 +159,7 @@ pub fn session_line(s: &SessionStatus) -> String {
 
 fn worker_cells(s: &SessionStatus, w: &WorkerRow, detail: bool) -> Vec<String> {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| NA.to_owned());
-    let offline = w.status == OFFLINE;
+    let offline = w.status == WorkerStatus::Offline;
     let last_synced = match (offline, w.last_heard_ms, &w.last_synced) {
         (true, Some(ms), Some(synced)) => {
             format!("{synced} (last heard {} ago)", compact_duration(ms))
@@ -176,11 +174,11 @@ fn worker_cells(s: &SessionStatus, w: &WorkerRow, detail: bool) -> Vec<String> {
         s.secondary_user.clone(),
         format!("{}::{}", s.secondary_host, s.secondary_volume),
         opt(&w.secondary_node),
-        w.status.clone(),
-        if w.crawl_status.is_empty() {
+        w.status.to_string(),
+        if w.crawl_status.as_str().is_empty() {
             NA.to_owned()
         } else {
-            w.crawl_status.clone()
+            w.crawl_status.to_string()
         },
         last_synced,
     ];

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use georep_api::types::{
     ConfigResponse, ConfigRow, ExistsResponse, NodeRow, NodesResponse, SessionStatus, WorkerRow,
 };
+use georep_api::{CrawlStatus, WorkerStatus};
 use georep_mesh::node::WriteProgress;
 use georep_mesh::state::{DesiredState, Replica, SessionId, SessionOp, SessionView, StateError};
 use georep_mesh::view::Membership;
@@ -40,7 +41,7 @@ pub fn session_status(
             // says what the monitor did then, not now.
             let behind = report.is_some_and(|r| r.desired_stamp < view.desired_stamp);
             let state = if !member.live {
-                "Offline".to_string()
+                WorkerStatus::Offline
             } else if behind {
                 transition_word(view.desired)
             } else {
@@ -51,10 +52,10 @@ pub fn session_status(
                 node: member.node_id.clone(),
                 brick: brick.path.clone(),
                 status: state,
-                crawl_status: if file.crawl_status.is_empty() {
-                    "N/A".into()
-                } else {
-                    file.crawl_status
+                // A custom monitor that wrote an empty word has no crawl to show.
+                crawl_status: match file.crawl_status {
+                    CrawlStatus::Other(word) if word.is_empty() => CrawlStatus::NotApplicable,
+                    crawl => crawl,
                 },
                 last_synced: file.last_synced,
                 monitor_pid: report.and_then(|r| r.pid),
@@ -204,34 +205,38 @@ pub fn exists(
 
 /// A worker row's status while its node's monitor has not acted on the current
 /// desired state yet.
-fn transition_word(desired: DesiredState) -> String {
+fn transition_word(desired: DesiredState) -> WorkerStatus {
     match desired {
-        DesiredState::Created => "Created",
-        DesiredState::Started => "Initializing...",
-        DesiredState::Paused => "Pausing...",
-        DesiredState::Stopped => "Stopping...",
+        DesiredState::Created => WorkerStatus::Created,
+        DesiredState::Started => WorkerStatus::Initializing,
+        DesiredState::Paused => WorkerStatus::Pausing,
+        DesiredState::Stopped => WorkerStatus::Stopping,
     }
-    .into()
 }
 
+/// A worker row's status from its node's monitor report and the worker's own file.
 fn worker_state(
     desired: DesiredState,
     report: Option<&MonitorReport>,
     file: Option<&BrickStatus>,
-) -> String {
+) -> WorkerStatus {
     match report.map(|r| r.state) {
-        Some(MonitorState::Faulty) => "Faulty".into(),
-        Some(MonitorState::Paused) => "Paused".into(),
+        Some(MonitorState::Faulty) => WorkerStatus::Faulty,
+        Some(MonitorState::Paused) => WorkerStatus::Paused,
+        // The worker's own word, unless it has none or is a leftover of a stopped run.
         Some(MonitorState::Started) => file
             .map(|f| f.status.clone())
-            .filter(|s| !s.is_empty() && s != "Stopped")
-            .unwrap_or_else(|| "Initializing...".into()),
-        Some(MonitorState::Starting) => "Initializing...".into(),
+            .filter(|s| {
+                !matches!(s, WorkerStatus::Stopped)
+                    && !matches!(s, WorkerStatus::Other(word) if word.is_empty())
+            })
+            .unwrap_or(WorkerStatus::Initializing),
+        Some(MonitorState::Starting) => WorkerStatus::Initializing,
         _ => match desired {
-            DesiredState::Created => "Created".into(),
-            DesiredState::Started => "Initializing...".into(),
-            DesiredState::Paused => "Paused".into(),
-            DesiredState::Stopped => "Stopped".into(),
+            DesiredState::Created => WorkerStatus::Created,
+            DesiredState::Started => WorkerStatus::Initializing,
+            DesiredState::Paused => WorkerStatus::Paused,
+            DesiredState::Stopped => WorkerStatus::Stopped,
         },
     }
 }
@@ -370,7 +375,7 @@ mod tests {
             },
             workers: vec![BrickStatus {
                 brick: brick.into(),
-                status: word.into(),
+                status: WorkerStatus::from(word),
                 ..BrickStatus::default()
             }],
             published_at_ms: 0,
@@ -412,7 +417,7 @@ mod tests {
                 ("n3", "/b3", "Offline"),
             ]
         );
-        assert_eq!(status.workers[0].crawl_status, "N/A");
+        assert_eq!(status.workers[0].crawl_status, CrawlStatus::NotApplicable);
         assert_eq!(status.workers[0].monitor_pid, Some(42));
         assert_eq!(status.workers[0].secondary_node.as_deref(), Some("n4"));
         assert_eq!(status.desired_state, "Started");
