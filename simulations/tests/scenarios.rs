@@ -232,19 +232,3 @@ fn a_rerun_line_carries_every_option_that_differs_from_the_defaults() {
         "--seed 10227 --nodes 8 --duration 150000ms --sessions 4 --command-rate 3 --fault-rate 0.4"
     );
 }
-
-#[test]
-fn harsh_regression_seeds_hold() {
-    // 10013: a delete's dominated config register made replicas structurally unequal.
-    // 10227: a write that reached one high-ranked node by push, its writer restarted
-    // with its disk lost, was kept alive only after 72 s (the writer counted as live).
-    // 10060, 10120, 10218, 10379: violations of earlier builds under this profile.
-    // 30512: a delete pushed to one node whose writer then lost its disk under a clock
-    // step (its new generation fell below the stamp, so it seemed to carry the write).
-    // 30541: a node confirmed a write, then lost its disk before the response: the
-    // checker held its new incarnation to it (a checker bug; seen 1 run in 7).
-    for seed in [10013, 10060, 10120, 10218, 10227, 10379, 30512, 30541] {
-        let report = run_seed(&harsh(), seed).unwrap();
-        assert_eq!(report.violations, 0, "seed {seed}: {:#?}", report.violation);
-    }
-}
