@@ -71,7 +71,6 @@ pub struct Node {
     pub socket: PathBuf,
     /// Gossip address.
     pub addr: SocketAddr,
-    args: Vec<String>,
     /// Words run before `georepd` (e.g. `ip netns exec NS`); empty: run it directly.
     launcher: Vec<String>,
     /// How the shared launcher prepared it.
@@ -220,7 +219,6 @@ impl Cluster {
                 data_dir: plan.data_dir.clone(),
                 socket: plan.socket.clone(),
                 addr: plan.addr,
-                args: plan.args.clone(),
                 launcher: placement.launcher.clone(),
                 plan,
                 child: None,
@@ -235,12 +233,9 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let mut plan = node.plan.clone();
-        // Tests may change the flags of a node between runs (see `agent_args`).
-        plan.args = node.args.clone();
         let child = georep_devcluster::spawn(
             &self.georepd_bin(),
-            &plan,
+            &node.plan,
             &node.launcher,
             &[("RUST_LOG", "info,georep_mesh=debug")],
         )
@@ -325,7 +320,7 @@ impl Cluster {
     /// The flags node `i`'s agent runs with (after the binary), for tests that start a
     /// second agent with some of them changed.
     pub fn agent_args(&self, i: usize) -> Vec<String> {
-        self.nodes[i].args.clone()
+        self.nodes[i].plan.args.clone()
     }
 
     /// The `georepd` binary the cluster runs.
@@ -341,9 +336,7 @@ impl Cluster {
     /// The `georepd` command line node `i` runs with (launcher included).
     pub fn agent_command(&self, i: usize) -> Command {
         let node = &self.nodes[i];
-        let mut plan = node.plan.clone();
-        plan.args = node.args.clone();
-        georep_devcluster::command(&self.georepd_bin(), &plan, &node.launcher)
+        georep_devcluster::command(&self.georepd_bin(), &node.plan, &node.launcher)
     }
 
     /// Runs `georep --socket <node i's socket> ARGS...`.
