@@ -7,7 +7,8 @@
 //! the body must arrive within the same time (408) and be at most
 //! [`Limits::body_bytes`] (413). At most [`Limits::max_connections`] connections
 //! are open; a new one closes the oldest that has not sent its request yet, so idle
-//! connections never lock out a request, and gets 503 when every one is busy.
+//! connections never lock out a request, and gets 503 when every one is busy (at most
+//! as many 503s in flight as connections; beyond, a connection is closed unanswered).
 //! Errors the agent writes are [`ErrorBody`] JSON with a [`ErrorCode`]; a request
 //! hyper cannot parse gets hyper's bare 400 or 431.
 
@@ -98,8 +99,11 @@ pub async fn serve(
 ) {
     let idle = Arc::new(Mutex::new(IdleConnections::default()));
     let mut tasks = JoinSet::new();
+    // 503 answers, apart from the served connections and as bounded.
+    let mut refusals = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
+        while refusals.try_join_next().is_some() {}
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -118,8 +122,11 @@ pub async fn serve(
                 // Its task ends at once; reap it so the count stays exact.
                 let _ = tasks.join_next().await;
             } else {
-                let serving = tasks.len();
-                tasks.spawn(answer_busy(stream, serving, limits));
+                // Beyond as many 503s in flight as connections, the connection is just
+                // closed: a flood of connects must not grow the task set.
+                if refusals.len() < limits.max_connections.max(1) {
+                    refusals.spawn(answer_busy(stream, tasks.len(), limits));
+                }
                 continue;
             }
         }
@@ -140,6 +147,8 @@ pub async fn serve(
             lock(&idle).busy(id);
         });
     }
+    refusals.abort_all();
+    while refusals.join_next().await.is_some() {}
     while tasks.join_next().await.is_some() {}
 }
 
