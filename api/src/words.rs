@@ -29,8 +29,11 @@ macro_rules! words {
         }
 
         impl From<&str> for $name {
+            /// The word's variant; no word at all (a monitor that wrote an empty one)
+            /// is the type's default.
             fn from(word: &str) -> Self {
                 match word {
+                    "" => Self::default(),
                     $($word => Self::$variant,)+
                     other => Self::Other(other.to_owned()),
                 }
@@ -55,11 +58,6 @@ macro_rules! words {
             }
         }
 
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
     };
 }
 
@@ -135,5 +133,13 @@ mod tests {
         assert_eq!(serde_json::to_string(&custom).unwrap(), "\"Syncing (42%)\"");
         assert_eq!(CrawlStatus::from("Changelog Crawl"), CrawlStatus::Changelog);
         assert_eq!(CrawlStatus::default().to_string(), "N/A");
+        assert_eq!(
+            serde_json::from_str::<CrawlStatus>("\"\"").unwrap(),
+            CrawlStatus::NotApplicable
+        );
+        assert_eq!(
+            serde_json::from_str::<WorkerStatus>("\"\"").unwrap(),
+            WorkerStatus::Initializing
+        );
     }
 }

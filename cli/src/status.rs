@@ -175,11 +175,7 @@ fn worker_cells(s: &SessionStatus, w: &WorkerRow, detail: bool) -> Vec<String> {
         format!("{}::{}", s.secondary_host, s.secondary_volume),
         opt(&w.secondary_node),
         w.status.to_string(),
-        if w.crawl_status.as_str().is_empty() {
-            NA.to_owned()
-        } else {
-            w.crawl_status.to_string()
-        },
+        w.crawl_status.to_string(),
         last_synced,
     ];
     if detail {

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use georep_api::WorkerStatus;
 use georep_api::types::{
     ConfigResponse, ConfigRow, ExistsResponse, NodeRow, NodesResponse, SessionStatus, WorkerRow,
 };
-use georep_api::{CrawlStatus, WorkerStatus};
 use georep_mesh::node::WriteProgress;
 use georep_mesh::state::{DesiredState, Replica, SessionId, SessionOp, SessionView, StateError};
 use georep_mesh::view::Membership;
@@ -52,11 +52,7 @@ pub fn session_status(
                 node: member.node_id.clone(),
                 brick: brick.path.clone(),
                 status: state,
-                // A custom monitor that wrote an empty word has no crawl to show.
-                crawl_status: match file.crawl_status {
-                    CrawlStatus::Other(word) if word.is_empty() => CrawlStatus::NotApplicable,
-                    crawl => crawl,
-                },
+                crawl_status: file.crawl_status,
                 last_synced: file.last_synced,
                 monitor_pid: report.and_then(|r| r.pid),
                 secondary_node: secondary_node.clone(),
@@ -223,13 +219,10 @@ fn worker_state(
     match report.map(|r| r.state) {
         Some(MonitorState::Faulty) => WorkerStatus::Faulty,
         Some(MonitorState::Paused) => WorkerStatus::Paused,
-        // The worker's own word, unless it has none or is a leftover of a stopped run.
+        // The worker's own word, unless it is a leftover of a stopped run.
         Some(MonitorState::Started) => file
             .map(|f| f.status.clone())
-            .filter(|s| {
-                !matches!(s, WorkerStatus::Stopped)
-                    && !matches!(s, WorkerStatus::Other(word) if word.is_empty())
-            })
+            .filter(|s| *s != WorkerStatus::Stopped)
             .unwrap_or(WorkerStatus::Initializing),
         Some(MonitorState::Starting) => WorkerStatus::Initializing,
         _ => match desired {
@@ -283,6 +276,8 @@ mod tests {
     use georep_mesh::hlc::Hlc;
     use georep_mesh::state::{Reg, SessionOptions, SessionRecord};
     use georep_mesh::view::{Brick, Member, NodeInfo};
+
+    use georep_api::CrawlStatus;
 
     use super::*;
 
@@ -431,12 +426,12 @@ mod tests {
             WriteProgress::default(),
             &BTreeMap::new(),
         );
-        assert_eq!(status.workers[0].status, "Initializing...");
+        assert_eq!(status.workers[0].status.as_str(), "Initializing...");
         // A stop not yet acted on reads Stopping..., never the old Active.
         let stopped = super::tests::replica(DesiredState::Stopped, 300);
         let view = stopped.view(&sid()).unwrap();
         let status = session_status(&view, &membership(), WriteProgress::default(), &statuses);
-        assert_eq!(status.workers[0].status, "Stopping...");
+        assert_eq!(status.workers[0].status.as_str(), "Stopping...");
     }
 
     #[test]
