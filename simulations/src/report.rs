@@ -560,14 +560,15 @@ pub struct ChildRun {
 
 impl ChildRun {
     /// Packs a report.
-    pub fn from_report(report: RunReport) -> Self {
+    pub fn from_report(mut report: RunReport) -> Self {
+        use std::mem::take;
         Self {
-            convergence_samples: report.convergence_samples.clone(),
-            unpartitioned_samples: report.unpartitioned_samples.clone(),
-            reaction_samples: report.reaction_samples.clone(),
-            recovery_samples: report.recovery_samples.clone(),
-            traffic: report.traffic.clone(),
-            trace: report.trace.clone(),
+            convergence_samples: take(&mut report.convergence_samples),
+            unpartitioned_samples: take(&mut report.unpartitioned_samples),
+            reaction_samples: take(&mut report.reaction_samples),
+            recovery_samples: take(&mut report.recovery_samples),
+            traffic: take(&mut report.traffic),
+            trace: take(&mut report.trace),
             report,
         }
     }

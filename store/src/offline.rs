@@ -242,8 +242,8 @@ fn persisted_fields(
             hlc_last,
         },
     } = state;
-    let Replica { sessions } = replica.clone();
-    let _: std::collections::BTreeMap<SessionId, SessionRecord> = sessions;
+    let Replica { sessions } = &replica;
+    let _: &std::collections::BTreeMap<SessionId, SessionRecord> = sessions;
     (node_id, generation, own, replica, hlc_last)
 }
 
