@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use georep_mesh::Link;
 use georep_mesh::codec;
-use georep_mesh::hlc::{Hlc, WallClock};
-use georep_mesh::network::Link;
-use georep_mesh::node::{MeshConfig, MeshNode, MeshSnapshot, NODE_KEY};
-use georep_mesh::state::{DesiredState, SessionId, SessionOp, SessionView, StateError};
-use georep_mesh::view::{Brick, Membership, NodeInfo};
+use georep_mesh::{Brick, BrickFacts, KeyInstall, Membership, NodeInfo};
+use georep_mesh::{DesiredState, SessionId, SessionOp, SessionView, StateError};
+use georep_mesh::{Hlc, WallClock};
+use georep_mesh::{MeshConfig, MeshNode, MeshSnapshot, NODE_KEY};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::views;
 use crate::config::AgentConfig;
+use crate::host_facts::HostFacts;
+use crate::keys::KeySync;
 use crate::monitor::BrickStatus;
 use crate::monitor_command::MonitorCommand;
 use crate::monitor_report::{MonitorReport, MonitorState};
@@ -100,15 +102,25 @@ pub struct Agent {
     wake: Notify,
     started: Instant,
     caught_up: AtomicBool,
-    /// Brick paths published as missing, and when they were last checked.
-    bricks_checked: Mutex<(Vec<String>, Instant)>,
+    /// What this node measures about itself.
+    facts: Arc<dyn HostFacts>,
+    /// push-pem: this node's session keys and managed authorized_keys blocks.
+    keys: KeySync,
+    /// The node info last published, and when the bricks were last measured.
+    bricks_checked: Mutex<(NodeInfo, Instant)>,
 }
 
 /// How often an agent looks again for brick directories that did not exist.
 const BRICK_CHECK: Duration = Duration::from_secs(5);
 
-/// What this node publishes about itself, `missing` naming absent brick directories.
-fn node_info(config: &AgentConfig, missing: Vec<String>) -> NodeInfo {
+/// What this node publishes about itself, measured now.
+fn node_info(config: &AgentConfig, facts: &dyn HostFacts) -> NodeInfo {
+    let measured: Vec<BrickFacts> = config.bricks.iter().map(|b| facts.brick(&b.path)).collect();
+    let missing = measured
+        .iter()
+        .filter(|f| !f.reachable)
+        .map(|f| f.path.clone())
+        .collect();
     NodeInfo {
         agent_version: AGENT_VERSION.to_string(),
         bricks: config
@@ -121,17 +133,9 @@ fn node_info(config: &AgentConfig, missing: Vec<String>) -> NodeInfo {
             })
             .collect(),
         missing,
+        facts: measured,
+        users: facts.users(),
     }
-}
-
-/// The configured brick paths that are not directories now.
-fn missing_bricks(config: &AgentConfig) -> Vec<String> {
-    config
-        .bricks
-        .iter()
-        .filter(|b| !b.path.is_dir())
-        .map(|b| b.path.display().to_string())
-        .collect()
 }
 
 fn sessions_root(data_dir: &Path) -> PathBuf {
@@ -175,10 +179,11 @@ impl Agent {
         config: AgentConfig,
         link: Arc<dyn Link>,
         backend: Arc<dyn ProcessBackend>,
+        facts: Arc<dyn HostFacts>,
         wall: Arc<dyn WallClock>,
         policy: SupervisePolicy,
     ) -> anyhow::Result<Arc<Agent>> {
-        Self::start_above(config, link, backend, wall, policy, 0).await
+        Self::start_above(config, link, backend, facts, wall, policy, 0).await
     }
 
     /// [`Agent::start`] with a chitchat generation of at least `floor` (a node displaced
@@ -187,6 +192,7 @@ impl Agent {
         config: AgentConfig,
         link: Arc<dyn Link>,
         backend: Arc<dyn ProcessBackend>,
+        facts: Arc<dyn HostFacts>,
         wall: Arc<dyn WallClock>,
         policy: SupervisePolicy,
         floor: u64,
@@ -202,7 +208,7 @@ impl Agent {
         mesh_config.cluster_id = config.cluster_id.clone();
         mesh_config.gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         mesh_config.seeds = config.seeds.clone();
-        let info = node_info(&config, missing_bricks(&config));
+        let info = node_info(&config, facts.as_ref());
         let snapshot = persisted.map(|p| p.mesh);
         let mesh = MeshNode::start(
             mesh_config,
@@ -227,6 +233,7 @@ impl Agent {
         );
         let known: Vec<SessionId> = mesh.replica().sessions.keys().cloned().collect();
         supervisor.adopt(&known);
+        let keys = KeySync::new(&config, &sessions_root);
         let agent = Arc::new(Agent {
             config,
             mesh,
@@ -240,7 +247,9 @@ impl Agent {
             wake: Notify::new(),
             started: Instant::now(),
             caught_up: AtomicBool::new(false),
-            bricks_checked: Mutex::new((info.missing.clone(), Instant::now())),
+            facts,
+            keys,
+            bricks_checked: Mutex::new((info, Instant::now())),
         });
         agent.persist().await;
         Ok(agent)
@@ -283,10 +292,10 @@ impl Agent {
         }
     }
 
-    /// Looks again for missing brick directories (at most every [`BRICK_CHECK`]) and
-    /// republishes this node's info if that changed.
+    /// Measures the bricks again (at most every [`BRICK_CHECK`]) and republishes this
+    /// node's info if anything changed.
     async fn recheck_bricks(&self) {
-        let missing = {
+        let info = {
             let Ok(mut checked) = self.bricks_checked.lock() else {
                 return;
             };
@@ -294,15 +303,17 @@ impl Agent {
                 return;
             }
             checked.1 = Instant::now();
-            let missing = missing_bricks(&self.config);
-            if missing == checked.0 {
+            let info = node_info(&self.config, self.facts.as_ref());
+            if info == checked.0 {
                 return;
             }
-            checked.0.clone_from(&missing);
-            missing
+            if info.missing != checked.0.missing {
+                tracing::info!(missing = ?info.missing, "brick directories changed");
+            }
+            checked.0.clone_from(&info);
+            info
         };
-        tracing::info!(missing = ?missing, "brick directories changed");
-        match codec::encode(&node_info(&self.config, missing)) {
+        match codec::encode(&info) {
             Ok(value) => self.mesh.set_owned(NODE_KEY, value).await,
             Err(error) => tracing::warn!(%error, "cannot encode this node's info"),
         }
@@ -380,6 +391,8 @@ impl Agent {
             })
             .collect();
         self.sync_session_dirs(dir_states);
+        let existing: Vec<&SessionView> = views.iter().map(|(view, _)| view).collect();
+        self.keys.sync(&self.mesh, &existing, &membership).await;
         self.publish_status(&plans, &reports).await;
         self.persist().await;
     }
@@ -605,7 +618,7 @@ impl Agent {
     /// `node forget`: drops a dead node from every node's membership and (optionally)
     /// waits until every live node merged that.
     pub async fn forget(&self, request: ForgetRequest) -> Result<ForgetResponse, ApiError> {
-        georep_mesh::tls::validate_node_id(&request.node)
+        georep_mesh::validate_node_id(&request.node)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let (generation, position) = self.mesh.forget(&request.node).await?;
         self.wake.notify_one();
@@ -726,7 +739,26 @@ impl Agent {
             .await
             .unwrap_or_default();
         let statuses = self.node_statuses(&view.id).await;
-        views::session_status(view, membership, progress, &statuses)
+        let mut status = views::session_status(view, membership, progress, &statuses);
+        if view.options.push_pem {
+            let installs = self.key_installs(&view.id).await;
+            status.secondary_keys = views::secondary_keys(view, membership, &installs);
+        }
+        status
+    }
+
+    /// Every secondary node's key installation report for `id`.
+    pub(crate) async fn key_installs(&self, id: &SessionId) -> BTreeMap<String, KeyInstall> {
+        let key = crate::keys::install_key(id);
+        self.mesh
+            .owned_values(&key)
+            .await
+            .into_iter()
+            .filter_map(|(node, values)| {
+                let report = codec::decode::<KeyInstall>(values.get(&key)?).ok()?;
+                Some((node, report))
+            })
+            .collect()
     }
 
     /// `nodes`.

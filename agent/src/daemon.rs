@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use georep_mesh::hlc::SystemClock;
-use georep_mesh::network::Link;
-use georep_mesh::quic::{QuicLink, QuicOptions};
-use georep_mesh::tls::NodeIdentity;
+use georep_mesh::Link;
+use georep_mesh::NodeIdentity;
+use georep_mesh::SystemClock;
+use georep_mesh::{QuicLink, QuicOptions};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +96,7 @@ async fn run_incarnation(
         config.clone(),
         link,
         backend,
+        Arc::new(crate::host_facts::RealHostFacts),
         Arc::new(SystemClock),
         SupervisePolicy::default(),
         floor,

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use georep_agent::config::{AgentArgs, AgentConfig};
+use georep_agent::{AgentArgs, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
 /// georepd: geo-replication session agent (one per primary and secondary node).
@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The built-in monitor (started by the agent, one per session on primary nodes).
-    Monitor(georep_agent::monitor::MonitorArgs),
+    Monitor(georep_agent::MonitorArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,7 +47,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Some(Command::Monitor(args)) => georep_agent::monitor::run(args).await,
+            Some(Command::Monitor(args)) => georep_agent::run_monitor(args).await,
             None => run_agent(cli.agent).await,
         }
     });
@@ -96,5 +96,5 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!("stopping: persisting state; monitors keep running for re-adoption");
         signals.cancel();
     });
-    georep_agent::daemon::run(config, shutdown).await
+    georep_agent::run(config, shutdown).await
 }

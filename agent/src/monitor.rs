@@ -11,12 +11,12 @@
 //! SIGSTOP/SIGCONT (pause/resume) need no handling: the whole process freezes.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use georep_mesh::hlc::{SystemClock, WallClock};
+use georep_mesh::{SystemClock, WallClock};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
@@ -188,12 +188,14 @@ impl Worker {
         }
     }
 
+    #[cfg(test)]
     /// Re-reads `active_bricks` every `interval` instead of every second.
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
     }
 
+    #[cfg(test)]
     /// Stamps `updated_ms` from `clock`.
     pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
         self.clock = clock;
@@ -263,8 +265,9 @@ impl Worker {
     }
 }
 
+#[cfg(test)]
 /// Reads a brick status file (for tests and tools).
-pub fn read_status(session_dir: &Path, brick: &str) -> io::Result<BrickStatus> {
+pub fn read_status(session_dir: &std::path::Path, brick: &str) -> io::Result<BrickStatus> {
     let bytes = std::fs::read(session_dir.join(status_file_name(brick)))?;
     serde_json::from_slice(&bytes).map_err(io::Error::other)
 }
@@ -272,7 +275,8 @@ pub fn read_status(session_dir: &Path, brick: &str) -> io::Result<BrickStatus> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use georep_mesh::hlc::ManualClock;
+    use georep_mesh::ManualClock;
+    use std::path::Path;
 
     use super::*;
 

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use georep_mesh::hlc::Hlc;
-use georep_mesh::state::DesiredState;
+use georep_mesh::DesiredState;
+use georep_mesh::Hlc;
 use serde::{Deserialize, Serialize};
 
 /// The state of a session's monitor on this node, as gossiped.

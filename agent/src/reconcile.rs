@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use georep_mesh::hlc::Hlc;
-use georep_mesh::state::{DesiredState, SessionId};
+use georep_mesh::Hlc;
+use georep_mesh::{DesiredState, SessionId};
 use tokio::time::Instant;
 
 /// How long a monitor gets between SIGTERM and SIGKILL.
@@ -29,7 +29,7 @@ pub struct SessionPlan {
     /// Stamp of the desired-state register (reported back once acted on).
     pub desired_stamp: Option<Hlc>,
     /// The stamp a running monitor must have been started for (see
-    /// [`georep_mesh::state::SessionView::restart_stamp`]).
+    /// [`georep_mesh::SessionView::restart_stamp`]).
     pub restart_stamp: Option<Hlc>,
     /// This node's bricks of the session's primary volume; empty when this node is not
     /// a primary node of the session.

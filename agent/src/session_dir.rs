@@ -20,7 +20,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use georep_mesh::state::SessionView;
+use georep_mesh::SessionView;
 
 pub use georep_store::data_dir::{
     ACTIVE_BRICKS_FILE, CONFIG_FILE, LOG_FILE, PID_FILE, STATUS_FILE,
@@ -54,7 +54,7 @@ pub fn sync_all(root: &Path, sessions: &[SessionDirState]) -> io::Result<()> {
         fs::create_dir_all(&dir)?;
         write_if_changed(
             &dir.join(CONFIG_FILE),
-            render_config(&session.view).as_bytes(),
+            render_config(&session.view, &dir).as_bytes(),
         )?;
         write_if_changed(
             &dir.join(STATUS_FILE),
@@ -89,8 +89,13 @@ pub fn sync_all(root: &Path, sessions: &[SessionDirState]) -> io::Result<()> {
     Ok(())
 }
 
-/// The effective configuration as `gsyncd.conf` holds it.
-pub fn render_config(view: &SessionView) -> String {
+/// Options of every ssh the monitor runs, as gluster's gsyncd.conf has them.
+const SSH_OPTIONS: &str = "-oPasswordAuthentication=no -oStrictHostKeyChecking=no";
+
+/// The effective configuration as `gsyncd.conf` in `dir` holds it. A push-pem session
+/// names its key files in `ssh-options`/`ssh-options-tar`, as gluster's does, so
+/// gluster's gsyncd uses them unchanged.
+pub fn render_config(view: &SessionView, dir: &Path) -> String {
     let mut out = String::from("[vars]\n");
     let incarnation = view
         .incarnation
@@ -106,6 +111,15 @@ pub fn render_config(view: &SessionView) -> String {
     }
     for (key, value, _default, _set) in view.effective_config() {
         push_line(&mut out, key, &value);
+    }
+    if view.options.push_pem {
+        for (key, file) in [
+            ("ssh-options", crate::keys::SECRET_PEM),
+            ("ssh-options-tar", crate::keys::TAR_PEM),
+        ] {
+            let value = format!("{SSH_OPTIONS} -i {}", dir.join(file).display());
+            push_line(&mut out, key, &value);
+        }
     }
     out
 }
@@ -151,9 +165,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Resu
 
 #[cfg(test)]
 mod tests {
-    use georep_mesh::hlc::Hlc;
+    use georep_mesh::Hlc;
     use georep_mesh::session_config::CONFIG_KEYS;
-    use georep_mesh::state::{DesiredState, SessionId, SessionOptions};
+    use georep_mesh::{DesiredState, SessionId, SessionOptions};
 
     use super::*;
 
@@ -167,6 +181,7 @@ mod tests {
             desired_stamp: None,
             options: SessionOptions::default(),
             config: [("sync-jobs".to_string(), "8".to_string())].into(),
+            key_rotation: None,
         }
     }
 
@@ -284,8 +299,22 @@ mod tests {
         let mut v = view("gv0", true);
         v.config
             .insert("log-level".into(), "INFO\nsync-jobs = 99".into());
-        let conf = render_config(&v);
+        let conf = render_config(&v, Path::new("/d"));
         assert!(conf.contains("log-level = INFO sync-jobs = 99\n"), "{conf}");
         assert!(!conf.contains("\nsync-jobs = 99"), "{conf}");
+    }
+
+    #[test]
+    fn push_pem_sessions_name_their_key_files_as_gluster_does() {
+        let mut v = view("gv0", true);
+        let dir = Path::new("/var/lib/georep/geo-replication/gv0_geo@n4_sv");
+        assert!(!render_config(&v, dir).contains("ssh-options"));
+        v.options.push_pem = true;
+        let conf = render_config(&v, dir);
+        assert!(
+            conf.contains("ssh-options = -oPasswordAuthentication=no -oStrictHostKeyChecking=no -i /var/lib/georep/geo-replication/gv0_geo@n4_sv/secret.pem\n"),
+            "{conf}"
+        );
+        assert!(conf.contains("ssh-options-tar = -oPasswordAuthentication=no -oStrictHostKeyChecking=no -i /var/lib/georep/geo-replication/gv0_geo@n4_sv/tar_ssh.pem\n"), "{conf}");
     }
 }

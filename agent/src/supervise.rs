@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use georep_mesh::hlc::Hlc;
-use georep_mesh::state::{DesiredState, SessionId};
+use georep_mesh::Hlc;
+use georep_mesh::{DesiredState, SessionId};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 

@@ -7,16 +7,14 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use georep_agent::monitor_command::MonitorCommand;
-use georep_agent::monitor_report::MonitorState;
-use georep_agent::process::{
-    MonitorSignal, ProcessBackend, RealBackend, SpawnSpec, SuperviseError,
-};
-use georep_agent::reconcile::SessionPlan;
-use georep_agent::session_dir::LOG_FILE;
-use georep_agent::supervise::{SupervisePolicy, Supervisor};
-use georep_mesh::hlc::Hlc;
-use georep_mesh::state::{DesiredState, SessionId};
+use georep_agent::LOG_FILE;
+use georep_agent::MonitorCommand;
+use georep_agent::MonitorState;
+use georep_agent::SessionPlan;
+use georep_agent::{MonitorSignal, ProcessBackend, RealBackend, SpawnSpec, SuperviseError};
+use georep_agent::{SupervisePolicy, Supervisor};
+use georep_mesh::Hlc;
+use georep_mesh::{DesiredState, SessionId};
 use nix::unistd::getpgrp;
 use tokio::time::Instant;
 

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use georep_mesh::view::{Brick, WritePosition};
+use georep_mesh::{Brick, WritePosition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -507,7 +507,7 @@ pub struct OfflineResponse {
 }
 
 /// Every register of a record with its value, stamp and writer.
-pub fn register_values(record: &georep_mesh::state::SessionRecord) -> Vec<RegisterValue> {
+pub fn register_values(record: &georep_mesh::SessionRecord) -> Vec<RegisterValue> {
     let mut out = Vec::new();
     if let Some(reg) = &record.created {
         out.push(RegisterValue {

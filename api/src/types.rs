@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use georep_mesh::state::SessionOp;
-use georep_mesh::view::Brick;
+use georep_mesh::Brick;
+use georep_mesh::SessionOp;
 use serde::{Deserialize, Serialize};
 
 /// One worker row of `status` (one per primary brick).
@@ -85,6 +85,32 @@ pub struct SessionStatus {
     /// the other side of a partition): this one runs no monitor until one is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+    /// push-pem sessions: per secondary node, the primaries' keys it has installed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondary_keys: Vec<SecondaryKeys>,
+}
+
+/// One secondary node's installation of a push-pem session's keys (two per primary
+/// node: gsyncd's and tar's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondaryKeys {
+    /// Secondary node id.
+    pub node: String,
+    /// Whether it is live.
+    pub live: bool,
+    /// Keys in its managed block.
+    pub keys_installed: usize,
+    /// Keys of every primary node hosting the primary volume.
+    pub keys_expected: usize,
+    /// The authorized_keys file.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file: String,
+    /// Primary nodes whose keys are not installed, and why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing: BTreeMap<String, String>,
+    /// Why nothing could be installed, if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Response of `GET /v1/status`.
@@ -285,6 +311,20 @@ pub enum ErrorCode {
     PrimaryVolumeUnknown,
     /// Create with a secondary volume no live node hosts (409; `--force` overrides).
     SecondaryNotHosted,
+    /// Create to a secondary volume another session already writes to (409).
+    SecondaryVolumeTaken,
+    /// Create naming a secondary host that is not a live node (409; `--force`).
+    SecondaryHostUnknown,
+    /// Create for a secondary user a secondary node lacks (409; `--force`).
+    SecondaryUserMissing,
+    /// Create with a secondary volume smaller than the primary (409; `--force`).
+    SecondaryTooSmall,
+    /// Create when a volume's size cannot be verified (409; `--force`).
+    SizeUnknown,
+    /// Create with a secondary volume that holds data (409; `--force`).
+    SecondaryNotEmpty,
+    /// `create --push-pem --force` on a session without push-pem (409).
+    NoKeysToRotate,
     /// The session's desired state does not allow the operation, e.g. start of a
     /// started session (409).
     WrongState,

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use georep_api::client::with_query;
-use georep_api::client::{ClientError, request};
 use georep_api::types::{ErrorBody, ForgetRequest, ForgetResponse, OpRequest, OpResponse};
+pub use georep_api::with_query;
+use georep_api::{ClientError, request};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -53,7 +53,7 @@ impl Client {
         &self,
         primary: &str,
         secondary: &str,
-        op: georep_mesh::state::SessionOp,
+        op: georep_mesh::SessionOp,
         wait: bool,
     ) -> Result<(OpResponse, Value), CommandError> {
         let request = OpRequest {

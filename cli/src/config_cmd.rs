@@ -3,7 +3,7 @@
 
 use georep_api::types::{ConfigResponse, ConfigRow};
 use georep_mesh::session_config;
-use georep_mesh::state::{SessionId, SessionOp};
+use georep_mesh::{SessionId, SessionOp};
 use serde_json::json;
 
 use crate::args::{ConfigArgs, Globals};

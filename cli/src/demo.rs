@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
-use georep_api::client::request;
+use georep_api::request;
 use georep_api::types::{NodesResponse, StatusResponse};
 use georep_devcluster::{AgentPlan, AgentSpec, ClusterOptions};
 use nix::sys::signal::{Signal, kill};

@@ -4,7 +4,7 @@
 //! Also the local session-name validation and op rendering `config` reuses.
 
 use georep_api::types::OpResponse;
-use georep_mesh::state::{SessionId, SessionOp, SessionOptions, StateError};
+use georep_mesh::{SessionId, SessionOp, SessionOptions, StateError};
 use serde_json::Value;
 
 use crate::args::{CreateArgs, DeleteArgs, Globals, RunStateArgs, SessionArgs};

@@ -37,7 +37,7 @@ pub async fn nodes(g: &Globals) -> Report {
 
 /// `node forget NODE`.
 pub async fn forget(g: &Globals, node: &str, no_wait: bool) -> Report {
-    if let Err(e) = georep_mesh::tls::validate_node_id(node) {
+    if let Err(e) = georep_mesh::validate_node_id(node) {
         return CommandError::Usage(e.to_string()).report(g.json, None);
     }
     match g.client().forget(node, !no_wait).await {
@@ -104,7 +104,7 @@ fn cells(n: &NodeRow) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use georep_mesh::view::Brick;
+    use georep_mesh::Brick;
 
     use super::*;
 

@@ -3,7 +3,7 @@
 
 use georep_api::WorkerStatus;
 use georep_api::types::{ExistsResponse, SessionStatus, StatusResponse, WorkerRow};
-use georep_mesh::state::{DEFAULT_SECONDARY_USER, SessionId, StateError};
+use georep_mesh::{DEFAULT_SECONDARY_USER, SessionId, StateError};
 
 use crate::args::{ExistsArgs, Globals, StatusArgs};
 use crate::client::{decode, with_query};
@@ -122,8 +122,46 @@ pub fn render_status(resp: &StatusResponse, detail: bool) -> String {
                 out.push('\n');
             }
         }
+        if detail && !session.secondary_keys.is_empty() {
+            out.push_str(&keys_table(session));
+        }
     }
     out
+}
+
+/// `--detail` of a push-pem session: the primaries' keys each secondary node installed.
+fn keys_table(s: &SessionStatus) -> String {
+    let mut table = Table::new(&["SECONDARY NODE", "KEYS", "AUTHORIZED_KEYS", "MISSING"]);
+    for k in &s.secondary_keys {
+        let missing = match &k.error {
+            Some(error) => error.clone(),
+            None => k
+                .missing
+                .iter()
+                .map(|(node, why)| format!("{node}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        table.push(vec![
+            if k.live {
+                k.node.clone()
+            } else {
+                format!("{} (down)", k.node)
+            },
+            format!("{}/{}", k.keys_installed, k.keys_expected),
+            if k.file.is_empty() {
+                "-".into()
+            } else {
+                k.file.clone()
+            },
+            if missing.is_empty() {
+                "-".into()
+            } else {
+                missing
+            },
+        ]);
+    }
+    format!("\npush-pem keys:\n{}", table.render())
 }
 
 /// `gv0 -> n4::gv1  desired: Started  converged: 4/5 live nodes (lagging: n3)  dead: n5`.
@@ -286,6 +324,7 @@ mod tests {
                 dead_nodes: vec!["n6".into()],
                 config: BTreeMap::new(),
                 superseded_by: None,
+                secondary_keys: Vec::new(),
                 workers: vec![
                     worker("n1", "/data/gv0/b1", "Active"),
                     worker("n2", "/data/gv0/b2", "Passive"),

@@ -2,7 +2,7 @@
 //! certificates, written by `georep_mesh::tls` (keys mode 0600, never
 //! overwritten).
 
-use georep_mesh::tls::{PemFiles, TlsError, validate_node_id, write_ca, write_node_cert};
+use georep_mesh::{PemFiles, TlsError, validate_node_id, write_ca, write_node_cert};
 use serde_json::json;
 
 use crate::args::{CertCreateArgs, Globals};
@@ -111,7 +111,7 @@ mod tests {
         assert_eq!(v["ok"], true);
         assert_eq!(v["files"][1], out.join("n1.key").display().to_string());
         assert_eq!(mode(&out.join("n1.key")), 0o600);
-        georep_mesh::tls::NodeIdentity::load(
+        georep_mesh::NodeIdentity::load(
             &ca.join("ca.crt"),
             &out.join("n1.crt"),
             &out.join("n1.key"),

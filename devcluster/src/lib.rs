@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use georep_mesh::tls::{CA_CERT_FILE, TlsError, write_ca, write_node_cert};
+use georep_mesh::{CA_CERT_FILE, TlsError, write_ca, write_node_cert};
 use georep_store::DataDir;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -16,15 +16,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use georep_mesh::Link;
+use georep_mesh::MemHub;
+use georep_mesh::SystemClock;
 use georep_mesh::codec;
-use georep_mesh::hlc::SystemClock;
-use georep_mesh::mem::MemHub;
-use georep_mesh::network::Link;
-use georep_mesh::node::{MeshConfig, MeshNode, NODE_KEY};
-use georep_mesh::quic::{QuicLink, QuicOptions};
-use georep_mesh::state::{Replica, SessionId, SessionOp, SessionOptions};
-use georep_mesh::tls::{NodeIdentity, PemCert, generate_ca, issue_node_cert};
-use georep_mesh::view::{Brick, NodeInfo};
+use georep_mesh::{Brick, NodeInfo};
+use georep_mesh::{MeshConfig, MeshNode, NODE_KEY};
+use georep_mesh::{NodeIdentity, PemCert, generate_ca, issue_node_cert};
+use georep_mesh::{QuicLink, QuicOptions};
+use georep_mesh::{Replica, SessionId, SessionOp, SessionOptions};
 use tokio::time::Instant;
 
 /// Gossip interval of every benchmarked cluster (the `MeshConfig` default).
@@ -127,6 +127,8 @@ fn node_info(i: usize) -> NodeInfo {
             replica_set: 0,
         }],
         missing: Vec::new(),
+        facts: Vec::new(),
+        users: Vec::new(),
     }
 }
 

@@ -23,6 +23,22 @@ pub struct Brick {
     pub replica_set: u32,
 }
 
+/// What a node measured of one of its bricks (create's verification of a secondary
+/// reads it, as gluster's gverify.sh does over SSH).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrickFacts {
+    /// Brick path.
+    pub path: String,
+    /// Whether the directory exists and could be read.
+    pub reachable: bool,
+    /// Whether it holds nothing but gluster's and georep's metadata.
+    pub empty: bool,
+    /// Size of its filesystem, bytes (statvfs).
+    pub size_bytes: u64,
+    /// Free space on its filesystem, bytes (statvfs, for unprivileged users).
+    pub free_bytes: u64,
+}
+
 /// What a node publishes about itself under the `node` key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -34,6 +50,11 @@ pub struct NodeInfo {
     /// last check (a brick may be a mount that comes up later).
     #[serde(default)]
     pub missing: Vec<String>,
+    /// Per brick, what the node measured (see [`BrickFacts`]).
+    pub facts: Vec<BrickFacts>,
+    /// Local user accounts keys can be installed for (create refuses a secondary user
+    /// a secondary node does not have).
+    pub users: Vec<String>,
 }
 
 impl NodeInfo {
@@ -164,6 +185,81 @@ impl VolumeDirectory for Membership {
     fn hosted_by_live_node(&self, volume: &str) -> bool {
         self.live().any(|m| m.hosts(volume))
     }
+
+    fn is_live_host(&self, host: &str) -> bool {
+        self.live()
+            .any(|m| m.node_id == host || m.gossip_addr.ip().to_string() == host)
+    }
+
+    fn capacity(&self, volume: &str) -> Result<u64, String> {
+        // Per replica set, the smallest reachable brick on a live node.
+        let mut sets: BTreeMap<u32, Option<u64>> = BTreeMap::new();
+        let mut unreachable: Vec<String> = Vec::new();
+        for member in self.live() {
+            let Some(info) = &member.info else { continue };
+            for brick in info.bricks_of(volume) {
+                let facts = info.facts.iter().find(|f| f.path == brick.path);
+                let size = facts.filter(|f| f.reachable).map(|f| f.size_bytes);
+                if size.is_none() {
+                    unreachable.push(format!("{}:{}", member.node_id, brick.path));
+                }
+                let slot = sets.entry(brick.replica_set).or_insert(None);
+                if let Some(size) = size {
+                    *slot = Some(slot.map_or(size, |s| s.min(size)));
+                }
+            }
+        }
+        let blind: Vec<String> = sets
+            .iter()
+            .filter(|(_, size)| size.is_none())
+            .map(|(set, _)| set.to_string())
+            .collect();
+        if sets.is_empty() || !blind.is_empty() {
+            return Err(format!(
+                "no reachable brick on a live node in replica set {} (unreachable: {})",
+                if blind.is_empty() {
+                    "any".to_string()
+                } else {
+                    blind.join(", ")
+                },
+                if unreachable.is_empty() {
+                    "none known".to_string()
+                } else {
+                    unreachable.join(", ")
+                }
+            ));
+        }
+        Ok(sets.values().flatten().sum())
+    }
+
+    fn non_empty_bricks(&self, volume: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for member in self.live() {
+            let Some(info) = &member.info else { continue };
+            for brick in info.bricks_of(volume) {
+                if info
+                    .facts
+                    .iter()
+                    .any(|f| f.path == brick.path && f.reachable && !f.empty)
+                {
+                    out.push(format!("{}:{}", member.node_id, brick.path));
+                }
+            }
+        }
+        out
+    }
+
+    fn live_hosts_without_user(&self, volume: &str, user: &str) -> Vec<String> {
+        self.live()
+            .filter(|m| m.hosts(volume))
+            .filter(|m| {
+                m.info
+                    .as_ref()
+                    .is_some_and(|i| !i.users.iter().any(|u| u == user))
+            })
+            .map(|m| m.node_id.clone())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +288,8 @@ mod tests {
                     })
                     .collect(),
                 missing: Vec::new(),
+                facts: Vec::new(),
+                users: Vec::new(),
             }),
             seen: Arc::default(),
         }

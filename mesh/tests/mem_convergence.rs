@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use georep_mesh::faults::{Faults, LinkFaults};
-use georep_mesh::mem::MemHub;
-use georep_mesh::network::Link;
-use georep_mesh::node::MeshNode;
-use georep_mesh::state::{DesiredState, SessionOp};
+use georep_mesh::Link;
+use georep_mesh::MemHub;
+use georep_mesh::MeshNode;
+use georep_mesh::{DesiredState, SessionOp};
+use georep_mesh::{Faults, LinkFaults};
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16))
@@ -181,9 +181,9 @@ async fn superseded_records_are_retired_without_changing_the_outcome() {
         let node = MeshNode::start(
             config,
             link,
-            Arc::new(georep_mesh::hlc::SystemClock),
+            Arc::new(georep_mesh::SystemClock),
             None,
-            vec![(georep_mesh::node::NODE_KEY.to_string(), info)],
+            vec![(georep_mesh::NODE_KEY.to_string(), info)],
         )
         .await
         .unwrap();
@@ -250,9 +250,9 @@ async fn start_fresh(hub: &MemHub, i: usize, generation: u64, interval: Duration
     MeshNode::start(
         config,
         link,
-        Arc::new(georep_mesh::hlc::SystemClock),
+        Arc::new(georep_mesh::SystemClock),
         None,
-        vec![(georep_mesh::node::NODE_KEY.to_string(), info)],
+        vec![(georep_mesh::NODE_KEY.to_string(), info)],
     )
     .await
     .unwrap()

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use chitchat::{ChitchatMessage, Serializable};
 use common::*;
+use georep_mesh::SystemClock;
 use georep_mesh::codec;
-use georep_mesh::hlc::SystemClock;
-use georep_mesh::network::{Frame, FrameKind, Link};
-use georep_mesh::node::{MeshConfig, MeshNode, NODE_KEY};
-use georep_mesh::quic::{QuicLink, QuicOptions};
-use georep_mesh::state::{SessionId, SessionOp};
-use georep_mesh::tls::{CA_CERT_FILE, NodeIdentity, write_ca, write_node_cert};
-use georep_mesh::view::{Membership, NodeInfo};
+use georep_mesh::{CA_CERT_FILE, NodeIdentity, write_ca, write_node_cert};
+use georep_mesh::{Frame, FrameKind, Link};
+use georep_mesh::{Membership, NodeInfo};
+use georep_mesh::{MeshConfig, MeshNode, NODE_KEY};
+use georep_mesh::{QuicLink, QuicOptions};
+use georep_mesh::{SessionId, SessionOp};
 use quinn::crypto::rustls::QuicClientConfig;
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -103,7 +103,7 @@ fn pick(seed: u64, n: usize) -> usize {
     ((z ^ (z >> 31)) % n as u64) as usize
 }
 
-fn exists(session: &SessionId) -> impl Fn(&georep_mesh::state::Replica) -> bool + '_ {
+fn exists(session: &SessionId) -> impl Fn(&georep_mesh::Replica) -> bool + '_ {
     move |r| r.view(session).is_some_and(|v| v.exists)
 }
 
@@ -256,7 +256,7 @@ fn intruder_session() -> SessionId {
 /// origin, write position, record).
 fn forged_push(origin: &str, node: &MeshNode) -> Frame {
     let record = node.own_records().into_iter().next().unwrap();
-    let position = georep_mesh::view::WritePosition {
+    let position = georep_mesh::WritePosition {
         generation: 1,
         version: 1_000,
     };
@@ -339,7 +339,7 @@ async fn permissive_dial_survives(
         .with_custom_certificate_verifier(Arc::new(TrustAnything(provider)))
         .with_client_auth_cert(vec![cert], key)
         .unwrap();
-    tls.alpn_protocols = vec![georep_mesh::tls::ALPN.to_vec()];
+    tls.alpn_protocols = vec![georep_mesh::ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(Arc::new(tls)).unwrap();
     let endpoint = quinn::Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
     let connecting = endpoint

@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use georep_agent::process::{
+use georep_agent::{
     ExitNotice, FakeBackend, MonitorSignal, ProcessBackend, ProcessIdentity, SpawnSpec,
     SuperviseError,
 };
-use georep_mesh::state::SessionId;
+use georep_mesh::SessionId;
 
 /// A deliberate defect of the simulated processes, to prove the checker can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -27,9 +27,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use georep_agent::agent::{MONITOR_PREFIX, NodeSessionStatus};
+use georep_agent::{MONITOR_PREFIX, NodeSessionStatus};
 use georep_mesh::codec;
-use georep_mesh::state::{DesiredState, Replica, SessionId, SessionRecord};
+use georep_mesh::{DesiredState, Replica, SessionId, SessionRecord};
 use serde::Serialize;
 
 use crate::cluster::{SimCluster, lock};

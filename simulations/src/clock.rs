@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use georep_mesh::hlc::WallClock;
+use georep_mesh::WallClock;
 use tokio::time::Instant;
 
 /// Wall-clock reading at virtual time zero: 2024-01-01T00:00:00Z.

@@ -9,17 +9,17 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
-use georep_agent::agent::Agent;
-use georep_agent::config::{AgentConfig, BrickSpec};
-use georep_agent::monitor_command::MonitorCommand;
-use georep_agent::process::ProcessBackend;
-use georep_agent::supervise::SupervisePolicy;
+use georep_agent::Agent;
+use georep_agent::MonitorCommand;
+use georep_agent::ProcessBackend;
+use georep_agent::SupervisePolicy;
+use georep_agent::{AgentConfig, BrickSpec, FixedHostFacts};
 use georep_api::types::OpRequest;
-use georep_mesh::faults::Faults;
-use georep_mesh::hlc::{Hlc, WallClock};
-use georep_mesh::mem::{MemHub, MemLink};
-use georep_mesh::network::{Link, LinkStatsSnapshot};
-use georep_mesh::state::{Replica, SessionOp};
+use georep_mesh::Faults;
+use georep_mesh::{Hlc, WallClock};
+use georep_mesh::{Link, LinkStatsSnapshot};
+use georep_mesh::{MemHub, MemLink};
+use georep_mesh::{Replica, SessionOp};
 use georep_store::{DataDir, PersistedState, StateFile};
 use tempfile::TempDir;
 use tokio::task::{JoinHandle, JoinSet};
@@ -134,6 +134,8 @@ fn add(total: &mut LinkStatsSnapshot, more: &LinkStatsSnapshot) {
     total.bytes_received += more.bytes_received;
     total.frames_rejected += more.frames_rejected;
 }
+/// The size every simulated brick reports (create's size check passes: all equal).
+const SIM_BRICK_BYTES: u64 = 1 << 40;
 
 /// The simulated address of node `i`.
 pub fn node_addr(i: usize) -> SocketAddr {
@@ -280,6 +282,10 @@ impl SimCluster {
             node.config.clone(),
             link,
             backend,
+            Arc::new(FixedHostFacts {
+                size_bytes: SIM_BRICK_BYTES,
+                users: vec!["root".to_string()],
+            }),
             wall,
             self.policy.clone(),
         )

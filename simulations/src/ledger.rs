@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use georep_mesh::hlc::Hlc;
+use georep_mesh::Hlc;
 use georep_mesh::session_config;
-use georep_mesh::state::{RegisterName, Replica, SessionId, SessionOp};
+use georep_mesh::{RegisterName, Replica, SessionId, SessionOp};
 use serde::Serialize;
 
 /// The register a command writes.
@@ -46,7 +46,7 @@ pub fn reflects(
     }
     match register {
         // Overtaken by a later incarnation or delete: pruned everywhere.
-        RegisterName::Desired | RegisterName::Config(_) => {
+        RegisterName::Desired | RegisterName::Rotated | RegisterName::Config(_) => {
             record.floor().is_some_and(|(_, floor)| floor > stamp)
         }
         RegisterName::Created | RegisterName::Deleted => false,
@@ -198,7 +198,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use georep_mesh::state::{SessionOptions, SessionRecord};
+    use georep_mesh::{SessionOptions, SessionRecord};
 
     use super::*;
 
@@ -206,7 +206,7 @@ mod tests {
     fn reflection_accepts_later_writes_and_newer_incarnations() {
         let id = SessionId::parse("gv0", "h::gv1").unwrap();
         let mut record = SessionRecord::empty(id.clone());
-        record.created = Some(georep_mesh::state::Reg {
+        record.created = Some(georep_mesh::Reg {
             val: SessionOptions::default(),
             marker: Hlc::new(10, 0, "a"),
         });

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use georep_sim::duration::parse_duration;
-use georep_sim::report::ChildRun;
+use georep_sim::ChildRun;
+use georep_sim::parse_duration;
 use georep_sim::{RunReport, Scenario, SimOptions};
 
 mod entropy;
@@ -31,7 +31,7 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Write summary.json, convergence.svg and traffic.svg into this directory.
+    /// Write summary.json and convergence and traffic plots (SVG and PNG) into this directory.
     #[arg(long)]
     report: Option<PathBuf>,
     /// Run the seed twice and compare the traces.
@@ -111,7 +111,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.check_determinism {
         let runner = |s: u64| run_in_child(&options, s, true);
-        let report = georep_sim::driver::check_determinism_with(&runner, seed)?;
+        let report = georep_sim::check_determinism_with(&runner, seed)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -130,7 +130,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = if args.seeds > 1 {
         // Each seed in a fresh process: nothing one run does can reach another.
         let runner = |s: u64| run_in_child(&options, s, false);
-        georep_sim::driver::run_batch_with(&runner, seed, args.seeds, jobs)?
+        georep_sim::run_batch_with(&runner, seed, args.seeds, jobs)?
     } else {
         // This process is fresh: run here.
         georep_sim::run_batch(&options, seed, 1, 1)?

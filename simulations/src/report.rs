@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Percentiles, TrafficPoint};
-use crate::svg;
+use crate::plot;
 
 /// Commands issued and how they ended.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -419,7 +419,7 @@ impl BatchReport {
         out
     }
 
-    /// Writes `summary.json`, `convergence.svg` and `traffic.svg` into `dir`.
+    /// Writes `summary.json` and the plots `convergence` and `traffic` (`.svg` and `.png`) into `dir`.
     pub fn write_dir(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut json = serde_json::to_value(self)?;
@@ -445,12 +445,9 @@ impl BatchReport {
             self.nodes,
             samples.len()
         );
-        let path = dir.join("convergence.svg");
-        std::fs::write(
-            &path,
-            svg::histogram(&title, "virtual ms (log scale)", &samples),
-        )
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut written = plot::write_both(dir, "convergence", |area| {
+            area.histogram(&title, "virtual ms (log scale)", &samples)
+        })?;
         let series: Vec<(String, Vec<(f64, f64)>)> = self
             .all
             .iter()
@@ -465,12 +462,13 @@ impl BatchReport {
             })
             .collect();
         let title = format!("Bytes sent per live node per second ({} nodes)", self.nodes);
-        let path = dir.join("traffic.svg");
-        std::fs::write(
-            &path,
-            svg::lines(&title, "virtual time (s)", "bytes / node / s", &series),
-        )
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        let traffic = plot::write_both(dir, "traffic", |area| {
+            area.lines(&title, "virtual time (s)", "bytes / node / s", &series)
+        })?;
+        written.files.extend(traffic.files);
+        if let Some(why) = written.skipped.or(traffic.skipped) {
+            eprintln!("georep-sim: no plots in {}: {why}", dir.display());
+        }
         Ok(())
     }
 }

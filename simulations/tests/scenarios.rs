@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use georep_sim::backend::Bug;
-use georep_sim::driver::check_determinism;
+use georep_sim::Bug;
+use georep_sim::check_determinism;
 use georep_sim::{Scenario, SimOptions, run_batch, run_seed};
 
 fn scenario(name: &str) -> Scenario {

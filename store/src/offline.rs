@@ -7,9 +7,9 @@ use std::path::Path;
 use georep_api::inspect::{
     EnvelopeHeader, OfflineRecord, OfflineResponse, SessionDirRow, register_values,
 };
-use georep_mesh::hlc::Hlc;
-use georep_mesh::node::MeshSnapshot;
-use georep_mesh::state::{Replica, SessionId, SessionRecord};
+use georep_mesh::Hlc;
+use georep_mesh::MeshSnapshot;
+use georep_mesh::{Replica, SessionId, SessionRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -302,7 +302,7 @@ fn read_small(path: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use georep_mesh::state::{DesiredState, Reg, SessionOptions};
+    use georep_mesh::{DesiredState, Reg, SessionOptions};
 
     use super::*;
     use crate::data_dir::STATE_FILE;

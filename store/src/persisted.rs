@@ -1,6 +1,6 @@
 //! What an agent persists in `state.bin`.
 
-use georep_mesh::node::MeshSnapshot;
+use georep_mesh::MeshSnapshot;
 use serde::{Deserialize, Serialize};
 
 /// What the agent persists in `<data-dir>/state.bin`.

@@ -275,9 +275,9 @@ fn bad_configuration_is_refused_with_a_one_line_reason() {
     // certificate from another CA
     let a = dir.path().join("a");
     let b = dir.path().join("b");
-    georep_mesh::tls::write_ca(&a).unwrap();
-    georep_mesh::tls::write_ca(&b).unwrap();
-    georep_mesh::tls::write_node_cert(&b, "n1", &[], &[], &b).unwrap();
+    georep_mesh::write_ca(&a).unwrap();
+    georep_mesh::write_ca(&b).unwrap();
+    georep_mesh::write_node_cert(&b, "n1", &[], &[], &b).unwrap();
     let port = georep_tests::free_port();
     let listen = format!("127.0.0.1:{port}");
     let tls_args = |ca: &std::path::Path, certs: &std::path::Path| {

@@ -2,8 +2,8 @@
 //! what the routes turn into an HTTP status and an `ErrorBody` with its `ErrorCode`.
 
 use georep_api::ErrorCode;
-use georep_mesh::node::MeshError;
-use georep_mesh::state::StateError;
+use georep_mesh::MeshError;
+use georep_mesh::StateError;
 
 /// A refusal or failure of an API call, mapped to an HTTP status by the API layer;
 /// `code` is the machine-readable kind the error body carries.
@@ -59,6 +59,23 @@ impl From<StateError> for ApiError {
             StateError::SecondaryNotHosted { session, .. } => {
                 (ErrorCode::SecondaryNotHosted, session)
             }
+            StateError::SecondaryVolumeTaken { session, .. } => {
+                (ErrorCode::SecondaryVolumeTaken, session)
+            }
+            StateError::SecondaryHostUnknown { session, .. } => {
+                (ErrorCode::SecondaryHostUnknown, session)
+            }
+            StateError::SecondaryUserMissing { session, .. } => {
+                (ErrorCode::SecondaryUserMissing, session)
+            }
+            StateError::SecondaryTooSmall { session, .. } => {
+                (ErrorCode::SecondaryTooSmall, session)
+            }
+            StateError::SizeUnknown { session, .. } => (ErrorCode::SizeUnknown, session),
+            StateError::SecondaryNotEmpty { session, .. } => {
+                (ErrorCode::SecondaryNotEmpty, session)
+            }
+            StateError::NoKeysToRotate(id) => (ErrorCode::NoKeysToRotate, id),
             StateError::WrongState { session, .. } => (ErrorCode::WrongState, session),
             StateError::Config { session, error } => (
                 match error {

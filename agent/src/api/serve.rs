@@ -321,7 +321,7 @@ pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
 #[cfg(test)]
 mod tests {
     use axum::routing::any;
-    use georep_api::client::{percent_encode, request};
+    use georep_api::{percent_encode, request};
     use serde_json::{Value, json};
     use std::path::PathBuf;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

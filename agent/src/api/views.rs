@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use georep_api::WorkerStatus;
 use georep_api::types::{
-    ConfigResponse, ConfigRow, ExistsResponse, NodeRow, NodesResponse, SessionStatus, WorkerRow,
+    ConfigResponse, ConfigRow, ExistsResponse, NodeRow, NodesResponse, SecondaryKeys,
+    SessionStatus, WorkerRow,
 };
-use georep_mesh::node::WriteProgress;
-use georep_mesh::state::{DesiredState, Replica, SessionId, SessionOp, SessionView, StateError};
-use georep_mesh::view::Membership;
+use georep_mesh::KeyInstall;
+use georep_mesh::Membership;
+use georep_mesh::WriteProgress;
+use georep_mesh::{DesiredState, Replica, SessionId, SessionOp, SessionView, StateError};
 
 use crate::agent::{ApiError, NodeSessionStatus};
 use crate::monitor::BrickStatus;
@@ -82,7 +84,60 @@ pub fn session_status(
         config: view.config.clone(),
         workers,
         superseded_by: None,
+        secondary_keys: Vec::new(),
     }
+}
+
+/// push-pem: per node hosting the secondary volume, how many of the primaries' keys it
+/// reports installed (`installs`: node -> its report), two per primary node.
+pub fn secondary_keys(
+    view: &SessionView,
+    membership: &Membership,
+    installs: &BTreeMap<String, KeyInstall>,
+) -> Vec<SecondaryKeys> {
+    if !view.options.push_pem {
+        return Vec::new();
+    }
+    let id = &view.id;
+    let primaries: Vec<&str> = membership
+        .hosts_of(&id.primary_volume)
+        .map(|m| m.node_id.as_str())
+        .collect();
+    membership
+        .hosts_of(&id.secondary_volume)
+        .map(|member| {
+            let report = installs
+                .get(&member.node_id)
+                .filter(|r| Some(&r.incarnation) == view.incarnation.as_ref());
+            let installed = report.map_or(0, |r| {
+                r.installed
+                    .iter()
+                    .filter(|p| primaries.contains(&p.as_str()))
+                    .count()
+            });
+            let mut missing: BTreeMap<String, String> =
+                report.map(|r| r.missing.clone()).unwrap_or_default();
+            if report.is_none() {
+                let why = if member.live {
+                    "this node has not reported its keys for the session yet"
+                } else {
+                    "this node is down"
+                };
+                for primary in &primaries {
+                    missing.insert(primary.to_string(), why.to_string());
+                }
+            }
+            SecondaryKeys {
+                node: member.node_id.clone(),
+                live: member.live,
+                keys_installed: 2 * installed,
+                keys_expected: 2 * primaries.len(),
+                file: report.map(|r| r.file.clone()).unwrap_or_default(),
+                missing,
+                error: report.and_then(|r| r.error.clone()),
+            }
+        })
+        .collect()
 }
 
 /// `nodes`: one row per member.
@@ -273,9 +328,9 @@ pub fn success_message(op: &SessionOp, id: &SessionId, value: Option<&str>) -> S
 mod tests {
     use std::sync::Arc;
 
-    use georep_mesh::hlc::Hlc;
-    use georep_mesh::state::{Reg, SessionOptions, SessionRecord};
-    use georep_mesh::view::{Brick, Member, NodeInfo};
+    use georep_mesh::Hlc;
+    use georep_mesh::{Brick, Member, NodeInfo};
+    use georep_mesh::{Reg, SessionOptions, SessionRecord};
 
     use georep_api::CrawlStatus;
 
@@ -329,6 +384,8 @@ mod tests {
                     })
                     .collect(),
                 missing: Vec::new(),
+                facts: Vec::new(),
+                users: Vec::new(),
             }),
             seen: Arc::default(),
         }

@@ -47,9 +47,19 @@ pub struct AgentArgs {
     /// would, no shell runs; default: the built-in monitor).
     #[arg(long, value_name = "CMD ARGS...")]
     pub monitor_command: Option<String>,
-    /// authorized_keys file whose managed block this node maintains.
+    /// authorized_keys file whose managed blocks this node maintains for push-pem
+    /// sessions (%h = the secondary user's home, %u = its name) [default:
+    /// %h/.ssh/authorized_keys].
     #[arg(long, value_name = "FILE")]
     pub authorized_keys: Option<PathBuf>,
+    /// Command the primaries' gsyncd keys are forced to run on this node
+    /// [default: /usr/lib/x86_64-linux-gnu/glusterfs/gsyncd].
+    #[arg(long, value_name = "CMD")]
+    pub ssh_gsyncd_command: Option<String>,
+    /// Command the primaries' tar keys are forced to run on this node
+    /// [default: tar ${SSH_ORIGINAL_COMMAND#* }].
+    #[arg(long, value_name = "CMD")]
+    pub ssh_tar_command: Option<String>,
     /// http:// URL receiving this node's events (repeatable; replaces the
     /// file's `webhooks`).
     #[arg(long = "webhook", value_name = "URL")]

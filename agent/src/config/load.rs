@@ -24,6 +24,8 @@ pub(super) struct FileConfig {
     pub(super) gossip_interval_ms: Option<Spanned<u64>>,
     pub(super) monitor_command: Option<Spanned<String>>,
     pub(super) authorized_keys: Option<PathBuf>,
+    pub(super) ssh_gsyncd_command: Option<Spanned<String>>,
+    pub(super) ssh_tar_command: Option<Spanned<String>>,
     pub(super) webhooks: Option<Vec<Spanned<String>>>,
     pub(super) inject_delay: Option<Vec<Spanned<String>>>,
 }
@@ -421,6 +423,40 @@ pub(super) fn resolve(
     };
 
     let authorized_keys = args.authorized_keys.clone().or(file.authorized_keys);
+    let forced = |flag: &Option<String>,
+                  name: &str,
+                  key: Option<Spanned<String>>,
+                  default: &str| {
+        let given = match (flag, key) {
+            (Some(c), _) => from_flag(c.clone(), name, c),
+            (None, Some(s)) => from_file(s, name.replace('-', "_")),
+            (None, None) => return Ok(default.to_string()),
+        };
+        let value = given.value.trim().to_string();
+        if value.is_empty()
+            || value
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(report.invalid(
+                &given.origin,
+                "must be a non-empty command without double quotes, backslashes or control characters (it is written inside command=\"...\")",
+            ));
+        }
+        Ok(value)
+    };
+    let ssh_gsyncd_command = forced(
+        &args.ssh_gsyncd_command,
+        "ssh-gsyncd-command",
+        file.ssh_gsyncd_command,
+        DEFAULT_GSYNCD_COMMAND,
+    )?;
+    let ssh_tar_command = forced(
+        &args.ssh_tar_command,
+        "ssh-tar-command",
+        file.ssh_tar_command,
+        DEFAULT_TAR_COMMAND,
+    )?;
 
     let webhooks: Vec<Sourced<String>> = if !args.webhooks.is_empty() {
         args.webhooks
@@ -481,6 +517,8 @@ pub(super) fn resolve(
         gossip_interval_ms,
         monitor_command,
         authorized_keys,
+        ssh_gsyncd_command,
+        ssh_tar_command,
         webhooks,
         inject_delay,
         persist_inline: false,
@@ -522,8 +560,7 @@ pub(super) fn check_id(report: &Reporter<'_>, id: &Sourced<String>) -> Result<()
 }
 
 pub(super) fn check_volume(volume: &str) -> Result<(), String> {
-    georep_mesh::state::check_name(volume)
-        .map_err(|reason| format!("volume name {volume:?}: {reason}"))
+    georep_mesh::check_name(volume).map_err(|reason| format!("volume name {volume:?}: {reason}"))
 }
 
 pub(super) fn check_brick_path(path: &Path) -> Result<(), String> {
@@ -623,6 +660,8 @@ impl AgentConfig {
             gossip_interval_ms: DEFAULT_GOSSIP_INTERVAL_MS,
             monitor_command: None,
             authorized_keys: None,
+            ssh_gsyncd_command: DEFAULT_GSYNCD_COMMAND.to_string(),
+            ssh_tar_command: DEFAULT_TAR_COMMAND.to_string(),
             webhooks: Vec::new(),
             inject_delay: Vec::new(),
             persist_inline: false,

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use georep_mesh::faults::{Faults, IpNetwork, LinkFaults};
+use georep_mesh::{Faults, IpNetwork, LinkFaults};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -26,6 +26,11 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 ));
 /// Gossip period when neither the file nor `--gossip-interval-ms` sets one.
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
+/// What primaries' gsyncd keys run on a secondary node unless its agent says otherwise
+/// (gluster 10.3's path on Debian).
+pub const DEFAULT_GSYNCD_COMMAND: &str = "/usr/lib/x86_64-linux-gnu/glusterfs/gsyncd";
+/// What primaries' tar keys run (gluster's line, verbatim).
+pub const DEFAULT_TAR_COMMAND: &str = "tar ${SSH_ORIGINAL_COMMAND#* }";
 /// Accepted gossip periods, in milliseconds.
 pub const GOSSIP_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
 /// File name of the local API socket inside the data directory (tests and the demo
@@ -96,9 +101,14 @@ pub struct AgentConfig {
     /// Monitor command template, parsed; `None` runs the built-in monitor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor_command: Option<MonitorCommand>,
-    /// authorized_keys file whose managed block this node maintains.
+    /// authorized_keys file whose managed blocks this node maintains (`%h`, `%u`
+    /// expanded per secondary user; default `%h/.ssh/authorized_keys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<PathBuf>,
+    /// Forced command of the primaries' gsyncd (`secret.pem`) keys on this node.
+    pub ssh_gsyncd_command: String,
+    /// Forced command of the primaries' tar (`tar_ssh.pem`) keys on this node.
+    pub ssh_tar_command: String,
     /// http:// URLs receiving this node's events.
     #[serde(default)]
     pub webhooks: Vec<String>,

@@ -117,6 +117,8 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "[[brick]]",
         "replica_set",
         "authorized_keys",
+        "ssh_gsyncd_command",
+        "ssh_tar_command",
         "webhooks",
         "inject_delay",
     ] {
@@ -533,4 +535,22 @@ fn bad_placeholder_is_refused() {
     );
     assert!(load("   ").unwrap_err().contains("is empty"));
     assert!(load("awk '{{print}}' {session_dir}").is_ok());
+}
+
+#[test]
+fn forced_commands_default_to_glusters_and_refuse_quotes() {
+    let cfg = AgentConfig::load(&args(&["--node-id", "n1", "--data-dir", "/d"])).unwrap();
+    assert_eq!(cfg.ssh_gsyncd_command, DEFAULT_GSYNCD_COMMAND);
+    assert_eq!(cfg.ssh_tar_command, "tar ${SSH_ORIGINAL_COMMAND#* }");
+    let e = AgentConfig::load(&args(&[
+        "--node-id",
+        "n1",
+        "--data-dir",
+        "/d",
+        "--ssh-tar-command",
+        "x\" y",
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("--ssh-tar-command"), "{e}");
+    assert!(e.to_string().contains("double quotes"), "{e}");
 }

@@ -11,11 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use georep_mesh::Hlc;
 use georep_mesh::codec;
-use georep_mesh::hlc::Hlc;
-use georep_mesh::node::{MeshNode, NODE_KEY, SEEN_KEY, SESSION_PREFIX, WriteReceipt};
-use georep_mesh::state::{DesiredState, SessionId, SessionRecord, SessionView, StateError};
-use georep_mesh::view::{Brick, Member, Membership, NodeInfo, Seen, WritePosition};
+use georep_mesh::{Brick, Member, Membership, NodeInfo, Seen, WritePosition};
+use georep_mesh::{DesiredState, SessionId, SessionRecord, SessionView, StateError};
+use georep_mesh::{MeshNode, NODE_KEY, SEEN_KEY, SESSION_PREFIX, WriteReceipt};
 use serde_json::{Value, json};
 
 use crate::agent::{Agent, ApiError, MONITOR_PREFIX, NodeSessionStatus};

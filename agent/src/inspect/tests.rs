@@ -1,6 +1,6 @@
 //! Unit tests of `inspect`.
-use georep_mesh::hlc::Hlc;
-use georep_mesh::state::{Reg, SessionOptions};
+use georep_mesh::Hlc;
+use georep_mesh::{Reg, SessionOptions};
 
 use super::*;
 

@@ -11,7 +11,7 @@ pub mod fake;
 
 pub use backend::{
     ExitNotice, MonitorSignal, ProcessBackend, ProcessIdentity, RealBackend, SpawnSpec,
-    SuperviseError, describe_exit, proc_identity,
+    SuperviseError,
 };
 #[cfg(any(test, feature = "testing"))]
 pub use fake::FakeBackend;

@@ -14,7 +14,7 @@ use georep_api::inspect::{
     MemberStatus, MembersResponse, OfflineRecord, OfflineResponse, RegisterValue, SessionInspect,
     SessionsResponse,
 };
-use georep_mesh::view::WritePosition;
+use georep_mesh::WritePosition;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 

@@ -84,6 +84,32 @@ pub trait VolumeDirectory {
     fn has_bricks(&self, volume: &str) -> bool;
     /// Whether a live node hosts `volume`.
     fn hosted_by_live_node(&self, volume: &str) -> bool;
+    /// Whether `host` names a live node: its node id or the address it advertises.
+    fn is_live_host(&self, host: &str) -> bool;
+    /// The volume's usable size in bytes: over its replica sets, the sum of the
+    /// smallest reachable brick of each (live nodes' published facts); or why it
+    /// cannot be told.
+    fn capacity(&self, volume: &str) -> Result<u64, String>;
+    /// Bricks (`node:path`) of `volume` on live nodes that hold data.
+    fn non_empty_bricks(&self, volume: &str) -> Vec<String>;
+    /// Live nodes hosting `volume` that have no local account `user`.
+    fn live_hosts_without_user(&self, volume: &str, user: &str) -> Vec<String>;
+}
+
+/// `10737418240` -> `10.0 GiB`: sizes in refusals, as `df -h` people read them.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Why an operation was refused. Refusals do not change any state.
@@ -127,6 +153,89 @@ pub enum StateError {
         /// The primary volume.
         volume: String,
     },
+    /// Create of a session to a secondary volume another session already writes to.
+    #[error(
+        "Cannot create session {session}: secondary volume {volume} is already the secondary of {existing}. Two sessions writing one volume would overwrite each other; --force does not override this."
+    )]
+    SecondaryVolumeTaken {
+        /// Session.
+        session: SessionId,
+        /// The secondary volume.
+        volume: String,
+        /// The session that already writes to it.
+        existing: SessionId,
+    },
+    /// Create naming a secondary host that is not a live node.
+    #[error(
+        "Cannot create session {session}: secondary host {host} is not a live node of the mesh (by node id or advertised address). Check the name and the secondary agent, or use --force."
+    )]
+    SecondaryHostUnknown {
+        /// Session.
+        session: SessionId,
+        /// The host as given.
+        host: String,
+    },
+    /// Create for a secondary user some secondary node does not have.
+    #[error(
+        "Cannot create session {session}: user {user} does not exist on secondary node(s) {}. Create the account there, or use --force.",
+        nodes.join(", ")
+    )]
+    SecondaryUserMissing {
+        /// Session.
+        session: SessionId,
+        /// The secondary user.
+        user: String,
+        /// Secondary nodes without it.
+        nodes: Vec<String>,
+    },
+    /// Create with a secondary volume smaller than the primary volume.
+    #[error(
+        "Cannot create session {session}: secondary {secondary_volume} has {}, primary {primary_volume} needs {}. Grow the secondary volume, or use --force.",
+        human_bytes(*secondary_bytes),
+        human_bytes(*primary_bytes)
+    )]
+    SecondaryTooSmall {
+        /// Session.
+        session: SessionId,
+        /// The primary volume.
+        primary_volume: String,
+        /// Its size.
+        primary_bytes: u64,
+        /// The secondary volume.
+        secondary_volume: String,
+        /// Its size.
+        secondary_bytes: u64,
+    },
+    /// Create when a volume's size cannot be told.
+    #[error(
+        "Cannot create session {session}: cannot verify the size of {volume}: {reason}. Check its bricks, or use --force."
+    )]
+    SizeUnknown {
+        /// Session.
+        session: SessionId,
+        /// The volume.
+        volume: String,
+        /// Why.
+        reason: String,
+    },
+    /// Create with a secondary volume that holds data.
+    #[error(
+        "Cannot create session {session}: secondary volume {volume} is not empty ({}). Empty it, or use --force.",
+        bricks.join(", ")
+    )]
+    SecondaryNotEmpty {
+        /// Session.
+        session: SessionId,
+        /// The secondary volume.
+        volume: String,
+        /// Its bricks that hold data (`node:path`).
+        bricks: Vec<String>,
+    },
+    /// `create --push-pem --force` on a session created without push-pem.
+    #[error(
+        "Session {0} was created without --push-pem, so it has no keys to rotate. Delete it and create it again with --push-pem."
+    )]
+    NoKeysToRotate(SessionId),
     /// Create with a secondary volume no live node hosts.
     #[error(
         "Cannot create session {session}: secondary volume {volume} is not hosted by any live node. Check the secondary agents, or use --force."
@@ -189,17 +298,24 @@ pub fn plan(
                 existing: existing.id,
             });
         }
+        if let Some(existing) = replica
+            .existing()
+            .find(|other| other.id != *id && other.id.secondary_volume == id.secondary_volume)
+        {
+            return Err(StateError::SecondaryVolumeTaken {
+                session: id.clone(),
+                volume: id.secondary_volume.clone(),
+                existing: existing.id,
+            });
+        }
         if !volumes.has_bricks(&id.primary_volume) {
             return Err(StateError::PrimaryVolumeUnknown {
                 session: id.clone(),
                 volume: id.primary_volume.clone(),
             });
         }
-        if !force && !volumes.hosted_by_live_node(&id.secondary_volume) {
-            return Err(StateError::SecondaryNotHosted {
-                session: id.clone(),
-                volume: id.secondary_volume.clone(),
-            });
+        if !force {
+            verify_secondary(volumes, id)?;
         }
         let options = SessionOptions {
             forced: *force,
@@ -229,7 +345,17 @@ pub fn plan(
         ));
     }
     match op {
-        SessionOp::Create { .. } => return Err(StateError::AlreadyExists(id.clone())),
+        SessionOp::Create { options, force } => {
+            // gluster's `create push-pem force` on an existing session: new keys.
+            if !(options.push_pem && *force) {
+                return Err(StateError::AlreadyExists(id.clone()));
+            }
+            if !view.options.push_pem {
+                return Err(StateError::NoKeysToRotate(id.clone()));
+            }
+            delta.rotated = Some(stamp);
+            return Ok(delta);
+        }
         SessionOp::Start { force } => {
             if current.is_running() && !force {
                 return Err(wrong(
@@ -328,4 +454,61 @@ pub(super) fn reassert_or(
             marker: stamp,
         },
     }
+}
+
+/// gluster's gverify.sh, from the facts nodes publish: the secondary host is a live
+/// node, the secondary volume is hosted, its user exists, it is at least as large as
+/// the primary volume, and it is empty. Every check here is one `--force` skips.
+#[allow(clippy::result_large_err)] // as `plan`
+fn verify_secondary(volumes: &dyn VolumeDirectory, id: &SessionId) -> Result<(), StateError> {
+    let session = || id.clone();
+    if !volumes.hosted_by_live_node(&id.secondary_volume) {
+        return Err(StateError::SecondaryNotHosted {
+            session: session(),
+            volume: id.secondary_volume.clone(),
+        });
+    }
+    if !volumes.is_live_host(&id.secondary_host) {
+        return Err(StateError::SecondaryHostUnknown {
+            session: session(),
+            host: id.secondary_host.clone(),
+        });
+    }
+    let nodes = volumes.live_hosts_without_user(&id.secondary_volume, &id.secondary_user);
+    if !nodes.is_empty() {
+        return Err(StateError::SecondaryUserMissing {
+            session: session(),
+            user: id.secondary_user.clone(),
+            nodes,
+        });
+    }
+    let size = |volume: &str| {
+        volumes
+            .capacity(volume)
+            .map_err(|reason| StateError::SizeUnknown {
+                session: session(),
+                volume: volume.to_string(),
+                reason,
+            })
+    };
+    let primary_bytes = size(&id.primary_volume)?;
+    let secondary_bytes = size(&id.secondary_volume)?;
+    if secondary_bytes < primary_bytes {
+        return Err(StateError::SecondaryTooSmall {
+            session: session(),
+            primary_volume: id.primary_volume.clone(),
+            primary_bytes,
+            secondary_volume: id.secondary_volume.clone(),
+            secondary_bytes,
+        });
+    }
+    let bricks = volumes.non_empty_bricks(&id.secondary_volume);
+    if !bricks.is_empty() {
+        return Err(StateError::SecondaryNotEmpty {
+            session: session(),
+            volume: id.secondary_volume.clone(),
+            bricks,
+        });
+    }
+    Ok(())
 }

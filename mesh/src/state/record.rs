@@ -52,6 +52,8 @@ pub enum RegisterName {
     Deleted,
     /// The `desired` register.
     Desired,
+    /// The `keys-rotated` register (`create --push-pem --force` on an existing session).
+    Rotated,
     /// One configuration key.
     Config(String),
 }
@@ -62,6 +64,7 @@ impl fmt::Display for RegisterName {
             RegisterName::Created => f.write_str("created"),
             RegisterName::Deleted => f.write_str("deleted"),
             RegisterName::Desired => f.write_str("desired"),
+            RegisterName::Rotated => f.write_str("keys-rotated"),
             RegisterName::Config(key) => write!(f, "config.{key}"),
         }
     }
@@ -80,6 +83,9 @@ pub struct SessionRecord {
     pub desired: Option<Reg<DesiredState>>,
     /// Configuration: key -> value (`None` = reset to default).
     pub config: BTreeMap<String, Reg<Option<String>>>,
+    /// Latest key rotation stamp (push-pem sessions): primaries regenerate their keys
+    /// when it is newer than the keys they published.
+    pub rotated: Option<Hlc>,
 }
 
 pub(super) fn join_reg<V: PartialEq + Clone>(mine: &mut Option<Reg<V>>, theirs: &Option<Reg<V>>) {
@@ -99,6 +105,7 @@ impl SessionRecord {
             deleted: None,
             desired: None,
             config: BTreeMap::new(),
+            rotated: None,
         }
     }
 
@@ -126,6 +133,9 @@ impl SessionRecord {
             self.deleted.clone_from(&other.deleted);
         }
         join_reg(&mut self.desired, &other.desired);
+        if other.rotated > self.rotated {
+            self.rotated.clone_from(&other.rotated);
+        }
         for (key, theirs) in &other.config {
             match self.config.get_mut(key) {
                 Some(mine) => mine.merge(theirs.clone()),
@@ -166,6 +176,9 @@ impl SessionRecord {
             self.desired = None;
         }
         self.config.retain(|_, reg| reg.marker > floor);
+        if self.rotated.as_ref().is_some_and(|stamp| *stamp < floor) {
+            self.rotated = None;
+        }
     }
 
     /// Every register present, with its stamp.
@@ -180,6 +193,9 @@ impl SessionRecord {
         if let Some(reg) = &self.desired {
             out.push((RegisterName::Desired, reg.marker.clone()));
         }
+        if let Some(stamp) = &self.rotated {
+            out.push((RegisterName::Rotated, stamp.clone()));
+        }
         for (key, reg) in &self.config {
             out.push((RegisterName::Config(key.clone()), reg.marker.clone()));
         }
@@ -192,6 +208,7 @@ impl SessionRecord {
             RegisterName::Created => self.created.as_ref().map(|r| &r.marker),
             RegisterName::Deleted => self.deleted.as_ref(),
             RegisterName::Desired => self.desired.as_ref().map(|r| &r.marker),
+            RegisterName::Rotated => self.rotated.as_ref(),
             RegisterName::Config(key) => self.config.get(key).map(|r| &r.marker),
         }
     }
@@ -209,6 +226,7 @@ impl SessionRecord {
                 RegisterName::Created => out.created.clone_from(&self.created),
                 RegisterName::Deleted => out.deleted.clone_from(&self.deleted),
                 RegisterName::Desired => out.desired.clone_from(&self.desired),
+                RegisterName::Rotated => out.rotated.clone_from(&self.rotated),
                 RegisterName::Config(key) => {
                     if let Some(reg) = self.config.get(key) {
                         out.config.insert(key.clone(), reg.clone());
@@ -250,6 +268,7 @@ impl SessionRecord {
                 .map(|reg| reg.val.clone())
                 .unwrap_or_default(),
             config,
+            key_rotation: self.rotated.clone(),
         }
     }
 }
@@ -273,6 +292,8 @@ pub struct SessionView {
     pub options: SessionOptions,
     /// Keys explicitly set in this incarnation (canonical name -> value).
     pub config: BTreeMap<String, String>,
+    /// Stamp of the latest key rotation in this incarnation, if any.
+    pub key_rotation: Option<Hlc>,
 }
 
 impl SessionView {
@@ -299,7 +320,7 @@ impl SessionView {
     }
 
     /// The stamp a monitor must restart for: the latest stamp among restart-requiring
-    /// config keys and the incarnation (live keys excluded).
+    /// config keys, the key rotation and the incarnation (live keys excluded).
     pub fn restart_stamp(&self, record: &SessionRecord) -> Option<Hlc> {
         let mut stamp = self.incarnation.clone();
         for (key, reg) in &record.config {
@@ -307,6 +328,10 @@ impl SessionView {
             if !live && Some(&reg.marker) > stamp.as_ref() {
                 stamp = Some(reg.marker.clone());
             }
+        }
+        // New keys: the monitor must reconnect with them.
+        if record.rotated.as_ref() > stamp.as_ref() {
+            stamp.clone_from(&record.rotated);
         }
         stamp
     }

@@ -6,6 +6,10 @@ use super::*;
 struct Volumes {
     bricks: Vec<&'static str>,
     live: Vec<&'static str>,
+    hosts: Vec<&'static str>,
+    sizes: BTreeMap<&'static str, Result<u64, String>>,
+    full: Vec<&'static str>,
+    without_user: Vec<String>,
 }
 
 impl VolumeDirectory for Volumes {
@@ -15,12 +19,32 @@ impl VolumeDirectory for Volumes {
     fn hosted_by_live_node(&self, volume: &str) -> bool {
         self.live.contains(&volume)
     }
+    fn is_live_host(&self, host: &str) -> bool {
+        self.hosts.contains(&host)
+    }
+    fn capacity(&self, volume: &str) -> Result<u64, String> {
+        self.sizes.get(volume).cloned().unwrap_or(Ok(1 << 40))
+    }
+    fn non_empty_bricks(&self, volume: &str) -> Vec<String> {
+        if self.full.contains(&volume) {
+            vec![format!("n4:/b/{volume}")]
+        } else {
+            Vec::new()
+        }
+    }
+    fn live_hosts_without_user(&self, _volume: &str, _user: &str) -> Vec<String> {
+        self.without_user.clone()
+    }
 }
 
 fn volumes() -> Volumes {
     Volumes {
         bricks: vec!["gv0", "gv1"],
         live: vec!["gv0", "gv1"],
+        hosts: vec!["n4"],
+        sizes: BTreeMap::new(),
+        full: Vec::new(),
+        without_user: Vec::new(),
     }
 }
 
@@ -179,6 +203,7 @@ fn lifecycle_validation_follows_cli_contract() {
     let missing = Volumes {
         bricks: vec![],
         live: vec![],
+        ..volumes()
     };
     let create = SessionOp::Create {
         options: SessionOptions::default(),
@@ -191,6 +216,7 @@ fn lifecycle_validation_follows_cli_contract() {
     let no_secondary = Volumes {
         bricks: vec!["gv0"],
         live: vec![],
+        ..volumes()
     };
     let strict = SessionOp::Create {
         options: SessionOptions::default(),
@@ -273,9 +299,10 @@ fn arb_record() -> impl Strategy<Value = SessionRecord> {
         proptest::option::of(stamp.clone()),
         proptest::option::of(stamp.clone()),
         proptest::option::of(stamp.clone()),
-        proptest::collection::btree_map(0usize..3, stamp, 0..3),
+        proptest::collection::btree_map(0usize..3, stamp.clone(), 0..3),
+        proptest::option::of(stamp),
     )
-        .prop_map(|(created, deleted, desired, config)| {
+        .prop_map(|(created, deleted, desired, config, rotated)| {
             let states = [
                 DesiredState::Created,
                 DesiredState::Started,
@@ -300,6 +327,7 @@ fn arb_record() -> impl Strategy<Value = SessionRecord> {
                 let val = (marker.millis % 3 != 0).then(|| marker.to_string());
                 record.config.insert(name, LWWReg { val, marker });
             }
+            record.rotated = rotated;
             record.prune();
             record
         })
@@ -489,4 +517,157 @@ fn concurrent_start_and_stop_resolve_identically_everywhere() {
     y.join_record(&start);
     assert_eq!(x, y);
     assert_eq!(x.view(&sid()).unwrap().desired, DesiredState::Stopped);
+}
+
+fn create(force: bool, push_pem: bool) -> SessionOp {
+    SessionOp::Create {
+        options: SessionOptions {
+            push_pem,
+            ..SessionOptions::default()
+        },
+        force,
+    }
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // mirrors `plan`'s error type
+fn create_verifies_the_secondary_and_force_overrides_what_it_may() {
+    let replica = Replica::default();
+    let try_with = |volumes: &Volumes, force: bool| {
+        plan(
+            &replica,
+            volumes,
+            &sid(),
+            &create(force, false),
+            Hlc::new(1, 0, "n1"),
+            0,
+        )
+    };
+    let cases: Vec<(Volumes, &str)> = vec![
+        (
+            Volumes {
+                hosts: vec![],
+                ..volumes()
+            },
+            "secondary host n4 is not a live node",
+        ),
+        (
+            Volumes {
+                live: vec!["gv0"],
+                ..volumes()
+            },
+            "secondary volume gv1 is not hosted by any live node",
+        ),
+        (
+            Volumes {
+                without_user: vec!["n5".into()],
+                ..volumes()
+            },
+            "user root does not exist on secondary node(s) n5",
+        ),
+        (
+            Volumes {
+                sizes: [("gv0", Ok(20 << 30)), ("gv1", Ok(9_800 << 20))].into(),
+                ..volumes()
+            },
+            "secondary gv1 has 9.6 GiB, primary gv0 needs 20.0 GiB",
+        ),
+        (
+            Volumes {
+                sizes: [("gv1", Err("no reachable brick".to_string()))].into(),
+                ..volumes()
+            },
+            "cannot verify the size of gv1: no reachable brick",
+        ),
+        (
+            Volumes {
+                full: vec!["gv1"],
+                ..volumes()
+            },
+            "secondary volume gv1 is not empty (n4:/b/gv1)",
+        ),
+    ];
+    for (volumes, expected) in cases {
+        let refusal = try_with(&volumes, false).unwrap_err().to_string();
+        assert!(refusal.contains(expected), "{refusal}");
+        assert!(refusal.contains("use --force"), "{refusal}");
+        assert!(
+            try_with(&volumes, true).is_ok(),
+            "--force overrides: {expected}"
+        );
+    }
+    // Equal sizes pass; no primary bricks anywhere is refused even with --force.
+    let equal = Volumes {
+        sizes: [("gv0", Ok(5 << 30)), ("gv1", Ok(5 << 30))].into(),
+        ..volumes()
+    };
+    assert!(try_with(&equal, false).is_ok());
+    let no_primary = Volumes {
+        bricks: vec!["gv1"],
+        ..volumes()
+    };
+    assert!(matches!(
+        try_with(&no_primary, true),
+        Err(StateError::PrimaryVolumeUnknown { .. })
+    ));
+}
+
+#[test]
+fn a_second_session_to_the_same_secondary_volume_is_refused_even_with_force() {
+    let mut replica = Replica::default();
+    apply(&mut replica, create(false, false), Hlc::new(1, 0, "n1")).unwrap();
+    let other = SessionId::parse("gv2", "n4::gv1").unwrap();
+    let v = Volumes {
+        bricks: vec!["gv0", "gv1", "gv2"],
+        ..volumes()
+    };
+    let refusal = plan(
+        &replica,
+        &v,
+        &other,
+        &create(true, false),
+        Hlc::new(2, 0, "n1"),
+        0,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(refusal, StateError::SecondaryVolumeTaken { .. }),
+        "{refusal}"
+    );
+    assert!(
+        refusal.to_string().contains("--force does not override"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn create_push_pem_force_on_an_existing_session_rotates_its_keys() {
+    let mut replica = Replica::default();
+    apply(&mut replica, create(false, true), Hlc::new(1, 0, "n1")).unwrap();
+    assert!(matches!(
+        apply(&mut replica, create(false, true), Hlc::new(2, 0, "n1")),
+        Err(StateError::AlreadyExists(_))
+    ));
+    apply(&mut replica, create(true, true), Hlc::new(3, 0, "n2")).unwrap();
+    let record = &replica.sessions[&sid()];
+    let view = record.view();
+    assert_eq!(view.key_rotation, Some(Hlc::new(3, 0, "n2")));
+    // The monitor restarts for new keys.
+    assert_eq!(view.restart_stamp(record), Some(Hlc::new(3, 0, "n2")));
+    // The rotation belongs to its incarnation: delete and create again forget it.
+    apply(
+        &mut replica,
+        SessionOp::Delete { force: true },
+        Hlc::new(4, 0, "n1"),
+    )
+    .unwrap();
+    apply(&mut replica, create(false, true), Hlc::new(5, 0, "n1")).unwrap();
+    assert_eq!(replica.sessions[&sid()].view().key_rotation, None);
+    // Without push-pem there is nothing to rotate.
+    let mut plain = Replica::default();
+    apply(&mut plain, create(false, false), Hlc::new(1, 0, "n1")).unwrap();
+    assert!(matches!(
+        apply(&mut plain, create(true, true), Hlc::new(2, 0, "n1")),
+        Err(StateError::NoKeysToRotate(_))
+    ));
 }

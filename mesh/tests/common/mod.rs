@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use georep_mesh::Link;
+use georep_mesh::SystemClock;
 use georep_mesh::codec;
-use georep_mesh::hlc::SystemClock;
-use georep_mesh::network::Link;
-use georep_mesh::node::{MeshConfig, MeshNode, NODE_KEY};
-use georep_mesh::state::{Replica, SessionId, SessionOp, SessionOptions};
-use georep_mesh::view::{Brick, NodeInfo};
+use georep_mesh::{Brick, NodeInfo};
+use georep_mesh::{MeshConfig, MeshNode, NODE_KEY};
+use georep_mesh::{Replica, SessionId, SessionOp, SessionOptions};
 
 /// Node ids `n00`, `n01`, ...
 pub fn node_name(i: usize) -> String {
@@ -29,6 +29,8 @@ pub fn node_info(i: usize) -> NodeInfo {
             replica_set: (i / 2) as u32 % 2,
         }],
         missing: Vec::new(),
+        facts: Vec::new(),
+        users: Vec::new(),
     }
 }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use georep_agent::supervise::SupervisePolicy;
-use georep_mesh::state::{DesiredState, Replica, SessionId};
+use georep_agent::SupervisePolicy;
+use georep_mesh::{DesiredState, Replica, SessionId};
 use tokio::time::Instant;
 
 use crate::backend::{Bug, LiveMonitor};

@@ -39,16 +39,14 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use georep_mesh::faults::{LinkFaults, SeededRng};
-use georep_mesh::state::{SessionId, SessionOp, SessionOptions};
+use georep_mesh::{LinkFaults, SeededRng};
+use georep_mesh::{SessionId, SessionOp, SessionOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::{format_duration, parse_duration, parse_offset_ms};
 
 /// The primary volume every session replicates.
 pub const PRIMARY_VOLUME: &str = "gv0";
-/// The first secondary volume (session 0's).
-pub const SECONDARY_VOLUME: &str = "gv1";
 
 /// Who hosts what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,15 +81,27 @@ impl Layout {
         format!("n{node}")
     }
 
-    /// The id of session `k`: `gv0 -> site<k>::gv<k+1>`, except that with three or
-    /// more sessions the last one targets `gv1` again through another host, so that
-    /// one pair of sessions competes for one pair of volumes (refused creates, and
-    /// concurrent creates across partitions that must resolve to one winner).
+    /// The id of session `k`: `gv0 -> <secondary node>::gv<k+1>`, the secondary
+    /// nodes taken in turn, except that with three or more sessions the last one
+    /// targets `gv1` again through another host (its secondary node's address), so
+    /// that one pair of sessions competes for one pair of volumes (refused creates,
+    /// and concurrent creates across partitions that must resolve to one winner).
     pub fn session(&self, k: usize) -> SessionId {
+        let secondaries = self.nodes.saturating_sub(self.primaries);
+        let host = if secondaries == 0 {
+            format!("site{k}")
+        } else {
+            let node = self.primaries + k % secondaries;
+            if self.sessions >= 3 && k == self.sessions - 1 {
+                crate::cluster::node_addr(node).ip().to_string()
+            } else {
+                Self::node_id(node)
+            }
+        };
         SessionId {
             primary_volume: PRIMARY_VOLUME.into(),
             secondary_user: "root".into(),
-            secondary_host: format!("site{k}"),
+            secondary_host: host,
             secondary_volume: self.secondary_volume_of(k),
         }
     }
