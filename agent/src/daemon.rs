@@ -49,9 +49,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     if !config.webhooks.is_empty() {
         tracing::warn!(webhooks = ?config.webhooks, "--webhook is not implemented yet (no event stream): no events will be delivered");
     }
-    if let Some(path) = &config.authorized_keys {
-        tracing::warn!(path = %path.display(), "--authorized-keys is not implemented yet (no SSH key distribution): the file is not touched");
-    }
     let mut floor = 0;
     loop {
         match run_incarnation(&config, &identity, floor, &shutdown).await? {

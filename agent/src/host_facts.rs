@@ -51,6 +51,7 @@ impl HostFacts for RealHostFacts {
         facts.size_bytes = stat.blocks().saturating_mul(block);
         let free = stat.blocks_available().saturating_mul(block);
         facts.free_bytes = free / FREE_GRANULE * FREE_GRANULE;
+        facts.filesystem = format!("{}:{:x}", machine_id(), stat.filesystem_id());
         facts
     }
 
@@ -58,6 +59,25 @@ impl HostFacts for RealHostFacts {
         let text = fs::read_to_string("/etc/passwd").unwrap_or_default();
         passwd_users(&text)
     }
+}
+
+/// This machine's id (`/etc/machine-id`, else D-Bus's copy, else the boot id): with a
+/// filesystem id it names a filesystem across machines, so that agents sharing one
+/// machine (tests, `georep demo`) see their bricks' shared space as shared.
+fn machine_id() -> String {
+    [
+        "/etc/machine-id",
+        "/var/lib/dbus/machine-id",
+        "/proc/sys/kernel/random/boot_id",
+    ]
+    .iter()
+    .find_map(|path| {
+        fs::read_to_string(path)
+            .ok()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty())
+    })
+    .unwrap_or_default()
 }
 
 /// The account names of a `passwd(5)` file (comments and malformed lines skipped).
@@ -92,6 +112,8 @@ impl HostFacts for FixedHostFacts {
             empty: true,
             size_bytes: self.size_bytes,
             free_bytes: self.size_bytes,
+            // Every simulated brick is its own filesystem.
+            filesystem: path.display().to_string(),
         }
     }
 

@@ -85,22 +85,23 @@ pub struct SessionStatus {
     /// the other side of a partition): this one runs no monitor until one is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
-    /// push-pem sessions: per secondary node, the primaries' keys it has installed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// push-pem sessions: per secondary node, the primaries' keys it has installed
+    /// (JSON `keys`, as cli.md has it).
+    #[serde(default, rename = "keys", skip_serializing_if = "Vec::is_empty")]
     pub secondary_keys: Vec<SecondaryKeys>,
 }
 
-/// One secondary node's installation of a push-pem session's keys (two per primary
-/// node: gsyncd's and tar's).
+/// One secondary node's installation of a push-pem session's keys, counted per primary
+/// node (each has two: gsyncd's and tar's, installed together).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecondaryKeys {
     /// Secondary node id.
     pub node: String,
     /// Whether it is live.
     pub live: bool,
-    /// Keys in its managed block.
+    /// Primary nodes whose keys are in its managed block.
     pub keys_installed: usize,
-    /// Keys of every primary node hosting the primary volume.
+    /// Primary nodes hosting the primary volume.
     pub keys_expected: usize,
     /// The authorized_keys file.
     #[serde(default, skip_serializing_if = "String::is_empty")]

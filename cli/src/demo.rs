@@ -344,7 +344,9 @@ fn check_socket_room(root: &Path, nodes: usize) -> anyhow::Result<()> {
 }
 
 /// The certificates, data directories and `georepd` flags of every agent (the shared
-/// launcher, `georep-devcluster`); the first agent is everyone's seed.
+/// launcher, `georep-devcluster`); the first agent is everyone's seed. Each secondary
+/// agent keeps its push-pem block in `DIR/ssh/NODE/authorized_keys`, never in a real
+/// user's file.
 fn prepare_agents(root: &Path, plans: &[NodePlan]) -> anyhow::Result<Vec<AgentPlan>> {
     let specs: Vec<AgentSpec> = plans
         .iter()
@@ -352,7 +354,14 @@ fn prepare_agents(root: &Path, plans: &[NodePlan]) -> anyhow::Result<Vec<AgentPl
             id: plan.id.clone(),
             addr: plan.listen,
             bricks: vec![plan.brick.clone()],
-            extra_args: Vec::new(),
+            extra_args: vec![
+                "--authorized-keys".into(),
+                root.join("ssh")
+                    .join(&plan.id)
+                    .join("authorized_keys")
+                    .display()
+                    .to_string(),
+            ],
         })
         .collect();
     let options = ClusterOptions {

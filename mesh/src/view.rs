@@ -37,6 +37,10 @@ pub struct BrickFacts {
     pub size_bytes: u64,
     /// Free space on its filesystem, bytes (statvfs, for unprivileged users).
     pub free_bytes: u64,
+    /// Which filesystem holds it, unique across machines (`<machine-id>:<fsid>`):
+    /// bricks on one filesystem share its space and count once (gluster's
+    /// shared-brick-count).
+    pub filesystem: String,
 }
 
 /// What a node publishes about itself under the `node` key.
@@ -192,14 +196,17 @@ impl VolumeDirectory for Membership {
     }
 
     fn capacity(&self, volume: &str) -> Result<u64, String> {
-        // Per replica set, the smallest reachable brick on a live node.
-        let mut sets: BTreeMap<u32, Option<u64>> = BTreeMap::new();
+        // Per replica set, the smallest reachable brick on a live node; then the sum
+        // over the distinct filesystems those bricks live on.
+        let mut sets: BTreeMap<u32, Option<(u64, &str)>> = BTreeMap::new();
         let mut unreachable: Vec<String> = Vec::new();
         for member in self.live() {
             let Some(info) = &member.info else { continue };
             for brick in info.bricks_of(volume) {
                 let facts = info.facts.iter().find(|f| f.path == brick.path);
-                let size = facts.filter(|f| f.reachable).map(|f| f.size_bytes);
+                let size = facts
+                    .filter(|f| f.reachable)
+                    .map(|f| (f.size_bytes, f.filesystem.as_str()));
                 if size.is_none() {
                     unreachable.push(format!("{}:{}", member.node_id, brick.path));
                 }
@@ -229,7 +236,12 @@ impl VolumeDirectory for Membership {
                 }
             ));
         }
-        Ok(sets.values().flatten().sum())
+        let filesystems: BTreeMap<&str, u64> = sets
+            .values()
+            .flatten()
+            .map(|(size, filesystem)| (*filesystem, *size))
+            .collect();
+        Ok(filesystems.values().sum())
     }
 
     fn non_empty_bricks(&self, volume: &str) -> Vec<String> {

@@ -134,7 +134,7 @@ fn add(total: &mut LinkStatsSnapshot, more: &LinkStatsSnapshot) {
     total.bytes_received += more.bytes_received;
     total.frames_rejected += more.frames_rejected;
 }
-/// The size every simulated brick reports (create's size check passes: all equal).
+/// The size a simulated primary brick reports.
 const SIM_BRICK_BYTES: u64 = 1 << 40;
 
 /// The simulated address of node `i`.
@@ -258,6 +258,7 @@ impl SimCluster {
     }
 
     async fn boot(&mut self, i: usize) -> anyhow::Result<()> {
+        let total = self.nodes.len() as u64;
         let node = &mut self.nodes[i];
         // The previous incarnation's link unregisters its address when the last
         // reference goes (delayed frames in flight hold it a little longer).
@@ -283,7 +284,13 @@ impl SimCluster {
             link,
             backend,
             Arc::new(FixedHostFacts {
-                size_bytes: SIM_BRICK_BYTES,
+                // A secondary brick holds a whole primary volume: as large as all
+                // primary replica sets together (create's size check passes).
+                size_bytes: if node.is_primary() {
+                    SIM_BRICK_BYTES
+                } else {
+                    SIM_BRICK_BYTES * total
+                },
                 users: vec!["root".to_string()],
             }),
             wall,

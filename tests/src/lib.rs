@@ -47,7 +47,9 @@ pub fn free_port() -> u16 {
 pub struct NodeSpec {
     /// Node id.
     pub id: String,
-    /// Bricks as `VOL:PATH[:SET]`.
+    /// Bricks as `VOL:PATH[:SET]`. A `PATH` under `/bricks/` is a placeholder: the
+    /// cluster creates it as an empty directory inside its temporary directory (see
+    /// [`BRICKS_PLACEHOLDER`]) and the agent gets that path.
     pub bricks: Vec<String>,
 }
 
@@ -59,6 +61,28 @@ impl NodeSpec {
             bricks: bricks.iter().map(|b| b.to_string()).collect(),
         }
     }
+}
+
+/// Brick paths starting with this are created inside the cluster's temporary
+/// directory (`<tmp>/bricks/...`), so that the agents measure real, empty directories
+/// (create verifies the secondary from them) and nothing is written outside it.
+pub const BRICKS_PLACEHOLDER: &str = "/bricks/";
+
+/// `VOL:/bricks/REST[:SET]` -> `VOL:<root>/bricks/REST[:SET]`, the directory created;
+/// any other brick spec unchanged.
+fn place_brick(root: &Path, spec: &str) -> String {
+    let mut parts: Vec<String> = spec.splitn(3, ':').map(str::to_string).collect();
+    if let Some(path) = parts.get(1).filter(|p| p.starts_with(BRICKS_PLACEHOLDER)) {
+        let placed = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(&placed).expect("create a test brick directory");
+        parts[1] = placed.display().to_string();
+    }
+    parts.join(":")
+}
+
+/// The authorized_keys file a test cluster's node keeps its push-pem blocks in.
+fn authorized_keys_of(root: &Path, id: &str) -> PathBuf {
+    root.join("ssh").join(id).join("authorized_keys")
 }
 
 /// A running (or stopped) `georepd`.
@@ -199,8 +223,21 @@ impl Cluster {
             .map(|(spec, placement)| georep_devcluster::AgentSpec {
                 id: spec.id.clone(),
                 addr: placement.addr,
-                bricks: spec.bricks.clone(),
-                extra_args: placement.extra_args.clone(),
+                bricks: spec
+                    .bricks
+                    .iter()
+                    .map(|b| place_brick(dir.path(), b))
+                    .collect(),
+                // push-pem writes here, never into the real root's authorized_keys.
+                extra_args: [
+                    "--authorized-keys".to_string(),
+                    authorized_keys_of(dir.path(), &spec.id)
+                        .display()
+                        .to_string(),
+                ]
+                .into_iter()
+                .chain(placement.extra_args.iter().cloned())
+                .collect(),
             })
             .collect();
         // Nodes 0 and 1 are everyone's seeds.
@@ -315,6 +352,11 @@ impl Cluster {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// The authorized_keys file node `i` maintains (`--authorized-keys`).
+    pub fn authorized_keys(&self, i: usize) -> PathBuf {
+        authorized_keys_of(self.dir.path(), &self.nodes[i].id)
     }
 
     /// The flags node `i`'s agent runs with (after the binary), for tests that start a

@@ -114,7 +114,18 @@ fn raw_post(socket: &std::path::Path, path: &str, body: &str) -> (u16, serde_jso
 /// refusal, on one small cluster.
 #[test]
 fn a_running_cluster_refuses_what_it_must() {
-    let cluster = two_nodes();
+    // n1 also declares a brick of another volume whose directory does not exist.
+    let missing = tempfile::tempdir().unwrap();
+    let absent = format!("gv9:{}", missing.path().join("absent").display());
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0", &absent]),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]),
+        ],
+        Some(BRACED_MONITOR),
+    );
+    cluster.wait_live(0, 2, WAIT);
+    cluster.wait_live(1, 2, WAIT);
     let georepd = cluster.georepd_bin();
 
     // A second agent on the same data directory (another socket, another port) is

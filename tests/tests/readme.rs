@@ -1,9 +1,10 @@
 //! The README's "Using it on real nodes" walkthrough, run as written.
 //!
 //! Each of its four nodes is a network namespace with the README's address (10.0.0.N)
-//! and a mount namespace of its own in which `/var/lib` and `/run` are empty tmpfs, so
-//! `/var/lib/georep` and the default socket `/run/georep/georepd.sock` are the node's
-//! own and nothing is written to the host's. Block 1 runs once in a scratch directory
+//! and a mount namespace of its own in which `/var/lib`, `/run` and `/srv` are empty
+//! tmpfs (its brick directory is made in `/srv`), so `/var/lib/georep` and the default
+//! socket `/run/georep/georepd.sock` are the node's own and nothing is written to the
+//! host's. Block 1 runs once in a scratch directory
 //! (the "machine" holding the CA); block 2 runs on every node with its own first line
 //! (`NODE=.. IP=.. BRICK=..`, which the README says to change); block 3 runs on n1.
 //! Needs root, iproute2, nftables and util-linux (`unshare`, `nsenter`).
@@ -161,25 +162,25 @@ fn the_real_nodes_walkthrough_runs_as_written() {
             "n1".into(),
             Site::A,
             Ipv4Addr::new(10, 0, 0, 1),
-            "gv0:/data/gv0/brick1",
+            "gv0:/srv/gluster/gv0/brick1",
         ),
         (
             "n2".into(),
             Site::A,
             Ipv4Addr::new(10, 0, 0, 2),
-            "gv0:/data/gv0/brick1",
+            "gv0:/srv/gluster/gv0/brick1",
         ),
         (
             "n3".into(),
             Site::B,
             Ipv4Addr::new(10, 0, 0, 3),
-            "gv1:/data/gv1/brick1",
+            "gv1:/srv/gluster/gv1/brick1",
         ),
         (
             "n4".into(),
             Site::B,
             Ipv4Addr::new(10, 0, 0, 4),
-            "gv1:/data/gv1/brick1",
+            "gv1:/srv/gluster/gv1/brick1",
         ),
     ];
     let hosts: Vec<(String, Site, Ipv4Addr)> = nodes
@@ -195,7 +196,7 @@ fn the_real_nodes_walkthrough_runs_as_written() {
         let log = dir.join(format!("{node}.log"));
         let file = std::fs::File::create(&log).expect("agent log");
         let err = file.try_clone().expect("agent log");
-        // A private /var/lib and /run for this node; then the README's block 2.
+        // A private /var/lib, /run and /srv (with its brick) for this node; then block 2.
         let child = Command::new("ip")
             .args(["netns", "exec", &sites.host(node).netns])
             .args([
@@ -208,9 +209,11 @@ fn the_real_nodes_walkthrough_runs_as_written() {
             ])
             .arg(
                 "mount -t tmpfs georep-var-lib /var/lib && mount -t tmpfs georep-run /run \
+                 && mount -t tmpfs georep-srv /srv && mkdir -p \"$1\" \
                  && exec sh -exc \"$0\"",
             )
             .arg(&script)
+            .arg(brick.split(':').nth(1).unwrap_or_default())
             .current_dir(dir)
             .env("PATH", path_env())
             .stdin(Stdio::null())

@@ -88,8 +88,8 @@ pub fn session_status(
     }
 }
 
-/// push-pem: per node hosting the secondary volume, how many of the primaries' keys it
-/// reports installed (`installs`: node -> its report), two per primary node.
+/// push-pem: per node hosting the secondary volume, of how many primary nodes it
+/// reports the keys installed (`installs`: node -> its report).
 pub fn secondary_keys(
     view: &SessionView,
     membership: &Membership,
@@ -130,8 +130,8 @@ pub fn secondary_keys(
             SecondaryKeys {
                 node: member.node_id.clone(),
                 live: member.live,
-                keys_installed: 2 * installed,
-                keys_expected: 2 * primaries.len(),
+                keys_installed: installed,
+                keys_expected: primaries.len(),
                 file: report.map(|r| r.file.clone()).unwrap_or_default(),
                 missing,
                 error: report.and_then(|r| r.error.clone()),

@@ -107,6 +107,72 @@ pub fn explain_reason(facts: &ExplainFacts<'_>) -> ExplainReason {
     }
 }
 
+/// push-pem sentences about `node` for a session: as a primary, whether it published
+/// current keys and which secondaries have not installed them, and why; as a
+/// secondary, which primaries' keys it lacks, and why. `installs` are the secondary
+/// nodes' reports, `published` what `node` published, if anything.
+pub fn key_sentences(
+    node: &str,
+    view: &SessionView,
+    primary: bool,
+    secondary: bool,
+    published: Option<&SessionKeys>,
+    installs: &BTreeMap<String, KeyInstall>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if !view.options.push_pem {
+        return out;
+    }
+    let current = |r: &&KeyInstall| Some(&r.incarnation) == view.incarnation.as_ref();
+    if primary {
+        match (published, &view.incarnation) {
+            (Some(keys), Some(inc)) if keys.current(inc, view.key_rotation.as_ref()) => {
+                out.push(format!(
+                    "push-pem: {node} published its session keys (gsyncd {}, tar {}).",
+                    keys.secret.fingerprint, keys.tar.fingerprint
+                ));
+            }
+            (Some(_), _) => out.push(format!(
+                "push-pem: {node}'s published keys are older than the session's latest create or rotation; it regenerates them on its next pass."
+            )),
+            (None, _) => out.push(format!("push-pem: {node} has not published keys for this session.")),
+        }
+        for (secondary_node, report) in installs.iter().filter(|(_, r)| current(r)) {
+            if let Some(why) = report.missing.get(node) {
+                out.push(format!(
+                    "push-pem: {secondary_node} has not installed {node}'s keys: {why}."
+                ));
+            } else if let Some(error) = &report.error {
+                out.push(format!(
+                    "push-pem: {secondary_node} cannot install keys: {error}."
+                ));
+            }
+        }
+    }
+    if secondary {
+        match installs.get(node).filter(current) {
+            None => out.push(format!(
+                "push-pem: {node} has not reported installing this session's keys yet."
+            )),
+            Some(report) => {
+                if let Some(error) = &report.error {
+                    out.push(format!("push-pem: {node} cannot install keys: {error}."));
+                } else {
+                    out.push(format!(
+                        "push-pem: {node} holds the keys of {} primary node(s) in {}.",
+                        report.installed.len(),
+                        report.file
+                    ));
+                }
+                for (missing, why) in &report.missing {
+                    out.push(format!("push-pem: {node} lacks {missing}'s keys: {why}."));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// `has v3 of n2, needs v5` (generations named when they differ).
 pub fn lag_text(origin: &str, has: Option<WritePosition>, needs: WritePosition) -> String {
     match has {

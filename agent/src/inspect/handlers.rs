@@ -196,7 +196,25 @@ impl Agent {
             acked: acked.contains(&node),
         };
         let reason = explain_reason(&facts);
-        let (message, sentences) = explain_text(&facts, reason);
+        let (message, mut sentences) = explain_text(&facts, reason);
+        if view.options.push_pem {
+            let installs = self.key_installs(&id).await;
+            let keys_key = format!("{KEYS_PREFIX}{}", id.key());
+            let published = mesh
+                .owned_values(&keys_key)
+                .await
+                .get(&node)
+                .and_then(|values| values.get(&keys_key))
+                .and_then(|value| codec::decode::<SessionKeys>(value).ok());
+            sentences.extend(key_sentences(
+                &node,
+                &view,
+                !primary_bricks.is_empty(),
+                member.hosts(&id.secondary_volume),
+                published.as_ref(),
+                &installs,
+            ));
+        }
         let merged_latest_write = facts.merged();
         let node_seen = facts.node_seen();
         let hosts_secondary = facts.hosts_secondary;

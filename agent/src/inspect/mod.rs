@@ -15,6 +15,7 @@ use georep_mesh::Hlc;
 use georep_mesh::codec;
 use georep_mesh::{Brick, Member, Membership, NodeInfo, Seen, WritePosition};
 use georep_mesh::{DesiredState, SessionId, SessionRecord, SessionView, StateError};
+use georep_mesh::{KEY_INSTALL_PREFIX, KEYS_PREFIX, KeyInstall, SessionKeys};
 use georep_mesh::{MeshNode, NODE_KEY, SEEN_KEY, SESSION_PREFIX, WriteReceipt};
 use serde_json::{Value, json};
 

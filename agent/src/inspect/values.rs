@@ -9,6 +9,10 @@ pub fn key_kind(key: &str) -> &'static str {
         "session"
     } else if key.starts_with(MONITOR_PREFIX) {
         "monitor"
+    } else if key.starts_with(KEY_INSTALL_PREFIX) {
+        "key-install"
+    } else if key.starts_with(KEYS_PREFIX) {
+        "keys"
     } else if key == NODE_KEY {
         "node"
     } else if key == SEEN_KEY {
@@ -20,7 +24,7 @@ pub fn key_kind(key: &str) -> &'static str {
 
 /// Decodes a raw chitchat value to readable JSON by its key: `s/` as the session's
 /// registers, `node` as [`NodeInfo`], `seen` as [`Seen`], `m/` as
-/// [`NodeSessionStatus`]. Never panics: whatever does not decode is an error string.
+/// [`NodeSessionStatus`], `k/` as [`SessionKeys`], `ki/` as [`KeyInstall`]. Never panics: whatever does not decode is an error string.
 pub fn decode_value(key: &str, raw: &str) -> (&'static str, Result<Value, String>) {
     let kind = key_kind(key);
     let decoded = match kind {
@@ -45,6 +49,14 @@ pub fn decode_value(key: &str, raw: &str) -> (&'static str, Result<Value, String
         "seen" => codec::decode::<Seen>(raw)
             .map_err(|e| e.to_string())
             .and_then(|seen| serde_json::to_value(seen).map_err(|e| e.to_string())),
+        "keys" => codec::decode::<SessionKeys>(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|keys| serde_json::to_value(keys).map_err(|e| e.to_string()))
+            .map(stamps_as_text),
+        "key-install" => codec::decode::<KeyInstall>(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|report| serde_json::to_value(report).map_err(|e| e.to_string()))
+            .map(stamps_as_text),
         "monitor" => codec::decode::<NodeSessionStatus>(raw)
             .map_err(|e| e.to_string())
             .and_then(|status| serde_json::to_value(status).map_err(|e| e.to_string()))

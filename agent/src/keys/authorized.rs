@@ -123,7 +123,8 @@ pub fn splice(
 /// Replaces `path` with `text` unless it already holds exactly that: a temp file in
 /// the same directory, owner and mode of the existing file (or `uid`/`gid`, 0600 for a
 /// new one; the directory is created 0700 for the user when missing), fsync, rename.
-/// Returns whether it wrote.
+/// Ownership is only given away when running as root (an unprivileged agent, e.g.
+/// `georep demo`, keeps its own). Returns whether it wrote.
 pub fn write(path: &Path, text: &str, uid: u32, gid: u32) -> io::Result<bool> {
     let existing = fs::metadata(path).ok();
     if existing.is_some() && fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
@@ -135,7 +136,9 @@ pub fn write(path: &Path, text: &str, uid: u32, gid: u32) -> io::Result<bool> {
     if !dir.exists() {
         fs::create_dir_all(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        }
     }
     let (mode, owner, group) = match &existing {
         Some(meta) => (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid()),
@@ -154,7 +157,9 @@ pub fn write(path: &Path, text: &str, uid: u32, gid: u32) -> io::Result<bool> {
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(text.as_bytes())?;
-        std::os::unix::fs::fchown(&file, Some(owner), Some(group))?;
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::fchown(&file, Some(owner), Some(group))?;
+        }
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.sync_all()?;
         fs::rename(&tmp, path)
