@@ -559,10 +559,12 @@ impl Agent {
                 let pending = self
                     .pending_monitors(&id, &request.op, &receipt.stamp)
                     .await;
-                let done = progress.complete() && pending.is_empty();
-                ((progress, pending), done)
+                let keys = self.pending_keys(&id, &request.op).await;
+                let done = progress.complete() && pending.is_empty() && keys.is_empty();
+                ((progress, (pending, keys)), done)
             })
             .await;
+        let (pending, pending_keys) = pending;
         let value = match &request.op {
             SessionOp::SetConfig { key, .. } => georep_mesh::session_config::lookup(key)
                 .ok()
@@ -583,6 +585,7 @@ impl Agent {
             dead_nodes: progress.dead,
             lagging_nodes: progress.lagging,
             pending_monitors: pending,
+            pending_keys,
             converged,
             waited: request.wait,
             stamp: Some(receipt.stamp.to_string()),
@@ -644,6 +647,40 @@ impl Agent {
             converged,
             waited: request.wait,
         })
+    }
+
+    /// `create --push-pem` (and rotation): live secondary nodes that have not yet
+    /// reported every live primary's current keys installed.
+    async fn pending_keys(&self, id: &SessionId, op: &SessionOp) -> Vec<String> {
+        let SessionOp::Create { options, .. } = op else {
+            return Vec::new();
+        };
+        let Some(view) = self.mesh.replica().view(id).filter(|v| v.exists) else {
+            return Vec::new();
+        };
+        if !options.push_pem || !view.options.push_pem {
+            return Vec::new();
+        }
+        let membership = self.mesh.topology().await;
+        let installs = self.key_installs(id).await;
+        let primaries: Vec<&str> = membership
+            .live()
+            .filter(|m| m.hosts(&id.primary_volume))
+            .map(|m| m.node_id.as_str())
+            .collect();
+        membership
+            .live()
+            .filter(|m| m.hosts(&id.secondary_volume))
+            .filter(|m| {
+                !installs.get(&m.node_id).is_some_and(|r| {
+                    Some(&r.incarnation) == view.incarnation.as_ref()
+                        && r.rotation == view.key_rotation
+                        && r.error.is_none()
+                        && primaries.iter().all(|p| r.installed.iter().any(|i| i == p))
+                })
+            })
+            .map(|m| m.node_id.clone())
+            .collect()
     }
 
     /// Live primary nodes whose monitor does not yet match what `op` asked for.

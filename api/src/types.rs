@@ -183,6 +183,10 @@ pub struct OpResponse {
     pub lagging_nodes: Vec<String>,
     /// Live primary nodes whose monitor did not match yet when the wait ended.
     pub pending_monitors: Vec<String>,
+    /// `create --push-pem`: live secondary nodes that had not installed every live
+    /// primary's current keys when the wait ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_keys: Vec<String>,
     /// Whether everything waited for was confirmed (false after a timeout or `--no-wait`).
     pub converged: bool,
     /// Whether the agent waited at all.

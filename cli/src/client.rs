@@ -244,6 +244,7 @@ mod tests {
                             vec!["n2".into()]
                         },
                         pending_monitors: vec![],
+                        pending_keys: Vec::new(),
                         converged,
                         waited: op.wait,
                         stamp: None,

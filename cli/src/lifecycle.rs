@@ -164,6 +164,12 @@ pub fn render_op(
                     list(&resp.pending_monitors)
                 ));
             }
+            if !resp.pending_keys.is_empty() {
+                pending.push(format!(
+                    "push-pem keys not yet installed on: {}",
+                    list(&resp.pending_keys)
+                ));
+            }
             if pending.is_empty() {
                 pending.push("some live nodes did not answer".to_owned());
             }
@@ -236,6 +242,7 @@ mod tests {
             dead_nodes: vec!["n5".into()],
             lagging_nodes: if converged { vec![] } else { vec!["n3".into()] },
             pending_monitors: vec![],
+            pending_keys: Vec::new(),
             converged,
             waited,
             stamp: None,

@@ -52,6 +52,7 @@ pub async fn forget(g: &Globals, node: &str, no_wait: bool) -> Report {
                 dead_nodes: resp.dead_nodes,
                 lagging_nodes: resp.lagging_nodes,
                 pending_monitors: Vec::new(),
+                pending_keys: Vec::new(),
                 converged: resp.converged,
                 waited: resp.waited,
                 stamp: None,

@@ -50,6 +50,8 @@ impl SessionKeys {
 pub struct KeyInstall {
     /// The session incarnation this report is about.
     pub incarnation: Hlc,
+    /// The key rotation the installed keys belong to, if any.
+    pub rotation: Option<Hlc>,
     /// The secondary user whose file holds the block.
     pub user: String,
     /// The authorized_keys file.

@@ -533,3 +533,55 @@ fn stamps_become_text_everywhere() {
         json!({"a": ["5.1@n1"], "b": {"millis": 1}})
     );
 }
+
+#[test]
+fn key_sentences_name_the_missing_primary_and_why() {
+    let mut rec = record(Some(DesiredState::Started), false);
+    if let Some(created) = rec.created.as_mut() {
+        created.val.push_pem = true;
+    }
+    let view = rec.view();
+    let incarnation = view.incarnation.clone().unwrap();
+    let public = |f: &str| georep_mesh::PublicKeyInfo {
+        openssh: "ssh-ed25519 AAAA".into(),
+        fingerprint: f.into(),
+    };
+    let keys = SessionKeys {
+        incarnation: incarnation.clone(),
+        rotation: None,
+        secret: public("SHA256:s"),
+        tar: public("SHA256:t"),
+        addresses: vec!["10.0.0.1".into()],
+    };
+    let report = KeyInstall {
+        incarnation,
+        rotation: None,
+        user: "root".into(),
+        file: "/root/.ssh/authorized_keys".into(),
+        installed: vec!["n1".into()],
+        missing: [("n2".to_string(), "it is down".to_string())].into(),
+        error: None,
+    };
+    let installs: BTreeMap<String, KeyInstall> = [("n4".to_string(), report)].into();
+    let primary = key_sentences("n1", &view, true, false, Some(&keys), &installs);
+    assert_eq!(
+        primary,
+        ["push-pem: n1 published its session keys (gsyncd SHA256:s, tar SHA256:t)."]
+    );
+    let down = key_sentences("n2", &view, true, false, None, &installs);
+    assert!(
+        down.contains(&"push-pem: n4 has not installed n2's keys: it is down.".to_string()),
+        "{down:?}"
+    );
+    let secondary = key_sentences("n4", &view, false, true, None, &installs);
+    assert_eq!(
+        secondary,
+        [
+            "push-pem: n4 holds the keys of 1 primary node(s) in /root/.ssh/authorized_keys.",
+            "push-pem: n4 lacks n2's keys: it is down."
+        ]
+    );
+    // A session without push-pem says nothing about keys.
+    let plain = record(Some(DesiredState::Started), false).view();
+    assert!(key_sentences("n4", &plain, false, true, None, &installs).is_empty());
+}

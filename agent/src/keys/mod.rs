@@ -189,6 +189,7 @@ impl KeySync {
             let session = view.id.key();
             let mut report = KeyInstall {
                 incarnation: incarnation.clone(),
+                rotation: view.key_rotation.clone(),
                 user: view.id.secondary_user.clone(),
                 file: String::new(),
                 installed: Vec::new(),

@@ -321,6 +321,9 @@ pub(super) fn topology_fingerprint(chitchat: &Chitchat, live: &BTreeSet<&Chitcha
         for (key, value) in state.iter_prefix(FORGET_PREFIX) {
             (key, value.version).hash(&mut hasher);
         }
+        for (key, value) in state.iter_prefix(crate::keys::KEYS_PREFIX) {
+            (key, value.version, value.is_deleted()).hash(&mut hasher);
+        }
     }
     // Both iterate in id order: no lookups needed.
     for id in live {

@@ -105,7 +105,10 @@ impl MeshNode {
                 let Some(shared) = waker.upgrade() else {
                     return;
                 };
-                let forget = event.key.starts_with(FORGET_PREFIX);
+                // A primary's session keys are topology for the secondaries that
+                // install them: they must act on them now, not at their next tick.
+                let forget = event.key.starts_with(FORGET_PREFIX)
+                    || event.key.starts_with(crate::keys::KEYS_PREFIX);
                 if event.key.starts_with(SESSION_PREFIX) || event.key == NODE_KEY || forget {
                     let mut dirty = shared.dirty();
                     if !dirty.nodes.contains(event.node) {
