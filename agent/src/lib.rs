@@ -3,8 +3,9 @@
 //! The modules are private; what the binary, the simulator and the tests use is
 //! re-exported below the map.
 //!
-//! - `agent`: the running agent tying mesh, supervisor, session dirs and API together:
-//!   start, loop, persist, op; it gathers what the read routes answer.
+//! - `agent`: the running agent tying mesh, supervisor, session dirs, keys and API
+//!   together: start, loop, persist; `agent/answers.rs`: commands (apply, then wait for
+//!   the mesh, the monitors and the keys) and what the read routes answer.
 //! - `api`: the local API: routes (axum) in `api/mod.rs`, serving them on the Unix
 //!   socket with our limits in `api/serve.rs` (hyper), and the read routes' answers as
 //!   pure functions in `api/views.rs`. Its JSON is the `georep-api` crate's.

@@ -1,0 +1,290 @@
+//! The local API's answers: a command applied locally, then waited on until the mesh
+//! (and, for run-state changes, the monitors; for push-pem, the keys) follows; `node
+//! forget`; and the read routes (status, nodes, config, exists).
+
+use super::*;
+
+impl Agent {
+    /// Applies an operation locally and (optionally) waits for the mesh to follow.
+    pub async fn op(&self, request: OpRequest) -> Result<OpResponse, ApiError> {
+        let id = SessionId::parse(&request.primary, &request.secondary).map_err(ApiError::from)?;
+        let receipt = self.mesh.apply(&id, &request.op).await?;
+        self.wake.notify_one();
+        self.persist().await;
+        let ((progress, pending), converged) = self
+            .wait_for(request.wait, request.timeout_ms, || async {
+                let progress = self.mesh.progress(&receipt).await;
+                let pending = self
+                    .pending_monitors(&id, &request.op, &receipt.stamp)
+                    .await;
+                let keys = self.pending_keys(&id, &request.op).await;
+                let done = progress.complete() && pending.is_empty() && keys.is_empty();
+                ((progress, (pending, keys)), done)
+            })
+            .await;
+        let (pending, pending_keys) = pending;
+        let value = match &request.op {
+            SessionOp::SetConfig { key, .. } => georep_mesh::session_config::lookup(key)
+                .ok()
+                .and_then(|key| {
+                    self.mesh
+                        .replica()
+                        .view(&id)
+                        .and_then(|view| view.config.get(key.name).cloned())
+                }),
+            _ => None,
+        };
+        let message = views::success_message(&request.op, &id, value.as_deref());
+        Ok(OpResponse {
+            ok: true,
+            session: id.to_string(),
+            message,
+            confirmed_nodes: progress.confirmed,
+            dead_nodes: progress.dead,
+            lagging_nodes: progress.lagging,
+            pending_monitors: pending,
+            pending_keys,
+            converged,
+            waited: request.wait,
+            stamp: Some(receipt.stamp.to_string()),
+            value,
+        })
+    }
+
+    /// Evaluates `probe` (what it found, and whether that is everything waited for)
+    /// until it is done, or at once without `wait`, or until `timeout_ms` passed.
+    /// Returns the last finding and whether the wait ended done (never without `wait`).
+    async fn wait_for<T, F: Future<Output = (T, bool)>>(
+        &self,
+        wait: bool,
+        timeout_ms: u64,
+        mut probe: impl FnMut() -> F,
+    ) -> (T, bool) {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let mut changes = self.mesh.subscribe();
+        loop {
+            let (found, done) = probe().await;
+            if done || !wait || Instant::now() >= deadline {
+                return (found, done && wait);
+            }
+            // Acknowledgements and gossip wake us; the poll bounds the wait if a
+            // change slipped between the check and the subscription.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(WAIT_POLL) => {}
+            }
+        }
+    }
+
+    /// `node forget`: drops a dead node from every node's membership and (optionally)
+    /// waits until every live node merged that.
+    pub async fn forget(&self, request: ForgetRequest) -> Result<ForgetResponse, ApiError> {
+        georep_mesh::validate_node_id(&request.node)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (generation, position) = self.mesh.forget(&request.node).await?;
+        self.wake.notify_one();
+        let (progress, converged) = self
+            .wait_for(request.wait, request.timeout_ms, || async {
+                let progress = self.mesh.position_progress(position).await;
+                let done = progress.complete();
+                (progress, done)
+            })
+            .await;
+        Ok(ForgetResponse {
+            ok: true,
+            session: None,
+            message: format!(
+                "Forgetting node {} (generation {generation}): it no longer shows in status or nodes, and is accepted as a new node if it returns",
+                request.node
+            ),
+            node: request.node,
+            generation,
+            confirmed_nodes: progress.confirmed,
+            dead_nodes: progress.dead,
+            lagging_nodes: progress.lagging,
+            converged,
+            waited: request.wait,
+        })
+    }
+
+    /// `create --push-pem` (and rotation): live secondary nodes that have not yet
+    /// reported every live primary's current keys installed.
+    async fn pending_keys(&self, id: &SessionId, op: &SessionOp) -> Vec<String> {
+        let SessionOp::Create { options, .. } = op else {
+            return Vec::new();
+        };
+        let Some(view) = self.mesh.replica().view(id).filter(|v| v.exists) else {
+            return Vec::new();
+        };
+        if !options.push_pem || !view.options.push_pem {
+            return Vec::new();
+        }
+        let membership = self.mesh.topology().await;
+        let installs = self.key_installs(id).await;
+        let primaries: Vec<&str> = membership
+            .live()
+            .filter(|m| m.hosts(&id.primary_volume))
+            .map(|m| m.node_id.as_str())
+            .collect();
+        membership
+            .live()
+            .filter(|m| m.hosts(&id.secondary_volume))
+            .filter(|m| {
+                !installs.get(&m.node_id).is_some_and(|r| {
+                    Some(&r.incarnation) == view.incarnation.as_ref()
+                        && r.rotation == view.key_rotation
+                        && r.error.is_none()
+                        && primaries.iter().all(|p| r.installed.iter().any(|i| i == p))
+                })
+            })
+            .map(|m| m.node_id.clone())
+            .collect()
+    }
+
+    /// Live primary nodes whose monitor does not yet match what `op` asked for.
+    async fn pending_monitors(&self, id: &SessionId, op: &SessionOp, stamp: &Hlc) -> Vec<String> {
+        let wanted = match op {
+            SessionOp::Delete { .. } => None,
+            other => match other.target_state() {
+                Some(state) => Some(state),
+                None => return Vec::new(),
+            },
+        };
+        let membership = self.mesh.topology().await;
+        let statuses = self.node_statuses(id).await;
+        membership
+            .live()
+            .filter(|m| m.hosts(&id.primary_volume))
+            .filter(|m| {
+                let status = statuses.get(&m.node_id);
+                let matches = match (wanted, status) {
+                    (None, None) => true,
+                    (None, Some(s)) => s.report.pid.is_none(),
+                    (Some(_), None) => false,
+                    (Some(state), Some(s)) => {
+                        s.report
+                            .desired_stamp
+                            .as_ref()
+                            .is_some_and(|acted| acted >= stamp)
+                            && report_matches(&s.report, state)
+                    }
+                };
+                !matches
+            })
+            .map(|m| m.node_id.clone())
+            .collect()
+    }
+
+    async fn node_statuses(&self, id: &SessionId) -> BTreeMap<String, NodeSessionStatus> {
+        let key = monitor_key(id);
+        self.mesh
+            .owned_values(&key)
+            .await
+            .into_iter()
+            .filter_map(|(node, values)| {
+                let value = values.get(&key)?;
+                match codec::decode::<NodeSessionStatus>(value) {
+                    Ok(status) => Some((node, status)),
+                    Err(error) => {
+                        tracing::warn!(%node, %error, "undecodable monitor status ignored");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// `status`, for all sessions, one primary volume, or one session.
+    pub async fn status(
+        &self,
+        primary: Option<&str>,
+        secondary: Option<&str>,
+    ) -> Result<StatusResponse, ApiError> {
+        let replica = self.mesh.replica();
+        let membership = self.mesh.membership().await;
+        let only = match (primary, secondary) {
+            (Some(p), Some(s)) => {
+                let id = SessionId::parse(p, s)?;
+                if !replica.view(&id).is_some_and(|v| v.exists) {
+                    return Err(StateError::NotCreated(id).into());
+                }
+                Some(id)
+            }
+            _ => None,
+        };
+        let superseded = replica.superseded();
+        let mut sessions = Vec::new();
+        for view in replica.existing() {
+            if only.as_ref().is_some_and(|id| *id != view.id)
+                || primary.is_some_and(|p| p != view.id.primary_volume)
+            {
+                continue;
+            }
+            let mut status = self.session_status(&view, &membership).await;
+            status.superseded_by = superseded.get(&view.id).map(ToString::to_string);
+            sessions.push(status);
+        }
+        Ok(StatusResponse { sessions })
+    }
+
+    async fn session_status(&self, view: &SessionView, membership: &Membership) -> SessionStatus {
+        let progress = self
+            .mesh
+            .session_progress(&view.id)
+            .await
+            .unwrap_or_default();
+        let statuses = self.node_statuses(&view.id).await;
+        let mut status = views::session_status(view, membership, progress, &statuses);
+        if view.options.push_pem {
+            let installs = self.key_installs(&view.id).await;
+            status.secondary_keys = views::secondary_keys(view, membership, &installs);
+        }
+        status
+    }
+
+    /// Every secondary node's key installation report for `id`.
+    pub(crate) async fn key_installs(&self, id: &SessionId) -> BTreeMap<String, KeyInstall> {
+        let key = crate::keys::install_key(id);
+        self.mesh
+            .owned_values(&key)
+            .await
+            .into_iter()
+            .filter_map(|(node, values)| {
+                let report = codec::decode::<KeyInstall>(values.get(&key)?).ok()?;
+                Some((node, report))
+            })
+            .collect()
+    }
+
+    /// `nodes`.
+    pub async fn nodes(&self) -> NodesResponse {
+        views::nodes(&self.mesh.membership().await)
+    }
+
+    /// `config` list or get.
+    pub async fn config_get(
+        &self,
+        primary: &str,
+        secondary: &str,
+        key: Option<&str>,
+    ) -> Result<ConfigResponse, ApiError> {
+        views::config(&self.mesh.replica(), primary, secondary, key)
+    }
+
+    /// `exists` / `running`: answered from the local replica, no network round-trip.
+    pub fn exists(
+        &self,
+        volume: &str,
+        secondary: Option<&str>,
+    ) -> Result<ExistsResponse, ApiError> {
+        views::exists(&self.mesh.replica(), volume, secondary)
+    }
+}
+
+fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
+    match state {
+        DesiredState::Started => report.state == MonitorState::Started,
+        DesiredState::Paused => report.state == MonitorState::Paused,
+        DesiredState::Stopped | DesiredState::Created => report.pid.is_none(),
+    }
+}
