@@ -87,6 +87,14 @@ async fn run_incarnation(
             config.api_socket.display()
         )
     })?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let link = bind_link(config, identity, floor > 0).await?;
     let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
     let agent = Agent::start_above(
@@ -108,6 +116,10 @@ async fn run_incarnation(
         crate::api::serve::Limits::default(),
     ));
     let loop_task = tokio::spawn(agent.clone().run_loop(round.clone()));
+    let metrics_task = metrics.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
+        tokio::spawn(crate::api::metrics::serve(listener, agent.clone(), round.clone()))
+    });
     // A monitor that exits is noticed at once, not at the next poll: its status must
     // not read "running" to a waiting client while it is already gone.
     let child_task = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
@@ -141,6 +153,9 @@ async fn run_incarnation(
         let _ = task.await;
     }
     let _ = api_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     let _ = std::fs::remove_file(&config.api_socket);
     agent.shutdown().await;
     Ok(displaced)

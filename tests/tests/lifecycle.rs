@@ -231,3 +231,99 @@ fn no_agent_at_the_socket_exits_3() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/georepd.sock"));
 }
+
+/// GET `path` on `addr` with a bare HTTP/1.1 client; returns (status line, body).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn metrics_are_served_in_the_prometheus_format() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], georep_tests::free_port()));
+    let placement = |extra: Vec<String>| georep_tests::Placement {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], georep_tests::free_port())),
+        launcher: Vec::new(),
+        extra_args: extra,
+    };
+    let cluster = Cluster::start_placed(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]),
+            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
+        ],
+        Some(TEST_MONITOR),
+        georep_tests::TEST_GOSSIP_MS,
+        vec![
+            placement(vec!["--metrics-listen".into(), metrics.to_string()]),
+            placement(Vec::new()),
+        ],
+    );
+    cluster.wait_live(0, 2, Duration::from_secs(30));
+    cluster.ok(0, &["create", "gv0", SECONDARY]);
+    cluster.ok(1, &["start", "gv0", SECONDARY]);
+    let (status, body) = http_get(metrics, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    // A real parser of the exposition format (Debian's python3-prometheus-client).
+    // Debian's interpreter, where the package installs the module (not a pyenv shim).
+    let parsed = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import sys\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+             for family in text_string_to_metric_families(sys.stdin.read()):\n\
+             \x20   for s in family.samples:\n\
+             \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+             \x20       print(f'{s.name}{{{labels}}} {s.value:g}')\n",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(body.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("python3 with prometheus_client (.ci/run installs python3-prometheus-client)");
+    let samples = String::from_utf8_lossy(&parsed.stdout);
+    assert!(
+        parsed.status.success(),
+        "the exposition does not parse: {}\n{body}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    for sample in [
+        "georep_members{state=live} 2",
+        "georep_members{state=dead} 0",
+        "georep_sessions{desired_state=Started} 1",
+        "georep_monitors{state=Started} 1",
+        "georep_monitor_restarts_total{} 0",
+    ] {
+        assert!(
+            samples.lines().any(|l| l == sample),
+            "{sample} not in:\n{samples}"
+        );
+    }
+    let frames = samples
+        .lines()
+        .find_map(|l| l.strip_prefix("georep_mesh_frames_sent_total{} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(frames > 0.0, "{samples}");
+    let (status, _) = http_get(metrics, "/nothing");
+    assert!(status.contains(" 404 "), "{status}");
+}

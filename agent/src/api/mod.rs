@@ -2,6 +2,7 @@
 //! of `georep_api`) and serving them on the Unix socket ([`serve`]).
 
 pub mod error;
+pub mod metrics;
 pub mod serve;
 pub mod views;
 

@@ -47,6 +47,10 @@ pub struct AgentArgs {
     /// would, no shell runs; default: the built-in monitor).
     #[arg(long, value_name = "CMD ARGS...")]
     pub monitor_command: Option<String>,
+    /// Serve Prometheus metrics over HTTP at ADDR:PORT/metrics (off by default; e.g.
+    /// 127.0.0.1:9740).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
     /// authorized_keys file whose managed blocks this node maintains for push-pem
     /// sessions (%h = the secondary user's home, %u = its name) [default:
     /// %h/.ssh/authorized_keys].

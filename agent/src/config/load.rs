@@ -14,6 +14,7 @@ pub(super) struct FileConfig {
     pub(super) data_dir: Option<Spanned<PathBuf>>,
     pub(super) listen: Option<SocketAddr>,
     pub(super) advertise: Option<Spanned<SocketAddr>>,
+    pub(super) metrics_listen: Option<SocketAddr>,
     pub(super) seeds: Option<Vec<Spanned<String>>>,
     pub(super) api_socket: Option<PathBuf>,
     #[serde(rename = "brick")]
@@ -423,6 +424,7 @@ pub(super) fn resolve(
     };
 
     let authorized_keys = args.authorized_keys.clone().or(file.authorized_keys);
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let forced = |flag: &Option<String>,
                   name: &str,
                   key: Option<Spanned<String>>,
@@ -517,6 +519,7 @@ pub(super) fn resolve(
         gossip_interval_ms,
         monitor_command,
         authorized_keys,
+        metrics_listen,
         ssh_gsyncd_command,
         ssh_tar_command,
         webhooks,
@@ -660,6 +663,7 @@ impl AgentConfig {
             gossip_interval_ms: DEFAULT_GOSSIP_INTERVAL_MS,
             monitor_command: None,
             authorized_keys: None,
+            metrics_listen: None,
             ssh_gsyncd_command: DEFAULT_GSYNCD_COMMAND.to_string(),
             ssh_tar_command: DEFAULT_TAR_COMMAND.to_string(),
             webhooks: Vec::new(),

@@ -105,6 +105,9 @@ pub struct AgentConfig {
     /// expanded per secondary user; default `%h/.ssh/authorized_keys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<PathBuf>,
+    /// Where Prometheus metrics are served (`/metrics`), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Forced command of the primaries' gsyncd (`secret.pem`) keys on this node.
     pub ssh_gsyncd_command: String,
     /// Forced command of the primaries' tar (`tar_ssh.pem`) keys on this node.

@@ -118,6 +118,7 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "replica_set",
         "authorized_keys",
         "ssh_gsyncd_command",
+        "metrics_listen",
         "ssh_tar_command",
         "webhooks",
         "inject_delay",
