@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::views;
 use crate::config::AgentConfig;
+use crate::events::{EventHub, Retention};
 use crate::host_facts::HostFacts;
 use crate::keys::KeySync;
 use crate::monitor::BrickStatus;
@@ -108,6 +109,12 @@ pub struct Agent {
     facts: Arc<dyn HostFacts>,
     /// push-pem: this node's session keys and managed authorized_keys blocks.
     keys: KeySync,
+    /// The event journals and the merged stream.
+    events: EventHub,
+    /// Per session, the monitor state last seen (events on change).
+    last_monitor_states: Mutex<BTreeMap<SessionId, (MonitorState, u32)>>,
+    /// The live members last seen (PEER_* events on change).
+    last_live: Mutex<Option<BTreeSet<String>>>,
     /// The node info last published, and when the bricks were last measured.
     bricks_checked: Mutex<(NodeInfo, Instant)>,
 }
@@ -236,6 +243,14 @@ impl Agent {
         let known: Vec<SessionId> = mesh.replica().sessions.keys().cloned().collect();
         supervisor.adopt(&known);
         let keys = KeySync::new(&config, &sessions_root);
+        let events = EventHub::open(
+            &config.data_dir,
+            &config.node_id,
+            Retention {
+                max_bytes: config.events_max_bytes,
+                max_age_ms: config.events_max_age_ms,
+            },
+        )?;
         let agent = Arc::new(Agent {
             config,
             mesh,
@@ -251,6 +266,9 @@ impl Agent {
             caught_up: AtomicBool::new(false),
             facts,
             keys,
+            events,
+            last_monitor_states: Mutex::new(BTreeMap::new()),
+            last_live: Mutex::new(None),
             bricks_checked: Mutex::new((info, Instant::now())),
         });
         agent.persist().await;
@@ -275,6 +293,39 @@ impl Agent {
 
     /// Runs the reconcile loop until `shutdown`.
     pub async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let events = tokio::spawn(self.clone().events_loop(shutdown.clone()));
+        self.reconcile_loop(shutdown).await;
+        let _ = events.await;
+    }
+
+    /// Replicates the event journals: on every application frame, every mesh change
+    /// and at least every gossip interval.
+    async fn events_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(mut frames) = self.mesh.app_frames() else {
+            return;
+        };
+        let mut changes = self.mesh.subscribe();
+        let period = Duration::from_millis(self.config.gossip_interval_ms);
+        loop {
+            let membership = self.mesh.topology().await;
+            self.events
+                .sync(&self.mesh, &membership, self.wall.now_millis())
+                .await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                frame = frames.recv() => match frame {
+                    Some(frame) => {
+                        self.events.handle(&self.mesh, &frame);
+                    }
+                    None => return,
+                },
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
+    async fn reconcile_loop(&self, shutdown: CancellationToken) {
         let mut changes = self.mesh.subscribe_view();
         loop {
             self.reconcile_once().await;
@@ -311,6 +362,27 @@ impl Agent {
             }
             if info.missing != checked.0.missing {
                 tracing::info!(missing = ?info.missing, "brick directories changed");
+                for brick in &info.bricks {
+                    let was = checked.0.missing.contains(&brick.path);
+                    let is = info.missing.contains(&brick.path);
+                    if was != is {
+                        let kind = if is {
+                            "BRICK_DISCONNECTED"
+                        } else {
+                            "BRICK_CONNECTED"
+                        };
+                        self.events.emit(
+                            &self.mesh,
+                            kind,
+                            [
+                                ("peer".to_string(), self.config.node_id.clone()),
+                                ("volume".to_string(), brick.volume.clone()),
+                                ("brick".to_string(), brick.path.clone()),
+                            ]
+                            .into(),
+                        );
+                    }
+                }
             }
             checked.0.clone_from(&info);
             info
@@ -360,6 +432,11 @@ impl Agent {
             }
             supervisor.reports()
         };
+        if self.caught_up(&membership) {
+            self.events.ready(&self.mesh);
+            self.monitor_events(&reports);
+            self.peer_events(&membership);
+        }
         // Per volume, this node's Active bricks (an O(N) fold over the topology: once
         // per volume, not once per session).
         let mut active_here: HashMap<&str, Vec<String>> = HashMap::new();
@@ -397,6 +474,75 @@ impl Agent {
         self.keys.sync(&self.mesh, &existing, &membership).await;
         self.publish_status(&plans, &reports).await;
         self.persist().await;
+    }
+
+    /// MONITOR_STARTED / MONITOR_RESTARTED / MONITOR_STOPPED / GEOREP_FAULTY for every
+    /// session whose monitor changed state on this node since the last pass.
+    fn monitor_events(&self, reports: &BTreeMap<SessionId, MonitorReport>) {
+        let Ok(mut last) = self.last_monitor_states.lock() else {
+            return;
+        };
+        for (id, report) in reports {
+            let before = last.insert(id.clone(), (report.state, report.restarts));
+            let kind = match (before, report.state) {
+                (Some((MonitorState::Started, r)), MonitorState::Started)
+                    if report.restarts > r =>
+                {
+                    "MONITOR_RESTARTED"
+                }
+                (Some((was, _)), now) if was == now => continue,
+                (_, MonitorState::Started) => "MONITOR_STARTED",
+                (Some(_), MonitorState::Stopped) => "MONITOR_STOPPED",
+                (_, MonitorState::Faulty) => "GEOREP_FAULTY",
+                _ => continue,
+            };
+            let mut message: BTreeMap<String, String> = [
+                ("primary".to_string(), id.primary_volume.clone()),
+                ("secondary".to_string(), id.secondary()),
+                ("primary_node".to_string(), self.config.node_id.clone()),
+            ]
+            .into();
+            if let Some(error) = &report.last_error {
+                message.insert("error".into(), error.clone());
+            }
+            if let Some(pid) = report.pid {
+                message.insert("monitor_pid".into(), pid.to_string());
+            }
+            self.events.emit(&self.mesh, kind, message);
+        }
+        last.retain(|id, _| reports.contains_key(id));
+    }
+
+    /// PEER_CONNECT / PEER_DISCONNECT, reported once cluster-wide: by the live node with
+    /// the lowest id other than the subject. During a partition each side's lowest node
+    /// reports what it sees (one report per side).
+    fn peer_events(&self, membership: &Membership) {
+        let live: BTreeSet<String> = membership.live().map(|m| m.node_id.clone()).collect();
+        let Ok(mut last) = self.last_live.lock() else {
+            return;
+        };
+        let Some(before) = last.replace(live.clone()) else {
+            return;
+        };
+        let me = &self.config.node_id;
+        for (kind, nodes) in [
+            ("PEER_CONNECT", live.difference(&before).collect::<Vec<_>>()),
+            (
+                "PEER_DISCONNECT",
+                before.difference(&live).collect::<Vec<_>>(),
+            ),
+        ] {
+            for node in nodes {
+                let reporter = live.iter().find(|n| *n != node);
+                if reporter == Some(me) {
+                    self.events.emit(
+                        &self.mesh,
+                        kind,
+                        [("peer".to_string(), node.clone())].into(),
+                    );
+                }
+            }
+        }
     }
 
     /// Writes the session directories when what they must contain changed, and at

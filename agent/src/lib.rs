@@ -14,6 +14,8 @@
 //!   layout itself is `georep-store`'s `DataDir`).
 //! - `config`: flags (`config/flags.rs`) and TOML file (`config/load.rs`) resolved
 //!   into one validated `AgentConfig`; the test-only delay rules in `config/delay.rs`.
+//! - `events`: the cluster-wide event stream: per-origin journals on disk, their
+//!   replication over the mesh (application frames), the merged stream.
 //! - `host_facts`: what a node measures about itself for create's verification:
 //!   its bricks (statvfs, reachable, empty) and user accounts.
 //! - `inspect`: gossip-state inspection: the agent side (`inspect/handlers.rs`) and
@@ -37,6 +39,7 @@ mod api;
 mod config;
 mod daemon;
 mod data_dir_lock;
+mod events;
 mod host_facts;
 mod inspect;
 mod keys;

@@ -360,3 +360,60 @@ pub enum ErrorCode {
     #[serde(other)]
     Unknown,
 }
+
+/// One event of the merged cluster-wide stream (`GET /v1/events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// `<origin>:<seq>`: stable across retries and nodes; consumers de-duplicate on it.
+    pub id: String,
+    /// The node that recorded it.
+    pub origin: String,
+    /// Its position in the origin's journal (strictly increasing, no holes).
+    pub seq: u64,
+    /// Its HLC stamp (`millis.counter@node`).
+    pub hlc: String,
+    /// Unix time in seconds (from the HLC).
+    pub ts: u64,
+    /// Event type, gluster's eventsapi name where gluster has one (`GEOREP_START`).
+    pub event: String,
+    /// Payload, gluster's keys where gluster has them.
+    pub message: BTreeMap<String, String>,
+    /// Resume after this event with `--since CURSOR`.
+    pub cursor: String,
+}
+
+/// A range of an origin's events this node no longer holds (retention), reported
+/// instead of being skipped silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapRow {
+    /// The origin whose events are missing.
+    pub origin: String,
+    /// First missing seq.
+    pub from: u64,
+    /// Last missing seq.
+    pub to: u64,
+    /// Why (`retention`).
+    pub reason: String,
+}
+
+/// One item of the stream: an event, or a gap (`{"gap": {...}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamItem {
+    /// A gap.
+    Gap {
+        /// What is missing.
+        gap: GapRow,
+    },
+    /// An event.
+    Event(EventRow),
+}
+
+/// Response of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsResponse {
+    /// Events and gaps after the request's cursor, in (HLC, origin, seq) order.
+    pub items: Vec<StreamItem>,
+    /// The cursor after the last item (pass it back to continue).
+    pub cursor: String,
+}

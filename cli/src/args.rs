@@ -195,6 +195,29 @@ pub enum Command {
     },
     /// Start a local cluster on loopback and show a session's whole lifecycle.
     Demo(DemoArgs),
+    /// The merged cluster-wide event stream, oldest first (every node's events).
+    Events(EventsArgs),
+}
+
+/// `events`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct EventsArgs {
+    /// Keep printing new events as they happen (resumes across agent restarts).
+    #[arg(long)]
+    pub follow: bool,
+    /// Start after a cursor (`n1:5,n2:7`, printed with every event), at an HLC stamp
+    /// (`millis.counter@node`), or this long ago (`10m`, `2h`).
+    #[arg(long, value_name = "HLC|DURATION|CURSOR")]
+    pub since: Option<String>,
+    /// Only events of this type (repeatable), e.g. GEOREP_START.
+    #[arg(long = "type", value_name = "T")]
+    pub types: Vec<String>,
+    /// Only events of this session.
+    #[arg(long, num_args = 2, value_names = ["PRIMARYVOL", "SECONDARY"])]
+    pub session: Option<Vec<String>>,
+    /// Only events recorded by this node.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
 }
 
 /// `PRIMARYVOL SECONDARY`.

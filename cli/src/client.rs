@@ -42,6 +42,16 @@ impl Client {
         &self.socket
     }
 
+    /// `GET path_and_query` with a long poll of up to `wait` on the agent's side.
+    pub async fn get_waiting(
+        &self,
+        path_and_query: &str,
+        wait: Duration,
+    ) -> Result<Value, CommandError> {
+        self.call("GET", path_and_query, None, wait.saturating_add(HTTP_GRACE))
+            .await
+    }
+
     /// `GET path_and_query`; the JSON body of a 2xx answer.
     pub async fn get(&self, path_and_query: &str) -> Result<Value, CommandError> {
         self.call("GET", path_and_query, None, READ_TIMEOUT).await

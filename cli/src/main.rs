@@ -21,6 +21,7 @@ mod args;
 mod client;
 mod config_cmd;
 mod demo;
+mod events;
 mod inspect;
 mod lifecycle;
 mod nodes;
@@ -81,6 +82,7 @@ pub async fn execute(cli: &Cli) -> Report {
         Command::Exists(a) => status::exists(&g, a, false).await,
         Command::Running(a) => status::exists(&g, a, true).await,
         Command::Nodes => nodes::nodes(&g).await,
+        Command::Events(a) => events::events(&g, a).await,
         Command::Node {
             command: NodeCommand::Forget { node, no_wait },
         } => nodes::forget(&g, node, *no_wait).await,

@@ -56,7 +56,7 @@ pub use network::{
     LinkStatsSnapshot, MAX_FRAME_PAYLOAD, Received, TransportError,
 };
 pub use node::{
-    FORGET_PREFIX, MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY, SEEN_KEY,
+    APP_QUEUE, FORGET_PREFIX, MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY, SEEN_KEY,
     SESSION_PREFIX, WriteProgress, WriteReceipt,
 };
 pub use quic::{QuicLink, QuicOptions};

@@ -36,6 +36,9 @@ pub enum FrameKind {
     GenerationQuery = 4,
     /// The answer to a [`FrameKind::GenerationQuery`].
     GenerationReply = 5,
+    /// A frame of the application above the mesh (the agent's event journal
+    /// replication): delivered to [`crate::MeshNode::app_frames`] as it is.
+    App = 6,
 }
 
 impl FrameKind {
@@ -47,6 +50,7 @@ impl FrameKind {
             3 => Some(Self::PushAck),
             4 => Some(Self::GenerationQuery),
             5 => Some(Self::GenerationReply),
+            6 => Some(Self::App),
             _ => None,
         }
     }

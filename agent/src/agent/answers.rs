@@ -3,8 +3,75 @@
 //! forget`; and the read routes (status, nodes, config, exists).
 
 use super::*;
+use crate::events::{Cursor, Filter, format_cursor, parse_cursor};
+use georep_api::types::EventsResponse;
 
 impl Agent {
+    /// `events`: the merged stream after `since` (a cursor `n1:5,n2:7`, an HLC
+    /// `millis.counter@node`, or a duration back from now such as `10m`; nothing: from
+    /// the start), filtered; waits up to `wait_ms` for something new when there is
+    /// nothing yet (a long poll: `--follow`).
+    pub async fn events(
+        &self,
+        since: Option<&str>,
+        types: Vec<String>,
+        session: Option<(String, String)>,
+        node: Option<String>,
+        wait_ms: u64,
+        limit: usize,
+    ) -> Result<EventsResponse, ApiError> {
+        let mut filter = Filter {
+            types,
+            session,
+            node,
+            after: None,
+        };
+        let mut cursor = Cursor::new();
+        match since.map(str::trim).filter(|s| !s.is_empty()) {
+            None => {}
+            Some(text) if text.contains('@') => {
+                filter.after = Some(Hlc::parse(text).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "`{text}` is not an HLC stamp (millis.counter@node)"
+                    ))
+                })?);
+            }
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(back) => {
+                    let millis = self
+                        .wall
+                        .now_millis()
+                        .saturating_sub(back.as_millis() as u64);
+                    filter.after = Some(Hlc::new(millis, 0, ""));
+                }
+                Err(_) => {
+                    cursor = parse_cursor(text).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "`{text}` is neither a cursor (n1:5,n2:7), an HLC stamp (millis.counter@node) nor a duration (10m)"
+                        ))
+                    })?;
+                }
+            },
+        }
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        let mut changes = self.events.subscribe();
+        loop {
+            let (items, next) = self.events.read(&cursor, &filter, limit);
+            if !items.is_empty() || Instant::now() >= deadline {
+                return Ok(EventsResponse {
+                    items,
+                    cursor: format_cursor(&next),
+                });
+            }
+            // Nothing admitted yet: skip what was read (filtered out) and wait.
+            cursor = next;
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
     /// What a metrics scrape reports (see `api/metrics.rs`).
     pub async fn metrics_snapshot(&self) -> crate::api::metrics::MetricsSnapshot {
         let membership = self.mesh.membership().await;
@@ -57,6 +124,11 @@ impl Agent {
         let id = SessionId::parse(&request.primary, &request.secondary).map_err(ApiError::from)?;
         let receipt = self.mesh.apply(&id, &request.op).await?;
         self.wake.notify_one();
+        self.events.emit(
+            &self.mesh,
+            op_event(&request.op),
+            op_message(&id, &request.op),
+        );
         self.persist().await;
         let ((progress, pending), converged) = self
             .wait_for(request.wait, request.timeout_ms, || async {
@@ -334,4 +406,47 @@ fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
         DesiredState::Paused => report.state == MonitorState::Paused,
         DesiredState::Stopped | DesiredState::Created => report.pid.is_none(),
     }
+}
+
+/// gluster's eventsapi name of a command's event.
+fn op_event(op: &SessionOp) -> &'static str {
+    match op {
+        SessionOp::Create { .. } => "GEOREP_CREATE",
+        SessionOp::Start { .. } => "GEOREP_START",
+        SessionOp::Stop { .. } => "GEOREP_STOP",
+        SessionOp::Pause { .. } => "GEOREP_PAUSE",
+        SessionOp::Resume { .. } => "GEOREP_RESUME",
+        SessionOp::SetConfig { .. } => "GEOREP_CONFIG_SET",
+        SessionOp::ResetConfig { .. } => "GEOREP_CONFIG_RESET",
+        SessionOp::Delete { .. } => "GEOREP_DELETE",
+    }
+}
+
+/// A command event's payload, with gluster's keys.
+fn op_message(id: &SessionId, op: &SessionOp) -> BTreeMap<String, String> {
+    let mut message: BTreeMap<String, String> = [
+        ("primary".to_string(), id.primary_volume.clone()),
+        ("secondary".to_string(), id.secondary()),
+    ]
+    .into();
+    let mut put = |key: &str, value: String| {
+        message.insert(key.to_string(), value);
+    };
+    match op {
+        SessionOp::Create { options, force } => {
+            put("push_pem", options.push_pem.to_string());
+            put("force", force.to_string());
+        }
+        SessionOp::Start { force }
+        | SessionOp::Stop { force }
+        | SessionOp::Pause { force }
+        | SessionOp::Resume { force }
+        | SessionOp::Delete { force } => put("force", force.to_string()),
+        SessionOp::SetConfig { key, value } => {
+            put("option", key.clone());
+            put("value", value.clone());
+        }
+        SessionOp::ResetConfig { key } => put("option", key.clone()),
+    }
+    message
 }

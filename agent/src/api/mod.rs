@@ -37,6 +37,10 @@ struct Params {
     prefix: Option<String>,
     a: Option<String>,
     b: Option<String>,
+    since: Option<String>,
+    types: Option<String>,
+    wait_ms: Option<u64>,
+    limit: Option<usize>,
 }
 
 type Agnt = State<Arc<Agent>>;
@@ -56,6 +60,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/inspect/keys", get(keys))
         .route("/v1/inspect/explain", get(explain))
         .route("/v1/inspect/diff", get(diff))
+        .route("/v1/events", get(events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent)
@@ -103,6 +108,42 @@ async fn forget(State(agent): Agnt, body: Bytes) -> Result<Response, ApiError> {
     forget.timeout_ms = forget.timeout_ms.min(MAX_WAIT_MS);
     reply(agent.forget(forget).await)
 }
+
+async fn events(State(agent): Agnt, q: Q) -> Result<Response, ApiError> {
+    let q = params(q)?;
+    let session = match (q.primary, q.secondary) {
+        (Some(p), Some(s)) => Some((p, s)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "events filters a session by both `primary` and `secondary`",
+            ));
+        }
+    };
+    let types: Vec<String> = q
+        .types
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    reply(
+        agent
+            .events(
+                q.since.as_deref(),
+                types,
+                session,
+                q.node,
+                q.wait_ms.unwrap_or(0).min(MAX_EVENTS_WAIT_MS),
+                q.limit.unwrap_or(1000).clamp(1, 10_000),
+            )
+            .await,
+    )
+}
+
+/// Longest a reader of the event stream is held waiting for new events (long poll).
+const MAX_EVENTS_WAIT_MS: u64 = 25_000;
 
 async fn members(State(agent): Agnt) -> Result<Response, ApiError> {
     Ok(ok(&agent.inspect_members().await))

@@ -51,6 +51,14 @@ pub struct AgentArgs {
     /// 127.0.0.1:9740).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Event journal bytes kept per origin node before the oldest events go (a
+    /// reported gap) [default: 67108864 (64 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    pub events_max_bytes: Option<u64>,
+    /// Age beyond which journaled events go (a reported gap), e.g. `7d`, `12h`
+    /// [default: 7d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub events_max_age: Option<std::time::Duration>,
     /// authorized_keys file whose managed blocks this node maintains for push-pem
     /// sessions (%h = the secondary user's home, %u = its name) [default:
     /// %h/.ssh/authorized_keys].
@@ -75,4 +83,18 @@ pub struct AgentArgs {
     /// the file's `inject_delay`.
     #[arg(long = "inject-delay", value_name = "NETWORK=DELAY[~JITTER]")]
     pub inject_delay: Vec<String>,
+}
+
+/// `--events-max-age`: humantime's grammar (`7d`, `12h`, `90s`), at least one second.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    parse_age_text(text)
+}
+
+/// [`parse_age`] for the file's `events_max_age`.
+pub(super) fn parse_age_text(text: &str) -> Result<std::time::Duration, String> {
+    let age = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 7d, 12h, 90s)"))?;
+    if age < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(age)
 }

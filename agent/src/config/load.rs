@@ -15,6 +15,8 @@ pub(super) struct FileConfig {
     pub(super) listen: Option<SocketAddr>,
     pub(super) advertise: Option<Spanned<SocketAddr>>,
     pub(super) metrics_listen: Option<SocketAddr>,
+    pub(super) events_max_bytes: Option<u64>,
+    pub(super) events_max_age: Option<Spanned<String>>,
     pub(super) seeds: Option<Vec<Spanned<String>>>,
     pub(super) api_socket: Option<PathBuf>,
     #[serde(rename = "brick")]
@@ -425,6 +427,20 @@ pub(super) fn resolve(
 
     let authorized_keys = args.authorized_keys.clone().or(file.authorized_keys);
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    let events_max_bytes = args
+        .events_max_bytes
+        .or(file.events_max_bytes)
+        .unwrap_or(DEFAULT_EVENTS_MAX_BYTES);
+    let events_max_age_ms = match (args.events_max_age, file.events_max_age) {
+        (Some(age), _) => age.as_millis() as u64,
+        (None, Some(text)) => {
+            let given = from_file(text, "events_max_age");
+            super::flags::parse_age_text(&given.value)
+                .map_err(|reason| report.invalid(&given.origin, reason))?
+                .as_millis() as u64
+        }
+        (None, None) => DEFAULT_EVENTS_MAX_AGE_MS,
+    };
     let forced = |flag: &Option<String>,
                   name: &str,
                   key: Option<Spanned<String>>,
@@ -520,6 +536,8 @@ pub(super) fn resolve(
         monitor_command,
         authorized_keys,
         metrics_listen,
+        events_max_bytes,
+        events_max_age_ms,
         ssh_gsyncd_command,
         ssh_tar_command,
         webhooks,
@@ -664,6 +682,8 @@ impl AgentConfig {
             monitor_command: None,
             authorized_keys: None,
             metrics_listen: None,
+            events_max_bytes: DEFAULT_EVENTS_MAX_BYTES,
+            events_max_age_ms: DEFAULT_EVENTS_MAX_AGE_MS,
             ssh_gsyncd_command: DEFAULT_GSYNCD_COMMAND.to_string(),
             ssh_tar_command: DEFAULT_TAR_COMMAND.to_string(),
             webhooks: Vec::new(),

@@ -26,6 +26,10 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 ));
 /// Gossip period when neither the file nor `--gossip-interval-ms` sets one.
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
+/// Event journal bytes kept per origin node by default (64 MiB).
+pub const DEFAULT_EVENTS_MAX_BYTES: u64 = 64 << 20;
+/// Age of journaled events kept by default (7 days).
+pub const DEFAULT_EVENTS_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// What primaries' gsyncd keys run on a secondary node unless its agent says otherwise
 /// (gluster 10.3's path on Debian).
 pub const DEFAULT_GSYNCD_COMMAND: &str = "/usr/lib/x86_64-linux-gnu/glusterfs/gsyncd";
@@ -108,6 +112,10 @@ pub struct AgentConfig {
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Event journal bytes kept per origin.
+    pub events_max_bytes: u64,
+    /// Age (ms) beyond which journaled events go.
+    pub events_max_age_ms: u64,
     /// Forced command of the primaries' gsyncd (`secret.pem`) keys on this node.
     pub ssh_gsyncd_command: String,
     /// Forced command of the primaries' tar (`tar_ssh.pem`) keys on this node.

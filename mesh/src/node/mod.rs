@@ -248,10 +248,14 @@ struct Shared {
     sends: TaskTracker,
     /// Bounds those tasks: beyond it a frame is dropped (gossip repairs).
     send_slots: Arc<Semaphore>,
+    /// Where [`FrameKind::App`] frames go (full: shed, as gossip is).
+    app_tx: mpsc::Sender<Received>,
 }
 
 /// A running mesh node.
 pub struct MeshNode {
+    /// [`FrameKind::App`] frames received, until the application takes them.
+    app_rx: Mutex<Option<mpsc::Receiver<Received>>>,
     shared: Arc<Shared>,
     handle: Option<ChitchatHandle>,
     tasks: Vec<JoinHandle<()>>,
@@ -324,7 +328,28 @@ fn session_key(id: &SessionId) -> String {
     format!("{SESSION_PREFIX}{}", id.key())
 }
 
+/// How many application frames wait for the application before new ones are shed.
+pub const APP_QUEUE: usize = 256;
+
 impl MeshNode {
+    /// The application frames this node receives ([`FrameKind::App`]); the first call
+    /// takes the receiver, later ones get `None`.
+    pub fn app_frames(&self) -> Option<mpsc::Receiver<Received>> {
+        self.app_rx.lock().ok().and_then(|mut rx| rx.take())
+    }
+
+    /// Sends an application frame to the node at `to` (best effort, on a task of its
+    /// own: a slow peer holds up nobody).
+    pub fn send_app(&self, to: SocketAddr, payload: Vec<u8>) {
+        self.shared
+            .send_detached(to, Frame::new(FrameKind::App, payload), "application frame");
+    }
+
+    /// A fresh HLC stamp of this node (for records outside the session state).
+    pub fn stamp(&self) -> Hlc {
+        self.shared.local().hlc.now()
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node_id
@@ -784,6 +809,11 @@ async fn demux_loop(
             FrameKind::GenerationQuery => answer_generation(&shared, &received).await,
             // A late answer to our own start-up question: nothing to do any more.
             FrameKind::GenerationReply => {}
+            FrameKind::App => {
+                if shared.app_tx.try_send(received).is_err() {
+                    shared.link.stats().record_rejected();
+                }
+            }
         }
     }
 }

@@ -64,6 +64,7 @@ impl MeshNode {
             .map_err(|e| MeshError::Start(e.to_string()))?;
         let chitchat = handle.chitchat();
         let (changes, _) = watch::channel(0);
+        let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
         let shared = Arc::new(Shared {
             config,
             chitchat_id,
@@ -98,6 +99,7 @@ impl MeshNode {
             wall,
             sends: TaskTracker::new(),
             send_slots: Arc::new(Semaphore::new(MAX_DETACHED_SENDS)),
+            app_tx,
         });
         let listener = {
             let waker = Arc::downgrade(&shared);
@@ -131,6 +133,7 @@ impl MeshNode {
         ];
         refresh(&shared, false).await;
         Ok(MeshNode {
+            app_rx: Mutex::new(Some(app_rx)),
             shared,
             handle: Some(handle),
             tasks,

@@ -1,0 +1,263 @@
+//! The cluster-wide event stream over real processes: every node's journal, merged,
+//! the same on every node, a node that was down catching up, `--follow` printing as
+//! events happen, and retention reported as a gap.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use georep_tests::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS, TEST_MONITOR, free_port};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+const SECONDARY: &str = "n4::gv1";
+const LIFECYCLE: &[&str] = &[
+    "GEOREP_CREATE",
+    "GEOREP_START",
+    "GEOREP_CONFIG_SET",
+    "GEOREP_PAUSE",
+    "GEOREP_RESUME",
+    "GEOREP_STOP",
+    "GEOREP_DELETE",
+];
+
+/// `georep --json events ARGS` on node `i`: one JSON object per line.
+/// (An agent that is not up answers nothing: an empty list, for waits.)
+fn events(cluster: &Cluster, i: usize, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--json", "events"];
+    all.extend_from_slice(args);
+    let out = cluster.georep(i, &all);
+    if out.status.code() == Some(3) {
+        return Vec::new();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn lifecycle_ids(cluster: &Cluster, i: usize) -> Vec<(String, String)> {
+    let mut args = Vec::new();
+    for t in LIFECYCLE {
+        args.push("--type");
+        args.push(*t);
+    }
+    events(cluster, i, &args)
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap_or_default().to_string(),
+                e["event"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_node_shows_every_lifecycle_event_once_in_one_order_and_a_returning_node_catches_up() {
+    let mut cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"]),
+            NodeSpec::new("n3", &["gv0:/bricks/n3/gv0:1"]),
+            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
+            NodeSpec::new("n5", &["gv1:/bricks/n5/gv1"]),
+        ],
+        Some(TEST_MONITOR),
+    );
+    for i in 0..5 {
+        cluster.wait_live(i, 5, WAIT);
+    }
+    // n5 is down for the whole lifecycle.
+    cluster.terminate(4);
+    cluster.wait_live(0, 4, WAIT);
+    cluster.ok(0, &["create", "gv0", SECONDARY]);
+    cluster.ok(1, &["start", "gv0", SECONDARY]);
+    cluster.ok(2, &["config", "gv0", SECONDARY, "sync-jobs", "5"]);
+    cluster.ok(3, &["pause", "gv0", SECONDARY]);
+    cluster.ok(0, &["resume", "gv0", SECONDARY]);
+    cluster.ok(1, &["stop", "gv0", SECONDARY]);
+    cluster.ok(2, &["delete", "gv0", SECONDARY]);
+
+    let expected: Vec<String> = LIFECYCLE.iter().map(|s| s.to_string()).collect();
+    cluster.wait_until(
+        WAIT,
+        "every live node to hold the 7 lifecycle events",
+        || (0..4).all(|i| lifecycle_ids(&cluster, i).len() == 7),
+    );
+    let reference = lifecycle_ids(&cluster, 0);
+    let kinds: Vec<String> = reference.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(kinds, expected, "each once, in the order they happened");
+    for i in 1..4 {
+        assert_eq!(lifecycle_ids(&cluster, i), reference, "node {i}");
+    }
+    // Issued where they were: the origin is the node the command ran on.
+    let origins: Vec<&str> = reference
+        .iter()
+        .map(|(id, _)| id.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(origins, ["n1", "n2", "n3", "n4", "n1", "n2", "n3"]);
+    // gluster's keys.
+    let start = events(&cluster, 3, &["--type", "GEOREP_START"]);
+    assert_eq!(start.len(), 1);
+    assert_eq!(start[0]["message"]["primary"], "gv0");
+    assert_eq!(start[0]["message"]["secondary"], SECONDARY);
+    assert_eq!(start[0]["message"]["force"], "false");
+    let config = events(&cluster, 0, &["--type", "GEOREP_CONFIG_SET"]);
+    assert_eq!(config[0]["message"]["option"], "sync-jobs");
+    assert_eq!(config[0]["message"]["value"], "5");
+    // Monitors are reported by the primaries that ran them.
+    let monitors = events(
+        &cluster,
+        3,
+        &["--type", "MONITOR_STARTED", "--session", "gv0", SECONDARY],
+    );
+    let mut reporters: Vec<&str> = monitors
+        .iter()
+        .filter_map(|e| e["origin"].as_str())
+        .collect();
+    reporters.sort_unstable();
+    reporters.dedup();
+    assert_eq!(reporters, ["n1", "n2", "n3"], "{monitors:?}");
+    // The human form names the event and its keys.
+    let text = cluster.ok(1, &["events", "--type", "GEOREP_DELETE"]);
+    assert!(
+        text.contains("n3:")
+            && text.contains("GEOREP_DELETE  force=false primary=gv0 secondary=n4::gv1"),
+        "{text}"
+    );
+
+    // n5 returns: it catches up on everything it missed, in the same order.
+    let connects_before = events(&cluster, 0, &["--type", "PEER_CONNECT"])
+        .into_iter()
+        .filter(|e| e["message"]["peer"] == "n5")
+        .count();
+    cluster.restart(4);
+    cluster.wait_until(WAIT, "n5 to catch up on the lifecycle", || {
+        lifecycle_ids(&cluster, 4) == reference
+    });
+    // Its return is reported once cluster-wide, by the lowest live node.
+    let connects_of_n5 = |i: usize| -> Vec<Value> {
+        events(&cluster, i, &["--type", "PEER_CONNECT"])
+            .into_iter()
+            .filter(|e| e["message"]["peer"] == "n5")
+            .collect()
+    };
+    cluster.wait_until(WAIT, "n5's return to be reported on every node", || {
+        let on_n1 = connects_of_n5(0);
+        on_n1.len() > connects_before && (1..5).all(|i| connects_of_n5(i) == on_n1)
+    });
+    let connects = connects_of_n5(0);
+    assert_eq!(connects.len(), connects_before + 1, "{connects:?}");
+    assert!(connects.iter().all(|e| e["origin"] == "n1"), "{connects:?}");
+}
+
+#[test]
+fn follow_prints_new_events_and_retention_shows_a_gap() {
+    let placement = |extra: &[&str]| Placement {
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        launcher: Vec::new(),
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    // n9 keeps only 300 bytes of journal per origin.
+    let cluster = Cluster::start_placed(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]),
+            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
+            NodeSpec::new("n9", &[]),
+        ],
+        Some(TEST_MONITOR),
+        TEST_GOSSIP_MS,
+        vec![
+            placement(&[]),
+            placement(&[]),
+            placement(&["--events-max-bytes", "300"]),
+        ],
+    );
+    for i in 0..3 {
+        cluster.wait_live(i, 3, WAIT);
+    }
+    cluster.ok(0, &["create", "gv0", SECONDARY]);
+
+    // --follow on n4, from now on: prints what happens next on n1, as it happens.
+    let mut follow = Command::new(cluster.georep_bin())
+        .arg("--socket")
+        .arg(&cluster.nodes[1].socket)
+        .args(["--json", "events", "--follow", "--since", "1s"])
+        .args(["--type", "GEOREP_CONFIG_SET", "--node", "n1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("georep events --follow");
+    let stdout = follow.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let values = ["2", "3", "4", "5", "6", "7", "8"];
+    for value in values {
+        cluster.ok(0, &["config", "gv0", SECONDARY, "sync-jobs", value]);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < values.len() {
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("--follow printed only {seen:?}\n{}", cluster.logs_tail()));
+        let event: Value = serde_json::from_str(&line).expect("one JSON object per line");
+        seen.push(
+            event["message"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(seen, values, "in order, each once");
+
+    // Commands issued on n9 are its events; it keeps 300 bytes of them: reading its
+    // journal from the start begins with a gap record, then its newest events.
+    for value in values {
+        cluster.ok(
+            2,
+            &[
+                "config",
+                "gv0",
+                SECONDARY,
+                "log-level",
+                if value.len() % 2 == 0 {
+                    "DEBUG"
+                } else {
+                    "INFO"
+                },
+            ],
+        );
+    }
+    cluster.wait_until(WAIT, "n9's retention to drop its oldest events", || {
+        events(&cluster, 2, &["--node", "n9"])
+            .first()
+            .is_some_and(|first| first["gap"]["origin"] == "n9")
+    });
+    let stream = events(&cluster, 2, &["--node", "n9"]);
+    assert_eq!(stream[0]["gap"]["from"], 1, "{stream:?}");
+    assert_eq!(stream[0]["gap"]["reason"], "retention");
+    let newest = stream.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+    let to = stream[0]["gap"]["to"].as_u64().unwrap_or(0);
+    assert!(to >= 1 && newest > to, "{stream:?}");
+    assert!(
+        stream[1..].iter().all(|e| e["origin"] == "n9"),
+        "{stream:?}"
+    );
+}
