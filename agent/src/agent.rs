@@ -246,6 +246,7 @@ impl Agent {
         let events = EventHub::open(
             &config.data_dir,
             &config.node_id,
+            generation,
             Retention {
                 max_bytes: config.events_max_bytes,
                 max_age_ms: config.events_max_age_ms,
@@ -433,7 +434,6 @@ impl Agent {
             supervisor.reports()
         };
         if self.caught_up(&membership) {
-            self.events.ready(&self.mesh);
             self.monitor_events(&reports);
             self.peer_events(&membership);
         }

@@ -13,7 +13,8 @@
 //!   its only copies died with lost disks (counted separately);
 //! - **membership agrees**: every live node sees every live node live, in the
 //!   generation it currently runs;
-//! - **events gap-free**: not applicable (the agent has no event journal yet).
+//! - **events equal and gap-free**: every live node's merged event stream is the same,
+//!   with no gap (retention is not exercised here: a gap means an event was lost).
 //!
 //! At every sample (continuously):
 //! - **one monitor per session per node**: never two live monitors of one session on a
@@ -35,8 +36,8 @@ use serde::Serialize;
 use crate::cluster::{SimCluster, lock};
 use crate::ledger::reflects;
 
-/// Name of the event-journal invariant, reported as not applicable.
-pub const EVENTS_NOT_APPLICABLE: &str = "not applicable (no event journal yet)";
+/// Name of the event-stream invariant.
+pub const EVENTS_INVARIANT: &str = "events equal and gap-free on every node";
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -303,6 +304,50 @@ pub async fn quiet_invariants(cluster: &SimCluster) -> Result<(), Violation> {
     membership_agrees(cluster)
         .await
         .map_err(|d| fail("membership agrees", d))?;
+    events_equal(cluster).map_err(|d| fail(EVENTS_INVARIANT, d))?;
+    Ok(())
+}
+
+/// Every live node holds the same merged event stream, without gaps.
+fn events_equal(cluster: &SimCluster) -> Result<(), String> {
+    use georep_api::types::StreamItem;
+    let mut reference: Option<(String, Vec<StreamItem>)> = None;
+    for node in &cluster.nodes {
+        let Some(agent) = node.agent() else { continue };
+        let stream = agent.event_stream();
+        if let Some(StreamItem::Gap { gap }) =
+            stream.iter().find(|i| matches!(i, StreamItem::Gap { .. }))
+        {
+            return Err(format!(
+                "{} has a gap: events {}..{} of {}",
+                node.id, gap.from, gap.to, gap.origin
+            ));
+        }
+        match &reference {
+            None => reference = Some((node.id.clone(), stream)),
+            Some((id, theirs)) => {
+                if *theirs != stream {
+                    let id_of = |i: &StreamItem| match i {
+                        StreamItem::Event(e) => e.id.clone(),
+                        StreamItem::Gap { gap } => format!("gap of {}", gap.origin),
+                    };
+                    let at = theirs
+                        .iter()
+                        .zip(&stream)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(theirs.len().min(stream.len()));
+                    return Err(format!(
+                        "{id} holds {} events, {} holds {}; first difference at #{at}: {} vs {}",
+                        theirs.len(),
+                        node.id,
+                        stream.len(),
+                        theirs.get(at).map_or("nothing".into(), id_of),
+                        stream.get(at).map_or("nothing".into(), id_of),
+                    ));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,13 @@ use crate::events::{Cursor, Filter, format_cursor, parse_cursor};
 use georep_api::types::EventsResponse;
 
 impl Agent {
+    /// The whole merged stream this node holds (the simulator compares nodes' streams).
+    pub fn event_stream(&self) -> Vec<georep_api::types::StreamItem> {
+        self.events
+            .read(&Cursor::new(), &Filter::default(), usize::MAX)
+            .0
+    }
+
     /// `events`: the merged stream after `since` (a cursor `n1:5,n2:7`, an HLC
     /// `millis.counter@node`, or a duration back from now such as `10m`; nothing: from
     /// the start), filtered; waits up to `wait_ms` for something new when there is
@@ -29,29 +36,23 @@ impl Agent {
         let mut cursor = Cursor::new();
         match since.map(str::trim).filter(|s| !s.is_empty()) {
             None => {}
-            Some(text) if text.contains('@') => {
-                filter.after = Some(Hlc::parse(text).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "`{text}` is not an HLC stamp (millis.counter@node)"
-                    ))
-                })?);
-            }
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(back) => {
+            Some(text) => {
+                if let Some(parsed) = parse_cursor(text).filter(|_| text.contains(':')) {
+                    cursor = parsed;
+                } else if let Some(hlc) = Hlc::parse(text) {
+                    filter.after = Some(hlc);
+                } else if let Ok(back) = humantime::parse_duration(text) {
                     let millis = self
                         .wall
                         .now_millis()
                         .saturating_sub(back.as_millis() as u64);
                     filter.after = Some(Hlc::new(millis, 0, ""));
+                } else {
+                    return Err(ApiError::bad_request(format!(
+                        "`{text}` is neither a cursor (n1@1796..:5,...), an HLC stamp (millis.counter@node) nor a duration (10m)"
+                    )));
                 }
-                Err(_) => {
-                    cursor = parse_cursor(text).ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "`{text}` is neither a cursor (n1:5,n2:7), an HLC stamp (millis.counter@node) nor a duration (10m)"
-                        ))
-                    })?;
-                }
-            },
+            }
         }
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.events.subscribe();

@@ -1,9 +1,11 @@
-//! Per-origin event journals on disk: `<data-dir>/events/<origin>.log`, each an
-//! append-only file of framed records (`u32` length, postcard [`Event`], `u32` CRC-32
-//! of both), read back at start (a torn last record is cut off). One contiguous range
-//! of seqs per origin; retention by size and age drops the oldest events (never the
-//! newest: it carries the next seq across restarts), and readers whose cursor is below
-//! what is held get a gap, never a silent skip.
+//! Event journals on disk, one per *stream*: `<data-dir>/events/<node>@<epoch>.log`,
+//! each an append-only file of framed records (`u32` length, postcard [`Event`], `u32`
+//! CRC-32 of both), read back at start (a torn last record is cut off). A node writes
+//! one stream per epoch: the epoch is its chitchat generation when it found no journal
+//! of its own (first start, or a lost disk), so seqs are never reused. One contiguous
+//! range of seqs per stream; retention by size and age drops the oldest events (never
+//! the newest: it carries the next seq across restarts), and readers whose cursor is
+//! below what is held get a gap, never a silent skip.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +20,9 @@ use serde::{Deserialize, Serialize};
 pub struct Event {
     /// The node that recorded it.
     pub origin: String,
-    /// Its position in the origin's journal.
+    /// The origin's journal epoch (see the module doc).
+    pub epoch: u64,
+    /// Its position in the stream.
     pub seq: u64,
     /// When (HLC of the origin).
     pub hlc: Hlc,
@@ -28,7 +32,26 @@ pub struct Event {
     pub message: BTreeMap<String, String>,
 }
 
-/// Retention limits per origin.
+impl Event {
+    /// The stream it belongs to: `<origin>@<epoch>`.
+    pub fn stream(&self) -> String {
+        stream_id(&self.origin, self.epoch)
+    }
+}
+
+/// `<node>@<epoch>`.
+pub fn stream_id(node: &str, epoch: u64) -> String {
+    format!("{node}@{epoch}")
+}
+
+/// The node and epoch of a stream id, if it is one.
+pub fn parse_stream(stream: &str) -> Option<(&str, u64)> {
+    let (node, epoch) = stream.rsplit_once('@')?;
+    georep_mesh::validate_node_id(node).ok()?;
+    Some((node, epoch.parse().ok()?))
+}
+
+/// Retention limits per stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Bytes of journal per origin before the oldest events go.
@@ -134,7 +157,7 @@ impl Journal {
             else {
                 continue;
             };
-            if georep_mesh::validate_node_id(origin).is_err() {
+            if parse_stream(origin).is_none() {
                 continue;
             }
             let bytes = fs::read(&path)?;
@@ -146,7 +169,7 @@ impl Journal {
             }
             let mut log = OriginLog::default();
             for (event, size) in records {
-                if event.origin != origin || (!log.events.is_empty() && event.seq != log.next) {
+                if event.stream() != origin || (!log.events.is_empty() && event.seq != log.next) {
                     tracing::warn!(file = %path.display(), seq = event.seq, "event out of sequence in a journal; the rest is pulled again from peers");
                     break;
                 }
@@ -226,7 +249,7 @@ impl Journal {
             if event.seq < log.next {
                 continue;
             }
-            if event.seq != log.next || event.origin != origin {
+            if event.seq != log.next || event.stream() != origin {
                 break;
             }
             let bytes = frame(event)?;
@@ -244,6 +267,36 @@ impl Journal {
             f.sync_data()?;
         }
         Ok(appended)
+    }
+
+    /// Puts `events` of `origin` that end right below what is held in front of it (a
+    /// node that lost its disk fetching its own, or anyone's, older history back).
+    /// Returns how many were added; rewrites the origin's file when any were.
+    pub fn prepend(&mut self, origin: &str, events: &[Event]) -> io::Result<usize> {
+        let path = self.path(origin);
+        let Some(log) = self.logs.get_mut(origin) else {
+            return Ok(0);
+        };
+        let floor = log.floor();
+        let below: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.seq < floor && e.stream() == origin)
+            .collect();
+        let contiguous = below.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        if below.is_empty() || !contiguous || below.last().map(|e| e.seq + 1) != Some(floor) {
+            return Ok(0);
+        }
+        for event in below.iter().rev() {
+            let size = frame(event)?.len() as u64;
+            log.bytes += size;
+            log.events.push_front(((*event).clone(), size));
+        }
+        let mut bytes = Vec::with_capacity(log.bytes as usize);
+        for (event, _) in &log.events {
+            bytes.extend_from_slice(&frame(event)?);
+        }
+        georep_store::write_atomic(&path, &bytes)?;
+        Ok(below.len())
     }
 
     /// Applies retention to every origin at HLC time `now_ms`: the oldest events go
@@ -299,9 +352,11 @@ impl Journal {
 mod tests {
     use super::*;
 
-    fn event(origin: &str, seq: u64, millis: u64) -> Event {
+    fn event(stream: &str, seq: u64, millis: u64) -> Event {
+        let (origin, epoch) = parse_stream(stream).unwrap();
         Event {
             origin: origin.into(),
+            epoch,
             seq,
             hlc: Hlc::new(millis, 0, origin),
             kind: "GEOREP_START".into(),
@@ -313,20 +368,23 @@ mod tests {
     fn appends_survive_a_reopen_and_a_torn_end_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path(), Retention::default()).unwrap();
-        assert_eq!(j.next_seq("n1"), 1);
-        let batch: Vec<Event> = (1..=3).map(|s| event("n1", s, s)).collect();
-        assert_eq!(j.append("n1", 1, &batch, true).unwrap(), 3);
+        assert_eq!(j.next_seq("n1@7"), 1);
+        let batch: Vec<Event> = (1..=3).map(|s| event("n1@7", s, s)).collect();
+        assert_eq!(j.append("n1@7", 1, &batch, true).unwrap(), 3);
         // Not contiguous: refused.
-        assert_eq!(j.append("n1", 1, &[event("n1", 9, 9)], true).unwrap(), 0);
+        assert_eq!(
+            j.append("n1@7", 1, &[event("n1@7", 9, 9)], true).unwrap(),
+            0
+        );
         // A duplicate is skipped.
-        assert_eq!(j.append("n1", 1, &batch[2..], true).unwrap(), 0);
-        let path = dir.path().join("n1.log");
+        assert_eq!(j.append("n1@7", 1, &batch[2..], true).unwrap(), 0);
+        let path = dir.path().join("n1@7.log");
         let mut bytes = fs::read(&path).unwrap();
         bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2]);
         fs::write(&path, &bytes).unwrap();
         let j = Journal::open(dir.path(), Retention::default()).unwrap();
-        assert_eq!(j.next_seq("n1"), 4);
-        assert_eq!(j.ranges()["n1"], (1, 3));
+        assert_eq!(j.next_seq("n1@7"), 4);
+        assert_eq!(j.ranges()["n1@7"], (1, 3));
         assert_eq!(fs::read(&path).unwrap().len(), bytes.len() - 6);
     }
 
@@ -338,24 +396,31 @@ mod tests {
             max_age_ms: 1_000,
         };
         let mut j = Journal::open(dir.path(), retention).unwrap();
-        let batch: Vec<Event> = (1..=20).map(|s| event("n1", s, 100 * s)).collect();
-        j.append("n1", 1, &batch, false).unwrap();
+        let batch: Vec<Event> = (1..=20).map(|s| event("n1@7", s, 100 * s)).collect();
+        j.append("n1@7", 1, &batch, false).unwrap();
         j.enforce_retention(2_000).unwrap();
-        let (floor, high) = j.ranges()["n1"];
+        let (floor, high) = j.ranges()["n1@7"];
         assert!(floor > 1 && high == 20, "{floor}..{high}");
         // Age: everything but the newest goes.
         j.enforce_retention(1_000_000).unwrap();
-        assert_eq!(j.ranges()["n1"], (20, 20));
+        assert_eq!(j.ranges()["n1@7"], (20, 20));
         let j = Journal::open(dir.path(), retention).unwrap();
         assert_eq!(
-            j.next_seq("n1"),
+            j.next_seq("n1@7"),
             21,
             "the next seq survives retention and a restart"
         );
         // A peer that holds only from 50 on: we start again there.
         let mut j = j;
-        let later: Vec<Event> = (50..=52).map(|s| event("n1", s, 10_000 + s)).collect();
-        assert_eq!(j.append("n1", 50, &later, false).unwrap(), 3);
-        assert_eq!(j.ranges()["n1"], (50, 52));
+        let later: Vec<Event> = (50..=52).map(|s| event("n1@7", s, 10_000 + s)).collect();
+        assert_eq!(j.append("n1@7", 50, &later, false).unwrap(), 3);
+        assert_eq!(j.ranges()["n1@7"], (50, 52));
+        // Older history fetched back goes in front, only when it ends right below.
+        let older: Vec<Event> = (45..=49).map(|s| event("n1@7", s, 10_000 + s)).collect();
+        assert_eq!(j.prepend("n1@7", &older[..3]).unwrap(), 0, "not adjacent");
+        assert_eq!(j.prepend("n1@7", &older).unwrap(), 5);
+        assert_eq!(j.ranges()["n1@7"], (45, 52));
+        let j = Journal::open(dir.path(), retention).unwrap();
+        assert_eq!(j.ranges()["n1@7"], (45, 52), "the file holds them in order");
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! - `journal`: per-origin journals on disk, retention, gaps.
 //!
-//! Each node appends what it observes or causes to its own journal (`emit`), as
-//! `(origin, seq)` with `seq` contiguous per origin across restarts, an HLC stamp, a
-//! type and a payload. Journals travel over the mesh, not inside chitchat values: every
-//! node gossips, under its `ev` key, the range (floor, high) it holds of every origin,
-//! and pulls what it lacks from a live node that has it with [`FrameKind::App`]
-//! frames (a `Pull` answered by a `Batch`). Every node can so serve the merged stream
-//! ([`EventHub::read`]) in (HLC, origin, seq) order from a per-origin cursor.
+//! Each node appends what it observes or causes to its own stream (`emit`): events
+//! `(origin, epoch, seq)` with `seq` contiguous within the stream across restarts, an
+//! HLC stamp, a type and a payload; a node that lost its journal starts a new stream
+//! (a new epoch) instead of reusing seqs. Streams travel over the mesh, not inside
+//! chitchat values: every node gossips, under its `ev` key, the range (floor, high) it
+//! holds of every stream, and pulls what it lacks (newer, or older history below what
+//! it holds) from a live node that has it with [`FrameKind::App`] frames (a `Pull`
+//! answered by a `Batch`). Every node can so serve the merged stream
+//! ([`EventHub::read`]) in (HLC, stream, seq) order from a per-stream cursor.
 //!
 //! [`FrameKind::App`]: georep_mesh::FrameKind::App
 
@@ -26,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use journal::Journal;
 pub use journal::{Event, Retention};
+use journal::{Journal, parse_stream, stream_id};
 
 /// Owner-written key: the ranges of every origin's journal this node holds.
 pub const EVENTS_KEY: &str = "ev";
@@ -49,21 +51,21 @@ enum AppMsg {
     },
 }
 
-/// A position in the merged stream: per origin, the last seq delivered.
+/// A position in the merged stream: per stream (`node@epoch`), the last seq delivered.
 pub type Cursor = BTreeMap<String, u64>;
 
-/// `n1:5,n2:7` -> cursor; `None` if malformed.
+/// `n1@17:5,n2@18:7` -> cursor; `None` if malformed.
 pub fn parse_cursor(text: &str) -> Option<Cursor> {
     let mut out = Cursor::new();
     for part in text.split(',').filter(|p| !p.is_empty()) {
-        let (origin, seq) = part.rsplit_once(':')?;
-        georep_mesh::validate_node_id(origin).ok()?;
-        out.insert(origin.to_string(), seq.parse().ok()?);
+        let (stream, seq) = part.rsplit_once(':')?;
+        parse_stream(stream)?;
+        out.insert(stream.to_string(), seq.parse().ok()?);
     }
     Some(out)
 }
 
-/// The cursor as `n1:5,n2:7`.
+/// The cursor as `n1@17:5,n2@18:7`.
 pub fn format_cursor(cursor: &Cursor) -> String {
     cursor
         .iter()
@@ -96,20 +98,17 @@ impl Filter {
     }
 }
 
-/// An event emitted before its seq can be given: type and payload.
-type Queued = (String, BTreeMap<String, String>);
-
 /// This node's journals, their replication, and the merged stream.
 pub struct EventHub {
     node_id: String,
+    /// This node's current stream (`node@epoch`).
+    own: String,
+    epoch: u64,
     journal: Mutex<Journal>,
-    /// Events emitted before the agent caught up with its peers (their seqs are given
-    /// once it knows the highest seq of its own any peer holds: a node that lost its
-    /// disk must not reuse seqs).
-    pending: Mutex<Option<Vec<Queued>>>,
-    /// The highest seq of this node's own journal any peer advertises.
-    own_high_elsewhere: Mutex<u64>,
-    /// Pulls in flight, by origin.
+    /// Streams whose last pull went to the copy starting earliest because no live peer
+    /// held what comes next: only their batches may skip ahead (a reported gap).
+    may_skip: Mutex<std::collections::BTreeSet<String>>,
+    /// Pulls in flight, by stream.
     in_flight: Mutex<BTreeMap<String, Instant>>,
     /// What this node last advertised under [`EVENTS_KEY`].
     advertised: Mutex<Option<String>>,
@@ -117,14 +116,29 @@ pub struct EventHub {
 }
 
 impl EventHub {
-    /// Opens the journals under `<data_dir>/events`.
-    pub fn open(data_dir: &Path, node_id: &str, retention: Retention) -> std::io::Result<Self> {
+    /// Opens the journals under `<data_dir>/events`. This node goes on writing its
+    /// latest stream there, or starts a new one of epoch `generation` if it has none.
+    pub fn open(
+        data_dir: &Path,
+        node_id: &str,
+        generation: u64,
+        retention: Retention,
+    ) -> std::io::Result<Self> {
         let journal = Journal::open(&data_dir.join("events"), retention)?;
+        let epoch = journal
+            .logs()
+            .keys()
+            .filter_map(|s| parse_stream(s))
+            .filter(|(node, _)| *node == node_id)
+            .map(|(_, epoch)| epoch)
+            .max()
+            .unwrap_or(generation);
         Ok(Self {
             node_id: node_id.to_string(),
+            own: stream_id(node_id, epoch),
+            epoch,
             journal: Mutex::new(journal),
-            pending: Mutex::new(Some(Vec::new())),
-            own_high_elsewhere: Mutex::new(0),
+            may_skip: Mutex::new(std::collections::BTreeSet::new()),
             in_flight: Mutex::new(BTreeMap::new()),
             advertised: Mutex::new(None),
             changed: watch::channel(0).0,
@@ -136,31 +150,21 @@ impl EventHub {
         self.changed.subscribe()
     }
 
-    /// Records an event of this node (queued until [`Self::ready`]).
+    /// Records an event of this node in its stream (fsync'd).
     pub fn emit(&self, mesh: &MeshNode, kind: &str, message: BTreeMap<String, String>) {
-        if let Ok(mut pending) = self.pending.lock()
-            && let Some(queue) = pending.as_mut()
-        {
-            queue.push((kind.to_string(), message));
-            return;
-        }
-        self.append_own(mesh, kind, message);
-    }
-
-    fn append_own(&self, mesh: &MeshNode, kind: &str, message: BTreeMap<String, String>) {
-        let elsewhere = self.own_high_elsewhere.lock().map_or(0, |h| *h);
         let Ok(mut journal) = self.journal.lock() else {
             return;
         };
-        let seq = journal.next_seq(&self.node_id).max(elsewhere + 1);
+        let seq = journal.next_seq(&self.own);
         let event = Event {
             origin: self.node_id.clone(),
+            epoch: self.epoch,
             seq,
             hlc: mesh.stamp(),
             kind: kind.to_string(),
             message,
         };
-        match journal.append(&self.node_id, seq, std::slice::from_ref(&event), true) {
+        match journal.append(&self.own, seq, std::slice::from_ref(&event), true) {
             Ok(1) => {
                 tracing::debug!(event = kind, seq, "event recorded");
                 drop(journal);
@@ -168,14 +172,6 @@ impl EventHub {
             }
             Ok(_) => tracing::warn!(event = kind, seq, "event not recorded: out of sequence"),
             Err(error) => tracing::error!(event = kind, %error, "cannot record an event"),
-        }
-    }
-
-    /// The agent caught up with its peers: queued events get their seqs now.
-    pub fn ready(&self, mesh: &MeshNode) {
-        let queued = self.pending.lock().ok().and_then(|mut p| p.take());
-        for (kind, message) in queued.unwrap_or_default() {
-            self.append_own(mesh, &kind, message);
         }
     }
 
@@ -202,57 +198,93 @@ impl EventHub {
             }
         }
         let theirs = mesh.owned_values(EVENTS_KEY).await;
-        // Per origin: the live peer holding the most of it (lowest id on ties).
-        let mut best: BTreeMap<String, (u64, u64, SocketAddr)> = BTreeMap::new();
+        // Per stream, what each live peer holds of it; and the one holding the oldest.
+        let mut holders: BTreeMap<String, Vec<(u64, u64, SocketAddr)>> = BTreeMap::new();
+        let mut oldest: BTreeMap<String, (u64, u64, SocketAddr)> = BTreeMap::new();
         for (node, values) in &theirs {
             if *node == self.node_id {
                 continue;
             }
-            let Some(member) = membership.members.get(node).filter(|m| m.live) else {
-                continue;
-            };
             let Some(ranges) = values
                 .get(EVENTS_KEY)
                 .and_then(|v| codec::decode::<BTreeMap<String, (u64, u64)>>(v).ok())
             else {
                 continue;
             };
+            let Some(member) = membership.members.get(node).filter(|m| m.live) else {
+                continue;
+            };
             for (origin, (floor, high)) in ranges {
-                if origin == self.node_id
-                    && let Ok(mut own) = self.own_high_elsewhere.lock()
-                {
-                    *own = (*own).max(high);
+                if oldest.get(&origin).is_none_or(|(f, _, _)| floor < *f) {
+                    oldest.insert(origin.clone(), (floor, high, member.gossip_addr));
                 }
-                let better = best.get(&origin).is_none_or(|(_, h, _)| high > *h);
-                if better {
-                    best.insert(origin, (floor, high, member.gossip_addr));
-                }
+                holders
+                    .entry(origin)
+                    .or_default()
+                    .push((floor, high, member.gossip_addr));
             }
         }
         let now = Instant::now();
-        for (origin, (_floor, high, addr)) in best {
-            let have = mine.get(&origin).map_or(0, |(_, h)| *h);
-            if high <= have {
-                continue;
-            }
-            let due = self.in_flight.lock().is_ok_and(|mut flights| {
+        let due = |flight: String| {
+            self.in_flight.lock().is_ok_and(|mut flights| {
                 let due = flights
-                    .get(&origin)
+                    .get(&flight)
                     .is_none_or(|sent| now.duration_since(*sent) > PULL_TIMEOUT);
                 if due {
-                    flights.insert(origin.clone(), now);
+                    flights.insert(flight, now);
                 }
                 due
-            });
-            if !due {
-                continue;
-            }
+            })
+        };
+        let send = |addr: SocketAddr, origin: &str, from: u64| {
             let pull = AppMsg::Pull {
-                origin: origin.clone(),
-                from: have + 1,
+                origin: origin.to_string(),
+                from,
             };
             if let Ok(payload) = postcard::to_stdvec(&pull) {
                 mesh.send_app(addr, payload);
+            }
+        };
+        for (origin, peers) in holders {
+            let have = mine.get(&origin).map_or(0, |(_, h)| *h);
+            // From the peer holding the most among those that hold what comes next;
+            // only if none does (retention dropped it everywhere reachable) from the
+            // one whose copy starts earliest: then what is skipped is a reported gap.
+            let next_held = peers
+                .iter()
+                .filter(|(floor, high, _)| *floor <= have + 1 && *high > have)
+                .max_by_key(|(_, high, _)| *high);
+            let skipping = next_held.is_none();
+            let source = next_held.or_else(|| {
+                peers
+                    .iter()
+                    .filter(|(_, high, _)| *high > have)
+                    .min_by_key(|(floor, _, _)| *floor)
+            });
+            if let Some((_, _, addr)) = source
+                && due(origin.clone())
+            {
+                if let Ok(mut may_skip) = self.may_skip.lock() {
+                    if skipping {
+                        may_skip.insert(origin.clone());
+                    } else {
+                        may_skip.remove(&origin);
+                    }
+                }
+                send(*addr, &origin, have + 1);
+            }
+        }
+        // Older history a peer holds below ours (ours was lost with a disk, or we
+        // joined after a hole): fetched back, the last batch below our floor first.
+        for (origin, (floor, high, addr)) in oldest {
+            let Some((my_floor, my_high)) = mine.get(&origin).copied() else {
+                continue;
+            };
+            // Only from a peer whose range reaches right below ours.
+            let reaches = high + 1 >= my_floor;
+            if my_high >= my_floor && floor < my_floor && reaches && due(format!("{origin}<")) {
+                let from = floor.max(my_floor.saturating_sub(BATCH_EVENTS as u64));
+                send(addr, &origin, from);
             }
         }
     }
@@ -284,19 +316,25 @@ impl EventHub {
                 floor,
                 events,
             } => {
-                if georep_mesh::validate_node_id(&origin).is_err() {
+                if parse_stream(&origin).is_none() {
                     return false;
                 }
-                if let Ok(mut flights) = self.in_flight.lock() {
-                    flights.remove(&origin);
-                }
-                let appended = self
-                    .journal
-                    .lock()
-                    .map_err(|_| ())
-                    .and_then(|mut j| j.append(&origin, floor, &events, false).map_err(|_| ()));
+                let appended = self.journal.lock().map_err(|_| ()).and_then(|mut j| {
+                    let may_skip = self.may_skip.lock().is_ok_and(|m| m.contains(&origin));
+                    let floor = if may_skip { floor } else { 0 };
+                    let before = j.append(&origin, floor, &events, false).map_err(|_| ())?;
+                    let older = j.prepend(&origin, &events).map_err(|_| ())?;
+                    Ok(before + older)
+                });
                 match appended {
                     Ok(n) if n > 0 => {
+                        // Progress: the next pull may go at once. (A batch that added
+                        // nothing leaves its pull in flight until it times out, so two
+                        // nodes never ping-pong pulls and batches without time passing.)
+                        if let Ok(mut flights) = self.in_flight.lock() {
+                            flights.remove(&origin);
+                            flights.remove(&format!("{origin}<"));
+                        }
                         self.changed.send_modify(|n| *n = n.wrapping_add(1));
                         true
                     }
@@ -320,12 +358,13 @@ impl EventHub {
         };
         let mut items = Vec::new();
         let mut candidates: Vec<&Event> = Vec::new();
-        for (origin, log) in journal.logs() {
-            let after = cursor.get(origin).copied().unwrap_or(0);
-            if filter.node.as_ref().is_none_or(|n| n == origin) && after + 1 < log.floor() {
+        for (stream, log) in journal.logs() {
+            let after = cursor.get(stream).copied().unwrap_or(0);
+            let node = parse_stream(stream).map(|(node, _)| node);
+            if filter.node.as_deref().is_none_or(|n| Some(n) == node) && after + 1 < log.floor() {
                 items.push(StreamItem::Gap {
                     gap: GapRow {
-                        origin: origin.clone(),
+                        origin: stream.clone(),
                         from: after + 1,
                         to: log.floor() - 1,
                         reason: "retention".into(),
@@ -334,7 +373,9 @@ impl EventHub {
             }
             candidates.extend(log.from(after + 1, usize::MAX));
         }
-        candidates.sort_by(|a, b| (&a.hlc, &a.origin, a.seq).cmp(&(&b.hlc, &b.origin, b.seq)));
+        candidates.sort_by(|a, b| {
+            (&a.hlc, &a.origin, a.epoch, a.seq).cmp(&(&b.hlc, &b.origin, b.epoch, b.seq))
+        });
         let mut next = cursor.clone();
         for log_origin in journal.logs().keys() {
             if let Some(log) = journal.log(log_origin) {
@@ -349,7 +390,7 @@ impl EventHub {
             if taken >= limit {
                 break;
             }
-            next.insert(event.origin.clone(), event.seq);
+            next.insert(event.stream(), event.seq);
             if filter.admits(event) {
                 items.push(StreamItem::Event(row(event, &next)));
                 taken += 1;
@@ -361,7 +402,7 @@ impl EventHub {
 
 fn row(event: &Event, cursor: &Cursor) -> EventRow {
     EventRow {
-        id: format!("{}:{}", event.origin, event.seq),
+        id: format!("{}:{}", event.stream(), event.seq),
         origin: event.origin.clone(),
         seq: event.seq,
         hlc: event.hlc.to_string(),
@@ -378,11 +419,12 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
-        let cursor: Cursor = [("n1".to_string(), 5), ("n2".to_string(), 7)].into();
-        assert_eq!(format_cursor(&cursor), "n1:5,n2:7");
-        assert_eq!(parse_cursor("n1:5,n2:7"), Some(cursor));
+        let cursor: Cursor = [("n1@17".to_string(), 5), ("n2@3".to_string(), 7)].into();
+        assert_eq!(format_cursor(&cursor), "n1@17:5,n2@3:7");
+        assert_eq!(parse_cursor("n1@17:5,n2@3:7"), Some(cursor));
         assert_eq!(parse_cursor(""), Some(Cursor::new()));
-        assert_eq!(parse_cursor("n1:x"), None);
-        assert_eq!(parse_cursor("-rf:1"), None);
+        assert_eq!(parse_cursor("n1@17:x"), None);
+        assert_eq!(parse_cursor("n1:5"), None);
+        assert_eq!(parse_cursor("-rf@1:1"), None);
     }
 }

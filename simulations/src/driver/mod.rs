@@ -10,7 +10,7 @@ use georep_mesh::{DesiredState, Replica, SessionId};
 use tokio::time::Instant;
 
 use crate::backend::{Bug, LiveMonitor};
-use crate::checks::{self, EVENTS_NOT_APPLICABLE, Violation};
+use crate::checks::{self, Violation};
 use crate::cluster::{ClusterSpec, SimCluster, lock};
 use crate::ledger::reflects;
 use crate::metrics::{Percentiles, TrafficPoint};
