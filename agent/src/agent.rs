@@ -299,29 +299,35 @@ impl Agent {
         let _ = events.await;
     }
 
-    /// Replicates the event journals: on every application frame, every mesh change
-    /// and at least every gossip interval.
+    /// Replicates the event journals: a step every gossip interval, at once after an
+    /// own event or a batch that added events; frames answered as they come.
     async fn events_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(mut frames) = self.mesh.app_frames() else {
             return;
         };
-        let mut changes = self.mesh.subscribe();
         let period = Duration::from_millis(self.config.gossip_interval_ms);
+        let mut next_sync = Instant::now();
         loop {
-            let membership = self.mesh.topology().await;
-            self.events
-                .sync(&self.mesh, &membership, self.wall.now_millis())
-                .await;
+            if Instant::now() >= next_sync {
+                let membership = self.mesh.topology().await;
+                self.events
+                    .sync(&self.mesh, &membership, self.wall.now_millis())
+                    .await;
+                next_sync = Instant::now() + period;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 frame = frames.recv() => match frame {
+                    // A batch that added events: pull the next one now.
                     Some(frame) => {
-                        self.events.handle(&self.mesh, &frame);
+                        if self.events.handle(&self.mesh, &frame) {
+                            next_sync = Instant::now();
+                        }
                     }
                     None => return,
                 },
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(period) => {}
+                _ = self.events.wake.notified() => next_sync = Instant::now(),
+                _ = tokio::time::sleep_until(next_sync) => {}
             }
         }
     }

@@ -336,11 +336,22 @@ fn events_equal(cluster: &SimCluster) -> Result<(), String> {
                         .zip(&stream)
                         .position(|(a, b)| a != b)
                         .unwrap_or(theirs.len().min(stream.len()));
+                    let ranges = |n: &str| {
+                        cluster
+                            .nodes
+                            .iter()
+                            .find(|x| x.id == n)
+                            .and_then(|x| x.agent())
+                            .map(|a| format!("{:?}", a.event_ranges()))
+                            .unwrap_or_default()
+                    };
                     return Err(format!(
-                        "{id} holds {} events, {} holds {}; first difference at #{at}: {} vs {}",
+                        "{id} holds {} events ({}), {} holds {} ({}); first difference at #{at}: {} vs {}",
                         theirs.len(),
+                        ranges(id),
                         node.id,
                         stream.len(),
+                        ranges(&node.id),
                         theirs.get(at).map_or("nothing".into(), id_of),
                         stream.get(at).map_or("nothing".into(), id_of),
                     ));

@@ -169,7 +169,7 @@ fn follow_prints_new_events_and_retention_shows_a_gap() {
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
     };
     // n9 keeps only 300 bytes of journal per origin.
-    let cluster = Cluster::start_placed(
+    let mut cluster = Cluster::start_placed(
         &[
             NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]),
             NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
@@ -222,9 +222,36 @@ fn follow_prints_new_events_and_retention_shows_a_gap() {
         assert!(!value.is_empty(), "not a config event: {line}");
         seen.push(value.to_string());
     }
+    assert_eq!(seen, values, "in order, each once");
+
+    // The agent it follows restarts: --follow resumes from its cursor, and what
+    // happened meanwhile arrives once.
+    cluster.terminate(1);
+    for value in ["9", "10"] {
+        cluster.ok(0, &["config", "gv0", SECONDARY, "sync-jobs", value]);
+    }
+    cluster.restart(1);
+    let mut after = Vec::new();
+    while after.len() < 2 {
+        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "--follow printed only {after:?} after the restart\n{}",
+                cluster.logs_tail()
+            )
+        });
+        let event: Value = serde_json::from_str(&line).expect("one JSON object per line");
+        after.push(
+            event["message"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(after, ["9", "10"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(rx.try_recv().is_err(), "nothing repeated after the restart");
     let _ = follow.kill();
     let _ = follow.wait();
-    assert_eq!(seen, values, "in order, each once");
 
     // Commands issued on n9 are its events; it keeps 300 bytes of them: reading its
     // journal from the start begins with a gap record, then its newest events.

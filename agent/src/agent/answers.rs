@@ -7,6 +7,11 @@ use crate::events::{Cursor, Filter, format_cursor, parse_cursor};
 use georep_api::types::EventsResponse;
 
 impl Agent {
+    /// The event streams this node holds, each (floor, high).
+    pub fn event_ranges(&self) -> BTreeMap<String, (u64, u64)> {
+        self.events.ranges()
+    }
+
     /// The whole merged stream this node holds (the simulator compares nodes' streams).
     pub fn event_stream(&self) -> Vec<georep_api::types::StreamItem> {
         self.events

@@ -114,7 +114,13 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Event journal bytes kept per origin.
     pub events_max_bytes: u64,
-    /// Age (ms) beyond which journaled events go.
+    /// Age (ms) beyond which journaled events go (`events_max_age = "7days"` in the
+    /// file, as humantime writes it).
+    #[serde(
+        rename = "events_max_age",
+        serialize_with = "age_to_text",
+        deserialize_with = "age_from_text"
+    )]
     pub events_max_age_ms: u64,
     /// Forced command of the primaries' gsyncd (`secret.pem`) keys on this node.
     pub ssh_gsyncd_command: String,
@@ -176,3 +182,14 @@ fn key_prefix(key: &Option<String>) -> String {
 
 #[cfg(test)]
 mod tests;
+
+fn age_to_text<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(std::time::Duration::from_millis(*ms)).to_string())
+}
+
+fn age_from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    flags::parse_age_text(&text)
+        .map(|age| age.as_millis() as u64)
+        .map_err(serde::de::Error::custom)
+}

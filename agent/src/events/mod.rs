@@ -31,7 +31,7 @@ use tokio::time::Instant;
 pub use journal::{Event, Retention};
 use journal::{Journal, parse_stream, stream_id};
 
-/// Owner-written key: the ranges of every origin's journal this node holds.
+/// Owner-written key: the (floor, high) of this node's own streams.
 pub const EVENTS_KEY: &str = "ev";
 /// At most this many events per batch.
 const BATCH_EVENTS: usize = 256;
@@ -112,6 +112,10 @@ pub struct EventHub {
     in_flight: Mutex<BTreeMap<String, Instant>>,
     /// What this node last advertised under [`EVENTS_KEY`].
     advertised: Mutex<Option<String>>,
+    /// Turns the choice of a peer to pull a dead writer's stream from.
+    round: Mutex<u64>,
+    /// Woken when this node recorded an event (advertise it now).
+    pub(crate) wake: tokio::sync::Notify,
     changed: watch::Sender<u64>,
 }
 
@@ -141,6 +145,8 @@ impl EventHub {
             may_skip: Mutex::new(std::collections::BTreeSet::new()),
             in_flight: Mutex::new(BTreeMap::new()),
             advertised: Mutex::new(None),
+            round: Mutex::new(0),
+            wake: tokio::sync::Notify::new(),
             changed: watch::channel(0).0,
         })
     }
@@ -169,23 +175,64 @@ impl EventHub {
                 tracing::debug!(event = kind, seq, "event recorded");
                 drop(journal);
                 self.changed.send_modify(|n| *n = n.wrapping_add(1));
+                self.wake.notify_one();
             }
             Ok(_) => tracing::warn!(event = kind, seq, "event not recorded: out of sequence"),
             Err(error) => tracing::error!(event = kind, %error, "cannot record an event"),
         }
     }
 
-    /// One replication step: advertise what this node holds, note what peers hold of
-    /// its own journal, pull what it lacks from live peers that have it, and apply
-    /// retention at HLC time `now_ms`.
+    /// One replication step: advertise the ranges of this node's own streams and of
+    /// the *orphans* it holds (streams their writer no longer advertises: an epoch
+    /// before a lost disk), so that the values gossiped stay O(N) cluster-wide while
+    /// every stream stays findable; then, for every advertised stream, pull what this
+    /// node lacks: from its writer while it is live and holds it, else from a live
+    /// node advertising it (each in turn); older history below what is held likewise.
+    /// Also applies retention at HLC time `now_ms`.
     pub async fn sync(&self, mesh: &MeshNode, membership: &Membership, now_ms: u64) {
         if let Ok(mut journal) = self.journal.lock()
             && let Err(error) = journal.enforce_retention(now_ms)
         {
             tracing::warn!(%error, "cannot apply event retention");
         }
+        let theirs = mesh.owned_values(EVENTS_KEY).await;
+        let advertised: BTreeMap<&String, BTreeMap<String, (u64, u64)>> = theirs
+            .iter()
+            .filter(|(node, _)| **node != self.node_id)
+            .filter_map(|(node, values)| {
+                let ranges =
+                    codec::decode::<BTreeMap<String, (u64, u64)>>(values.get(EVENTS_KEY)?).ok()?;
+                Some((node, ranges))
+            })
+            .collect();
         let mine = self.journal.lock().map(|j| j.ranges()).unwrap_or_default();
-        if let Ok(value) = codec::encode(&mine) {
+        // Each node's current epoch: the newest stream of it anyone knows of. Older
+        // streams of a node are orphans (their writer lost them with a disk).
+        let mut current: BTreeMap<String, u64> = BTreeMap::new();
+        current.insert(self.node_id.clone(), self.epoch);
+        for stream in advertised
+            .values()
+            .flat_map(|r| r.keys())
+            .chain(mine.keys())
+        {
+            if let Some((writer, epoch)) = parse_stream(stream) {
+                let at = current.entry(writer.to_string()).or_insert(epoch);
+                *at = (*at).max(epoch);
+            }
+        }
+        let orphan = |stream: &str| {
+            parse_stream(stream).is_some_and(|(w, e)| current.get(w).is_some_and(|c| e < *c))
+        };
+        // Advertised: this node's current stream, and every orphan it holds.
+        // (The current stream even before its first event: so that the others learn
+        // the new epoch, and advertise the old one as an orphan this node can fetch.)
+        let empty = (1, 0);
+        let mut ours: BTreeMap<&String, &(u64, u64)> = mine
+            .iter()
+            .filter(|(stream, _)| **stream == self.own || orphan(stream))
+            .collect();
+        ours.entry(&self.own).or_insert(&empty);
+        if let Ok(value) = codec::encode(&ours) {
             let changed = self
                 .advertised
                 .lock()
@@ -197,96 +244,93 @@ impl EventHub {
                 }
             }
         }
-        let theirs = mesh.owned_values(EVENTS_KEY).await;
-        // Per stream, what each live peer holds of it; and the one holding the oldest.
-        let mut holders: BTreeMap<String, Vec<(u64, u64, SocketAddr)>> = BTreeMap::new();
-        let mut oldest: BTreeMap<String, (u64, u64, SocketAddr)> = BTreeMap::new();
-        for (node, values) in &theirs {
-            if *node == self.node_id {
-                continue;
-            }
-            let Some(ranges) = values
-                .get(EVENTS_KEY)
-                .and_then(|v| codec::decode::<BTreeMap<String, (u64, u64)>>(v).ok())
-            else {
+        // Per stream: who advertises it (live nodes only), the writer first.
+        let mut holders: BTreeMap<String, Vec<(u64, u64, SocketAddr, bool)>> = BTreeMap::new();
+        for (node, ranges) in &advertised {
+            let Some(member) = membership.members.get(*node).filter(|m| m.live) else {
                 continue;
             };
-            let Some(member) = membership.members.get(node).filter(|m| m.live) else {
-                continue;
-            };
-            for (origin, (floor, high)) in ranges {
-                if oldest.get(&origin).is_none_or(|(f, _, _)| floor < *f) {
-                    oldest.insert(origin.clone(), (floor, high, member.gossip_addr));
-                }
-                holders
-                    .entry(origin)
-                    .or_default()
-                    .push((floor, high, member.gossip_addr));
+            for (stream, (floor, high)) in ranges {
+                let by_writer = !orphan(stream)
+                    && parse_stream(stream).is_some_and(|(w, _)| w == node.as_str());
+                holders.entry(stream.clone()).or_default().push((
+                    *floor,
+                    *high,
+                    member.gossip_addr,
+                    by_writer,
+                ));
             }
         }
         let now = Instant::now();
-        let due = |flight: String| {
-            self.in_flight.lock().is_ok_and(|mut flights| {
-                let due = flights
-                    .get(&flight)
-                    .is_none_or(|sent| now.duration_since(*sent) > PULL_TIMEOUT);
-                if due {
-                    flights.insert(flight, now);
-                }
-                due
+        let mut round = self
+            .round
+            .lock()
+            .map(|mut r| {
+                *r = r.wrapping_add(1);
+                *r
             })
-        };
-        let send = |addr: SocketAddr, origin: &str, from: u64| {
-            let pull = AppMsg::Pull {
-                origin: origin.to_string(),
-                from,
-            };
-            if let Ok(payload) = postcard::to_stdvec(&pull) {
-                mesh.send_app(addr, payload);
-            }
-        };
-        for (origin, peers) in holders {
-            let have = mine.get(&origin).map_or(0, |(_, h)| *h);
-            // From the peer holding the most among those that hold what comes next;
-            // only if none does (retention dropped it everywhere reachable) from the
-            // one whose copy starts earliest: then what is skipped is a reported gap.
-            let next_held = peers
-                .iter()
-                .filter(|(floor, high, _)| *floor <= have + 1 && *high > have)
-                .max_by_key(|(_, high, _)| *high);
-            let skipping = next_held.is_none();
-            let source = next_held.or_else(|| {
-                peers
-                    .iter()
-                    .filter(|(_, high, _)| *high > have)
-                    .min_by_key(|(floor, _, _)| *floor)
-            });
-            if let Some((_, _, addr)) = source
-                && due(origin.clone())
-            {
-                if let Ok(mut may_skip) = self.may_skip.lock() {
-                    if skipping {
-                        may_skip.insert(origin.clone());
-                    } else {
-                        may_skip.remove(&origin);
-                    }
+            .unwrap_or(0);
+        for (stream, peers) in holders {
+            let (my_floor, have) = mine.get(&stream).copied().unwrap_or((1, 0));
+            let writer = peers.iter().find(|p| p.3);
+            let source = match writer {
+                Some(w) => Some(*w),
+                None => {
+                    let best = peers.iter().map(|p| p.1).max().unwrap_or(0);
+                    let top: Vec<&(u64, u64, SocketAddr, bool)> =
+                        peers.iter().filter(|p| p.1 == best).collect();
+                    round = round.wrapping_add(1);
+                    (!top.is_empty()).then(|| *top[round as usize % top.len()])
                 }
-                send(*addr, &origin, have + 1);
-            }
-        }
-        // Older history a peer holds below ours (ours was lost with a disk, or we
-        // joined after a hole): fetched back, the last batch below our floor first.
-        for (origin, (floor, high, addr)) in oldest {
-            let Some((my_floor, my_high)) = mine.get(&origin).copied() else {
+            };
+            let Some((floor, high, addr, _)) = source else {
                 continue;
             };
-            // Only from a peer whose range reaches right below ours.
-            let reaches = high + 1 >= my_floor;
-            if my_high >= my_floor && floor < my_floor && reaches && due(format!("{origin}<")) {
+            if high > have && self.due(&stream, now) {
+                // Skip ahead only when the source holds nothing older than that.
+                if let Ok(mut may_skip) = self.may_skip.lock() {
+                    if floor > have + 1 {
+                        may_skip.insert(stream.clone());
+                    } else {
+                        may_skip.remove(&stream);
+                    }
+                }
+                self.send_pull(mesh, addr, &stream, have + 1);
+            }
+            if have >= my_floor && floor < my_floor && self.due(&format!("{stream}<"), now) {
                 let from = floor.max(my_floor.saturating_sub(BATCH_EVENTS as u64));
-                send(addr, &origin, from);
+                self.send_pull(mesh, addr, &stream, from);
             }
         }
+    }
+
+    /// Whether a pull for `flight` may go now (none in flight, or it timed out); if so
+    /// it is recorded as in flight.
+    fn due(&self, flight: &str, now: Instant) -> bool {
+        self.in_flight.lock().is_ok_and(|mut flights| {
+            let due = flights
+                .get(flight)
+                .is_none_or(|sent| now.duration_since(*sent) > PULL_TIMEOUT);
+            if due {
+                flights.insert(flight.to_string(), now);
+            }
+            due
+        })
+    }
+
+    fn send_pull(&self, mesh: &MeshNode, to: SocketAddr, stream: &str, from: u64) {
+        let pull = AppMsg::Pull {
+            origin: stream.to_string(),
+            from,
+        };
+        if let Ok(payload) = postcard::to_stdvec(&pull) {
+            mesh.send_app(to, payload);
+        }
+    }
+
+    /// Every stream held here: (floor, high).
+    pub fn ranges(&self) -> BTreeMap<String, (u64, u64)> {
+        self.journal.lock().map(|j| j.ranges()).unwrap_or_default()
     }
 
     /// Handles a journal frame from a peer; returns whether events were appended.

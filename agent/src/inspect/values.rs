@@ -17,6 +17,8 @@ pub fn key_kind(key: &str) -> &'static str {
         "node"
     } else if key == SEEN_KEY {
         "seen"
+    } else if key == crate::events::EVENTS_KEY {
+        "event-ranges"
     } else {
         "other"
     }
@@ -24,7 +26,8 @@ pub fn key_kind(key: &str) -> &'static str {
 
 /// Decodes a raw chitchat value to readable JSON by its key: `s/` as the session's
 /// registers, `node` as [`NodeInfo`], `seen` as [`Seen`], `m/` as
-/// [`NodeSessionStatus`], `k/` as [`SessionKeys`], `ki/` as [`KeyInstall`]. Never panics: whatever does not decode is an error string.
+/// [`NodeSessionStatus`], `k/` as [`SessionKeys`], `ki/` as [`KeyInstall`], `ev` as
+/// the event streams held (`{stream: {floor, high}}`). Never panics: whatever does not decode is an error string.
 pub fn decode_value(key: &str, raw: &str) -> (&'static str, Result<Value, String>) {
     let kind = key_kind(key);
     let decoded = match kind {
@@ -49,6 +52,15 @@ pub fn decode_value(key: &str, raw: &str) -> (&'static str, Result<Value, String
         "seen" => codec::decode::<Seen>(raw)
             .map_err(|e| e.to_string())
             .and_then(|seen| serde_json::to_value(seen).map_err(|e| e.to_string())),
+        "event-ranges" => codec::decode::<BTreeMap<String, (u64, u64)>>(raw)
+            .map_err(|e| e.to_string())
+            .map(|ranges| {
+                ranges
+                    .into_iter()
+                    .map(|(stream, (floor, high))| (stream, json!({"floor": floor, "high": high})))
+                    .collect::<serde_json::Map<String, Value>>()
+                    .into()
+            }),
         "keys" => codec::decode::<SessionKeys>(raw)
             .map_err(|e| e.to_string())
             .and_then(|keys| serde_json::to_value(keys).map_err(|e| e.to_string()))
