@@ -51,6 +51,9 @@ enum AppMsg {
     },
 }
 
+/// Streams and the (floor, high) of each, as advertised.
+type Ranges = BTreeMap<String, (u64, u64)>;
+
 /// A position in the merged stream: per stream (`node@epoch`), the last seq delivered.
 pub type Cursor = BTreeMap<String, u64>;
 
@@ -112,6 +115,8 @@ pub struct EventHub {
     in_flight: Mutex<BTreeMap<String, Instant>>,
     /// What this node last advertised under [`EVENTS_KEY`].
     advertised: Mutex<Option<String>>,
+    /// Decoded advertisements, by node: the raw value and what it says.
+    decoded: Mutex<BTreeMap<String, (String, Ranges)>>,
     /// Turns the choice of a peer to pull a dead writer's stream from.
     round: Mutex<u64>,
     /// Woken when this node recorded an event (advertise it now).
@@ -146,6 +151,7 @@ impl EventHub {
             in_flight: Mutex::new(BTreeMap::new()),
             advertised: Mutex::new(None),
             round: Mutex::new(0),
+            decoded: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
             changed: watch::channel(0).0,
         })
@@ -196,15 +202,30 @@ impl EventHub {
             tracing::warn!(%error, "cannot apply event retention");
         }
         let theirs = mesh.owned_values(EVENTS_KEY).await;
-        let advertised: BTreeMap<&String, BTreeMap<String, (u64, u64)>> = theirs
-            .iter()
-            .filter(|(node, _)| **node != self.node_id)
-            .filter_map(|(node, values)| {
-                let ranges =
-                    codec::decode::<BTreeMap<String, (u64, u64)>>(values.get(EVENTS_KEY)?).ok()?;
-                Some((node, ranges))
-            })
-            .collect();
+        // Decoded once per value (at hundreds of nodes decoding every advertisement on
+        // every step is most of what a step costs).
+        let advertised: BTreeMap<String, Ranges> = {
+            let Ok(mut cache) = self.decoded.lock() else {
+                return;
+            };
+            cache.retain(|node, _| theirs.contains_key(node));
+            theirs
+                .iter()
+                .filter(|(node, _)| **node != self.node_id)
+                .filter_map(|(node, values)| {
+                    let raw = values.get(EVENTS_KEY)?;
+                    let ranges = match cache.get(node) {
+                        Some((cached, ranges)) if cached == raw => ranges.clone(),
+                        _ => {
+                            let ranges = codec::decode::<Ranges>(raw).ok()?;
+                            cache.insert(node.clone(), (raw.clone(), ranges.clone()));
+                            ranges
+                        }
+                    };
+                    Some((node.clone(), ranges))
+                })
+                .collect()
+        };
         let mine = self.journal.lock().map(|j| j.ranges()).unwrap_or_default();
         // Each node's current epoch: the newest stream of it anyone knows of. Older
         // streams of a node are orphans (their writer lost them with a disk).
@@ -247,7 +268,7 @@ impl EventHub {
         // Per stream: who advertises it (live nodes only), the writer first.
         let mut holders: BTreeMap<String, Vec<(u64, u64, SocketAddr, bool)>> = BTreeMap::new();
         for (node, ranges) in &advertised {
-            let Some(member) = membership.members.get(*node).filter(|m| m.live) else {
+            let Some(member) = membership.members.get(node).filter(|m| m.live) else {
                 continue;
             };
             for (stream, (floor, high)) in ranges {
