@@ -276,7 +276,17 @@ fn metrics_are_served_in_the_prometheus_format() {
     cluster.wait_live(0, 2, Duration::from_secs(30));
     cluster.ok(0, &["create", "gv0", SECONDARY]);
     cluster.ok(1, &["start", "gv0", SECONDARY]);
-    let (status, body) = http_get(metrics, "/metrics");
+    // The scrape reflects what this node has merged and its monitor's state.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let (status, body) = http_get(metrics, "/metrics");
+        let caught_up = body.contains("georep_sessions{desired_state=\"Started\"} 1")
+            && body.contains("georep_monitors{state=\"Started\"} 1");
+        if caught_up || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(status.contains(" 200 "), "{status}");
     // A real parser of the exposition format (Debian's python3-prometheus-client).
     // Debian's interpreter, where the package installs the module (not a pyenv shim).
