@@ -53,6 +53,9 @@ const RECONCILE_TICK: Duration = Duration::from_secs(1);
 const DIR_RESYNC: Duration = Duration::from_secs(10);
 /// Shortest time a restarted agent waits for a peer before acting on its persisted view.
 const WARM_UP_MIN: Duration = Duration::from_secs(2);
+/// A monitor confirms a `start` once it has run this long (one that crashes at once
+/// must not read as started to the command waiting for it).
+pub const START_GRACE_MS: u64 = 500;
 /// Longest a waiting command goes without re-checking convergence.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
@@ -75,7 +78,9 @@ impl NodeSessionStatus {
     /// many times a second.
     fn without_clock(&self) -> NodeSessionStatus {
         let mut stable = self.clone();
-        stable.report.since_ms = 0;
+        // Only whether the monitor has run for the start grace yet: crossing it is a
+        // change worth publishing (a waiting `start` confirms on it).
+        stable.report.since_ms = stable.report.since_ms.min(START_GRACE_MS) / START_GRACE_MS;
         stable.report.backoff_remaining_ms = stable.report.backoff_remaining_ms.map(|_| 0);
         stable.published_at_ms = 0;
         for worker in &mut stable.workers {
@@ -439,10 +444,7 @@ impl Agent {
             }
             supervisor.reports()
         };
-        if self.caught_up(&membership) {
-            self.monitor_events(&reports);
-            self.peer_events(&membership);
-        }
+
         // Per volume, this node's Active bricks (an O(N) fold over the topology: once
         // per volume, not once per session).
         let mut active_here: HashMap<&str, Vec<String>> = HashMap::new();
@@ -479,6 +481,12 @@ impl Agent {
         let existing: Vec<&SessionView> = views.iter().map(|(view, _)| view).collect();
         self.keys.sync(&self.mesh, &existing, &membership).await;
         self.publish_status(&plans, &reports).await;
+        // After the status is out: recording events (fsync'd) must not delay what a
+        // waiting command reads.
+        if self.caught_up(&membership) {
+            self.monitor_events(&reports);
+            self.peer_events(&membership);
+        }
         self.persist().await;
     }
 

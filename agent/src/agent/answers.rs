@@ -408,7 +408,9 @@ impl Agent {
 
 fn report_matches(report: &MonitorReport, state: DesiredState) -> bool {
     match state {
-        DesiredState::Started => report.state == MonitorState::Started,
+        DesiredState::Started => {
+            report.state == MonitorState::Started && report.since_ms >= START_GRACE_MS
+        }
         DesiredState::Paused => report.state == MonitorState::Paused,
         DesiredState::Stopped | DesiredState::Created => report.pid.is_none(),
     }
