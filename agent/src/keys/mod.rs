@@ -175,7 +175,13 @@ impl KeySync {
     }
 
     async fn install(&self, mesh: &MeshNode, views: &[&SessionView], membership: &Membership) {
-        let published = mesh.owned_values(KEYS_PREFIX).await;
+        // Every node's keys: read (a walk over every namespace) only when some session
+        // here needs them; every pass still removes what no session needs.
+        let published = if views.iter().any(|v| v.options.push_pem) {
+            mesh.owned_values(KEYS_PREFIX).await
+        } else {
+            BTreeMap::new()
+        };
         // file -> (account, session key -> block)
         let mut files: BTreeMap<PathBuf, (u32, u32, BTreeMap<String, String>)> = BTreeMap::new();
         let mut reports: BTreeMap<String, KeyInstall> = BTreeMap::new();
