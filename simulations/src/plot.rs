@@ -80,22 +80,27 @@ where
     }
     let svg = dir.join(format!("{stem}.svg"));
     let png = dir.join(format!("{stem}.png"));
-    {
-        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-        draw(&root).with_context(|| format!("cannot draw {}", svg.display()))?;
-        root.present()
-            .map_err(|e| anyhow!("cannot write {}: {e}", svg.display()))?;
-    }
-    {
-        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-        draw(&root).with_context(|| format!("cannot draw {}", png.display()))?;
-        root.present()
-            .map_err(|e| anyhow!("cannot write {}: {e}", png.display()))?;
-    }
+    render(SVGBackend::new(&svg, SIZE).into_drawing_area(), &svg, &draw)?;
+    render(
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        &png,
+        &draw,
+    )?;
     Ok(Written {
         files: vec![svg, png],
         skipped: None,
     })
+}
+
+/// Draws `draw` on `root` and writes it to `path`.
+fn render<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    path: &Path,
+    draw: &dyn Fn(&dyn PlotArea) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    draw(&root).with_context(|| format!("cannot draw {}", path.display()))?;
+    root.present()
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// A drawing area of either backend, so one drawing function serves both files.
@@ -202,30 +207,21 @@ pub fn histogram<DB: DrawingBackend>(
         .label_style((FONT, 12))
         .axis_desc_style((FONT, 14))
         .draw()?;
+    let filled: Vec<(f64, f64)> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(i, c)| (i as f64, *c as f64))
+        .collect();
     chart.draw_series(
-        counts
+        filled
             .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, count)| {
-                Rectangle::new(
-                    [(i as f64 + 0.05, 0.0), (i as f64 + 0.95, *count as f64)],
-                    BAR.filled(),
-                )
-            }),
+            .map(|(x, n)| Rectangle::new([(x + 0.05, 0.0), (x + 0.95, *n)], BAR.filled())),
     )?;
     chart.draw_series(
-        counts
+        filled
             .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, count)| {
-                Text::new(
-                    count.to_string(),
-                    (i as f64 + 0.3, *count as f64 + top * 0.04),
-                    (FONT, 11),
-                )
-            }),
+            .map(|(x, n)| Text::new(n.to_string(), (x + 0.3, n + top * 0.04), (FONT, 11))),
     )?;
     let p = Percentiles::of(samples);
     let corner = [

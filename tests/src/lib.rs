@@ -147,6 +147,25 @@ pub const CRASHING_MONITOR: &str = "/bin/sh -c 'exit 3' georep-test-monitor {ses
 pub const TEST_GOSSIP_MS: u64 = 100;
 
 impl Cluster {
+    /// Primaries n1, n2 (gv0 replica set 0) and n3 (set 1), secondaries n4 and n5
+    /// (gv1), started with `monitor` and waited for until every node sees all five live.
+    pub fn five_nodes(monitor: Option<&str>) -> Cluster {
+        let cluster = Cluster::start(
+            &[
+                NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+                NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"]),
+                NodeSpec::new("n3", &["gv0:/bricks/n3/gv0:1"]),
+                NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
+                NodeSpec::new("n5", &["gv1:/bricks/n5/gv1"]),
+            ],
+            monitor,
+        );
+        for i in 0..5 {
+            cluster.wait_live(i, 5, Duration::from_secs(30));
+        }
+        cluster
+    }
+
     /// Starts one agent per spec; nodes 0 and 1 are everyone's seeds. `monitor_command` replaces
     /// the built-in monitor when given.
     pub fn start(specs: &[NodeSpec], monitor_command: Option<&str>) -> Cluster {

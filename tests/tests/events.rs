@@ -64,19 +64,7 @@ fn lifecycle_ids(cluster: &Cluster, i: usize) -> Vec<(String, String, String)> {
 
 #[test]
 fn every_node_shows_every_lifecycle_event_once_in_one_order_and_a_returning_node_catches_up() {
-    let mut cluster = Cluster::start(
-        &[
-            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
-            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"]),
-            NodeSpec::new("n3", &["gv0:/bricks/n3/gv0:1"]),
-            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
-            NodeSpec::new("n5", &["gv1:/bricks/n5/gv1"]),
-        ],
-        Some(TEST_MONITOR),
-    );
-    for i in 0..5 {
-        cluster.wait_live(i, 5, WAIT);
-    }
+    let mut cluster = Cluster::five_nodes(Some(TEST_MONITOR));
     // n5 is down for the whole lifecycle.
     cluster.terminate(4);
     cluster.wait_live(0, 4, WAIT);

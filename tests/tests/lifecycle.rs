@@ -7,27 +7,6 @@ use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, process_state};
 
 const SECONDARY: &str = "n4::gv1";
 
-fn five_nodes(monitor: Option<&str>) -> Cluster {
-    let brick = |n: &str, set: u32| format!("gv0:/bricks/{n}/gv0:{set}");
-    let b1 = brick("n1", 0);
-    let b2 = brick("n2", 0);
-    let b3 = brick("n3", 1);
-    let cluster = Cluster::start(
-        &[
-            NodeSpec::new("n1", &[&b1]),
-            NodeSpec::new("n2", &[&b2]),
-            NodeSpec::new("n3", &[&b3]),
-            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
-            NodeSpec::new("n5", &["gv1:/bricks/n5/gv1"]),
-        ],
-        monitor,
-    );
-    for i in 0..5 {
-        cluster.wait_live(i, 5, Duration::from_secs(30));
-    }
-    cluster
-}
-
 fn session_dir(cluster: &Cluster, node: usize) -> std::path::PathBuf {
     cluster.nodes[node]
         .data()
@@ -43,7 +22,7 @@ fn wait_monitor_counts(cluster: &Cluster, expected: [usize; 5], what: &str) {
 
 #[test]
 fn full_lifecycle_from_every_node() {
-    let cluster = five_nodes(Some(TEST_MONITOR));
+    let cluster = Cluster::five_nodes(Some(TEST_MONITOR));
     // create on a primary; every node learns it (exists exit codes)
     let out = cluster.ok(0, &["create", "gv0", SECONDARY, "--push-pem"]);
     assert!(out.contains("successful"), "{out}");
@@ -183,7 +162,7 @@ fn full_lifecycle_from_every_node() {
 
 #[test]
 fn validation_refusals_name_the_session() {
-    let cluster = five_nodes(Some(TEST_MONITOR));
+    let cluster = Cluster::five_nodes(Some(TEST_MONITOR));
     let refused = |node: usize, args: &[&str], needle: &str| {
         let out = cluster.georep(node, args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -116,26 +116,9 @@ fn keys_of(cluster: &Cluster, node: usize, secondary: &str) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-fn five_nodes() -> Cluster {
-    let cluster = Cluster::start(
-        &[
-            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
-            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"]),
-            NodeSpec::new("n3", &["gv0:/bricks/n3/gv0:1"]),
-            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]),
-            NodeSpec::new("n5", &["gv1:/bricks/n5/gv1"]),
-        ],
-        Some(TEST_MONITOR),
-    );
-    for i in 0..5 {
-        cluster.wait_live(i, 5, WAIT);
-    }
-    cluster
-}
-
 #[test]
 fn every_primary_key_reaches_every_secondary_also_across_downtime_and_delete_removes_them() {
-    let mut cluster = five_nodes();
+    let mut cluster = Cluster::five_nodes(Some(TEST_MONITOR));
     for i in [3, 4] {
         let file = cluster.authorized_keys(i);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();

@@ -301,17 +301,25 @@ impl Agent {
     }
 
     async fn node_statuses(&self, id: &SessionId) -> BTreeMap<String, NodeSessionStatus> {
-        let key = monitor_key(id);
+        self.published(&monitor_key(id)).await
+    }
+
+    /// Every node's value of the owner-written `key`, decoded (undecodable ones are
+    /// skipped, with a warning).
+    pub(crate) async fn published<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> BTreeMap<String, T> {
         self.mesh
-            .owned_values(&key)
+            .owned_values(key)
             .await
             .into_iter()
             .filter_map(|(node, values)| {
-                let value = values.get(&key)?;
-                match codec::decode::<NodeSessionStatus>(value) {
-                    Ok(status) => Some((node, status)),
+                let value = values.get(key)?;
+                match codec::decode::<T>(value) {
+                    Ok(decoded) => Some((node, decoded)),
                     Err(error) => {
-                        tracing::warn!(%node, %error, "undecodable monitor status ignored");
+                        tracing::warn!(%node, key, %error, "undecodable published value ignored");
                         None
                     }
                 }
@@ -369,16 +377,7 @@ impl Agent {
 
     /// Every secondary node's key installation report for `id`.
     pub(crate) async fn key_installs(&self, id: &SessionId) -> BTreeMap<String, KeyInstall> {
-        let key = crate::keys::install_key(id);
-        self.mesh
-            .owned_values(&key)
-            .await
-            .into_iter()
-            .filter_map(|(node, values)| {
-                let report = codec::decode::<KeyInstall>(values.get(&key)?).ok()?;
-                Some((node, report))
-            })
-            .collect()
+        self.published(&crate::keys::install_key(id)).await
     }
 
     /// `nodes`.

@@ -116,6 +116,16 @@ fn frame(event: &Event) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Replaces the file at `path` with exactly what `log` holds (after dropping or
+/// putting events in front, which appending cannot express).
+fn rewrite(path: &Path, log: &OriginLog) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(log.bytes as usize);
+    for (event, _) in &log.events {
+        bytes.extend_from_slice(&frame(event)?);
+    }
+    georep_store::write_atomic(path, &bytes)
+}
+
 /// The records of a journal file, up to the first torn or corrupt one, and the byte
 /// length of the good prefix.
 fn read_records(bytes: &[u8]) -> (Vec<(Event, u64)>, usize) {
@@ -291,11 +301,7 @@ impl Journal {
             log.bytes += size;
             log.events.push_front(((*event).clone(), size));
         }
-        let mut bytes = Vec::with_capacity(log.bytes as usize);
-        for (event, _) in &log.events {
-            bytes.extend_from_slice(&frame(event)?);
-        }
-        georep_store::write_atomic(&path, &bytes)?;
+        rewrite(&path, log)?;
         Ok(below.len())
     }
 
@@ -338,11 +344,7 @@ impl Journal {
                 continue;
             }
             tracing::info!(%origin, dropped, floor = log.floor(), "event retention dropped the oldest events");
-            let mut bytes = Vec::with_capacity(log.bytes as usize);
-            for (event, _) in &log.events {
-                bytes.extend_from_slice(&frame(event)?);
-            }
-            georep_store::write_atomic(&path, &bytes)?;
+            rewrite(&path, log)?;
         }
         Ok(())
     }

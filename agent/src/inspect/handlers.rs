@@ -161,12 +161,10 @@ impl Agent {
         let node = node.unwrap_or(&membership.self_id).to_string();
         let member = known_member(&membership, &node)?;
         let key = format!("{MONITOR_PREFIX}{}", id.key());
-        let status = mesh
-            .owned_values(&key)
+        let status = self
+            .published::<NodeSessionStatus>(&key)
             .await
-            .get(&node)
-            .and_then(|values| values.get(&key))
-            .and_then(|value| codec::decode::<NodeSessionStatus>(value).ok());
+            .remove(&node);
         let published_at_ms = status
             .as_ref()
             .map(|s| s.published_at_ms)
@@ -199,13 +197,10 @@ impl Agent {
         let (message, mut sentences) = explain_text(&facts, reason);
         if view.options.push_pem {
             let installs = self.key_installs(&id).await;
-            let keys_key = format!("{KEYS_PREFIX}{}", id.key());
-            let published = mesh
-                .owned_values(&keys_key)
+            let published = self
+                .published::<SessionKeys>(&crate::keys::keys_key(&id))
                 .await
-                .get(&node)
-                .and_then(|values| values.get(&keys_key))
-                .and_then(|value| codec::decode::<SessionKeys>(value).ok());
+                .remove(&node);
             sentences.extend(key_sentences(
                 &node,
                 &view,
