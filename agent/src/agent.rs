@@ -34,6 +34,7 @@ use crate::process::ProcessBackend;
 use crate::reconcile::SessionPlan;
 use crate::session_dir::{self, SessionDirState};
 use crate::supervise::{SupervisePolicy, Supervisor};
+use crate::webhooks::{RetryPolicy, Webhooks};
 use georep_api::types::{
     ConfigResponse, ExistsResponse, ForgetRequest, ForgetResponse, NodesResponse, OpRequest,
     OpResponse, SessionStatus, StatusResponse,
@@ -41,6 +42,7 @@ use georep_api::types::{
 use georep_store::{StateFile, StoreError};
 
 mod answers;
+mod hooks;
 
 /// Key prefix of the per-session status each node publishes.
 pub const MONITOR_PREFIX: &str = "m/";
@@ -116,6 +118,8 @@ pub struct Agent {
     keys: KeySync,
     /// The event journals and the merged stream.
     events: EventHub,
+    /// The replicated webhook list and deliveries.
+    webhooks: Webhooks,
     /// Per session, the monitor state last seen (events on change).
     last_monitor_states: Mutex<BTreeMap<SessionId, (MonitorState, u32)>>,
     /// The live members last seen (PEER_* events on change).
@@ -257,6 +261,14 @@ impl Agent {
                 max_age_ms: config.events_max_age_ms,
             },
         )?;
+        let webhooks = Webhooks::open(
+            &config.data_dir,
+            &config.node_id,
+            RetryPolicy {
+                backoff_max: Duration::from_millis(config.webhook_backoff_max_ms),
+                park_after_ms: config.webhook_park_after_ms,
+            },
+        );
         let agent = Arc::new(Agent {
             config,
             mesh,
@@ -273,6 +285,7 @@ impl Agent {
             facts,
             keys,
             events,
+            webhooks,
             last_monitor_states: Mutex::new(BTreeMap::new()),
             last_live: Mutex::new(None),
             bricks_checked: Mutex::new((info, Instant::now())),
@@ -300,8 +313,10 @@ impl Agent {
     /// Runs the reconcile loop until `shutdown`.
     pub async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let events = tokio::spawn(self.clone().events_loop(shutdown.clone()));
+        let webhooks = tokio::spawn(self.clone().webhooks_loop(shutdown.clone()));
         self.reconcile_loop(shutdown).await;
         let _ = events.await;
+        let _ = webhooks.await;
     }
 
     /// Replicates the event journals: a step every gossip interval, at once after an

@@ -44,11 +44,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             config.node_id
         );
     }
-    // Accepted so configuration files written for later versions load, but say plainly
-    // that nothing acts on them yet.
-    if !config.webhooks.is_empty() {
-        tracing::warn!(webhooks = ?config.webhooks, "--webhook is not implemented yet (no event stream): no events will be delivered");
-    }
     let mut floor = 0;
     loop {
         match run_incarnation(&config, &identity, floor, &shutdown).await? {

@@ -31,6 +31,10 @@
 //! - `reconcile`: the pure decision of what to do to local monitors.
 //! - `session_dir`: the per-session directory on disk.
 //! - `supervise`: the supervisor: spawn, signal, adopt, back off.
+//! - `webhooks`: the replicated webhook list (`webhooks/state.rs`), delivery bodies
+//!   and signatures (`webhooks/sign.rs`), the HTTP(S) client behind the `Transport`
+//!   seam (`webhooks/http.rs`), and at-least-once delivery rounds with gossiped
+//!   cursors (`webhooks/mod.rs`).
 #![deny(unsafe_code)] // one audited exception: `process::backend::in_new_session`
 #![deny(missing_docs)]
 
@@ -50,6 +54,7 @@ mod process;
 mod reconcile;
 mod session_dir;
 mod supervise;
+mod webhooks;
 
 pub use agent::{Agent, MONITOR_PREFIX, NodeSessionStatus};
 pub use config::{AgentArgs, AgentConfig, BrickSpec};
@@ -67,3 +72,6 @@ pub use process::{
 pub use reconcile::SessionPlan;
 pub use session_dir::LOG_FILE;
 pub use supervise::{SupervisePolicy, Supervisor};
+pub use webhooks::{
+    Answer as WebhookAnswer, Delivery as WebhookDelivery, Transport as WebhookTransport,
+};

@@ -341,6 +341,10 @@ pub enum ErrorCode {
     UnknownNode,
     /// `node forget` was refused (409).
     ForgetRefused,
+    /// `webhook add` of a URL that is already a webhook (409).
+    WebhookExists,
+    /// `webhook mod`/`del` of a URL that is not a webhook (409).
+    WebhookNotFound,
     /// The request could not be stored (e.g. the record would be too large) (409).
     NotStored,
     /// No such endpoint (404).
@@ -416,4 +420,146 @@ pub struct EventsResponse {
     pub items: Vec<StreamItem>,
     /// The cursor after the last item (pass it back to continue).
     pub cursor: String,
+}
+
+/// Body of `POST /v1/webhooks`: add, modify or delete a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRequest {
+    /// `add`, `mod` or `del`.
+    pub action: String,
+    /// The receiver's URL (the webhook's identity).
+    pub url: String,
+    /// `gluster` (default) or `standard`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Bearer token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// JWT secret (gluster format) or `whsec_...` signing secret (standard format).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// PEM of a private CA for HTTPS (the content of `--ca FILE`).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// Wait for every live node to hold the change.
+    pub wait: bool,
+    /// How long to wait, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Response of `POST /v1/webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookResponse {
+    /// Whether the change was applied.
+    pub ok: bool,
+    /// Human summary.
+    pub message: String,
+    /// The webhook.
+    pub url: String,
+    /// Live nodes holding the change.
+    pub confirmed_nodes: Vec<String>,
+    /// Live nodes that did not hold it when the wait ended.
+    pub lagging_nodes: Vec<String>,
+    /// Whether every live node holds it.
+    pub converged: bool,
+    /// Whether the agent waited at all.
+    pub waited: bool,
+}
+
+/// Body of `POST /v1/webhooks/test`: one delivery from this node, now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookTestRequest {
+    /// Where to deliver.
+    pub url: String,
+    /// Format (default: the webhook's own if it is one, else `gluster`).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Bearer token (default: the webhook's own).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Secret (default: the webhook's own).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Private CA PEM (default: the webhook's own).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+}
+
+/// Response of `POST /v1/webhooks/test`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookTestResponse {
+    /// Whether the receiver answered 2xx.
+    pub ok: bool,
+    /// The URL tried.
+    pub url: String,
+    /// The delivery id sent.
+    pub id: String,
+    /// HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Round trip in milliseconds.
+    pub elapsed_ms: u64,
+    /// Human summary.
+    pub message: String,
+}
+
+/// Response of `GET /v1/webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookListResponse {
+    /// Every webhook, by URL.
+    pub webhooks: Vec<WebhookRow>,
+}
+
+/// One webhook as `webhook list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRow {
+    /// Receiver URL.
+    pub url: String,
+    /// `gluster` or `standard`.
+    pub format: String,
+    /// `none`, `token` or `secret` (never the value).
+    pub auth: String,
+    /// Whether a private CA is configured.
+    pub ca: bool,
+    /// `active`, `parked` or `disabled`.
+    pub state: String,
+    /// Why it is parked or disabled.
+    pub state_reason: Option<String>,
+    /// HLC of its add: events stamped before it are not delivered to it.
+    pub added: String,
+    /// Nodes delivering some stream to it now.
+    pub delivering_nodes: Vec<String>,
+    /// Delivered position per stream (`n1@17:5,...`, as an events cursor).
+    pub cursor: String,
+    /// Events held here not yet acknowledged by the receiver.
+    pub pending: u64,
+    /// Events retention removed before they were delivered (reported, not silent).
+    pub lost: u64,
+    /// Unix ms since when deliveries fail (the earliest failing stream).
+    pub failing_since_ms: Option<u64>,
+    /// The last error seen.
+    pub last_error: Option<String>,
+    /// Per stream detail.
+    pub streams: Vec<WebhookStreamRow>,
+}
+
+/// One (webhook, stream) delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookStreamRow {
+    /// The stream (`node@epoch`).
+    pub stream: String,
+    /// The node delivering it (by the rule: its writer while live, else a
+    /// rendezvous hash over live nodes).
+    pub delivering_node: Option<String>,
+    /// Last seq the receiver acknowledged.
+    pub delivered: u64,
+    /// Events after it held here.
+    pub pending: u64,
+    /// Events lost to retention.
+    pub lost: u64,
+    /// Unix ms since when its deliveries fail.
+    pub failing_since_ms: Option<u64>,
+    /// Its last error.
+    pub last_error: Option<String>,
 }

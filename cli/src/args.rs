@@ -62,7 +62,7 @@ pub fn command() -> clap::Command {
         .collect();
     for name in names {
         let copy = match name.as_str() {
-            "create" | "start" | "stop" | "pause" | "resume" | "delete" | "node" => {
+            "create" | "start" | "stop" | "pause" | "resume" | "delete" | "node" | "webhook" => {
                 timeout.clone().help(TIMEOUT_CHANGE)
             }
             "config" => timeout.clone().help(TIMEOUT_CONFIG),
@@ -197,6 +197,79 @@ pub enum Command {
     Demo(DemoArgs),
     /// The merged cluster-wide event stream, oldest first (every node's events).
     Events(EventsArgs),
+    /// Webhooks receiving the event stream (cluster state: managed from any node).
+    Webhook {
+        /// What to do.
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+/// How a webhook authenticates and formats its deliveries.
+#[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebhookOptions {
+    /// Sent as `Authorization: Bearer TOKEN` ('' removes it on mod).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "secret")]
+    pub token: Option<String>,
+    /// gluster format: HS256 JWT secret (as glustereventsd); standard format: the
+    /// `whsec_...` signing secret ('' removes it on mod).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
+    /// `gluster` (glustereventsd's body, the default) or `standard` (Standard Webhooks).
+    #[arg(long, value_name = "FORMAT", value_parser = ["gluster", "standard"])]
+    pub format: Option<String>,
+    /// PEM file of a private CA the receiver's HTTPS certificate is checked against
+    /// (its content is stored with the webhook: every node may deliver).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// `webhook` subcommands.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum WebhookCommand {
+    /// Add a webhook: events recorded from now on are delivered to it at least once.
+    Add {
+        /// The receiver (http:// or https://).
+        url: String,
+        /// Authentication and format.
+        #[command(flatten)]
+        options: WebhookOptions,
+        /// Return right after the local apply.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Change a webhook's options (what is not given is kept); re-activates a parked
+    /// or disabled webhook.
+    Mod {
+        /// The webhook's URL.
+        url: String,
+        /// Authentication and format.
+        #[command(flatten)]
+        options: WebhookOptions,
+        /// Return right after the local apply.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete a webhook.
+    Del {
+        /// The webhook's URL.
+        url: String,
+        /// Return right after the local apply.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Per webhook: format, state, delivering nodes, cursor, pending, failing since,
+    /// last error.
+    List,
+    /// One test delivery from this node now (the webhook's own options, or those
+    /// given); prints the receiver's answer.
+    Test {
+        /// The receiver.
+        url: String,
+        /// Authentication and format.
+        #[command(flatten)]
+        options: WebhookOptions,
+    },
 }
 
 /// `events`.

@@ -92,13 +92,13 @@ impl Client {
     }
 
     /// The wait timeout as the API takes it.
-    fn wait_timeout_ms(&self) -> u64 {
+    pub fn wait_timeout_ms(&self) -> u64 {
         u64::try_from(self.wait_timeout.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// `POST path` with a change that may wait for confirmation: the HTTP timeout is the
     /// wait timeout plus a grace. Returns the typed answer and the raw JSON.
-    async fn post_waiting<Q: serde::Serialize, A: DeserializeOwned>(
+    pub async fn post_waiting<Q: serde::Serialize, A: DeserializeOwned>(
         &self,
         path: &str,
         request: &Q,

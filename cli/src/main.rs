@@ -28,6 +28,7 @@ mod nodes;
 mod output;
 mod status;
 mod tls_cmd;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -83,6 +84,7 @@ pub async fn execute(cli: &Cli) -> Report {
         Command::Running(a) => status::exists(&g, a, true).await,
         Command::Nodes => nodes::nodes(&g).await,
         Command::Events(a) => events::events(&g, a).await,
+        Command::Webhook { command } => webhook::webhook(&g, command).await,
         Command::Node {
             command: NodeCommand::Forget { node, no_wait },
         } => nodes::forget(&g, node, *no_wait).await,

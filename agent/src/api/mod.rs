@@ -16,7 +16,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use georep_api::ErrorCode;
-use georep_api::types::{ForgetRequest, OpRequest};
+use georep_api::types::{ForgetRequest, OpRequest, WebhookRequest, WebhookTestRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -61,6 +61,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/inspect/explain", get(explain))
         .route("/v1/inspect/diff", get(diff))
         .route("/v1/events", get(events))
+        .route("/v1/webhooks", get(webhook_list).post(webhook_write))
+        .route("/v1/webhooks/test", post(webhook_test))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent)
@@ -107,6 +109,21 @@ async fn forget(State(agent): Agnt, body: Bytes) -> Result<Response, ApiError> {
     let mut forget: ForgetRequest = json(&body)?;
     forget.timeout_ms = forget.timeout_ms.min(MAX_WAIT_MS);
     reply(agent.forget(forget).await)
+}
+
+async fn webhook_list(State(agent): Agnt) -> Result<Response, ApiError> {
+    Ok(ok(&agent.webhook_list().await))
+}
+
+async fn webhook_write(State(agent): Agnt, body: Bytes) -> Result<Response, ApiError> {
+    let mut request: WebhookRequest = json(&body)?;
+    request.timeout_ms = request.timeout_ms.min(MAX_WAIT_MS);
+    reply(agent.webhook_write(request).await)
+}
+
+async fn webhook_test(State(agent): Agnt, body: Bytes) -> Result<Response, ApiError> {
+    let request: WebhookTestRequest = json(&body)?;
+    reply(agent.webhook_test(request).await)
 }
 
 async fn events(State(agent): Agnt, q: Q) -> Result<Response, ApiError> {

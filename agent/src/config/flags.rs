@@ -72,10 +72,18 @@ pub struct AgentArgs {
     /// [default: tar ${SSH_ORIGINAL_COMMAND#* }].
     #[arg(long, value_name = "CMD")]
     pub ssh_tar_command: Option<String>,
-    /// http:// URL receiving this node's events (repeatable; replaces the
-    /// file's `webhooks`).
-    #[arg(long = "webhook", value_name = "URL")]
+    /// No longer an agent setting: webhooks are cluster state (`georep webhook add
+    /// URL` on any node). Refused with that advice.
+    #[arg(long = "webhook", value_name = "URL", hide = true)]
     pub webhooks: Vec<String>,
+    /// Longest delay between webhook delivery attempts (capped exponential backoff
+    /// with jitter), e.g. `1m`, `30s` [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub webhook_backoff_max: Option<std::time::Duration>,
+    /// A webhook whose deliveries fail this long is parked (visible in `georep webhook
+    /// list`, resumed by `georep webhook mod`), e.g. `3d` [default: 3d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub webhook_park_after: Option<std::time::Duration>,
     /// FOR TESTING ONLY: delay every frame this node sends to a peer in
     /// NETWORK (an IP or a CIDR) by DELAY plus a random 0..JITTER, e.g.
     /// 10.77.2.0/24=40ms~5ms (units us, ms, s). One way: give it on both sides

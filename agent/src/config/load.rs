@@ -29,7 +29,9 @@ pub(super) struct FileConfig {
     pub(super) authorized_keys: Option<PathBuf>,
     pub(super) ssh_gsyncd_command: Option<Spanned<String>>,
     pub(super) ssh_tar_command: Option<Spanned<String>>,
-    pub(super) webhooks: Option<Vec<Spanned<String>>>,
+    pub(super) webhooks: Option<Spanned<Vec<String>>>,
+    pub(super) webhook_backoff_max: Option<Spanned<String>>,
+    pub(super) webhook_park_after: Option<Spanned<String>>,
     pub(super) inject_delay: Option<Vec<Spanned<String>>>,
 }
 
@@ -476,23 +478,44 @@ pub(super) fn resolve(
         DEFAULT_TAR_COMMAND,
     )?;
 
-    let webhooks: Vec<Sourced<String>> = if !args.webhooks.is_empty() {
-        args.webhooks
-            .iter()
-            .map(|w| from_flag(w.clone(), "webhook", w))
-            .collect()
-    } else {
-        file.webhooks
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(i, w)| from_file(w, format!("webhooks[{i}]")))
-            .collect()
-    };
-    for w in &webhooks {
-        check_webhook(&w.value).map_err(|reason| report.invalid(&w.origin, reason))?;
+    const WEBHOOKS_MOVED: &str = "webhooks are cluster state now: add them with `georep webhook add URL` on any node (they reach every node, also one that is down)";
+    if let Some(url) = args.webhooks.first() {
+        return Err(report.invalid(
+            &from_flag(url.clone(), "webhook", url).origin,
+            WEBHOOKS_MOVED,
+        ));
     }
-    let webhooks = webhooks.into_iter().map(|w| w.value).collect();
+    if let Some(given) = file.webhooks {
+        let given = from_file(given, "webhooks");
+        return Err(report.invalid(&given.origin, WEBHOOKS_MOVED));
+    }
+    let duration = |flag: Option<std::time::Duration>,
+                    key: Option<Spanned<String>>,
+                    name: &str,
+                    default: u64| {
+        match (flag, key) {
+            (Some(age), _) => Ok(age.as_millis() as u64),
+            (None, Some(text)) => {
+                let given = from_file(text, name);
+                super::flags::parse_age_text(&given.value)
+                    .map(|d| d.as_millis() as u64)
+                    .map_err(|reason| report.invalid(&given.origin, reason))
+            }
+            (None, None) => Ok(default),
+        }
+    };
+    let webhook_backoff_max_ms = duration(
+        args.webhook_backoff_max,
+        file.webhook_backoff_max,
+        "webhook_backoff_max",
+        super::DEFAULT_WEBHOOK_BACKOFF_MAX_MS,
+    )?;
+    let webhook_park_after_ms = duration(
+        args.webhook_park_after,
+        file.webhook_park_after,
+        "webhook_park_after",
+        super::DEFAULT_WEBHOOK_PARK_AFTER_MS,
+    )?;
 
     let delays: Vec<Sourced<String>> = if !args.inject_delay.is_empty() {
         args.inject_delay
@@ -540,7 +563,8 @@ pub(super) fn resolve(
         events_max_age_ms,
         ssh_gsyncd_command,
         ssh_tar_command,
-        webhooks,
+        webhook_backoff_max_ms,
+        webhook_park_after_ms,
         inject_delay,
         persist_inline: false,
     })
@@ -627,19 +651,6 @@ pub(super) fn parse_brick_flag(spec: &str) -> Result<BrickSpec, String> {
     })
 }
 
-pub(super) fn check_webhook(url: &str) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err("must start with http://".to_owned());
-    };
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err("has no host".to_owned());
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("contains whitespace or control characters".to_owned());
-    }
-    Ok(())
-}
-
 impl AgentConfig {
     /// Reads the file named by `--config` (if any), applies the flags on top
     /// and validates the result.
@@ -686,7 +697,8 @@ impl AgentConfig {
             events_max_age_ms: DEFAULT_EVENTS_MAX_AGE_MS,
             ssh_gsyncd_command: DEFAULT_GSYNCD_COMMAND.to_string(),
             ssh_tar_command: DEFAULT_TAR_COMMAND.to_string(),
-            webhooks: Vec::new(),
+            webhook_backoff_max_ms: super::DEFAULT_WEBHOOK_BACKOFF_MAX_MS,
+            webhook_park_after_ms: super::DEFAULT_WEBHOOK_PARK_AFTER_MS,
             inject_delay: Vec::new(),
             persist_inline: false,
         }

@@ -30,6 +30,10 @@ pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_EVENTS_MAX_BYTES: u64 = 64 << 20;
 /// Age of journaled events kept by default (7 days).
 pub const DEFAULT_EVENTS_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Default longest delay between webhook delivery attempts (1 minute).
+pub const DEFAULT_WEBHOOK_BACKOFF_MAX_MS: u64 = 60 * 1000;
+/// Default time a failing webhook is retried before it is parked (3 days).
+pub const DEFAULT_WEBHOOK_PARK_AFTER_MS: u64 = 3 * 24 * 3600 * 1000;
 /// What primaries' gsyncd keys run on a secondary node unless its agent says otherwise
 /// (gluster 10.3's path on Debian).
 pub const DEFAULT_GSYNCD_COMMAND: &str = "/usr/lib/x86_64-linux-gnu/glusterfs/gsyncd";
@@ -126,9 +130,21 @@ pub struct AgentConfig {
     pub ssh_gsyncd_command: String,
     /// Forced command of the primaries' tar (`tar_ssh.pem`) keys on this node.
     pub ssh_tar_command: String,
-    /// http:// URLs receiving this node's events.
-    #[serde(default)]
-    pub webhooks: Vec<String>,
+    /// Longest delay between webhook delivery attempts (ms; `webhook_backoff_max =
+    /// "1m"` in the file).
+    #[serde(
+        rename = "webhook_backoff_max",
+        serialize_with = "age_to_text",
+        deserialize_with = "age_from_text"
+    )]
+    pub webhook_backoff_max_ms: u64,
+    /// A webhook failing this long (ms) is parked (`webhook_park_after = "3days"`).
+    #[serde(
+        rename = "webhook_park_after",
+        serialize_with = "age_to_text",
+        deserialize_with = "age_from_text"
+    )]
+    pub webhook_park_after_ms: u64,
     /// Latency injected on frames to these networks (testing only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inject_delay: Vec<DelayRule>,

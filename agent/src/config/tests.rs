@@ -49,7 +49,7 @@ fn defaults_from_flags_only() {
     assert_eq!(cfg.tls_cert, d.join("tls/n1.crt"));
     assert_eq!(cfg.tls_key, d.join("tls/n1.key"));
     assert_eq!(cfg.gossip_interval_ms, 500);
-    assert!(cfg.seeds.is_empty() && cfg.bricks.is_empty() && cfg.webhooks.is_empty());
+    assert!(cfg.seeds.is_empty() && cfg.bricks.is_empty());
     assert_eq!(cfg.monitor_command, None);
     assert_eq!(cfg.authorized_keys, None);
 }
@@ -71,7 +71,7 @@ advertise = "10.0.0.1:7400"
 seeds = ["10.0.0.2:7400", "10.0.0.3:7400"]
 gossip_interval_ms = 250
 monitor_command = "/usr/bin/mon --session {session} --bricks {bricks}"
-webhooks = ["http://hooks.local/georep"]
+webhook_backoff_max = "30s"
 inject_delay = ["10.0.0.0/24=40ms~5ms", "10.0.0.3=1s"]
 
 [[brick]]
@@ -122,7 +122,8 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "events_max_bytes",
         "events_max_age",
         "ssh_tar_command",
-        "webhooks",
+        "webhook_backoff_max",
+        "webhook_park_after",
         "inject_delay",
     ] {
         assert!(EXAMPLE.contains(key), "the example does not mention {key}");
@@ -197,7 +198,7 @@ fn flags_override_file() {
     assert_eq!(cfg.advertise, "10.9.9.9:7401".parse().unwrap());
     assert_eq!(cfg.api_socket, Path::new("/run/g.sock"));
     // Not overridden: kept from the file.
-    assert_eq!(cfg.webhooks, ["http://hooks.local/georep"]);
+    assert_eq!(cfg.webhook_backoff_max_ms, 30_000);
     assert_eq!(cfg.cluster_id, "prod");
     // Derived defaults follow the effective node id.
     assert_eq!(cfg.tls_key, Path::new("/srv/georep/tls/flag-node.key"));
@@ -306,7 +307,7 @@ fn semantic_errors_in_file_name_line_and_key() {
         &[],
     );
     assert!(
-        msg.starts_with("FILE:3:13: webhooks[0]: must start with http://"),
+        msg.starts_with("FILE:3:12: webhooks: webhooks are cluster state now: add them with `georep webhook add URL`"),
         "{msg}"
     );
 }

@@ -354,6 +354,29 @@ impl EventHub {
         self.journal.lock().map(|j| j.ranges()).unwrap_or_default()
     }
 
+    /// Up to `limit` events of `stream` after seq `after`, and the stream's floor here
+    /// (the oldest seq held); `None` if this node holds nothing of it.
+    pub fn after(&self, stream: &str, after: u64, limit: usize) -> Option<(u64, Vec<Event>)> {
+        let journal = self.journal.lock().ok()?;
+        let log = journal.log(stream)?;
+        Some((log.floor(), log.from(after + 1, limit).cloned().collect()))
+    }
+
+    /// How many events of `stream` after seq `after` are stamped at or after `since`.
+    pub fn count_after(&self, stream: &str, after: u64, since: &Hlc) -> u64 {
+        self.journal
+            .lock()
+            .ok()
+            .and_then(|j| {
+                j.log(stream).map(|log| {
+                    log.from(after + 1, usize::MAX)
+                        .filter(|e| e.hlc >= *since)
+                        .count()
+                })
+            })
+            .unwrap_or(0) as u64
+    }
+
     /// Handles a journal frame from a peer; returns whether events were appended.
     pub fn handle(&self, mesh: &MeshNode, received: &Received) -> bool {
         let Ok(message) = postcard::from_bytes::<AppMsg>(&received.frame.payload) else {
