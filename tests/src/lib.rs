@@ -51,6 +51,8 @@ pub struct NodeSpec {
     /// cluster creates it as an empty directory inside its temporary directory (see
     /// [`BRICKS_PLACEHOLDER`]) and the agent gets that path.
     pub bricks: Vec<String>,
+    /// Flags added to this agent's command line.
+    pub extra_args: Vec<String>,
 }
 
 impl NodeSpec {
@@ -59,7 +61,14 @@ impl NodeSpec {
         Self {
             id: id.into(),
             bricks: bricks.iter().map(|b| b.to_string()).collect(),
+            extra_args: Vec::new(),
         }
+    }
+
+    /// This node with `args` added to its agent's command line.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 }
 
@@ -255,6 +264,7 @@ impl Cluster {
                         .to_string(),
                 ]
                 .into_iter()
+                .chain(spec.extra_args.iter().cloned())
                 .chain(placement.extra_args.iter().cloned())
                 .collect(),
             })
