@@ -128,6 +128,56 @@ pub struct Agent {
     bricks_checked: Mutex<(NodeInfo, Instant)>,
 }
 
+/// GEOREP_ACTIVE / GEOREP_PASSIVE / GEOREP_CHECKPOINT_COMPLETED for every local
+/// worker whose status changed between two published statuses (gluster's keys).
+fn worker_changes(
+    id: &SessionId,
+    node: &str,
+    before: Option<&NodeSessionStatus>,
+    now: &NodeSessionStatus,
+) -> Vec<(&'static str, BTreeMap<String, String>)> {
+    use georep_api::WorkerStatus;
+    let mut out = Vec::new();
+    for worker in &now.workers {
+        let old = before.and_then(|b| b.workers.iter().find(|w| w.brick == worker.brick));
+        let mut kinds = Vec::new();
+        if old.is_none_or(|o| o.status != worker.status) {
+            match worker.status {
+                WorkerStatus::Active => kinds.push("GEOREP_ACTIVE"),
+                WorkerStatus::Passive => kinds.push("GEOREP_PASSIVE"),
+                _ => {}
+            }
+        }
+        if worker.checkpoint_completed && !old.is_some_and(|o| o.checkpoint_completed) {
+            kinds.push("GEOREP_CHECKPOINT_COMPLETED");
+        }
+        for kind in kinds {
+            let mut message: BTreeMap<String, String> = [
+                ("primary", id.primary_volume.clone()),
+                ("secondary", id.secondary()),
+                ("primary_volume", id.primary_volume.clone()),
+                ("primary_node", node.to_string()),
+                ("secondary_host", id.secondary_host.clone()),
+                ("secondary_volume", id.secondary_volume.clone()),
+                ("brick_path", worker.brick.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            if kind == "GEOREP_CHECKPOINT_COMPLETED" {
+                if let Some(t) = &worker.checkpoint_time {
+                    message.insert("checkpoint_time".into(), t.clone());
+                }
+                if let Some(t) = &worker.checkpoint_completion_time {
+                    message.insert("checkpoint_completion_time".into(), t.clone());
+                }
+            }
+            out.push((kind, message));
+        }
+    }
+    out
+}
+
 /// How often an agent looks again for brick directories that did not exist.
 const BRICK_CHECK: Duration = Duration::from_secs(5);
 
@@ -333,6 +383,8 @@ impl Agent {
                 self.events
                     .sync(&self.mesh, &membership, self.wall.now_millis())
                     .await;
+                self.events
+                    .flush_flapping(&self.mesh, self.wall.now_millis());
                 next_sync = Instant::now() + period;
             }
             tokio::select! {
@@ -495,9 +547,12 @@ impl Agent {
         self.sync_session_dirs(dir_states);
         let existing: Vec<&SessionView> = views.iter().map(|(view, _)| view).collect();
         self.keys.sync(&self.mesh, &existing, &membership).await;
-        self.publish_status(&plans, &reports).await;
+        let worker_events = self.publish_status(&plans, &reports).await;
         // After the status is out: recording events (fsync'd) must not delay what a
         // waiting command reads.
+        for (kind, message) in worker_events {
+            self.events.emit(&self.mesh, kind, message);
+        }
         if self.caught_up(&membership) {
             self.monitor_events(&reports);
             self.peer_events(&membership);
@@ -630,7 +685,8 @@ impl Agent {
         &self,
         plans: &BTreeMap<SessionId, SessionPlan>,
         reports: &BTreeMap<SessionId, MonitorReport>,
-    ) {
+    ) -> Vec<(&'static str, BTreeMap<String, String>)> {
+        let mut worker_events = Vec::new();
         let mut wanted: BTreeSet<String> = BTreeSet::new();
         for (id, report) in reports {
             let primary = plans.get(id).is_some_and(SessionPlan::is_primary);
@@ -662,7 +718,13 @@ impl Agent {
                         let Ok(mut published) = self.published.lock() else {
                             continue;
                         };
-                        let before = published.insert(id.clone(), stable);
+                        let before = published.insert(id.clone(), stable.clone());
+                        worker_events.extend(worker_changes(
+                            id,
+                            &self.config.node_id,
+                            before.as_ref(),
+                            &stable,
+                        ));
                         before.map(|b| b.report.desired_stamp) != Some(report.desired_stamp.clone())
                     };
                     // Whoever issued the command may be waiting for this report: tell
@@ -683,6 +745,7 @@ impl Agent {
         if let Ok(mut published) = self.published.lock() {
             published.retain(|id, _| wanted.contains(&monitor_key(id)));
         }
+        worker_events
     }
 
     /// Persists the mesh snapshot if it changed since the last write.

@@ -38,6 +38,8 @@ use crate::ledger::reflects;
 
 /// Name of the event-stream invariant.
 pub const EVENTS_INVARIANT: &str = "events equal and gap-free on every node";
+/// The name of the webhook invariant in reports.
+pub const WEBHOOK_INVARIANT: &str = "every event reached the webhook receiver";
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -305,7 +307,52 @@ pub async fn quiet_invariants(cluster: &SimCluster) -> Result<(), Violation> {
         .await
         .map_err(|d| fail("membership agrees", d))?;
     events_equal(cluster).map_err(|d| fail(EVENTS_INVARIANT, d))?;
+    webhook_delivered(cluster)
+        .await
+        .map_err(|d| fail(WEBHOOK_INVARIANT, d))?;
     Ok(())
+}
+
+/// Every event of the (equal) merged stream stamped after the webhook was added has
+/// reached the receiver at least once.
+async fn webhook_delivered(cluster: &SimCluster) -> Result<(), String> {
+    use georep_api::types::StreamItem;
+    use georep_mesh::Hlc;
+    let Some(agent) = cluster.nodes.iter().find_map(|n| n.agent()) else {
+        return Ok(());
+    };
+    let list = agent.webhook_list().await;
+    let Some(hook) = list
+        .webhooks
+        .iter()
+        .find(|w| w.url == crate::receiver::SIM_WEBHOOK_URL)
+    else {
+        return Err("no live node lists the webhook".into());
+    };
+    let added = Hlc::parse(&hook.added).ok_or("unparsable webhook stamp")?;
+    let missing: Vec<String> = agent
+        .event_stream()
+        .into_iter()
+        .filter_map(|item| match item {
+            StreamItem::Event(e) => Some(e),
+            StreamItem::Gap { .. } => None,
+        })
+        .filter(|e| Hlc::parse(&e.hlc).is_some_and(|h| h >= added))
+        .filter(|e| !cluster.receiver.has(&e.id))
+        .map(|e| e.id)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} events never reached the receiver (first {}); {} state {}, pending {}",
+            missing.len(),
+            missing[0],
+            hook.url,
+            hook.state,
+            hook.pending
+        ))
+    }
 }
 
 /// Every live node holds the same merged event stream, without gaps.

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use georep_agent::Agent;
+use georep_api::types::WebhookRequest;
+
+use crate::receiver::{SIM_WEBHOOK_URL, SimReceiver};
 use georep_agent::MonitorCommand;
 use georep_agent::ProcessBackend;
 use georep_agent::SupervisePolicy;
@@ -159,6 +162,8 @@ pub struct SimCluster {
     policy: SupervisePolicy,
     bug: Option<Bug>,
     directory: Directory,
+    /// The webhook receiver every agent delivers to.
+    pub receiver: Arc<SimReceiver>,
     _root: TempDir,
 }
 
@@ -185,6 +190,8 @@ impl SimCluster {
             let mut config = AgentConfig::for_test(&id, &data_dir);
             config.gossip_interval_ms = spec.gossip_interval.as_millis() as u64;
             config.persist_inline = true;
+            // Receiver outages are short: retries come back within the quiet time.
+            config.webhook_backoff_max_ms = 3_000;
             config.monitor_command = Some(
                 MonitorCommand::parse("sim-monitor --session {session} --node {node}")
                     .expect("a valid template"),
@@ -240,6 +247,7 @@ impl SimCluster {
             policy: spec.policy.clone(),
             bug: spec.bug,
             directory: Arc::new(Mutex::new(BTreeMap::new())),
+            receiver: Arc::new(SimReceiver::new(origin)),
             _root: root,
         };
         // Boots are spread over one gossip interval: nodes started in the same virtual
@@ -248,6 +256,23 @@ impl SimCluster {
             cluster.boot(i).await?;
             let next = spec.gossip_interval.mul_f64((i + 1) as f64 / n as f64);
             tokio::time::sleep_until(origin + next).await;
+        }
+        // One webhook, added on the first node before any command: every event from
+        // then on must reach the receiver.
+        if let Some(agent) = cluster.nodes[0].agent() {
+            agent
+                .webhook_write(WebhookRequest {
+                    action: "add".into(),
+                    url: SIM_WEBHOOK_URL.into(),
+                    format: None,
+                    token: None,
+                    secret: None,
+                    ca_pem: None,
+                    wait: false,
+                    timeout_ms: 0,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot add the simulated webhook: {e}"))?;
         }
         Ok(cluster)
     }
@@ -298,6 +323,7 @@ impl SimCluster {
         )
         .await
         .with_context(|| format!("{}: agent did not start", node.id))?;
+        agent.set_webhook_transport(self.receiver.clone());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(agent.clone().run_loop(shutdown.clone()));
         directory_lock(&self.directory).insert(node.id.clone(), Arc::downgrade(&agent));

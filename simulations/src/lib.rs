@@ -33,6 +33,7 @@ mod duration;
 mod ledger;
 mod metrics;
 mod plot;
+mod receiver;
 mod report;
 mod scenario;
 

@@ -279,3 +279,50 @@ fn follow_prints_new_events_and_retention_shows_a_gap() {
         "{stream:?}"
     );
 }
+
+#[test]
+fn built_in_workers_report_active_and_passive_per_brick() {
+    // The built-in monitor: in replica set 0 (n1, n2) one worker is Active and one
+    // Passive; n3 alone in set 1 is Active.
+    let cluster = Cluster::five_nodes(None);
+    cluster.ok(0, &["create", "gv0", SECONDARY]);
+    cluster.ok(1, &["start", "gv0", SECONDARY]);
+    let kinds = |cluster: &Cluster| {
+        let mut found: Vec<(String, String)> = events(
+            cluster,
+            4,
+            &["--type", "GEOREP_ACTIVE", "--type", "GEOREP_PASSIVE"],
+        )
+        .iter()
+        .map(|e| {
+            assert_eq!(e["message"]["primary_volume"], "gv0", "{e}");
+            assert_eq!(e["message"]["secondary_host"], "n4", "{e}");
+            assert_eq!(e["message"]["secondary_volume"], "gv1", "{e}");
+            assert!(e["message"]["brick_path"].is_string(), "{e}");
+            assert_eq!(e["message"]["primary_node"], e["origin"], "{e}");
+            (
+                e["origin"].as_str().unwrap_or_default().to_string(),
+                e["event"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+        found.sort();
+        found
+    };
+    cluster.wait_until(WAIT, "one event per worker", || kinds(&cluster).len() >= 3);
+    let found = kinds(&cluster);
+    let active: Vec<&str> = found
+        .iter()
+        .filter(|(_, k)| k == "GEOREP_ACTIVE")
+        .map(|(o, _)| o.as_str())
+        .collect();
+    let passive: Vec<&str> = found
+        .iter()
+        .filter(|(_, k)| k == "GEOREP_PASSIVE")
+        .map(|(o, _)| o.as_str())
+        .collect();
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(passive.len(), 1, "{found:?}");
+    assert!(active.contains(&"n3"), "{found:?}");
+    assert!(["n1", "n2"].contains(&passive[0]), "{found:?}");
+}

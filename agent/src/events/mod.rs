@@ -1,6 +1,8 @@
 //! The cluster-wide event stream.
 //!
 //! - `journal`: per-origin journals on disk, retention, gaps.
+//! - `flapping`: Kubernetes-style aggregation of a flapping source (counted, and
+//!   reported by `EVENTS_SUPPRESSED` records, never dropped silently).
 //!
 //! Each node appends what it observes or causes to its own stream (`emit`): events
 //! `(origin, epoch, seq)` with `seq` contiguous within the stream across restarts, an
@@ -14,6 +16,7 @@
 //!
 //! [`FrameKind::App`]: georep_mesh::FrameKind::App
 
+mod flapping;
 mod journal;
 
 use std::collections::BTreeMap;
@@ -119,6 +122,8 @@ pub struct EventHub {
     decoded: Mutex<BTreeMap<String, (String, Ranges)>>,
     /// Turns the choice of a peer to pull a dead writer's stream from.
     round: Mutex<u64>,
+    /// Flapping sources and what they suppressed.
+    flapping: Mutex<flapping::Flapping>,
     /// Woken when this node recorded an event (advertise it now).
     pub(crate) wake: tokio::sync::Notify,
     changed: watch::Sender<u64>,
@@ -152,6 +157,7 @@ impl EventHub {
             advertised: Mutex::new(None),
             round: Mutex::new(0),
             decoded: Mutex::new(BTreeMap::new()),
+            flapping: Mutex::new(flapping::Flapping::default()),
             wake: tokio::sync::Notify::new(),
             changed: watch::channel(0).0,
         })
@@ -162,8 +168,32 @@ impl EventHub {
         self.changed.subscribe()
     }
 
-    /// Records an event of this node in its stream (fsync'd).
+    /// Records an event of this node in its stream (fsync'd), unless it comes from a
+    /// flapping source (then it is counted, see `flapping`).
     pub fn emit(&self, mesh: &MeshNode, kind: &str, message: BTreeMap<String, String>) {
+        let now_ms = mesh.stamp().millis;
+        let records = match self.flapping.lock() {
+            Ok(mut flapping) => flapping.admit(kind, message, now_ms),
+            Err(_) => vec![(kind.to_string(), message)],
+        };
+        for (kind, message) in records {
+            self.append_own(mesh, &kind, message);
+        }
+    }
+
+    /// Records the summaries of aggregation windows that ended.
+    pub fn flush_flapping(&self, mesh: &MeshNode, now_ms: u64) {
+        let records = self
+            .flapping
+            .lock()
+            .map(|mut f| f.flush(now_ms))
+            .unwrap_or_default();
+        for (kind, message) in records {
+            self.append_own(mesh, &kind, message);
+        }
+    }
+
+    fn append_own(&self, mesh: &MeshNode, kind: &str, message: BTreeMap<String, String>) {
         let Ok(mut journal) = self.journal.lock() else {
             return;
         };

@@ -440,6 +440,7 @@ pub(super) async fn finish(
         "acknowledged commands reflected",
         "membership agrees",
         checks::EVENTS_INVARIANT,
+        checks::WEBHOOK_INVARIANT,
     ] {
         invariants.insert(name.to_string(), verdict(name));
     }
