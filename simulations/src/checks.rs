@@ -14,7 +14,10 @@
 //! - **membership agrees**: every live node sees every live node live, in the
 //!   generation it currently runs;
 //! - **events equal and gap-free**: every live node's merged event stream is the same,
-//!   with no gap (retention is not exercised here: a gap means an event was lost).
+//!   with no gap (retention is not exercised here: a gap means an event was lost);
+//! - **every event reached the webhook receiver**: every event of that stream stamped
+//!   after the cluster's webhook was added was acknowledged by the simulated receiver
+//!   (which refuses deliveries 1.4 s of every 7 s) at least once.
 //!
 //! At every sample (continuously):
 //! - **one monitor per session per node**: never two live monitors of one session on a
