@@ -43,6 +43,8 @@ use georep_store::{StateFile, StoreError};
 
 mod answers;
 mod hooks;
+mod observed;
+use observed::worker_changes;
 
 /// Key prefix of the per-session status each node publishes.
 pub const MONITOR_PREFIX: &str = "m/";
@@ -124,58 +126,10 @@ pub struct Agent {
     last_monitor_states: Mutex<BTreeMap<SessionId, (MonitorState, u32)>>,
     /// The live members last seen (PEER_* events on change).
     last_live: Mutex<Option<BTreeSet<String>>>,
+    /// The volumes last seen (VOLUME_* events on change).
+    last_volumes: Mutex<Option<BTreeMap<String, crate::events::volumes::VolumeState>>>,
     /// The node info last published, and when the bricks were last measured.
     bricks_checked: Mutex<(NodeInfo, Instant)>,
-}
-
-/// GEOREP_ACTIVE / GEOREP_PASSIVE / GEOREP_CHECKPOINT_COMPLETED for every local
-/// worker whose status changed between two published statuses (gluster's keys).
-fn worker_changes(
-    id: &SessionId,
-    node: &str,
-    before: Option<&NodeSessionStatus>,
-    now: &NodeSessionStatus,
-) -> Vec<(&'static str, BTreeMap<String, String>)> {
-    use georep_api::WorkerStatus;
-    let mut out = Vec::new();
-    for worker in &now.workers {
-        let old = before.and_then(|b| b.workers.iter().find(|w| w.brick == worker.brick));
-        let mut kinds = Vec::new();
-        if old.is_none_or(|o| o.status != worker.status) {
-            match worker.status {
-                WorkerStatus::Active => kinds.push("GEOREP_ACTIVE"),
-                WorkerStatus::Passive => kinds.push("GEOREP_PASSIVE"),
-                _ => {}
-            }
-        }
-        if worker.checkpoint_completed && !old.is_some_and(|o| o.checkpoint_completed) {
-            kinds.push("GEOREP_CHECKPOINT_COMPLETED");
-        }
-        for kind in kinds {
-            let mut message: BTreeMap<String, String> = [
-                ("primary", id.primary_volume.clone()),
-                ("secondary", id.secondary()),
-                ("primary_volume", id.primary_volume.clone()),
-                ("primary_node", node.to_string()),
-                ("secondary_host", id.secondary_host.clone()),
-                ("secondary_volume", id.secondary_volume.clone()),
-                ("brick_path", worker.brick.clone()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            if kind == "GEOREP_CHECKPOINT_COMPLETED" {
-                if let Some(t) = &worker.checkpoint_time {
-                    message.insert("checkpoint_time".into(), t.clone());
-                }
-                if let Some(t) = &worker.checkpoint_completion_time {
-                    message.insert("checkpoint_completion_time".into(), t.clone());
-                }
-            }
-            out.push((kind, message));
-        }
-    }
-    out
 }
 
 /// How often an agent looks again for brick directories that did not exist.
@@ -338,6 +292,7 @@ impl Agent {
             webhooks,
             last_monitor_states: Mutex::new(BTreeMap::new()),
             last_live: Mutex::new(None),
+            last_volumes: Mutex::new(None),
             bricks_checked: Mutex::new((info, Instant::now())),
         });
         agent.persist().await;
@@ -463,6 +418,40 @@ impl Agent {
                     }
                 }
             }
+            for facts in &info.facts {
+                let full = |f: &BrickFacts| {
+                    f.reachable
+                        && f.size_bytes > 0
+                        && f.free_bytes.saturating_mul(100) < f.size_bytes
+                };
+                let was = checked
+                    .0
+                    .facts
+                    .iter()
+                    .find(|f| f.path == facts.path)
+                    .is_some_and(full);
+                let is = full(facts);
+                if was != is {
+                    let volume = info
+                        .bricks
+                        .iter()
+                        .find(|b| b.path == facts.path)
+                        .map(|b| b.volume.clone())
+                        .unwrap_or_default();
+                    self.events.emit(
+                        &self.mesh,
+                        if is { "BRICK_FULL" } else { "BRICK_NOT_FULL" },
+                        [
+                            ("peer".to_string(), self.config.node_id.clone()),
+                            ("volume".to_string(), volume),
+                            ("brick".to_string(), facts.path.clone()),
+                            ("free_bytes".to_string(), facts.free_bytes.to_string()),
+                            ("size_bytes".to_string(), facts.size_bytes.to_string()),
+                        ]
+                        .into(),
+                    );
+                }
+            }
             checked.0.clone_from(&info);
             info
         };
@@ -556,77 +545,9 @@ impl Agent {
         if self.caught_up(&membership) {
             self.monitor_events(&reports);
             self.peer_events(&membership);
+            self.volume_events(&membership);
         }
         self.persist().await;
-    }
-
-    /// MONITOR_STARTED / MONITOR_RESTARTED / MONITOR_STOPPED / GEOREP_FAULTY for every
-    /// session whose monitor changed state on this node since the last pass.
-    fn monitor_events(&self, reports: &BTreeMap<SessionId, MonitorReport>) {
-        let Ok(mut last) = self.last_monitor_states.lock() else {
-            return;
-        };
-        for (id, report) in reports {
-            let before = last.insert(id.clone(), (report.state, report.restarts));
-            let kind = match (before, report.state) {
-                (Some((MonitorState::Started, r)), MonitorState::Started)
-                    if report.restarts > r =>
-                {
-                    "MONITOR_RESTARTED"
-                }
-                (Some((was, _)), now) if was == now => continue,
-                (_, MonitorState::Started) => "MONITOR_STARTED",
-                (Some(_), MonitorState::Stopped) => "MONITOR_STOPPED",
-                (_, MonitorState::Faulty) => "GEOREP_FAULTY",
-                _ => continue,
-            };
-            let mut message: BTreeMap<String, String> = [
-                ("primary".to_string(), id.primary_volume.clone()),
-                ("secondary".to_string(), id.secondary()),
-                ("primary_node".to_string(), self.config.node_id.clone()),
-            ]
-            .into();
-            if let Some(error) = &report.last_error {
-                message.insert("error".into(), error.clone());
-            }
-            if let Some(pid) = report.pid {
-                message.insert("monitor_pid".into(), pid.to_string());
-            }
-            self.events.emit(&self.mesh, kind, message);
-        }
-        last.retain(|id, _| reports.contains_key(id));
-    }
-
-    /// PEER_CONNECT / PEER_DISCONNECT, reported once cluster-wide: by the live node with
-    /// the lowest id other than the subject. During a partition each side's lowest node
-    /// reports what it sees (one report per side).
-    fn peer_events(&self, membership: &Membership) {
-        let live: BTreeSet<String> = membership.live().map(|m| m.node_id.clone()).collect();
-        let Ok(mut last) = self.last_live.lock() else {
-            return;
-        };
-        let Some(before) = last.replace(live.clone()) else {
-            return;
-        };
-        let me = &self.config.node_id;
-        for (kind, nodes) in [
-            ("PEER_CONNECT", live.difference(&before).collect::<Vec<_>>()),
-            (
-                "PEER_DISCONNECT",
-                before.difference(&live).collect::<Vec<_>>(),
-            ),
-        ] {
-            for node in nodes {
-                let reporter = live.iter().find(|n| *n != node);
-                if reporter == Some(me) {
-                    self.events.emit(
-                        &self.mesh,
-                        kind,
-                        [("peer".to_string(), node.clone())].into(),
-                    );
-                }
-            }
-        }
     }
 
     /// Writes the session directories when what they must contain changed, and at

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 
 pub mod loopback_ns;
 pub mod sites;
+pub mod tmpfs;
 
 /// Where the workspace's binaries are: `GEOREP_BIN_DIR`, else the target directory this
 /// test binary runs from.

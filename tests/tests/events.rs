@@ -326,3 +326,59 @@ fn built_in_workers_report_active_and_passive_per_brick() {
     assert!(active.contains(&"n3"), "{found:?}");
     assert!(["n1", "n2"].contains(&passive[0]), "{found:?}");
 }
+
+#[test]
+fn volume_status_is_reported_once_and_a_filling_brick_is_reported() {
+    let mut mounts = georep_tests::tmpfs::Tmpfs::default();
+    let scratch = tempfile::tempdir().unwrap();
+    let small = scratch.path().join("small");
+    mounts.mount(&small, "4m");
+    let mut cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0"]),
+            NodeSpec::new("n3", &[&format!("gv1:{}", small.display())]),
+        ],
+        Some(TEST_MONITOR),
+    );
+    for i in 0..3 {
+        cluster.wait_live(i, 3, WAIT);
+    }
+    let volume_events = |cluster: &Cluster, status: &str| -> Vec<Value> {
+        events(cluster, 2, &["--type", "VOLUME_STATUS"])
+            .into_iter()
+            .filter(|e| e["message"]["name"] == "gv0" && e["message"]["status"] == status)
+            .collect()
+    };
+    // n2 dies: gv0 is degraded (1 of 2 bricks up), reported once, by n1.
+    cluster.kill9(1);
+    cluster.wait_until(WAIT, "gv0 reported degraded", || {
+        !volume_events(&cluster, "degraded").is_empty()
+    });
+    cluster.restart(1);
+    cluster.wait_until(WAIT, "gv0 reported online again", || {
+        !volume_events(&cluster, "online").is_empty()
+    });
+    let degraded = volume_events(&cluster, "degraded");
+    assert_eq!(degraded.len(), 1, "once cluster-wide: {degraded:?}");
+    assert_eq!(degraded[0]["origin"], "n1");
+    assert_eq!(degraded[0]["message"]["brick_count"], "2");
+    assert_eq!(degraded[0]["message"]["bricks_up"], "1");
+    assert!(degraded[0]["message"]["id"].is_string());
+
+    // n3's 4 MiB brick fills up, then is emptied.
+    let _ = std::fs::write(small.join("fill"), vec![7u8; 8 << 20]);
+    let brick_events = |cluster: &Cluster, kind: &str| events(cluster, 0, &["--type", kind]);
+    cluster.wait_until(WAIT, "the full brick reported", || {
+        !brick_events(&cluster, "BRICK_FULL").is_empty()
+    });
+    let full = brick_events(&cluster, "BRICK_FULL");
+    assert_eq!(full[0]["origin"], "n3");
+    assert_eq!(full[0]["message"]["volume"], "gv1");
+    assert_eq!(full[0]["message"]["brick"], small.display().to_string());
+    std::fs::remove_file(small.join("fill")).unwrap();
+    cluster.wait_until(WAIT, "the brick reported not full again", || {
+        !brick_events(&cluster, "BRICK_NOT_FULL").is_empty()
+    });
+    drop(cluster);
+}

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use georep_tests::tmpfs::Tmpfs;
 use georep_tests::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS, TEST_MONITOR, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -507,40 +508,6 @@ fn a_primary_key_logs_in_through_sshd_only_to_its_forced_command_and_only_from_i
     );
 }
 
-/// tmpfs mounts made by a test, unmounted (lazily, even when busy) on drop.
-struct Tmpfs(Vec<PathBuf>);
-
-impl Tmpfs {
-    fn mount(&mut self, dir: &Path, size: &str) {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "georep-test-brick",
-            ])
-            .arg(dir)
-            .output()
-            .expect("mount (util-linux)");
-        assert!(
-            out.status.success(),
-            "mount tmpfs (needs root): {}",
-            text(&out.stderr)
-        );
-        self.0.push(dir.to_path_buf());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(dir).status();
-        }
-    }
-}
-
 /// `georep --json create ARGS` on node 0: (exit code, code, message).
 fn create(cluster: &Cluster, args: &[&str]) -> (Option<i32>, String, String) {
     let mut all = vec!["--json", "create"];
@@ -558,7 +525,7 @@ fn create(cluster: &Cluster, args: &[&str]) -> (Option<i32>, String, String) {
 fn create_verifies_the_secondary_on_real_bricks_and_force_overrides_what_it_may() {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path();
-    let mut mounts = Tmpfs(Vec::new());
+    let mut mounts = Tmpfs::default();
     mounts.mount(&root.join("primary"), "64m");
     mounts.mount(&root.join("small"), "16m");
     mounts.mount(&root.join("large"), "128m");

@@ -1,6 +1,8 @@
 //! The cluster-wide event stream.
 //!
 //! - `journal`: per-origin journals on disk, retention, gaps.
+//! - `volumes`: volume status from the membership, and the VOLUME_* events of its
+//!   changes.
 //! - `flapping`: Kubernetes-style aggregation of a flapping source (counted, and
 //!   reported by `EVENTS_SUPPRESSED` records, never dropped silently).
 //!
@@ -18,6 +20,7 @@
 
 mod flapping;
 mod journal;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
