@@ -56,8 +56,8 @@ pub use network::{
     LinkStatsSnapshot, MAX_FRAME_PAYLOAD, Received, TransportError,
 };
 pub use node::{
-    APP_QUEUE, FORGET_PREFIX, MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY, SEEN_KEY,
-    SESSION_PREFIX, WriteProgress, WriteReceipt,
+    APP_QUEUE, FORGET_PREFIX, MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY, OwnedValues,
+    SEEN_KEY, SESSION_PREFIX, WriteProgress, WriteReceipt,
 };
 pub use quic::{QuicLink, QuicOptions};
 pub use state::{

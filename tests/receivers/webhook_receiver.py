@@ -6,7 +6,8 @@ Usage: webhook_receiver.py PORT OUT CONTROL [--token T] [--jwt-secret S]
                            [--standard-secret whsec_...]
 
 Each delivery is appended to OUT as one JSON line: the body's id, event, nodeid, ts,
-message, the raw body, and `verified` (with `why` when false). CONTROL is re-read on
+message, the raw body, `received_at` (Unix seconds), and `verified` (with `why`
+when false). CONTROL is re-read on
 every request: `ok` answers 204, a number answers that status (with Retry-After: 1 for
 503), `slow` answers 204 after 300 ms.
 """
@@ -97,6 +98,7 @@ class Handler(BaseHTTPRequestHandler):
             "nodeid": payload.get("nodeid"), "ts": payload.get("ts"),
             "message": payload.get("message"), "keys": sorted(payload.keys()),
             "body": body.decode("utf-8", "replace"), "verified": why is None, "why": why,
+            "received_at": time.time(),
         }
         with LOCK, open(OUT, "a") as out:
             out.write(json.dumps(record) + "\n")

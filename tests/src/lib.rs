@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod loopback_ns;
+pub mod receiver;
 pub mod sites;
 pub mod tmpfs;
 

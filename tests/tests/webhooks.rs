@@ -4,114 +4,16 @@
 //! list replicated to a node that was down and across a partition.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use georep_tests::loopback_ns::LoopbackNs;
-use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, free_port};
+use georep_tests::receiver::Receiver;
+use georep_tests::{Cluster, NodeSpec, TEST_MONITOR};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 const SECONDARY: &str = "n4::gv1";
 const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// One `webhook_receiver.py`, killed on drop.
-struct Receiver {
-    port: u16,
-    dir: tempfile::TempDir,
-    options: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Receiver {
-    fn start(options: &[&str]) -> Receiver {
-        let mut receiver = Receiver {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            options: options.iter().map(|o| o.to_string()).collect(),
-            child: None,
-        };
-        receiver.up();
-        receiver
-    }
-
-    fn script() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("receivers/webhook_receiver.py")
-    }
-
-    fn up(&mut self) {
-        let child = Command::new("/usr/bin/python3")
-            .arg(Self::script())
-            .arg(self.port.to_string())
-            .arg(self.dir.path().join("received.jsonl"))
-            .arg(self.dir.path().join("control"))
-            .args(&self.options)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("run /usr/bin/python3 (the test receiver)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "the receiver did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn set(&self, mode: &str) {
-        std::fs::write(self.dir.path().join("control"), mode).unwrap();
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("received.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn ids(&self) -> BTreeSet<String> {
-        self.received()
-            .iter()
-            .filter_map(|r| r["id"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    /// Every delivery verified, and every duplicate identical to the first.
-    fn assert_authentic(&self) {
-        let mut by_id: BTreeMap<String, String> = BTreeMap::new();
-        for record in self.received() {
-            assert_eq!(record["verified"], true, "{record}");
-            assert_eq!(
-                record["keys"],
-                serde_json::json!(["event", "id", "message", "nodeid", "ts"]),
-                "gluster's keys plus id: {record}"
-            );
-            let id = record["id"].as_str().unwrap().to_string();
-            let body = record["body"].as_str().unwrap().to_string();
-            let first = by_id.entry(id.clone()).or_insert(body.clone());
-            assert_eq!(*first, body, "a duplicate of {id} differs");
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 /// `--json webhook list` on node `i`, by URL.
 fn webhooks(cluster: &Cluster, i: usize) -> BTreeMap<String, Value> {

@@ -65,15 +65,23 @@ fn requested_config(
 }
 
 impl Agent {
-    /// Keeps the webhook list joined with the peers' and delivers: a step every gossip
-    /// interval and whenever events were appended; rounds run as tasks, their results
-    /// recorded as they finish.
+    /// Keeps the webhook list joined with the peers' (every gossip interval) and
+    /// delivers: rounds are looked for after every interval, when a round finished,
+    /// and shortly after this node recorded events (coalesced); events replicated from
+    /// others are delivered by their writer while it lives, so they wait for the
+    /// interval (at hundreds of nodes they arrive many times per interval); rounds run
+    /// as tasks, their results recorded as they finish.
     pub(super) async fn webhooks_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let period = Duration::from_millis(self.config.gossip_interval_ms);
-        let mut appended = self.events.subscribe();
+        let coalesce = (period / 4).min(Duration::from_millis(10));
+        let mut appended = self.events.subscribe_own();
         let mut rounds = tokio::task::JoinSet::new();
+        let mut next_sync = Instant::now();
         loop {
-            self.webhooks.sync(&self.mesh).await;
+            if Instant::now() >= next_sync {
+                self.webhooks.sync(&self.mesh).await;
+                next_sync = Instant::now() + period;
+            }
             let membership = self.mesh.topology().await;
             for job in self.webhooks.due(&self.events, &membership) {
                 let wall = self.wall.clone();
@@ -92,8 +100,8 @@ impl Agent {
                         self.webhooks.finish(result, self.wall.now_millis(), || self.mesh.stamp());
                     }
                 }
-                _ = appended.changed() => {}
-                _ = tokio::time::sleep(period) => {}
+                _ = appended.changed() => tokio::time::sleep(coalesce).await,
+                _ = tokio::time::sleep_until(next_sync) => {}
             }
         }
     }

@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use georep_api::types::{EventRow, GapRow, StreamItem};
-use georep_mesh::{Hlc, Membership, MeshNode, Received, codec};
+use georep_mesh::{Hlc, Membership, MeshNode, OwnedValues, Received, codec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -123,6 +123,8 @@ pub struct EventHub {
     advertised: Mutex<Option<String>>,
     /// Decoded advertisements, by node: the raw value and what it says.
     decoded: Mutex<BTreeMap<String, (String, Ranges)>>,
+    /// Every node's advertisement, as last read.
+    seen: Mutex<OwnedValues>,
     /// Turns the choice of a peer to pull a dead writer's stream from.
     round: Mutex<u64>,
     /// Flapping sources and what they suppressed.
@@ -130,6 +132,8 @@ pub struct EventHub {
     /// Woken when this node recorded an event (advertise it now).
     pub(crate) wake: tokio::sync::Notify,
     changed: watch::Sender<u64>,
+    /// Bumped when this node recorded one of its own events.
+    own_changed: watch::Sender<u64>,
 }
 
 impl EventHub {
@@ -160,15 +164,23 @@ impl EventHub {
             advertised: Mutex::new(None),
             round: Mutex::new(0),
             decoded: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(OwnedValues::default()),
             flapping: Mutex::new(flapping::Flapping::default()),
             wake: tokio::sync::Notify::new(),
             changed: watch::channel(0).0,
+            own_changed: watch::channel(0).0,
         })
     }
 
     /// Notified whenever events were appended.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Notified whenever this node recorded one of its own events (what it delivers
+    /// to webhooks while live; other streams are looked at on a timer).
+    pub fn subscribe_own(&self) -> watch::Receiver<u64> {
+        self.own_changed.subscribe()
     }
 
     /// Records an event of this node in its stream (fsync'd), unless it comes from a
@@ -214,6 +226,7 @@ impl EventHub {
                 tracing::debug!(event = kind, seq, "event recorded");
                 drop(journal);
                 self.changed.send_modify(|n| *n = n.wrapping_add(1));
+                self.own_changed.send_modify(|n| *n = n.wrapping_add(1));
                 self.wake.notify_one();
             }
             Ok(_) => tracing::warn!(event = kind, seq, "event not recorded: out of sequence"),
@@ -234,31 +247,38 @@ impl EventHub {
         {
             tracing::warn!(%error, "cannot apply event retention");
         }
-        let theirs = mesh.owned_values(EVENTS_KEY).await;
+        let mut theirs = self
+            .seen
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        mesh.track_owned_value(EVENTS_KEY, &mut theirs).await;
         // Decoded once per value (at hundreds of nodes decoding every advertisement on
         // every step is most of what a step costs).
         let advertised: BTreeMap<String, Ranges> = {
             let Ok(mut cache) = self.decoded.lock() else {
                 return;
             };
-            cache.retain(|node, _| theirs.contains_key(node));
+            cache.retain(|node, _| theirs.get(node).is_some());
             theirs
                 .iter()
-                .filter(|(node, _)| **node != self.node_id)
-                .filter_map(|(node, values)| {
-                    let raw = values.get(EVENTS_KEY)?;
+                .filter(|(node, _)| *node != self.node_id)
+                .filter_map(|(node, raw)| {
                     let ranges = match cache.get(node) {
                         Some((cached, ranges)) if cached == raw => ranges.clone(),
                         _ => {
                             let ranges = codec::decode::<Ranges>(raw).ok()?;
-                            cache.insert(node.clone(), (raw.clone(), ranges.clone()));
+                            cache.insert(node.to_string(), (raw.to_string(), ranges.clone()));
                             ranges
                         }
                     };
-                    Some((node.clone(), ranges))
+                    Some((node.to_string(), ranges))
                 })
                 .collect()
         };
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = theirs;
+        }
         let mine = self.journal.lock().map(|j| j.ranges()).unwrap_or_default();
         // Each node's current epoch: the newest stream of it anyone knows of. Older
         // streams of a node are orphans (their writer lost them with a disk).

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use georep_api::types::{WebhookRow, WebhookStreamRow};
-use georep_mesh::{Hlc, Membership, MeshNode, codec};
+use georep_mesh::{Hlc, Membership, MeshNode, OwnedValues, codec};
 use georep_store::StateFile;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -52,6 +52,9 @@ pub const DELIVERED_KEY: &str = "wd";
 const ROUND_EVENTS: usize = 32;
 /// First retry delay.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Cursors are published at most this often: every change is a key version every
+/// node gossips, and a cursor that lags only means a few duplicates after failover.
+const CURSOR_PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// Longest a `Retry-After` is honoured for.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 
@@ -192,10 +195,14 @@ pub struct Webhooks {
     saved: Mutex<Saved>,
     /// Per node, the raw list value last joined.
     joined: Mutex<BTreeMap<String, String>>,
+    /// Every node's published list and cursors, as last read.
+    seen: Mutex<(OwnedValues, OwnedValues)>,
     /// Per node, what it published under [`DELIVERED_KEY`] (raw, decoded).
     others: Mutex<BTreeMap<String, (String, Delivered)>>,
     workers: Mutex<BTreeMap<(String, String), Worker>>,
     published: Mutex<(Option<String>, Option<String>)>,
+    /// When the cursors were last published.
+    cursors_at: Mutex<Option<Instant>>,
     transport: RwLock<Arc<dyn Transport>>,
     policy: RetryPolicy,
 }
@@ -218,9 +225,11 @@ impl Webhooks {
             store,
             saved: Mutex::new(saved),
             joined: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(Default::default()),
             others: Mutex::new(BTreeMap::new()),
             workers: Mutex::new(BTreeMap::new()),
             published: Mutex::new((None, None)),
+            cursors_at: Mutex::new(None),
             transport: RwLock::new(Arc::new(HttpTransport)),
             policy,
         }
@@ -268,41 +277,46 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Joins every peer's list and cursors, and publishes this node's.
+    /// Joins every peer's list and cursors (what changed since the last call), and
+    /// publishes this node's.
     pub async fn sync(&self, mesh: &MeshNode) {
-        let lists = mesh.owned_values(WEBHOOKS_KEY).await;
+        let mut seen = self
+            .seen
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        let lists_changed = mesh.track_owned_value(WEBHOOKS_KEY, &mut seen.0).await;
+        let cursors_changed = mesh.track_owned_value(DELIVERED_KEY, &mut seen.1).await;
         let mut changed = false;
-        if let (Ok(mut joined), Ok(mut saved)) = (self.joined.lock(), self.saved.lock()) {
-            for (node, values) in &lists {
-                let Some(raw) = values.get(WEBHOOKS_KEY) else {
-                    continue;
-                };
-                if *node == self.node_id || joined.get(node) == Some(raw) {
+        if lists_changed
+            && let (Ok(mut joined), Ok(mut saved)) = (self.joined.lock(), self.saved.lock())
+        {
+            for (node, raw) in seen.0.iter() {
+                if node == self.node_id || joined.get(node).is_some_and(|r| r == raw) {
                     continue;
                 }
                 if let Ok(theirs) = codec::decode::<WebhookSet>(raw) {
                     changed |= saved.set.join(&theirs);
                 }
-                joined.insert(node.clone(), raw.clone());
+                joined.insert(node.to_string(), raw.to_string());
             }
         }
         if changed {
             self.persist();
         }
-        let cursors = mesh.owned_values(DELIVERED_KEY).await;
-        if let Ok(mut others) = self.others.lock() {
-            others.retain(|node, _| cursors.contains_key(node));
-            for (node, values) in cursors {
-                let Some(raw) = values.get(DELIVERED_KEY) else {
-                    continue;
-                };
-                if node == self.node_id || others.get(&node).is_some_and(|(r, _)| r == raw) {
+        if cursors_changed && let Ok(mut others) = self.others.lock() {
+            others.retain(|node, _| seen.1.get(node).is_some());
+            for (node, raw) in seen.1.iter() {
+                if node == self.node_id || others.get(node).is_some_and(|(r, _)| r == raw) {
                     continue;
                 }
                 if let Ok(theirs) = codec::decode::<Delivered>(raw) {
-                    others.insert(node, (raw.clone(), theirs));
+                    others.insert(node.to_string(), (raw.to_string(), theirs));
                 }
             }
+        }
+        if let Ok(mut s) = self.seen.lock() {
+            *s = seen;
         }
         self.publish(mesh).await;
     }
@@ -323,9 +337,16 @@ impl Webhooks {
             mesh.set_owned(WEBHOOKS_KEY, list.clone().unwrap_or_default())
                 .await;
         }
-        if cursors.is_some() && cursors != last.1 {
-            mesh.set_owned(DELIVERED_KEY, cursors.clone().unwrap_or_default())
-                .await;
+        let due = self
+            .cursors_at
+            .lock()
+            .is_ok_and(|at| at.is_none_or(|t| t.elapsed() >= CURSOR_PUBLISH_EVERY));
+        let cursors = cursors.filter(|c| due && Some(c) != last.1.as_ref());
+        if let Some(value) = &cursors {
+            mesh.set_owned(DELIVERED_KEY, value.clone()).await;
+            if let Ok(mut at) = self.cursors_at.lock() {
+                *at = Some(Instant::now());
+            }
         }
         if let Ok(mut published) = self.published.lock() {
             *published = (list.or(last.0), cursors.or(last.1));
