@@ -3,19 +3,23 @@
 independent of georepd's (Python's hmac and hashlib), and records it.
 
 Usage: webhook_receiver.py PORT OUT CONTROL [--token T] [--jwt-secret S]
-                           [--standard-secret whsec_...]
+                           [--standard-secret whsec_...] [--tls-cert PEM --tls-key PEM]
 
 Each delivery is appended to OUT as one JSON line: the body's id, event, nodeid, ts,
 message, the raw body, `received_at` (Unix seconds), and `verified` (with `why`
 when false). CONTROL is re-read on
 every request: `ok` answers 204, a number answers that status (with Retry-After: 1 for
-503), `slow` answers 204 after 300 ms.
+503), `retry-after:N` answers 503 with Retry-After: N, `slow` answers 204 after 300 ms.
+Every request, whatever the answer, is appended to OUT.attempts as `{"at", "status",
+"id"}`.
+With --tls-cert and --tls-key it serves HTTPS.
 """
 
 import base64
 import hashlib
 import hmac
 import json
+import ssl
 import sys
 import threading
 import time
@@ -73,15 +77,20 @@ def verify(headers, body, payload):
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.body = body
         try:
             with open(CONTROL) as f:
                 mode = f.read().strip() or "ok"
         except OSError:
             mode = "ok"
+        retry_after = "1"
+        if mode.startswith("retry-after:"):
+            mode, retry_after = "503", mode.split(":", 1)[1]
         if mode.isdigit():
+            self.attempt(int(mode))
             self.send_response(int(mode))
             if mode == "503":
-                self.send_header("Retry-After", "1")
+                self.send_header("Retry-After", retry_after)
             self.send_header("Content-Length", "4")
             self.end_headers()
             self.wfile.write(b"nope")
@@ -102,12 +111,26 @@ class Handler(BaseHTTPRequestHandler):
         }
         with LOCK, open(OUT, "a") as out:
             out.write(json.dumps(record) + "\n")
+        self.attempt(204 if why is None else 401)
         self.send_response(204 if why is None else 401)
         self.end_headers()
+
+    def attempt(self, status):
+        try:
+            first = json.loads(self.body)["id"]
+        except Exception:
+            first = None
+        with LOCK, open(OUT + ".attempts", "a") as out:
+            out.write(json.dumps({"at": time.time(), "status": status, "id": first}) + "\n")
 
     def log_message(self, *args):
         pass
 
 
 ThreadingHTTPServer.allow_reuse_address = True
-ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+if "--tls-cert" in OPTS:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(OPTS["--tls-cert"], OPTS["--tls-key"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -68,9 +68,28 @@ impl Receiver {
         std::fs::write(self.dir.path().join("control"), mode).unwrap();
     }
 
-    /// Its URL.
+    /// Its URL (`https` when started with `--tls-cert`).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        let scheme = if self.options.iter().any(|o| o == "--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Every request it answered: (Unix seconds, HTTP status, delivery id), in order.
+    pub fn attempts(&self) -> Vec<(f64, u16, String)> {
+        std::fs::read_to_string(self.dir.path().join("received.jsonl.attempts"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|a| {
+                let status = u16::try_from(a["status"].as_u64()?).ok()?;
+                let id = a["id"].as_str().unwrap_or_default().to_string();
+                Some((a["at"].as_f64()?, status, id))
+            })
+            .collect()
     }
 
     /// Every delivery it recorded.
