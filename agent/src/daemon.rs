@@ -98,7 +98,10 @@ async fn run_incarnation(
         backend,
         Arc::new(crate::host_facts::RealHostFacts),
         Arc::new(SystemClock),
-        SupervisePolicy::default(),
+        SupervisePolicy {
+            backoff_cap: std::time::Duration::from_millis(config.monitor_restart_max_ms),
+            ..SupervisePolicy::default()
+        },
         floor,
     )
     .await?;

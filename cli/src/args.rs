@@ -106,9 +106,23 @@ pub struct GlobalArgs {
         global = true,
         value_name = "SECS",
         default_value_t = DEFAULT_TIMEOUT_SECS,
-        value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+        value_parser = parse_timeout
     )]
     pub timeout: u64,
+}
+
+/// `--timeout`: whole seconds (`30`) or a duration (`30s`, `2m`), 1 s to 10 min.
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    let secs = match text.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{e} (seconds, or a duration such as 30s or 2m)"))?
+            .as_secs(),
+    };
+    if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!("must be 1 to {MAX_TIMEOUT_SECS} seconds"));
+    }
+    Ok(secs)
 }
 
 impl GlobalArgs {
@@ -822,6 +836,19 @@ mod tests {
         );
         assert_eq!(
             parse(&["nodes", "--timeout", "x"]).unwrap_err().exit_code(),
+            2
+        );
+        assert_eq!(
+            parse(&["nodes", "--timeout", "2m"])
+                .unwrap()
+                .globals
+                .timeout,
+            120
+        );
+        assert_eq!(
+            parse(&["nodes", "--timeout", "11m"])
+                .unwrap_err()
+                .exit_code(),
             2
         );
     }

@@ -382,3 +382,63 @@ fn volume_status_is_reported_once_and_a_filling_brick_is_reported() {
     });
     drop(cluster);
 }
+
+#[test]
+fn a_crash_looping_monitor_is_aggregated_into_a_suppression_record() {
+    // A monitor that dies 0.2 s after every start, retried every second.
+    let crashing = "/bin/sh -c 'sleep 0.2; exit 1' georep-crash-monitor {session_dir} {node}";
+    let restart = ["--monitor-restart-max", "1s"];
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]).with_args(&restart),
+            NodeSpec::new("n4", &["gv1:/bricks/n4/gv1"]).with_args(&restart),
+        ],
+        Some(crashing),
+    );
+    for i in 0..2 {
+        cluster.wait_live(i, 2, WAIT);
+    }
+    cluster.ok(1, &["create", "gv0", SECONDARY]);
+    // Not confirmed (the monitor never stays up): applied all the same.
+    let out = cluster.georep(1, &["--timeout", "1s", "start", "gv0", SECONDARY]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let restarted = |i: usize| {
+        events(
+            &cluster,
+            i,
+            &["--type", "MONITOR_RESTARTED", "--node", "n1"],
+        )
+        .len()
+    };
+    let suppressed = |i: usize| events(&cluster, i, &["--type", "EVENTS_SUPPRESSED"]);
+    cluster.wait_until(WAIT, "a suppression record on both nodes", || {
+        (0..2).all(|i| !suppressed(i).is_empty())
+    });
+    // The loop goes on (the supervisor keeps restarting it) ...
+    let restarts = || -> u64 {
+        cluster.json(0, &["status", "gv0", SECONDARY])["sessions"][0]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["restarts"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    cluster.wait_until(WAIT, "three more restarts", || restarts() >= 9);
+    // ... but its events stop at the burst, plus one record saying so.
+    for i in 0..2 {
+        assert_eq!(
+            restarted(i),
+            5,
+            "the first five restarts are recorded one by one"
+        );
+        let records = suppressed(i);
+        assert_eq!(records.len(), 1, "{records:?}");
+        let message = &records[0]["message"];
+        assert_eq!(message["event"], "MONITOR_RESTARTED", "{message}");
+        assert_eq!(message["state"], "started", "{message}");
+        assert_eq!(message["primary"], "gv0", "{message}");
+        assert_eq!(message["primary_node"], "n1", "{message}");
+        assert_eq!(message["window_s"], "300", "{message}");
+    }
+}

@@ -65,8 +65,12 @@ impl Agent {
         for (id, report) in reports {
             let before = last.insert(id.clone(), (report.state, report.restarts));
             let kind = match (before, report.state) {
-                (Some((MonitorState::Started, r)), MonitorState::Started)
-                    if report.restarts > r =>
+                // Restarted after a crash; also while Faulty (a crash loop keeps being
+                // retried: each retry is reported, flapping aggregation bounds them).
+                (Some((was, r)), now)
+                    if was == now
+                        && report.restarts > r
+                        && matches!(now, MonitorState::Started | MonitorState::Faulty) =>
                 {
                     "MONITOR_RESTARTED"
                 }

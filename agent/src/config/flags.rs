@@ -76,6 +76,10 @@ pub struct AgentArgs {
     /// URL` on any node). Refused with that advice.
     #[arg(long = "webhook", value_name = "URL", hide = true)]
     pub webhooks: Vec<String>,
+    /// Longest delay between restarts of a crashing monitor (the delay doubles from
+    /// 1 s up to this, as systemd's RestartMaxDelaySec), e.g. `30s` [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub monitor_restart_max: Option<std::time::Duration>,
     /// Longest delay between webhook delivery attempts (capped exponential backoff
     /// with jitter), e.g. `1m`, `30s` [default: 1m].
     #[arg(long, value_name = "DURATION", value_parser = parse_age)]

@@ -30,6 +30,7 @@ pub(super) struct FileConfig {
     pub(super) ssh_gsyncd_command: Option<Spanned<String>>,
     pub(super) ssh_tar_command: Option<Spanned<String>>,
     pub(super) webhooks: Option<Spanned<Vec<String>>>,
+    pub(super) monitor_restart_max: Option<Spanned<String>>,
     pub(super) webhook_backoff_max: Option<Spanned<String>>,
     pub(super) webhook_park_after: Option<Spanned<String>>,
     pub(super) inject_delay: Option<Vec<Spanned<String>>>,
@@ -504,6 +505,12 @@ pub(super) fn resolve(
             (None, None) => Ok(default),
         }
     };
+    let monitor_restart_max_ms = duration(
+        args.monitor_restart_max,
+        file.monitor_restart_max,
+        "monitor_restart_max",
+        super::DEFAULT_MONITOR_RESTART_MAX_MS,
+    )?;
     let webhook_backoff_max_ms = duration(
         args.webhook_backoff_max,
         file.webhook_backoff_max,
@@ -563,6 +570,7 @@ pub(super) fn resolve(
         events_max_age_ms,
         ssh_gsyncd_command,
         ssh_tar_command,
+        monitor_restart_max_ms,
         webhook_backoff_max_ms,
         webhook_park_after_ms,
         inject_delay,
@@ -697,6 +705,7 @@ impl AgentConfig {
             events_max_age_ms: DEFAULT_EVENTS_MAX_AGE_MS,
             ssh_gsyncd_command: DEFAULT_GSYNCD_COMMAND.to_string(),
             ssh_tar_command: DEFAULT_TAR_COMMAND.to_string(),
+            monitor_restart_max_ms: super::DEFAULT_MONITOR_RESTART_MAX_MS,
             webhook_backoff_max_ms: super::DEFAULT_WEBHOOK_BACKOFF_MAX_MS,
             webhook_park_after_ms: super::DEFAULT_WEBHOOK_PARK_AFTER_MS,
             inject_delay: Vec::new(),

@@ -30,6 +30,8 @@ pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_EVENTS_MAX_BYTES: u64 = 64 << 20;
 /// Age of journaled events kept by default (7 days).
 pub const DEFAULT_EVENTS_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Default longest delay between restarts of a crashing monitor (30 s).
+pub const DEFAULT_MONITOR_RESTART_MAX_MS: u64 = 30 * 1000;
 /// Default longest delay between webhook delivery attempts (1 minute).
 pub const DEFAULT_WEBHOOK_BACKOFF_MAX_MS: u64 = 60 * 1000;
 /// Default time a failing webhook is retried before it is parked (3 days).
@@ -130,6 +132,14 @@ pub struct AgentConfig {
     pub ssh_gsyncd_command: String,
     /// Forced command of the primaries' tar (`tar_ssh.pem`) keys on this node.
     pub ssh_tar_command: String,
+    /// Longest delay between restarts of a crashing monitor (ms; `monitor_restart_max
+    /// = "30s"` in the file): the restart backoff doubles from 1 s up to this.
+    #[serde(
+        rename = "monitor_restart_max",
+        serialize_with = "age_to_text",
+        deserialize_with = "age_from_text"
+    )]
+    pub monitor_restart_max_ms: u64,
     /// Longest delay between webhook delivery attempts (ms; `webhook_backoff_max =
     /// "1m"` in the file).
     #[serde(

@@ -122,6 +122,7 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "events_max_bytes",
         "events_max_age",
         "ssh_tar_command",
+        "monitor_restart_max",
         "webhook_backoff_max",
         "webhook_park_after",
         "inject_delay",

@@ -407,6 +407,14 @@ impl EventHub {
         self.journal.lock().map(|j| j.ranges()).unwrap_or_default()
     }
 
+    /// The streams held here that `keep` accepts (without copying the others).
+    pub fn streams_where(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<String> {
+        self.journal
+            .lock()
+            .map(|j| j.logs().keys().filter(|s| keep(s)).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Up to `limit` events of `stream` after seq `after`, and the stream's floor here
     /// (the oldest seq held); `None` if this node holds nothing of it.
     pub fn after(&self, stream: &str, after: u64, limit: usize) -> Option<(u64, Vec<Event>)> {

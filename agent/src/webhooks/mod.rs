@@ -429,11 +429,17 @@ impl Webhooks {
             })
         });
         workers.retain(|(url, _), _| hooks.iter().any(|(u, _)| u == url));
+        // A live writer delivers its own streams: only this node's and those of dead
+        // writers can be this node's to deliver.
+        let candidates = hub.streams_where(|stream| {
+            let writer = stream.split('@').next().unwrap_or(stream);
+            writer == self.node_id || !membership.members.get(writer).is_some_and(|m| m.live)
+        });
         for (url, record) in hooks {
             if record.state.val != DeliveryState::Active {
                 continue;
             }
-            for stream in hub.ranges().keys() {
+            for stream in &candidates {
                 if deliverer(&url, stream, membership).as_deref() != Some(&self.node_id) {
                     continue;
                 }
