@@ -128,6 +128,8 @@ pub struct Agent {
     last_live: Mutex<Option<BTreeSet<String>>>,
     /// The volumes last seen (VOLUME_* events on change).
     last_volumes: Mutex<Option<BTreeMap<String, crate::events::volumes::VolumeState>>>,
+    /// The topology peer and volume events last looked at.
+    last_topology: Mutex<Option<Arc<Membership>>>,
     /// The node info last published, and when the bricks were last measured.
     bricks_checked: Mutex<(NodeInfo, Instant)>,
 }
@@ -293,6 +295,7 @@ impl Agent {
             last_monitor_states: Mutex::new(BTreeMap::new()),
             last_live: Mutex::new(None),
             last_volumes: Mutex::new(None),
+            last_topology: Mutex::new(None),
             bricks_checked: Mutex::new((info, Instant::now())),
         });
         agent.persist().await;
@@ -546,8 +549,16 @@ impl Agent {
         }
         if self.caught_up(&membership) {
             self.monitor_events(&reports);
-            self.peer_events(&membership);
-            self.volume_events(&membership);
+            // The topology is one shared value until it changes: diff it only then.
+            let changed = self.last_topology.lock().is_ok_and(|mut last| {
+                let changed = !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &membership));
+                *last = Some(membership.clone());
+                changed
+            });
+            if changed {
+                self.peer_events(&membership);
+                self.volume_events(&membership);
+            }
         }
         self.persist().await;
     }

@@ -25,7 +25,7 @@ pub mod volumes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use georep_api::types::{EventRow, GapRow, StreamItem};
@@ -107,6 +107,13 @@ impl Filter {
     }
 }
 
+/// The other nodes' advertisements, decoded: their ranges, and per writer the
+/// newest epoch any of them holds.
+struct Advertised {
+    advertised: BTreeMap<String, Ranges>,
+    epochs: BTreeMap<String, u64>,
+}
+
 /// This node's journals, their replication, and the merged stream.
 pub struct EventHub {
     node_id: String,
@@ -125,6 +132,10 @@ pub struct EventHub {
     decoded: Mutex<BTreeMap<String, (String, Ranges)>>,
     /// Every node's advertisement, as last read.
     seen: Mutex<OwnedValues>,
+    /// What `seen` says, decoded (rebuilt when it changes).
+    ads: Mutex<Option<Arc<Advertised>>>,
+    /// When retention was last applied.
+    retention_at: Mutex<Option<Instant>>,
     /// Turns the choice of a peer to pull a dead writer's stream from.
     round: Mutex<u64>,
     /// Flapping sources and what they suppressed.
@@ -165,6 +176,8 @@ impl EventHub {
             round: Mutex::new(0),
             decoded: Mutex::new(BTreeMap::new()),
             seen: Mutex::new(OwnedValues::default()),
+            ads: Mutex::new(None),
+            retention_at: Mutex::new(None),
             flapping: Mutex::new(flapping::Flapping::default()),
             wake: tokio::sync::Notify::new(),
             changed: watch::channel(0).0,
@@ -242,7 +255,16 @@ impl EventHub {
     /// node advertising it (each in turn); older history below what is held likewise.
     /// Also applies retention at HLC time `now_ms`.
     pub async fn sync(&self, mesh: &MeshNode, membership: &Membership, now_ms: u64) {
-        if let Ok(mut journal) = self.journal.lock()
+        // Retention at most once a second (this step runs many times per interval).
+        let retention_due = self.retention_at.lock().is_ok_and(|mut at| {
+            let due = at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        });
+        if retention_due
+            && let Ok(mut journal) = self.journal.lock()
             && let Err(error) = journal.enforce_retention(now_ms)
         {
             tracing::warn!(%error, "cannot apply event retention");
@@ -252,50 +274,69 @@ impl EventHub {
             .lock()
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default();
-        mesh.track_owned_value(EVENTS_KEY, &mut theirs).await;
-        // Decoded once per value (at hundreds of nodes decoding every advertisement on
-        // every step is most of what a step costs).
-        let advertised: BTreeMap<String, Ranges> = {
-            let Ok(mut cache) = self.decoded.lock() else {
-                return;
-            };
-            cache.retain(|node, _| theirs.get(node).is_some());
-            theirs
-                .iter()
-                .filter(|(node, _)| *node != self.node_id)
-                .filter_map(|(node, raw)| {
-                    let ranges = match cache.get(node) {
-                        Some((cached, ranges)) if cached == raw => ranges.clone(),
-                        _ => {
-                            let ranges = codec::decode::<Ranges>(raw).ok()?;
-                            cache.insert(node.to_string(), (raw.to_string(), ranges.clone()));
-                            ranges
-                        }
-                    };
-                    Some((node.to_string(), ranges))
-                })
-                .collect()
+        let changed = mesh.track_owned_value(EVENTS_KEY, &mut theirs).await;
+        // Decoded once per value, and the per-node view rebuilt only when some value
+        // changed (at hundreds of nodes this step runs many times per interval).
+        let cached = self.ads.lock().ok().and_then(|ads| ads.clone());
+        let ads = match cached {
+            Some(ads) if !changed => Some(ads),
+            _ => {
+                let Ok(mut cache) = self.decoded.lock() else {
+                    return;
+                };
+                cache.retain(|node, _| theirs.get(node).is_some());
+                let advertised: BTreeMap<String, Ranges> = theirs
+                    .iter()
+                    .filter(|(node, _)| *node != self.node_id)
+                    .filter_map(|(node, raw)| {
+                        let ranges = match cache.get(node) {
+                            Some((cached, ranges)) if cached == raw => ranges.clone(),
+                            _ => {
+                                let ranges = codec::decode::<Ranges>(raw).ok()?;
+                                cache.insert(node.to_string(), (raw.to_string(), ranges.clone()));
+                                ranges
+                            }
+                        };
+                        Some((node.to_string(), ranges))
+                    })
+                    .collect();
+                let mut epochs: BTreeMap<String, u64> = BTreeMap::new();
+                for stream in advertised.values().flat_map(|r| r.keys()) {
+                    if let Some((writer, epoch)) = parse_stream(stream) {
+                        let at = epochs.entry(writer.to_string()).or_insert(epoch);
+                        *at = (*at).max(epoch);
+                    }
+                }
+                let ads = Some(Arc::new(Advertised { advertised, epochs }));
+                if let Ok(mut cached) = self.ads.lock() {
+                    cached.clone_from(&ads);
+                }
+                ads
+            }
         };
+        let Some(ads) = ads else { return };
         if let Ok(mut seen) = self.seen.lock() {
             *seen = theirs;
         }
+        let advertised = &ads.advertised;
         let mine = self.journal.lock().map(|j| j.ranges()).unwrap_or_default();
         // Each node's current epoch: the newest stream of it anyone knows of. Older
         // streams of a node are orphans (their writer lost them with a disk).
-        let mut current: BTreeMap<String, u64> = BTreeMap::new();
-        current.insert(self.node_id.clone(), self.epoch);
-        for stream in advertised
-            .values()
-            .flat_map(|r| r.keys())
-            .chain(mine.keys())
-        {
+        let mut mine_epochs: BTreeMap<&str, u64> = BTreeMap::new();
+        mine_epochs.insert(&self.node_id, self.epoch);
+        for stream in mine.keys() {
             if let Some((writer, epoch)) = parse_stream(stream) {
-                let at = current.entry(writer.to_string()).or_insert(epoch);
+                let at = mine_epochs.entry(writer).or_insert(epoch);
                 *at = (*at).max(epoch);
             }
         }
+        let current = |writer: &str| {
+            let advertised = ads.epochs.get(writer).copied();
+            let held = mine_epochs.get(writer).copied();
+            advertised.max(held)
+        };
         let orphan = |stream: &str| {
-            parse_stream(stream).is_some_and(|(w, e)| current.get(w).is_some_and(|c| e < *c))
+            parse_stream(stream).is_some_and(|(w, e)| current(w).is_some_and(|c| e < c))
         };
         // Advertised: this node's current stream, and every orphan it holds.
         // (The current stream even before its first event: so that the others learn
@@ -319,15 +360,15 @@ impl EventHub {
             }
         }
         // Per stream: who advertises it (live nodes only), the writer first.
-        let mut holders: BTreeMap<String, Vec<(u64, u64, SocketAddr, bool)>> = BTreeMap::new();
-        for (node, ranges) in &advertised {
+        let mut holders: BTreeMap<&str, Vec<(u64, u64, SocketAddr, bool)>> = BTreeMap::new();
+        for (node, ranges) in advertised {
             let Some(member) = membership.members.get(node).filter(|m| m.live) else {
                 continue;
             };
             for (stream, (floor, high)) in ranges {
                 let by_writer = !orphan(stream)
                     && parse_stream(stream).is_some_and(|(w, _)| w == node.as_str());
-                holders.entry(stream.clone()).or_default().push((
+                holders.entry(stream.as_str()).or_default().push((
                     *floor,
                     *high,
                     member.gossip_addr,
@@ -345,7 +386,7 @@ impl EventHub {
             })
             .unwrap_or(0);
         for (stream, peers) in holders {
-            let (my_floor, have) = mine.get(&stream).copied().unwrap_or((1, 0));
+            let (my_floor, have) = mine.get(stream).copied().unwrap_or((1, 0));
             let writer = peers.iter().find(|p| p.3);
             let source = match writer {
                 Some(w) => Some(*w),
@@ -360,20 +401,20 @@ impl EventHub {
             let Some((floor, high, addr, _)) = source else {
                 continue;
             };
-            if high > have && self.due(&stream, now) {
+            if high > have && self.due(stream, now) {
                 // Skip ahead only when the source holds nothing older than that.
                 if let Ok(mut may_skip) = self.may_skip.lock() {
                     if floor > have + 1 {
-                        may_skip.insert(stream.clone());
+                        may_skip.insert(stream.to_string());
                     } else {
-                        may_skip.remove(&stream);
+                        may_skip.remove(stream);
                     }
                 }
-                self.send_pull(mesh, addr, &stream, have + 1);
+                self.send_pull(mesh, addr, stream, have + 1);
             }
             if have >= my_floor && floor < my_floor && self.due(&format!("{stream}<"), now) {
                 let from = floor.max(my_floor.saturating_sub(BATCH_EVENTS as u64));
-                self.send_pull(mesh, addr, &stream, from);
+                self.send_pull(mesh, addr, stream, from);
             }
         }
     }
