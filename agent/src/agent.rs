@@ -49,7 +49,7 @@ use observed::worker_changes;
 /// Key prefix of the per-session status each node publishes.
 pub const MONITOR_PREFIX: &str = "m/";
 /// The agent's version, published in its node info.
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const AGENT_VERSION: &str = georep_api::VERSION;
 /// Period of the reconcile loop when nothing changes.
 const RECONCILE_TICK: Duration = Duration::from_secs(1);
 /// Session directories are rewritten when their content changes, and at least this

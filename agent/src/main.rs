@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(
     name = "georepd",
-    version,
+    version = georep_api::VERSION,
     about,
     args_conflicts_with_subcommands = true,
     after_help = "Configuration file (--config): every key, with its default, is described in the commented example georepd.toml (installed as /etc/georep/georepd.toml; agent/georepd.toml in the source tree). Flags override the file."

@@ -12,6 +12,7 @@
 //! - `words`: the closed sets of status words ([`WorkerStatus`], [`CrawlStatus`]),
 //!   spelled as gluster prints them, unknown words kept.
 //! - `client`: one request over the socket (hyper, HTTP/1.1), percent-encoded queries.
+
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -23,6 +24,10 @@ mod words;
 pub use client::{ClientError, percent_encode, request, with_query};
 pub use types::{ErrorBody, ErrorCode};
 pub use words::{CrawlStatus, WorkerStatus};
+
+/// The version of the binaries: the crate version and the git commit they were built
+/// from (`0.1.0 (1a2b3c4d5e6f)`); printed by `--version`, gossiped by every agent.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GEOREP_COMMIT"), ")");
 
 /// Where the agent serves its local API, and where `georep` looks for it, when
 /// neither is told otherwise.

@@ -22,7 +22,7 @@ const MAX_TIMEOUT_SECS: u64 = 600;
 
 /// `georep`: manage geo-replication sessions through the local georepd.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
-#[command(name = "georep", version, about, propagate_version = true)]
+#[command(name = "georep", version = georep_api::VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// Options accepted before or after the subcommand.
     #[command(flatten)]

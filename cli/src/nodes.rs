@@ -70,7 +70,25 @@ pub fn render_nodes(resp: &NodesResponse) -> String {
     for node in &resp.nodes {
         table.push(cells(node));
     }
-    table.render()
+    let mut out = table.render();
+    // Live agents on different builds (a rolling upgrade, or one forgotten).
+    let mut versions: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for node in resp.nodes.iter().filter(|n| n.live) {
+        if let Some(version) = &node.agent_version {
+            versions.entry(version).or_default().push(&node.node);
+        }
+    }
+    if versions.len() > 1 {
+        let groups: Vec<String> = versions
+            .iter()
+            .map(|(version, nodes)| format!("{version} on {}", nodes.join(", ")))
+            .collect();
+        out.push_str(&format!(
+            "\nwarning: live agents run different versions: {}\n",
+            groups.join("; ")
+        ));
+    }
+    out
 }
 
 fn cells(n: &NodeRow) -> Vec<String> {
@@ -161,6 +179,36 @@ mod tests {
         assert_eq!(
             lines[3],
             "n5      127.0.0.1:7405    dead     1             N/A        42s ago       -"
+        );
+        assert!(!text.contains("warning"), "one live version: {text}");
+    }
+
+    #[test]
+    fn live_agents_on_different_versions_are_flagged() {
+        let row = |node: &str, live: bool, version: &str| NodeRow {
+            node: node.into(),
+            address: "127.0.0.1:7401".into(),
+            live,
+            generation: 1,
+            agent_version: Some(version.into()),
+            last_heard_ms: None,
+            bricks: vec![],
+            missing_bricks: vec![],
+        };
+        let resp = NodesResponse {
+            nodes: vec![
+                row("n1", true, "0.1.0 (aaa)"),
+                row("n2", true, "0.2.0 (bbb)"),
+                row("n3", true, "0.1.0 (aaa)"),
+                row("n4", false, "0.0.9 (ccc)"),
+            ],
+        };
+        let text = render_nodes(&resp);
+        assert!(
+            text.ends_with(
+                "warning: live agents run different versions: 0.1.0 (aaa) on n1, n3; 0.2.0 (bbb) on n2\n"
+            ),
+            "{text}"
         );
     }
 }
