@@ -25,6 +25,55 @@ struct Cli {
 enum Command {
     /// The built-in monitor (started by the agent, one per session on primary nodes).
     Monitor(georep_agent::MonitorArgs),
+    /// Man pages and shell completions, generated from this command line (packaging).
+    Generate {
+        /// What to generate.
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Generate {
+    /// Write georepd.1 and georepd-monitor.1 into DIR.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `georepd generate ...` (as `georep generate`, for the agent's own command line).
+fn generate(what: Generate) -> anyhow::Result<()> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    match what {
+        Generate::Completions { shell } => {
+            clap_complete::generate(shell, &mut command, "georepd", &mut std::io::stdout());
+        }
+        Generate::Man { out } => {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            command.build();
+            let pages = std::iter::once(&command)
+                .chain(command.get_subcommands().filter(|s| s.get_name() != "help"));
+            for page in pages {
+                let name = page.get_display_name().unwrap_or(page.get_name());
+                let path = out.join(format!("{name}.1"));
+                let mut text = Vec::new();
+                clap_mangen::Man::new(page.clone()).render(&mut text)?;
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +87,15 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Generate { what }) = cli.command {
+        return match generate(what) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("georepd: {}", one_line(&error));
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -48,6 +106,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Monitor(args)) => georep_agent::run_monitor(args).await,
+            Some(Command::Generate { .. }) => Ok(()),
             None => run_agent(cli.agent).await,
         }
     });

@@ -217,6 +217,29 @@ pub enum Command {
         #[command(subcommand)]
         command: WebhookCommand,
     },
+    /// Man pages and shell completions, generated from this command line (packaging).
+    Generate {
+        /// What to generate.
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+}
+
+/// `generate ...`.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum GenerateCommand {
+    /// Write georep.1 and a page per subcommand (georep-create.1, ...) into DIR.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How a webhook authenticates and formats its deliveries.

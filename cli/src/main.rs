@@ -22,6 +22,7 @@ mod client;
 mod config_cmd;
 mod demo;
 mod events;
+mod generate;
 mod inspect;
 mod lifecycle;
 mod nodes;
@@ -101,6 +102,7 @@ pub async fn execute(cli: &Cli) -> Report {
                     command: CertCommand::Create(a),
                 },
         } => tls_cmd::cert_create(&g, a),
+        Command::Generate { command } => generate::generate(args::command(), command),
         Command::Demo(_) => CommandError::Usage("demo cannot run inside another command".into())
             .report(g.json, None),
     }
