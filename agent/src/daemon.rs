@@ -47,7 +47,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let mut floor = 0;
     loop {
         match run_incarnation(&config, &identity, floor, &shutdown).await? {
-            None => return Ok(()),
+            None => {
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
+                return Ok(());
+            }
             Some(displaced_by) => {
                 floor = displaced_by + 1;
                 tracing::warn!(
@@ -57,6 +60,37 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 );
             }
         }
+    }
+}
+
+/// Longest the agent waits for a peer before it tells systemd it is ready anyway.
+const JOIN_GIVE_UP: Duration = Duration::from_secs(15);
+
+/// `READY=1` to systemd (`Type=notify`) once the API answers and the agent has a live
+/// peer, or has no seeds, or gave up waiting for them after [`JOIN_GIVE_UP`] (a
+/// first node, or every seed down: it goes on trying in the background).
+async fn ready_when_joined(agent: Arc<Agent>, has_seeds: bool, round: CancellationToken) {
+    let deadline = Instant::now() + JOIN_GIVE_UP;
+    while has_seeds && Instant::now() < deadline {
+        if agent.mesh().topology().await.live().count() > 1 {
+            break;
+        }
+        tokio::select! {
+            _ = round.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    tracing::info!("ready");
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("running"),
+    ]);
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`); a no-op otherwise.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::warn!(%error, "cannot notify systemd");
     }
 }
 
@@ -114,6 +148,11 @@ async fn run_incarnation(
         crate::api::serve::Limits::default(),
     ));
     let loop_task = tokio::spawn(agent.clone().run_loop(round.clone()));
+    let ready_task = tokio::spawn(ready_when_joined(
+        agent.clone(),
+        !config.seeds.is_empty(),
+        round.clone(),
+    ));
     let metrics_task = metrics.map(|listener| {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
         tokio::spawn(crate::api::metrics::serve(listener, agent.clone(), round.clone()))
@@ -146,6 +185,7 @@ async fn run_incarnation(
         generation = displaced_by_a_dead_incarnation(&agent) => Some(generation),
     };
     round.cancel();
+    let _ = ready_task.await;
     let _ = loop_task.await;
     if let Some(task) = child_task {
         let _ = task.await;

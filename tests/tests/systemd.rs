@@ -1,0 +1,111 @@
+//! The systemd integration: the shipped unit passes `systemd-analyze verify`, and a
+//! real agent started with `NOTIFY_SOCKET` (as systemd starts a `Type=notify`
+//! service) says `READY=1` only once its API answers and it has joined its peer, and
+//! `STOPPING=1` on SIGTERM.
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use georep_tests::{
+    Cluster, NodeSpec, Placement, TEST_GOSSIP_MS, TEST_MONITOR, bin_dir, free_port,
+};
+
+fn packaging(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging")
+        .join(file)
+}
+
+#[test]
+fn the_unit_file_verifies() {
+    let unit = std::fs::read_to_string(packaging("georepd.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("KillMode=process"));
+    // verify checks that ExecStart's binary exists: point it at the one just built.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("georepd.service");
+    let built = bin_dir().join("georepd");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/bin/georepd", &built.display().to_string()),
+    )
+    .unwrap();
+    // (--man=no: the man pages it names are installed by the package, not here.)
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze (Debian's systemd): {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let about_ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("georepd.service"))
+        .collect();
+    assert!(out.status.success() && about_ours.is_empty(), "{out:?}");
+    for file in ["georep.tmpfiles", "georep.sysusers"] {
+        assert!(packaging(file).is_file(), "{file}");
+    }
+}
+
+#[test]
+fn the_agent_notifies_ready_after_joining_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let placement = |launcher: Vec<String>| Placement {
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        launcher,
+        extra_args: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut cluster = Cluster::start_placed(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]),
+        ],
+        Some(TEST_MONITOR),
+        TEST_GOSSIP_MS,
+        vec![
+            placement(Vec::new()),
+            placement(vec![
+                "env".into(),
+                format!("NOTIFY_SOCKET={}", socket_path.display()),
+            ]),
+        ],
+    );
+    let receive = |what: &str| -> String {
+        let mut buf = [0u8; 512];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no {what} from n2 in 30 s");
+            if let Ok(n) = socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if message.lines().any(|l| l == what) {
+                    return message;
+                }
+            }
+        }
+    };
+    let ready = receive("READY=1");
+    assert!(ready.contains("STATUS=running"), "{ready}");
+    // By then its API answers and it sees its peer live.
+    let nodes = cluster.json(1, &["nodes"]);
+    let live = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["live"] == true)
+        .count();
+    assert_eq!(live, 2, "ready before joining: {nodes}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not the give-up path"
+    );
+    cluster.terminate(1);
+    receive("STOPPING=1");
+}
