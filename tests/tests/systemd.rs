@@ -109,3 +109,84 @@ fn the_agent_notifies_ready_after_joining_and_stopping_on_sigterm() {
     cluster.terminate(1);
     receive("STOPPING=1");
 }
+
+/// `dpkg --root ROOT ARGS`, maintainer scripts run outside a chroot (`DPKG_ROOT`), the
+/// libc and libgcc dependencies (this host's, not the empty root's) not checked.
+fn dpkg(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--force-script-chrootless",
+            "--force-depends",
+            "--log=/dev/null",
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("dpkg: {e}"))
+}
+
+#[test]
+fn the_debian_package_installs_into_a_throwaway_root_and_runs() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(packaging("build-deb"))
+        // Debug binaries: compressing them would be most of this test's time.
+        .env("GEOREP_DEB_COMPRESSION", "none")
+        .arg(bin_dir())
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let listing = Command::new("dpkg-deb")
+        .args(["-c", &deb])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in [
+        "./usr/bin/georep",
+        "./usr/bin/georepd",
+        "./etc/georep/georepd.toml",
+        "./lib/systemd/system/georepd.service",
+        "./usr/lib/tmpfiles.d/georep.conf",
+        "./usr/lib/sysusers.d/georep.conf",
+        "./usr/share/man/man1/georep.1.gz",
+        "./usr/share/man/man1/georep-webhook-add.1.gz",
+        "./usr/share/man/man1/georepd.1.gz",
+        "./usr/share/bash-completion/completions/georep",
+        "./usr/share/zsh/vendor-completions/_georep",
+        "./usr/share/fish/vendor_completions.d/georepd.fish",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(file)),
+            "{file} not in the package:\n{listing}"
+        );
+    }
+
+    // Installed into an empty root with its own dpkg database.
+    let root = tempfile::tempdir().unwrap();
+    for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    std::fs::write(root.path().join("var/lib/dpkg/status"), "").unwrap();
+    let out = dpkg(root.path(), &["-i", &deb]);
+    let status = dpkg(root.path(), &["-s", "georep"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("Status: install ok installed"),
+        "{out:?}\n{status:?}"
+    );
+    for bin in ["georep", "georepd"] {
+        let version = Command::new(root.path().join("usr/bin").join(bin))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(version.status.success(), "{version:?}");
+        assert!(String::from_utf8_lossy(&version.stdout).starts_with(&format!("{bin} ")));
+    }
+    // The configuration is a conffile: kept on remove, gone on purge.
+    let conf = root.path().join("etc/georep/georepd.toml");
+    dpkg(root.path(), &["-r", "georep"]);
+    assert!(!root.path().join("usr/bin/georepd").exists());
+    assert!(conf.exists(), "a conffile survives remove");
+    dpkg(root.path(), &["-P", "georep"]);
+    assert!(!conf.exists(), "purge removes it");
+}
