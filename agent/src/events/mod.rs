@@ -110,7 +110,7 @@ impl Filter {
 /// The other nodes' advertisements, decoded: their ranges, and per writer the
 /// newest epoch any of them holds.
 struct Advertised {
-    advertised: BTreeMap<String, Ranges>,
+    advertised: BTreeMap<String, Arc<Ranges>>,
     epochs: BTreeMap<String, u64>,
 }
 
@@ -129,7 +129,7 @@ pub struct EventHub {
     /// What this node last advertised under [`EVENTS_KEY`].
     advertised: Mutex<Option<String>>,
     /// Decoded advertisements, by node: the raw value and what it says.
-    decoded: Mutex<BTreeMap<String, (String, Ranges)>>,
+    decoded: Mutex<BTreeMap<String, (String, Arc<Ranges>)>>,
     /// Every node's advertisement, as last read.
     seen: Mutex<OwnedValues>,
     /// What `seen` says, decoded (rebuilt when it changes).
@@ -285,14 +285,14 @@ impl EventHub {
                     return;
                 };
                 cache.retain(|node, _| theirs.get(node).is_some());
-                let advertised: BTreeMap<String, Ranges> = theirs
+                let advertised: BTreeMap<String, Arc<Ranges>> = theirs
                     .iter()
                     .filter(|(node, _)| *node != self.node_id)
                     .filter_map(|(node, raw)| {
                         let ranges = match cache.get(node) {
                             Some((cached, ranges)) if cached == raw => ranges.clone(),
                             _ => {
-                                let ranges = codec::decode::<Ranges>(raw).ok()?;
+                                let ranges = Arc::new(codec::decode::<Ranges>(raw).ok()?);
                                 cache.insert(node.to_string(), (raw.to_string(), ranges.clone()));
                                 ranges
                             }
@@ -365,7 +365,7 @@ impl EventHub {
             let Some(member) = membership.members.get(node).filter(|m| m.live) else {
                 continue;
             };
-            for (stream, (floor, high)) in ranges {
+            for (stream, (floor, high)) in ranges.iter() {
                 let by_writer = !orphan(stream)
                     && parse_stream(stream).is_some_and(|(w, _)| w == node.as_str());
                 holders.entry(stream.as_str()).or_default().push((
