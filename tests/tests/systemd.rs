@@ -190,3 +190,37 @@ fn the_debian_package_installs_into_a_throwaway_root_and_runs() {
     dpkg(root.path(), &["-P", "georep"]);
     assert!(!conf.exists(), "purge removes it");
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line_naming_the_session() {
+    let json = ["--log-format", "json"];
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0"]).with_args(&json),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]).with_args(&json),
+        ],
+        Some(TEST_MONITOR),
+    );
+    cluster.wait_live(0, 2, Duration::from_secs(30));
+    cluster.ok(0, &["create", "gv0", "n2::gv1"]);
+    cluster.ok(0, &["start", "gv0", "n2::gv1"]);
+    let log = std::fs::read_to_string(cluster.nodes[0].data_dir.join("georepd.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "spawned monitor"
+                && l["fields"]["session"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("gv0"))),
+        "a line about the session names it: {log}"
+    );
+}
