@@ -399,9 +399,10 @@ fn a_crash_looping_monitor_is_aggregated_into_a_suppression_record() {
         cluster.wait_live(i, 2, WAIT);
     }
     cluster.ok(1, &["create", "gv0", SECONDARY]);
-    // Not confirmed (the monitor never stays up): applied all the same.
+    // Applied whether or not it is confirmed (the monitor may be seen up for a
+    // moment between crashes, or never: exit 0 or 4).
     let out = cluster.georep(1, &["--timeout", "1s", "start", "gv0", SECONDARY]);
-    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(matches!(out.status.code(), Some(0 | 4)), "{out:?}");
     let restarted = |i: usize| {
         events(
             &cluster,
