@@ -191,6 +191,19 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's kind, as a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Spawn { .. } => "spawn",
+            Action::Terminate { .. } => "terminate",
+            Action::Kill { .. } => "kill",
+            Action::Pause { .. } => "pause",
+            Action::Resume { .. } => "resume",
+            Action::Restart { .. } => "restart",
+            Action::Forget { .. } => "forget",
+        }
+    }
+
     /// The session acted on.
     pub fn session(&self) -> &SessionId {
         match self {

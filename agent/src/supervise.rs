@@ -248,6 +248,8 @@ pub struct Supervisor {
     monitors: BTreeMap<SessionId, Monitor>,
     plans: BTreeMap<SessionId, SessionPlan>,
     now: Option<Instant>,
+    /// Actions taken since start, by kind (for metrics).
+    actions_taken: BTreeMap<&'static str, u64>,
 }
 
 impl fmt::Debug for Supervisor {
@@ -281,7 +283,13 @@ impl Supervisor {
             monitors: BTreeMap::new(),
             plans: BTreeMap::new(),
             now: None,
+            actions_taken: BTreeMap::new(),
         }
+    }
+
+    /// Actions taken since start, by kind (`spawn`, `terminate`, ...).
+    pub fn actions_taken(&self) -> &BTreeMap<&'static str, u64> {
+        &self.actions_taken
     }
 
     fn session_dir(&self, id: &SessionId) -> PathBuf {
@@ -337,6 +345,7 @@ impl Supervisor {
         let observed = self.observed(plans);
         let actions = reconcile::decide(plans, &observed, now, &self.policy.decide_policy());
         for action in &actions {
+            *self.actions_taken.entry(action.kind()).or_default() += 1;
             self.apply(action, plans, now);
         }
         let faulty_after = self.policy.faulty_after;

@@ -57,7 +57,7 @@ pub use network::{
 };
 pub use node::{
     APP_QUEUE, FORGET_PREFIX, MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY, OwnedValues,
-    SEEN_KEY, SESSION_PREFIX, WriteProgress, WriteReceipt,
+    PUSH_LATENCY_BUCKETS, PushStatsSnapshot, SEEN_KEY, SESSION_PREFIX, WriteProgress, WriteReceipt,
 };
 pub use quic::{QuicLink, QuicOptions};
 pub use state::{

@@ -162,7 +162,7 @@ impl Link for MemLink {
         };
         match tx.try_send(received) {
             Ok(()) => their_stats.record_received(bytes),
-            Err(_) => their_stats.record_rejected(),
+            Err(_) => their_stats.record_shed(),
         }
         Ok(())
     }

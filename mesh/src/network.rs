@@ -177,8 +177,10 @@ pub struct LinkStats {
     pub frames_received: AtomicU64,
     /// Bytes received and delivered.
     pub bytes_received: AtomicU64,
-    /// Frames dropped on receipt: malformed, over-size, or receive queue full.
+    /// Frames dropped on receipt: malformed, over-size, unauthenticated.
     pub frames_rejected: AtomicU64,
+    /// Frames shed under load (a full queue, too many sends in flight); gossip repairs.
+    pub frames_shed: AtomicU64,
 }
 
 impl LinkStats {
@@ -200,6 +202,11 @@ impl LinkStats {
         self.frames_rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records one frame shed under load.
+    pub fn record_shed(&self) {
+        self.frames_shed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A plain copy of the counters.
     pub fn snapshot(&self) -> LinkStatsSnapshot {
         LinkStatsSnapshot {
@@ -208,6 +215,7 @@ impl LinkStats {
             frames_received: self.frames_received.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             frames_rejected: self.frames_rejected.load(Ordering::Relaxed),
+            frames_shed: self.frames_shed.load(Ordering::Relaxed),
         }
     }
 }
@@ -225,6 +233,9 @@ pub struct LinkStatsSnapshot {
     pub bytes_received: u64,
     /// Frames rejected.
     pub frames_rejected: u64,
+    /// Frames shed under load.
+    #[serde(default)]
+    pub frames_shed: u64,
 }
 
 /// A node's endpoint on the mesh network.

@@ -745,7 +745,7 @@ impl Shared {
                 match self.deliver.try_send(received) {
                     Ok(()) => self.stats.record_received(bytes),
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.stats.record_rejected();
+                        self.stats.record_shed();
                         tracing::debug!(%from, "receive queue full, frame dropped");
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}

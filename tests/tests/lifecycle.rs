@@ -253,6 +253,12 @@ fn metrics_are_served_in_the_prometheus_format() {
         ],
     );
     cluster.wait_live(0, 2, Duration::from_secs(30));
+    // A receiver that is not there: deliveries fail and events stay pending.
+    let dead = format!(
+        "http://127.0.0.1:{}/hook?token=s3cret",
+        georep_tests::free_port()
+    );
+    cluster.ok(0, &["webhook", "add", &dead]);
     cluster.ok(0, &["create", "gv0", SECONDARY]);
     cluster.ok(1, &["start", "gv0", SECONDARY]);
     // The scrape reflects what this node has merged and its monitor's state.
@@ -260,7 +266,12 @@ fn metrics_are_served_in_the_prometheus_format() {
     let (status, body) = loop {
         let (status, body) = http_get(metrics, "/metrics");
         let caught_up = body.contains("georep_sessions{desired_state=\"Started\"} 1")
-            && body.contains("georep_monitors{state=\"Started\"} 1");
+            && body.contains("georep_monitors{state=\"Started\"} 1")
+            && body.contains("georep_eager_push_ack_seconds_count")
+            && !body.contains("georep_eager_push_ack_seconds_count 0")
+            && body
+                .lines()
+                .any(|l| l.starts_with("georep_webhook_failing{") && l.ends_with(" 1"));
         if caught_up || std::time::Instant::now() > deadline {
             break (status, body);
         }
@@ -307,12 +318,51 @@ fn metrics_are_served_in_the_prometheus_format() {
             "{sample} not in:\n{samples}"
         );
     }
-    let frames = samples
-        .lines()
-        .find_map(|l| l.strip_prefix("georep_mesh_frames_sent_total{} "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(frames > 0.0, "{samples}");
+    let value = |prefix: &str| {
+        samples
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(value("georep_mesh_frames_sent_total{} ") > 0.0, "{samples}");
+    assert_eq!(value("georep_mesh_frames_shed_total{} "), 0.0, "{samples}");
+    // create was issued here: pushed to n4, acknowledged, timed.
+    assert!(value("georep_eager_pushes_total{} ") >= 1.0, "{samples}");
+    assert!(value("georep_eager_push_acks_total{} ") >= 1.0, "{samples}");
+    assert!(
+        value("georep_eager_push_ack_seconds_count{} ") >= 1.0,
+        "{samples}"
+    );
+    assert_eq!(
+        value("georep_eager_push_ack_seconds_bucket{le=+Inf} "),
+        value("georep_eager_push_ack_seconds_count{} "),
+        "{samples}"
+    );
+    // The monitor of n1's brick was spawned by the reconciler.
+    assert!(
+        value("georep_reconcile_actions_total{action=spawn} ") >= 1.0,
+        "{samples}"
+    );
+    assert!(value("georep_event_journal_events{} ") >= 3.0, "{samples}");
+    assert!(value("georep_event_journal_bytes{} ") > 0.0, "{samples}");
+    // The webhook: labelled without its token, failing, events pending.
+    let hook = dead.split('?').next().unwrap_or_default();
+    assert_eq!(
+        value(&format!(
+            "georep_webhook_failing{{state=active,url={hook}}} "
+        )),
+        1.0,
+        "{samples}"
+    );
+    assert!(
+        value(&format!(
+            "georep_webhook_pending_events{{state=active,url={hook}}} "
+        )) >= 1.0,
+        "{samples}"
+    );
+    assert!(!body.contains("s3cret"), "{body}");
+
     let (status, _) = http_get(metrics, "/nothing");
     assert!(status.contains(" 404 "), "{status}");
 }

@@ -78,53 +78,6 @@ impl Agent {
         }
     }
 
-    /// What a metrics scrape reports (see `api/metrics.rs`).
-    pub async fn metrics_snapshot(&self) -> crate::api::metrics::MetricsSnapshot {
-        let membership = self.mesh.membership().await;
-        let replica = self.mesh.replica();
-        let mut sessions: BTreeMap<String, u64> = BTreeMap::new();
-        let mut keys_installed = 0;
-        let mut keys_expected = 0;
-        for record in replica.sessions.values() {
-            let view = record.view();
-            if !view.exists {
-                continue;
-            }
-            *sessions.entry(view.desired.to_string()).or_default() += 1;
-            if view.options.push_pem
-                && membership
-                    .local()
-                    .is_some_and(|m| m.hosts(&view.id.secondary_volume))
-            {
-                let installs = self.key_installs(&view.id).await;
-                for row in views::secondary_keys(&view, &membership, &installs)
-                    .into_iter()
-                    .filter(|row| row.node == self.config.node_id)
-                {
-                    keys_installed += row.keys_installed as u64;
-                    keys_expected += row.keys_expected as u64;
-                }
-            }
-        }
-        let reports = self.supervisor.lock().await.reports();
-        let mut monitors: BTreeMap<String, u64> = BTreeMap::new();
-        for report in reports.values() {
-            *monitors.entry(format!("{:?}", report.state)).or_default() += 1;
-        }
-        crate::api::metrics::MetricsSnapshot {
-            version: AGENT_VERSION.to_string(),
-            members_live: membership.live().count() as u64,
-            members_dead: membership.dead().count() as u64,
-            link: self.mesh.link_stats(),
-            undecodable_values: self.mesh.undecodable_values(),
-            sessions,
-            monitors,
-            monitor_restarts: reports.values().map(|r| u64::from(r.restarts)).sum(),
-            keys_installed,
-            keys_expected,
-        }
-    }
-
     /// Applies an operation locally and (optionally) waits for the mesh to follow.
     pub async fn op(&self, request: OpRequest) -> Result<OpResponse, ApiError> {
         let id = SessionId::parse(&request.primary, &request.secondary).map_err(ApiError::from)?;

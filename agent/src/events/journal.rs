@@ -89,6 +89,11 @@ impl OriginLog {
         self.next.saturating_sub(1)
     }
 
+    /// Events held and their bytes on disk.
+    pub fn size(&self) -> (u64, u64) {
+        (self.events.len() as u64, self.bytes)
+    }
+
     /// Events with seq >= `from`, at most `max`.
     pub fn from(&self, from: u64, max: usize) -> impl Iterator<Item = &Event> {
         let skip = from.saturating_sub(self.floor()) as usize;

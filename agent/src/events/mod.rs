@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use journal::{Event, Retention};
-use journal::{Journal, parse_stream, stream_id};
+use journal::{Journal, OriginLog, parse_stream, stream_id};
 
 /// Owner-written key: the (floor, high) of this node's own streams.
 pub const EVENTS_KEY: &str = "ev";
@@ -441,6 +441,19 @@ impl EventHub {
         if let Ok(payload) = postcard::to_stdvec(&pull) {
             mesh.send_app(to, payload);
         }
+    }
+
+    /// Events held here and their bytes on disk, over every stream.
+    pub fn size(&self) -> (u64, u64) {
+        self.journal
+            .lock()
+            .map(|j| {
+                j.logs()
+                    .values()
+                    .map(OriginLog::size)
+                    .fold((0, 0), |(e, b), (e2, b2)| (e + e2, b + b2))
+            })
+            .unwrap_or_default()
     }
 
     /// Every stream held here: (floor, high).

@@ -205,6 +205,8 @@ struct Local {
     /// generation when it did (an ack by an earlier incarnation of a node that has
     /// restarted since, its disk maybe lost, confirms nothing about the current one).
     acks: BTreeMap<WritePosition, BTreeMap<String, u64>>,
+    /// Per own write position: when its eager push went out (for the ack latency).
+    pushed_at: BTreeMap<WritePosition, Instant>,
     decoded: DecodeCache,
     /// Per namespace carrying session records: the newest write position in it.
     positions: HashMap<ChitchatId, WritePosition>,
@@ -250,6 +252,8 @@ struct Shared {
     send_slots: Arc<Semaphore>,
     /// Where [`FrameKind::App`] frames go (full: shed, as gossip is).
     app_tx: mpsc::Sender<Received>,
+    /// Eager pushes sent and acknowledged.
+    push_stats: PushStats,
 }
 
 /// A running mesh node.
@@ -284,7 +288,7 @@ impl Shared {
     /// best effort, and gossip repairs what they miss. Shutdown waits for them.
     fn send_detached(&self, to: SocketAddr, frame: Frame, what: &'static str) {
         let Ok(slot) = self.send_slots.clone().try_acquire_owned() else {
-            self.link.stats().record_rejected();
+            self.link.stats().record_shed();
             tracing::debug!(%to, what, "too many sends in flight; dropped");
             return;
         };
@@ -431,7 +435,14 @@ impl MeshNode {
         match codec::to_bytes(&push) {
             Ok(payload) => {
                 // In parallel: one slow or dead peer must not delay the others.
+                if !peers.is_empty() {
+                    shared
+                        .local()
+                        .pushed_at
+                        .insert(receipt.position, Instant::now());
+                }
                 for peer in peers {
+                    shared.push_stats.record_push();
                     let frame = Frame::new(FrameKind::Push, payload.clone());
                     shared.send_detached(peer, frame, "eager push");
                 }
@@ -722,6 +733,11 @@ impl MeshNode {
         self.shared.link.stats().snapshot()
     }
 
+    /// Eager pushes of this node's writes and their acknowledgements.
+    pub fn push_stats(&self) -> PushStatsSnapshot {
+        self.shared.push_stats.snapshot()
+    }
+
     /// Number of undecodable session values seen from peers (rejected, logged).
     pub fn undecodable_values(&self) -> u64 {
         self.shared.local().undecodable
@@ -811,7 +827,7 @@ async fn demux_loop(
             FrameKind::GenerationReply => {}
             FrameKind::App => {
                 if shared.app_tx.try_send(received).is_err() {
-                    shared.link.stats().record_rejected();
+                    shared.link.stats().record_shed();
                 }
             }
         }
@@ -830,5 +846,6 @@ use custodian::*;
 use generation::*;
 use membership::*;
 use push::*;
+pub use push::{PUSH_LATENCY_BUCKETS, PushStatsSnapshot};
 use refresh::*;
 pub use values::OwnedValues;

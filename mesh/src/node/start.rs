@@ -75,6 +75,7 @@ impl MeshNode {
                 own,
                 replica,
                 acks: BTreeMap::new(),
+                pushed_at: BTreeMap::new(),
                 decoded: HashMap::new(),
                 positions: HashMap::new(),
                 heard: HashMap::new(),
@@ -100,6 +101,7 @@ impl MeshNode {
             sends: TaskTracker::new(),
             send_slots: Arc::new(Semaphore::new(MAX_DETACHED_SENDS)),
             app_tx,
+            push_stats: PushStats::default(),
         });
         let listener = {
             let waker = Arc::downgrade(&shared);
