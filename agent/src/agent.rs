@@ -43,6 +43,7 @@ use georep_store::{StateFile, StoreError};
 
 mod answers;
 mod hooks;
+mod local_objects;
 mod metrics;
 mod observed;
 use observed::worker_changes;

@@ -124,6 +124,16 @@ async fn run_incarnation(
         ),
         None => None,
     };
+    let dbus = match config.dbus {
+        Some(bus) => Some(crate::dbus::connect(bus).await.with_context(|| {
+            format!(
+                "cannot export D-Bus objects as {} on the {} bus",
+                crate::dbus::BUS_NAME,
+                bus.name()
+            )
+        })?),
+        None => None,
+    };
     let link = bind_link(config, identity, floor > 0).await?;
     let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
     let agent = Agent::start_above(
@@ -156,6 +166,10 @@ async fn run_incarnation(
     let metrics_task = metrics.map(|listener| {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
         tokio::spawn(crate::api::metrics::serve(listener, agent.clone(), round.clone()))
+    });
+    let dbus_task = dbus.map(|connection| {
+        tracing::info!(name = crate::dbus::BUS_NAME, "exporting D-Bus objects");
+        tokio::spawn(crate::dbus::serve(connection, agent.clone(), round.clone()))
     });
     // A monitor that exits is noticed at once, not at the next poll: its status must
     // not read "running" to a waiting client while it is already gone.
@@ -192,6 +206,9 @@ async fn run_incarnation(
     }
     let _ = api_task.await;
     if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    if let Some(task) = dbus_task {
         let _ = task.await;
     }
     let _ = std::fs::remove_file(&config.api_socket);

@@ -148,6 +148,7 @@ fn the_debian_package_installs_into_a_throwaway_root_and_runs() {
         "./etc/georep/georepd.toml",
         "./lib/systemd/system/georepd.service",
         "./usr/lib/tmpfiles.d/georep.conf",
+        "./usr/share/dbus-1/system.d/org.georep.Agent.conf",
         "./usr/lib/sysusers.d/georep.conf",
         "./usr/share/man/man1/georep.1.gz",
         "./usr/share/man/man1/georep-webhook-add.1.gz",

@@ -51,6 +51,10 @@ pub struct AgentArgs {
     /// 127.0.0.1:9740).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Export this node, its volumes, bricks and sessions as D-Bus objects on the
+    /// system or the session bus (off by default; name `org.georep.Agent`).
+    #[arg(long, value_name = "BUS", value_enum)]
+    pub dbus: Option<super::DbusBus>,
     /// Event journal bytes kept per origin node before the oldest events go (a
     /// reported gap) [default: 67108864 (64 MiB)].
     #[arg(long, value_name = "BYTES")]

@@ -118,6 +118,9 @@ pub struct AgentConfig {
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The bus this node's D-Bus objects are exported on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dbus: Option<DbusBus>,
     /// Event journal bytes kept per origin.
     pub events_max_bytes: u64,
     /// Age (ms) beyond which journaled events go (`events_max_age = "7days"` in the
@@ -218,4 +221,24 @@ fn age_from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error
     flags::parse_age_text(&text)
         .map(|age| age.as_millis() as u64)
         .map_err(serde::de::Error::custom)
+}
+
+/// Which D-Bus bus `--dbus` exports on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DbusBus {
+    /// The system bus (needs the policy file the package installs).
+    System,
+    /// The session bus of the user running the agent (`DBUS_SESSION_BUS_ADDRESS`).
+    Session,
+}
+
+impl DbusBus {
+    /// `system` or `session`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbusBus::System => "system",
+            DbusBus::Session => "session",
+        }
+    }
 }

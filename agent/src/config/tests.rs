@@ -119,6 +119,7 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "authorized_keys",
         "ssh_gsyncd_command",
         "metrics_listen",
+        "dbus",
         "events_max_bytes",
         "events_max_age",
         "ssh_tar_command",
