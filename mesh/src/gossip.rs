@@ -223,7 +223,7 @@ impl Socket for GossipSocket {
         // run in the background, bounded. A failed or shed send is a lost datagram to
         // chitchat, not a broken socket.
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.link.stats().record_rejected();
+            self.link.stats().record_shed();
             return Ok(());
         };
         let link = self.link.clone();

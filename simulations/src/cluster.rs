@@ -136,6 +136,7 @@ fn add(total: &mut LinkStatsSnapshot, more: &LinkStatsSnapshot) {
     total.frames_received += more.frames_received;
     total.bytes_received += more.bytes_received;
     total.frames_rejected += more.frames_rejected;
+    total.frames_shed += more.frames_shed;
 }
 /// The size a simulated primary brick reports.
 const SIM_BRICK_BYTES: u64 = 1 << 40;
