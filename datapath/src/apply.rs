@@ -1,0 +1,436 @@
+//! The secondary side: operations applied under the secondary volume's root, never
+//! outside it.
+//!
+//! Every operation names its entries by [`RelPath`] (no `..`, nothing absolute); the
+//! parent directory is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! from a descriptor of the root, and the operation is done relative to that
+//! descriptor on the last component alone (`renameat`, `unlinkat`, `mkdirat`, ...,
+//! files opened `O_NOFOLLOW`). A symlink or `..` on the way therefore fails instead of
+//! leading elsewhere, also when someone swaps a directory for a symlink meanwhile.
+//!
+//! File content is written to a temporary file beside its destination, each chunk
+//! verified against its BLAKE3 hash and the whole against the content hash, fsynced,
+//! then renamed into place: a reader sees the old file or the new one, never a part.
+//! Chunks the destination's current file already has are copied from it; only the
+//! others must be sent ([`Applier::missing_chunks`]).
+//!
+//! Operations are idempotent, so a worker resuming from its last acknowledged
+//! position may send some again: a rename whose source is gone and whose destination
+//! exists, a removal of what is not there, a mkdir of an existing directory succeed.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
+use nix::sys::stat::mkdirat;
+use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
+
+use crate::chunk::{ChunkRef, Hash, chunk_reader};
+use crate::index::{Entry, EntryKind, Op, TEMP_PREFIX, synced_xattr};
+use crate::path::{PathError, RelPath};
+
+/// Chunk bytes sent for a write, by hash.
+pub type FileData = HashMap<Hash, Vec<u8>>;
+
+/// Why an operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A path that is not plain and relative.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A symlink, `..` or a non-directory on the way to the entry.
+    #[error("{path}: refused, the way there leaves the volume (a symlink or a file on the way)")]
+    Escapes {
+        /// The entry.
+        path: RelPath,
+    },
+    /// A chunk whose bytes do not hash to what the operation says.
+    #[error("{path}: chunk at offset {offset} does not match its hash")]
+    HashMismatch {
+        /// The file.
+        path: RelPath,
+        /// The chunk's offset.
+        offset: u64,
+    },
+    /// The assembled file does not hash to the content hash.
+    #[error("{path}: content does not match its hash")]
+    ContentMismatch {
+        /// The file.
+        path: RelPath,
+    },
+    /// A chunk neither sent nor found in the current file.
+    #[error("{path}: chunk at offset {offset} was not sent and is not here")]
+    MissingChunk {
+        /// The file.
+        path: RelPath,
+        /// The chunk's offset.
+        offset: u64,
+    },
+    /// A system call failed.
+    #[error("{path}: {what}: {source}")]
+    Io {
+        /// The entry.
+        path: RelPath,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &RelPath, what: &'static str, errno: Errno) -> ApplyError {
+    match errno {
+        // openat2's answers to a symlink or `..` on the way (RESOLVE_NO_SYMLINKS,
+        // RESOLVE_BENEATH), and to a file where a directory must be.
+        Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => ApplyError::Escapes { path: path.clone() },
+        _ => ApplyError::Io {
+            path: path.clone(),
+            what,
+            source: std::io::Error::from(errno),
+        },
+    }
+}
+
+/// Applies operations under one root (a secondary volume's path on this node).
+#[derive(Debug)]
+pub struct Applier {
+    root: OwnedFd,
+    root_path: PathBuf,
+    /// Whether owners and `trusted.*` attributes can be set (running as root).
+    privileged: bool,
+}
+
+impl Applier {
+    /// An applier for the directory `root`.
+    pub fn open(root: &Path) -> std::io::Result<Applier> {
+        let fd = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(Applier {
+            root: fd,
+            root_path: root.to_path_buf(),
+            privileged: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// The parent directory of `path`, opened beneath the root without symlinks, and
+    /// the last component.
+    fn parent<'p>(&self, path: &'p RelPath) -> Result<(OwnedFd, &'p OsStr), ApplyError> {
+        let name = OsStr::from_bytes(path.file_name());
+        let parent = match path.parent() {
+            Some(parent) => parent,
+            None => {
+                let fd = self.root.try_clone().map_err(|e| ApplyError::Io {
+                    path: path.clone(),
+                    what: "dup root",
+                    source: e,
+                })?;
+                return Ok((fd, name));
+            }
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let fd = openat2(self.root.as_fd(), parent.as_path(), how)
+            .map_err(|e| io(path, "open parent", e))?;
+        Ok((fd, name))
+    }
+
+    /// The chunks of `chunks` that the file now at `path` does not have (what the
+    /// primary must send).
+    pub fn missing_chunks(&self, path: &RelPath, chunks: &[ChunkRef]) -> Vec<Hash> {
+        let have = self.current_chunks(path).unwrap_or_default();
+        let mut missing: Vec<Hash> = chunks
+            .iter()
+            .map(|c| c.hash)
+            .filter(|h| !have.contains_key(h))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
+    /// The current file at `path`, opened without following it, and its chunks by hash.
+    fn current(&self, path: &RelPath) -> Option<(File, HashMap<Hash, ChunkRef>)> {
+        let (dir, name) = self.parent(path).ok()?;
+        let fd = openat(
+            dir.as_fd(),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut file = File::from(fd);
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let (chunks, _) = chunk_reader(std::io::BufReader::new(&mut file)).ok()?;
+        Some((file, chunks.into_iter().map(|c| (c.hash, c)).collect()))
+    }
+
+    fn current_chunks(&self, path: &RelPath) -> Option<HashMap<Hash, ChunkRef>> {
+        self.current(path).map(|(_, chunks)| chunks)
+    }
+
+    /// Applies one operation; `data` holds the chunk bytes a [`Op::Write`] needs.
+    pub fn apply(&self, op: &Op, data: &FileData) -> Result<(), ApplyError> {
+        match op {
+            Op::Mkdir { path } => {
+                let (dir, name) = self.parent(path)?;
+                match mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(io(path, "mkdir", e)),
+                }
+            }
+            Op::Symlink { path, target } => {
+                let (dir, name) = self.parent(path)?;
+                let temp = temp_name(name);
+                let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                symlinkat(OsStr::from_bytes(target), dir.as_fd(), temp.as_os_str())
+                    .map_err(|e| io(path, "symlink", e))?;
+                renameat(dir.as_fd(), temp.as_os_str(), dir.as_fd(), name)
+                    .map_err(|e| io(path, "rename symlink into place", e))
+            }
+            Op::Link { path, existing } => {
+                let (from_dir, from_name) = self.parent(existing)?;
+                let (dir, name) = self.parent(path)?;
+                let temp = temp_name(name);
+                let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                linkat(
+                    from_dir.as_fd(),
+                    from_name,
+                    dir.as_fd(),
+                    temp.as_os_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| io(path, "link", e))?;
+                renameat(dir.as_fd(), temp.as_os_str(), dir.as_fd(), name)
+                    .map_err(|e| io(path, "rename link into place", e))
+            }
+            Op::Rename { from, to } => {
+                let (from_dir, from_name) = self.parent(from)?;
+                let (to_dir, to_name) = self.parent(to)?;
+                match renameat(from_dir.as_fd(), from_name, to_dir.as_fd(), to_name) {
+                    Ok(()) => Ok(()),
+                    // Done before (a resumed worker sends it again).
+                    Err(Errno::ENOENT) if exists(&to_dir, to_name) => Ok(()),
+                    Err(e) => Err(io(to, "rename", e)),
+                }
+            }
+            Op::Remove { path, dir: is_dir } => {
+                let (dir, name) = self.parent(path)?;
+                let flag = if *is_dir {
+                    UnlinkatFlags::RemoveDir
+                } else {
+                    UnlinkatFlags::NoRemoveDir
+                };
+                match unlinkat(dir.as_fd(), name, flag) {
+                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(io(path, "remove", e)),
+                }
+            }
+            Op::Write {
+                path,
+                size,
+                content,
+                chunks,
+            } => self.write(path, *size, content, chunks, data),
+            Op::Meta { path, entry } => self.set_meta(path, entry),
+        }
+    }
+
+    fn write(
+        &self,
+        path: &RelPath,
+        size: u64,
+        content: &Hash,
+        chunks: &[ChunkRef],
+        data: &FileData,
+    ) -> Result<(), ApplyError> {
+        let mut current = self.current(path);
+        let (dir, name) = self.parent(path)?;
+        let temp = temp_name(name);
+        let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        let fd = openat(
+            dir.as_fd(),
+            temp.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io(path, "create temporary file", e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, File::from(fd));
+        let result = (|| {
+            let mut whole = blake3::Hasher::new();
+            let mut written = 0u64;
+            let mut buffer = Vec::new();
+            for chunk in chunks {
+                let bytes: &[u8] = match data.get(&chunk.hash) {
+                    Some(bytes) => bytes,
+                    None => {
+                        let (file, have) = current.as_mut().ok_or(ApplyError::MissingChunk {
+                            path: path.clone(),
+                            offset: chunk.offset,
+                        })?;
+                        let local = have.get(&chunk.hash).ok_or(ApplyError::MissingChunk {
+                            path: path.clone(),
+                            offset: chunk.offset,
+                        })?;
+                        buffer.resize(local.len as usize, 0);
+                        file.seek(SeekFrom::Start(local.offset))
+                            .and_then(|_| file.read_exact(&mut buffer))
+                            .map_err(|source| ApplyError::Io {
+                                path: path.clone(),
+                                what: "read current file",
+                                source,
+                            })?;
+                        &buffer
+                    }
+                };
+                if bytes.len() != chunk.len as usize || Hash::of(bytes) != chunk.hash {
+                    return Err(ApplyError::HashMismatch {
+                        path: path.clone(),
+                        offset: chunk.offset,
+                    });
+                }
+                whole.update(bytes);
+                written += bytes.len() as u64;
+                out.write_all(bytes).map_err(|source| ApplyError::Io {
+                    path: path.clone(),
+                    what: "write",
+                    source,
+                })?;
+            }
+            if written != size || Hash(*whole.finalize().as_bytes()) != *content {
+                return Err(ApplyError::ContentMismatch { path: path.clone() });
+            }
+            let file = out.into_inner().map_err(|e| ApplyError::Io {
+                path: path.clone(),
+                what: "write",
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(|source| ApplyError::Io {
+                path: path.clone(),
+                what: "fsync",
+                source,
+            })?;
+            renameat(dir.as_fd(), temp.as_os_str(), dir.as_fd(), name)
+                .map_err(|e| io(path, "rename into place", e))
+        })();
+        if result.is_err() {
+            let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
+
+    fn set_meta(&self, path: &RelPath, entry: &Entry) -> Result<(), ApplyError> {
+        let (dir, name) = self.parent(path)?;
+        let mtime = TimeSpec::new(entry.mtime, i64::from(entry.mtime_nsec));
+        let omit = TimeSpec::UTIME_OMIT;
+        if let EntryKind::Symlink(_) = entry.kind {
+            // Symlinks have no mode or xattrs of their own here; owner and time are
+            // set on the link itself.
+            if self.privileged {
+                fchownat(
+                    dir.as_fd(),
+                    name,
+                    Some(Uid::from_raw(entry.uid)),
+                    Some(Gid::from_raw(entry.gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io(path, "chown", e))?;
+            }
+            return utimensat(
+                dir.as_fd(),
+                name,
+                &omit,
+                &mtime,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| io(path, "set mtime", e));
+        }
+        let flags = match entry.kind {
+            EntryKind::Dir => OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            _ => OFlag::O_RDONLY,
+        };
+        let fd = openat(
+            dir.as_fd(),
+            name,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| io(path, "open for metadata", e))?;
+        if self.privileged {
+            fchown(
+                fd.as_fd(),
+                Some(Uid::from_raw(entry.uid)),
+                Some(Gid::from_raw(entry.gid)),
+            )
+            .map_err(|e| io(path, "chown", e))?;
+        }
+        fchmod(fd.as_fd(), Mode::from_bits_truncate(entry.mode))
+            .map_err(|e| io(path, "chmod", e))?;
+        let file = File::from(fd);
+        self.set_xattrs(path, &file, &entry.xattrs)?;
+        futimens(file.as_fd(), &omit, &mtime).map_err(|e| io(path, "set mtime", e))
+    }
+
+    fn set_xattrs(
+        &self,
+        path: &RelPath,
+        file: &File,
+        wanted: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), ApplyError> {
+        use xattr::FileExt;
+        let settable =
+            |name: &[u8]| synced_xattr(name) && (self.privileged || !name.starts_with(b"trusted."));
+        if let Ok(names) = file.list_xattr() {
+            for name in names {
+                let bytes = name.as_bytes();
+                if settable(bytes) && !wanted.iter().any(|(n, _)| n == bytes) {
+                    let _ = file.remove_xattr(&name);
+                }
+            }
+        }
+        for (name, value) in wanted.iter().filter(|(n, _)| settable(n)) {
+            file.set_xattr(OsStr::from_bytes(name), value)
+                .map_err(|source| ApplyError::Io {
+                    path: path.clone(),
+                    what: "set xattr",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn exists(dir: &OwnedFd, name: &OsStr) -> bool {
+    nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+}
+
+/// The temporary name a write to `name` uses (skipped by scans).
+fn temp_name(name: &OsStr) -> std::ffi::OsString {
+    let hash = Hash::of(name.as_bytes());
+    let mut out = std::ffi::OsString::from(TEMP_PREFIX);
+    out.push(format!("{:?}.{}", hash, std::process::id()));
+    out
+}

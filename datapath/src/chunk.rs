@@ -1,0 +1,141 @@
+//! Content-defined chunks: FastCDC (2020, normalization level 1) cut points, each
+//! chunk hashed with BLAKE3, so that an edit in the middle of a file changes the
+//! chunks around it and no others (fixed-size blocks would shift every block after an
+//! insertion; rsync's rolling checksum needs both sides to read the whole file).
+
+use std::fmt;
+use std::io::{self, Read};
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest chunk (bytes), except a file's last.
+pub const MIN_CHUNK: usize = 16 * 1024;
+/// Average chunk size FastCDC aims at.
+pub const AVG_CHUNK: usize = 64 * 1024;
+/// Largest chunk.
+pub const MAX_CHUNK: usize = 256 * 1024;
+
+/// A BLAKE3 hash.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Hash {
+        Hash(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in &self.0[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One chunk of a file: where it is and what it hashes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// BLAKE3 of its bytes.
+    pub hash: Hash,
+}
+
+/// The chunks of everything `reader` yields, and the BLAKE3 of the whole.
+pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
+    let mut whole = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+        let chunk = chunk.map_err(|error| match error {
+            fastcdc::v2020::Error::IoError(error) => error,
+            other => io::Error::other(other.to_string()),
+        })?;
+        whole.update(&chunk.data);
+        chunks.push(ChunkRef {
+            offset: chunk.offset,
+            // MAX_CHUNK fits in u32.
+            len: chunk.length as u32,
+            hash: Hash::of(&chunk.data),
+        });
+    }
+    Ok((chunks, Hash(*whole.finalize().as_bytes())))
+}
+
+/// The chunks of the file at `path` (opened without following a final symlink).
+pub fn chunk_file(path: &std::path::Path) -> io::Result<(Vec<ChunkRef>, Hash)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))
+}
+
+/// The chunks of `bytes`.
+pub fn chunk_bytes(bytes: &[u8]) -> (Vec<ChunkRef>, Hash) {
+    // Reading from a slice cannot fail.
+    chunk_reader(bytes).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_cover_the_file_and_respect_the_bounds() {
+        let data = noise(3 << 20, 1);
+        let (chunks, whole) = chunk_bytes(&data);
+        assert_eq!(whole, Hash::of(&data));
+        let mut at = 0u64;
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c.offset, at);
+            let bytes = &data[c.offset as usize..][..c.len as usize];
+            assert_eq!(c.hash, Hash::of(bytes));
+            assert!(c.len as usize <= MAX_CHUNK);
+            if i + 1 < chunks.len() {
+                assert!(c.len as usize >= MIN_CHUNK);
+            }
+            at += u64::from(c.len);
+        }
+        assert_eq!(at, data.len() as u64);
+        assert!(chunks.len() > 20, "{} chunks for 3 MiB", chunks.len());
+        assert_eq!(chunk_bytes(&[]).0, Vec::new());
+    }
+
+    #[test]
+    fn an_insertion_in_the_middle_changes_only_the_chunks_around_it() {
+        let before = noise(8 << 20, 2);
+        let mut after = before.clone();
+        let middle = before.len() / 2;
+        after.splice(middle..middle, noise(1000, 3));
+        let (old, _) = chunk_bytes(&before);
+        let (new, _) = chunk_bytes(&after);
+        let known: std::collections::HashSet<Hash> = old.iter().map(|c| c.hash).collect();
+        let changed: u64 = new
+            .iter()
+            .filter(|c| !known.contains(&c.hash))
+            .map(|c| u64::from(c.len))
+            .sum();
+        assert!(
+            changed <= 3 * MAX_CHUNK as u64,
+            "{changed} bytes of new chunks for a 1000-byte insertion"
+        );
+    }
+}

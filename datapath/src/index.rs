@@ -1,0 +1,587 @@
+//! A brick's index (every entry with its kind, metadata and, for files, chunk hashes),
+//! scanning a brick into one, and the operations that turn one index into another.
+//!
+//! [`diff`] works on a copy of the old index, applying each operation to it as it is
+//! emitted, so that the operations are valid in order (a parent exists before its
+//! child, a rename's source is where the copy says) and their end state is the new
+//! index. Moves are found by inode: a file or directory whose inode appears at another
+//! path is renamed there (also onto an existing file: rename replaces it), never
+//! deleted and sent again; further paths of one inode become hard links.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{ChunkRef, Hash, chunk_file};
+use crate::path::RelPath;
+
+/// Top-level names of a brick that are not volume content (gluster's own).
+pub const SKIPPED_TOP_LEVEL: &[&str] = &[".glusterfs", ".trashcan"];
+/// Temporary files the secondary writes before renaming start with this.
+pub const TEMP_PREFIX: &str = ".georep-tmp.";
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link and its target (bytes, as stored).
+    Symlink(Vec<u8>),
+}
+
+/// One entry of a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Kind (and a symlink's target).
+    pub kind: EntryKind,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Permission bits (and setuid/setgid/sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Its nanoseconds.
+    pub mtime_nsec: u32,
+    /// Inode on the brick (moves and hard links are recognised by it).
+    pub ino: u64,
+    /// Extended attributes synced (`user.*`, and `trusted.*` but gluster's own).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A file's chunks.
+    pub chunks: Vec<ChunkRef>,
+    /// A file's whole-content BLAKE3.
+    pub content: Option<Hash>,
+}
+
+impl Entry {
+    /// Whether `other` has the same metadata (mode, owner, mtime, xattrs).
+    pub fn same_meta(&self, other: &Entry) -> bool {
+        self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.mtime == other.mtime
+            && self.mtime_nsec == other.mtime_nsec
+            && self.xattrs == other.xattrs
+    }
+
+    /// Whether `other` has the same content (a file's bytes, a symlink's target).
+    pub fn same_content(&self, other: &Entry) -> bool {
+        match (&self.kind, &other.kind) {
+            (EntryKind::File, EntryKind::File) => {
+                self.size == other.size && self.content == other.content
+            }
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// Every entry of a tree, by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    /// Entries by path.
+    pub entries: BTreeMap<RelPath, Entry>,
+}
+
+/// What a scan could not read (counted as FAILURES, retried by the next scan).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Files whose content was read and chunked (the others reused the old hashes).
+    pub files_hashed: u64,
+    /// Bytes read for that.
+    pub bytes_hashed: u64,
+    /// Paths that could not be read, and why.
+    pub failures: Vec<(RelPath, String)>,
+}
+
+/// Whether an extended attribute is synced: `user.*`, and `trusted.*` except
+/// gluster's own (gfid, afr, ec, glusterfs, dht).
+pub fn synced_xattr(name: &[u8]) -> bool {
+    if name.starts_with(b"user.") {
+        return true;
+    }
+    name.starts_with(b"trusted.")
+        && ![
+            &b"trusted.gfid"[..],
+            b"trusted.afr.",
+            b"trusted.ec.",
+            b"trusted.glusterfs.",
+            b"trusted.dht",
+            b"trusted.pgfid.",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .filter(|name| synced_xattr(name.as_bytes()))
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok()??;
+            Some((name.as_bytes().to_vec(), value))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Scans the tree under `root`, reusing the chunk hashes of `previous` for files whose
+/// inode, size and mtime are unchanged.
+pub fn scan(root: &Path, previous: Option<&Index>) -> io::Result<(Index, ScanReport)> {
+    let mut index = Index::default();
+    let mut report = ScanReport::default();
+    // Fails only for the root itself: a brick that cannot be read.
+    std::fs::read_dir(root)?;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) => {
+                if let Some(rel) = RelPath::under(root, &dir) {
+                    report.failures.push((rel, error.to_string()));
+                }
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
+                || (dir == root
+                    && SKIPPED_TOP_LEVEL
+                        .iter()
+                        .any(|skip| name.as_bytes() == skip.as_bytes()))
+            {
+                continue;
+            }
+            let Some(rel) = RelPath::under(root, &path) else {
+                continue;
+            };
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(error) => {
+                    report.failures.push((rel, error.to_string()));
+                    continue;
+                }
+            };
+            let file_type = meta.file_type();
+            let kind = if file_type.is_dir() {
+                pending.push(path.clone());
+                EntryKind::Dir
+            } else if file_type.is_symlink() {
+                match std::fs::read_link(&path) {
+                    Ok(target) => EntryKind::Symlink(target.as_os_str().as_bytes().to_vec()),
+                    Err(error) => {
+                        report.failures.push((rel, error.to_string()));
+                        continue;
+                    }
+                }
+            } else if file_type.is_file() {
+                EntryKind::File
+            } else {
+                // Devices, fifos and sockets are not volume data.
+                continue;
+            };
+            let mut entry = Entry {
+                size: if kind == EntryKind::File {
+                    meta.len()
+                } else {
+                    0
+                },
+                kind,
+                mode: meta.permissions().mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: meta.mtime(),
+                mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+                ino: meta.ino(),
+                xattrs: if file_type.is_symlink() {
+                    Vec::new()
+                } else {
+                    read_xattrs(&path)
+                },
+                chunks: Vec::new(),
+                content: None,
+            };
+            if entry.kind == EntryKind::File {
+                let reusable = previous.and_then(|p| p.entries.get(&rel)).filter(|old| {
+                    old.kind == EntryKind::File
+                        && old.ino == entry.ino
+                        && old.size == entry.size
+                        && old.mtime == entry.mtime
+                        && old.mtime_nsec == entry.mtime_nsec
+                        && old.content.is_some()
+                });
+                match reusable {
+                    Some(old) => {
+                        entry.chunks = old.chunks.clone();
+                        entry.content = old.content;
+                    }
+                    None => match chunk_file(&path) {
+                        Ok((chunks, content)) => {
+                            report.files_hashed += 1;
+                            report.bytes_hashed += entry.size;
+                            entry.chunks = chunks;
+                            entry.content = Some(content);
+                        }
+                        Err(error) => {
+                            report.failures.push((rel, error.to_string()));
+                            continue;
+                        }
+                    },
+                }
+            }
+            index.entries.insert(rel, entry);
+        }
+    }
+    Ok((index, report))
+}
+
+/// One operation on a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a directory (its parent exists).
+    Mkdir {
+        /// Where.
+        path: RelPath,
+    },
+    /// Create (or replace) a symlink.
+    Symlink {
+        /// Where.
+        path: RelPath,
+        /// Its target, as stored.
+        target: Vec<u8>,
+    },
+    /// Make `path` another name of the file at `existing`.
+    Link {
+        /// The new name.
+        path: RelPath,
+        /// A name the file already has.
+        existing: RelPath,
+    },
+    /// Move `from` to `to`, replacing a file at `to`.
+    Rename {
+        /// Current path.
+        from: RelPath,
+        /// New path.
+        to: RelPath,
+    },
+    /// Write a file's content: the chunks in order.
+    Write {
+        /// Which file.
+        path: RelPath,
+        /// Its size.
+        size: u64,
+        /// Its whole-content hash.
+        content: Hash,
+        /// Its chunks.
+        chunks: Vec<ChunkRef>,
+    },
+    /// Set metadata.
+    Meta {
+        /// Which entry.
+        path: RelPath,
+        /// The metadata (kind and content fields are ignored).
+        entry: Box<Entry>,
+    },
+    /// Remove a file, symlink or (empty) directory.
+    Remove {
+        /// Which entry.
+        path: RelPath,
+        /// Whether it is a directory.
+        dir: bool,
+    },
+}
+
+impl Op {
+    /// The path the operation creates or changes.
+    pub fn path(&self) -> &RelPath {
+        match self {
+            Op::Mkdir { path }
+            | Op::Symlink { path, .. }
+            | Op::Link { path, .. }
+            | Op::Write { path, .. }
+            | Op::Meta { path, .. }
+            | Op::Remove { path, .. } => path,
+            Op::Rename { to, .. } => to,
+        }
+    }
+
+    /// gluster's counters: ENTRY (namespace), DATA (content) or META.
+    pub fn class(&self) -> OpClass {
+        match self {
+            Op::Write { .. } => OpClass::Data,
+            Op::Meta { .. } => OpClass::Meta,
+            _ => OpClass::Entry,
+        }
+    }
+}
+
+/// gluster's classes of changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpClass {
+    /// Namespace: create, mkdir, link, rename, unlink, rmdir.
+    Entry,
+    /// File content.
+    Data,
+    /// Mode, owner, times, xattrs.
+    Meta,
+}
+
+/// The model `diff` applies its operations to.
+struct View {
+    entries: BTreeMap<RelPath, Entry>,
+}
+
+impl View {
+    fn rename(&mut self, from: &RelPath, to: &RelPath) {
+        let moved: Vec<RelPath> = self
+            .entries
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        // Whatever was at `to` is replaced.
+        self.remove_tree(to);
+        for path in moved {
+            if let (Some(entry), Some(dest)) = (self.entries.remove(&path), path.rebase(from, to)) {
+                self.entries.insert(dest, entry);
+            }
+        }
+    }
+
+    fn remove_tree(&mut self, at: &RelPath) {
+        let doomed: Vec<RelPath> = self
+            .entries
+            .keys()
+            .filter(|p| p.starts_with(at))
+            .cloned()
+            .collect();
+        for path in doomed {
+            self.entries.remove(&path);
+        }
+    }
+
+    fn path_of_ino(&self, ino: u64, new: &Index) -> Option<RelPath> {
+        // A place holding the inode that the new index does not want it at.
+        self.entries
+            .iter()
+            .find(|(p, e)| e.ino == ino && new.entries.get(*p).is_none_or(|n| n.ino != ino))
+            .map(|(p, _)| p.clone())
+    }
+}
+
+/// The operations that turn the tree `old` describes into the one `new` describes.
+pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
+    let mut view = View {
+        entries: old.entries.clone(),
+    };
+    let mut ops = Vec::new();
+    let mut by_depth: Vec<(&RelPath, &Entry)> = new.entries.iter().collect();
+    by_depth.sort_by_key(|(p, _)| (p.depth(), (*p).clone()));
+
+    // Directories, parents first: in place, moved here, or created.
+    for (path, entry) in by_depth.iter().filter(|(_, e)| e.kind == EntryKind::Dir) {
+        if view
+            .entries
+            .get(*path)
+            .is_some_and(|e| e.ino == entry.ino && e.kind == EntryKind::Dir)
+        {
+            continue;
+        }
+        if view
+            .entries
+            .get(*path)
+            .is_some_and(|e| e.kind != EntryKind::Dir)
+        {
+            // A file or symlink where a directory must be: it goes (moved elsewhere
+            // later if the new tree has its inode, as a new entry then).
+            ops.push(Op::Remove {
+                path: (*path).clone(),
+                dir: false,
+            });
+            view.remove_tree(path);
+        }
+        let source = view
+            .path_of_ino(entry.ino, new)
+            .filter(|p| {
+                view.entries
+                    .get(p)
+                    .is_some_and(|e| e.kind == EntryKind::Dir)
+            })
+            .filter(|p| !path.starts_with(p));
+        match source {
+            Some(from) if !view.entries.contains_key(*path) => {
+                ops.push(Op::Rename {
+                    from: from.clone(),
+                    to: (*path).clone(),
+                });
+                view.rename(&from, path);
+            }
+            _ => {
+                if view.entries.contains_key(*path) {
+                    // Another directory (a different inode) is here: keep it, it is
+                    // the same name; its metadata is set below.
+                    if let Some(e) = view.entries.get_mut(*path) {
+                        e.ino = entry.ino;
+                    }
+                } else {
+                    ops.push(Op::Mkdir {
+                        path: (*path).clone(),
+                    });
+                    let mut placeholder = (*entry).clone();
+                    placeholder.mode = u32::MAX; // metadata still to set
+                    view.entries.insert((*path).clone(), placeholder);
+                }
+            }
+        }
+    }
+
+    // Files and symlinks: in place, moved here, another name of one placed, or new.
+    let mut placed: HashMap<u64, RelPath> = HashMap::new();
+    for (path, entry) in by_depth.iter().filter(|(_, e)| e.kind != EntryKind::Dir) {
+        let here = view.entries.get(*path);
+        if here.is_some_and(|e| e.ino == entry.ino && same_kind(e, entry)) {
+            placed.entry(entry.ino).or_insert_with(|| (*path).clone());
+            continue;
+        }
+        if here.is_some_and(|e| e.kind == EntryKind::Dir) {
+            ops.push(Op::Remove {
+                path: (*path).clone(),
+                dir: true,
+            });
+            remove_subtree_ops(&mut view, path, &mut ops);
+        }
+        let linked = placed
+            .get(&entry.ino)
+            .filter(|p| entry.kind == EntryKind::File && view.entries.contains_key(*p));
+        if let Some(existing) = linked {
+            ops.push(Op::Link {
+                path: (*path).clone(),
+                existing: existing.clone(),
+            });
+            if let Some(e) = view.entries.get(existing).cloned() {
+                view.entries.insert((*path).clone(), e);
+            }
+            continue;
+        }
+        let source = view
+            .path_of_ino(entry.ino, new)
+            .filter(|p| view.entries.get(p).is_some_and(|e| same_kind(e, entry)));
+        match source {
+            Some(from) => {
+                ops.push(Op::Rename {
+                    from: from.clone(),
+                    to: (*path).clone(),
+                });
+                view.rename(&from, path);
+            }
+            None => {
+                match &entry.kind {
+                    EntryKind::Symlink(target) => ops.push(Op::Symlink {
+                        path: (*path).clone(),
+                        target: target.clone(),
+                    }),
+                    _ => ops.push(write_op(path, entry)),
+                }
+                let mut written = (*entry).clone();
+                written.mode = u32::MAX; // metadata still to set
+                view.entries.insert((*path).clone(), written);
+            }
+        }
+        placed.entry(entry.ino).or_insert_with(|| (*path).clone());
+    }
+
+    // What the new tree does not have, deepest first.
+    let mut gone: Vec<RelPath> = view
+        .entries
+        .keys()
+        .filter(|p| !new.entries.contains_key(*p))
+        .cloned()
+        .collect();
+    gone.sort_by_key(|p| std::cmp::Reverse(p.depth()));
+    for path in gone {
+        if let Some(e) = view.entries.remove(&path) {
+            ops.push(Op::Remove {
+                path,
+                dir: e.kind == EntryKind::Dir,
+            });
+        }
+    }
+
+    // Content of files whose bytes changed, then metadata (directories last, deepest
+    // first: creating entries inside a directory changes its mtime).
+    let mut meta_files = Vec::new();
+    let mut meta_dirs = Vec::new();
+    for (path, entry) in &new.entries {
+        let Some(current) = view.entries.get(path) else {
+            continue;
+        };
+        if entry.kind == EntryKind::File && current.mode != u32::MAX && !current.same_content(entry)
+        {
+            ops.push(write_op(path, entry));
+        }
+        if current.mode == u32::MAX || !current.same_meta(entry) {
+            let op = Op::Meta {
+                path: path.clone(),
+                entry: Box::new(entry.clone()),
+            };
+            if entry.kind == EntryKind::Dir {
+                meta_dirs.push(op);
+            } else {
+                meta_files.push(op);
+            }
+        }
+    }
+    meta_dirs.sort_by_key(|op| std::cmp::Reverse(op.path().depth()));
+    ops.extend(meta_files);
+    ops.extend(meta_dirs);
+    ops
+}
+
+fn same_kind(a: &Entry, b: &Entry) -> bool {
+    matches!(
+        (&a.kind, &b.kind),
+        (EntryKind::File, EntryKind::File)
+            | (EntryKind::Dir, EntryKind::Dir)
+            | (EntryKind::Symlink(_), EntryKind::Symlink(_))
+    )
+}
+
+fn write_op(path: &RelPath, entry: &Entry) -> Op {
+    Op::Write {
+        path: path.clone(),
+        size: entry.size,
+        content: entry.content.unwrap_or(Hash([0; 32])),
+        chunks: entry.chunks.clone(),
+    }
+}
+
+/// Removes the directory `at` and everything below it from `view`, emitting the
+/// removals of its contents (deepest first) before the caller's removal of `at`.
+fn remove_subtree_ops(view: &mut View, at: &RelPath, ops: &mut Vec<Op>) {
+    let Some(dir_op) = ops.pop() else { return };
+    let mut below: Vec<(RelPath, bool)> = view
+        .entries
+        .iter()
+        .filter(|(p, _)| p.starts_with(at) && *p != at)
+        .map(|(p, e)| (p.clone(), e.kind == EntryKind::Dir))
+        .collect();
+    below.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
+    for (path, dir) in below {
+        ops.push(Op::Remove { path, dir });
+    }
+    ops.push(dir_op);
+    view.remove_tree(at);
+}

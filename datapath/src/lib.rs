@@ -1,0 +1,24 @@
+//! The built-in monitor's data path, as a library: what a primary brick holds (an
+//! index of entries with content-defined chunk hashes), what changed between two
+//! indexes (entry operations in causal order, renames as renames), and applying those
+//! operations on a secondary volume without ever writing outside it.
+//!
+//! - [`path`]: relative paths as they travel ([`RelPath`]: no `..`, no absolute, no
+//!   empty or `.` components) and resolving them under a root without following
+//!   symlinks out of it.
+//! - [`chunk`]: FastCDC (2020) chunks hashed with BLAKE3.
+//! - [`index`]: scanning a brick into an [`Index`] (reusing chunk hashes of files whose
+//!   inode, size and mtime did not change) and diffing two indexes into [`Op`]s.
+//! - [`apply`]: the secondary side: each operation checked and applied under the
+//!   volume's root; file contents written to a temporary file, verified, fsynced and
+//!   renamed into place.
+
+pub mod apply;
+pub mod chunk;
+pub mod index;
+pub mod path;
+
+pub use apply::{Applier, ApplyError, FileData};
+pub use chunk::{ChunkRef, Hash, chunk_bytes, chunk_file};
+pub use index::{Entry, EntryKind, Index, Op, diff, scan};
+pub use path::{PathError, RelPath};

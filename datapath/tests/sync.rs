@@ -1,0 +1,284 @@
+//! The data path on real files: a primary tree scanned, diffed and applied onto a
+//! secondary directory equals it afterwards, first from nothing, then after edits of
+//! every kind; bytes sent are what changed; hostile operations are refused without a
+//! write outside the secondary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use georep_datapath::{Applier, ApplyError, FileData, Hash, Index, Op, RelPath, diff, scan};
+
+/// Reads the chunks `wanted` of the primary file at `path`.
+fn chunk_data(root: &Path, path: &RelPath, op: &Op, wanted: &[Hash]) -> FileData {
+    let Op::Write { chunks, .. } = op else {
+        return FileData::new();
+    };
+    let mut file = fs::File::open(root.join(path.as_path())).unwrap();
+    let mut out = FileData::new();
+    for chunk in chunks.iter().filter(|c| wanted.contains(&c.hash)) {
+        let mut bytes = vec![0; chunk.len as usize];
+        file.seek(SeekFrom::Start(chunk.offset)).unwrap();
+        file.read_exact(&mut bytes).unwrap();
+        out.insert(chunk.hash, bytes);
+    }
+    out
+}
+
+/// One round: scan, diff against what the secondary has, apply. Returns the new index
+/// and the chunk bytes sent.
+fn sync(primary: &Path, applier: &Applier, old: &Index, ignore_deletes: bool) -> (Index, u64) {
+    let (new, report) = scan(primary, Some(old)).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let mut sent = 0;
+    for op in diff(old, &new) {
+        if ignore_deletes && matches!(op, Op::Remove { .. }) {
+            continue;
+        }
+        let data = match &op {
+            Op::Write { path, chunks, .. } => {
+                let missing = applier.missing_chunks(path, chunks);
+                chunk_data(primary, path, &op, &missing)
+            }
+            _ => FileData::new(),
+        };
+        sent += data.values().map(|b| b.len() as u64).sum::<u64>();
+        applier
+            .apply(&op, &data)
+            .unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    }
+    (new, sent)
+}
+
+type Shape = BTreeMap<String, String>;
+
+/// What a tree looks like, inodes aside: per path its kind, size, mode, mtime,
+/// content, xattrs; and which paths share an inode.
+fn shape(root: &Path) -> (Shape, BTreeSet<Vec<String>>) {
+    let (index, _) = scan(root, None).unwrap();
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let shape = index
+        .entries
+        .iter()
+        .map(|(path, e)| {
+            by_ino.entry(e.ino).or_default().push(path.to_string());
+            (
+                path.to_string(),
+                format!(
+                    "{:?} size={} mode={:o} mtime={}.{} content={:?} xattrs={:?}",
+                    e.kind, e.size, e.mode, e.mtime, e.mtime_nsec, e.content, e.xattrs
+                ),
+            )
+        })
+        .collect();
+    let links = by_ino
+        .into_values()
+        .filter(|paths| paths.len() > 1)
+        .collect();
+    (shape, links)
+}
+
+fn assert_same(primary: &Path, secondary: &Path) {
+    let (p, p_links) = shape(primary);
+    let (s, s_links) = shape(secondary);
+    for (path, what) in &p {
+        assert_eq!(s.get(path), Some(what), "{path} differs");
+    }
+    let extra: Vec<&String> = s.keys().filter(|k| !p.contains_key(*k)).collect();
+    assert!(extra.is_empty(), "extra on the secondary: {extra:?}");
+    assert_eq!(p_links, s_links, "hard links differ");
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn build_tree(root: &Path) {
+    for d in ["a/b/c", "docs", "empty"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for i in 0..200 {
+        fs::write(
+            root.join(format!("a/b/c/small-{i}.txt")),
+            format!("file {i}\n"),
+        )
+        .unwrap();
+    }
+    fs::write(root.join("big.bin"), noise(6 << 20, 1)).unwrap();
+    fs::write(root.join("docs/readme"), b"hello").unwrap();
+    fs::hard_link(root.join("docs/readme"), root.join("docs/readme.link")).unwrap();
+    symlink("../big.bin", root.join("docs/big")).unwrap();
+    symlink("/etc/passwd", root.join("docs/absolute")).unwrap();
+    fs::set_permissions(root.join("docs/readme"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(root.join("x.sh"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("x.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    xattr::set(root.join("docs/readme"), "user.origin", b"primary").unwrap();
+    xattr::set(root.join("a"), "user.dir", b"yes").unwrap();
+}
+
+#[test]
+fn a_tree_and_every_kind_of_edit_arrive_exactly() {
+    let primary = tempfile::tempdir().unwrap();
+    let secondary = tempfile::tempdir().unwrap();
+    build_tree(primary.path());
+    let applier = Applier::open(secondary.path()).unwrap();
+    let (index, sent) = sync(primary.path(), &applier, &Index::default(), false);
+    assert_same(primary.path(), secondary.path());
+    assert!(sent >= 6 << 20, "{sent}");
+
+    // Nothing changed: nothing to do, nothing sent.
+    let (again, _) = scan(primary.path(), Some(&index)).unwrap();
+    assert!(
+        diff(&index, &again).is_empty(),
+        "{:?}",
+        diff(&index, &again)
+    );
+
+    // Edits of every kind.
+    let p = primary.path();
+    let mut big = fs::OpenOptions::new()
+        .write(true)
+        .open(p.join("big.bin"))
+        .unwrap();
+    big.seek(SeekFrom::Start(3 << 20)).unwrap();
+    big.write_all(&noise(100_000, 9)).unwrap(); // overwrite in the middle
+    drop(big);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p.join("x.sh"))
+        .unwrap()
+        .write_all(b"echo hi\n")
+        .unwrap();
+    fs::rename(p.join("a/b"), p.join("moved")).unwrap(); // a directory with 200 files
+    fs::write(p.join("victim"), b"to be replaced").unwrap();
+    let (index, _) = sync(p, &applier, &index, false);
+    fs::rename(p.join("x.sh"), p.join("victim")).unwrap(); // rename onto an existing file
+    fs::remove_file(p.join("moved/c/small-7.txt")).unwrap();
+    fs::remove_dir(p.join("empty")).unwrap();
+    fs::set_permissions(p.join("docs/readme"), fs::Permissions::from_mode(0o600)).unwrap();
+    xattr::set(p.join("docs/readme"), "user.origin", b"changed").unwrap();
+    xattr::set(p.join("docs/readme"), "user.more", b"1").unwrap();
+    fs::create_dir(p.join("docs/big.d")).unwrap();
+    fs::remove_file(p.join("docs/big")).unwrap();
+    fs::rename(p.join("docs/big.d"), p.join("docs/big")).unwrap(); // symlink -> directory
+    let (index, sent) = sync(p, &applier, &index, false);
+    assert_same(p, secondary.path());
+    assert!(
+        sent < 1 << 20,
+        "{sent} bytes sent for a rename and small edits"
+    );
+
+    // The 1 MiB... here 100 kB overwrite inside 6 MiB cost about what changed.
+    let mut big = fs::OpenOptions::new()
+        .write(true)
+        .open(p.join("big.bin"))
+        .unwrap();
+    big.seek(SeekFrom::Start(1 << 20)).unwrap();
+    big.write_all(&noise(100_000, 10)).unwrap();
+    drop(big);
+    let (index, sent) = sync(p, &applier, &index, false);
+    assert_same(p, secondary.path());
+    assert!(sent < 700_000, "{sent} bytes sent for a 100 kB overwrite");
+
+    // A big file renamed, then renamed onto an existing file: renames, nothing resent.
+    fs::rename(p.join("big.bin"), p.join("moved/big.bin")).unwrap();
+    let (index, sent) = sync(p, &applier, &index, false);
+    assert_eq!(sent, 0, "a rename resent content");
+    fs::rename(p.join("moved/big.bin"), p.join("victim")).unwrap();
+    let (old, _) = (index.clone(), ());
+    let (new, _) = scan(p, Some(&old)).unwrap();
+    let ops = diff(&old, &new);
+    assert!(
+        ops.iter().any(|op| matches!(op, Op::Rename { to, .. } if to.to_string() == "victim")),
+        "{ops:?}"
+    );
+    let (index, sent) = sync(p, &applier, &index, false);
+    assert_eq!(sent, 0, "a rename onto an existing file resent content");
+    assert_same(p, secondary.path());
+
+    // ignore-deletes keeps what the primary deleted.
+    fs::remove_file(p.join("docs/readme.link")).unwrap();
+    let _ = sync(p, &applier, &index, true);
+    assert!(secondary.path().join("docs/readme.link").exists());
+}
+
+#[test]
+fn hostile_operations_are_refused_and_write_nothing_outside() {
+    let secondary = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    symlink(outside.path(), secondary.path().join("escape")).unwrap();
+    fs::write(secondary.path().join("file"), b"x").unwrap();
+    let applier = Applier::open(secondary.path()).unwrap();
+    let path = |p: &str| RelPath::new(p).unwrap();
+    let data = b"stolen".to_vec();
+    let chunks = georep_datapath::chunk_bytes(&data);
+    let write = |p: &str| Op::Write {
+        path: path(p),
+        size: data.len() as u64,
+        content: chunks.1,
+        chunks: chunks.0.clone(),
+    };
+    let sent: FileData = [(chunks.0[0].hash, data.clone())].into();
+    // Through a symlink, through a file: refused.
+    for op in [
+        write("escape/owned"),
+        Op::Mkdir {
+            path: path("escape/dir"),
+        },
+        Op::Symlink {
+            path: path("escape/l"),
+            target: b"/".to_vec(),
+        },
+        Op::Rename {
+            from: path("file"),
+            to: path("escape/file"),
+        },
+        write("file/under"),
+    ] {
+        assert!(
+            matches!(applier.apply(&op, &sent), Err(ApplyError::Escapes { .. })),
+            "{op:?} was not refused"
+        );
+    }
+    // `..` cannot even be expressed.
+    assert!(RelPath::new("../x").is_err());
+    // A chunk that does not match its hash.
+    let forged: FileData = [(chunks.0[0].hash, b"forged".to_vec())].into();
+    assert!(matches!(
+        applier.apply(&write("new"), &forged),
+        Err(ApplyError::HashMismatch { .. })
+    ));
+    // A chunk not sent and not here.
+    assert!(matches!(
+        applier.apply(&write("new"), &FileData::new()),
+        Err(ApplyError::MissingChunk { .. })
+    ));
+    assert!(
+        fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "something was written outside"
+    );
+    // No temporary files left behind, nothing at "new".
+    let names: BTreeSet<String> = fs::read_dir(secondary.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["escape", "file"].map(String::from).into());
+    // A symlink at the destination itself is replaced, not followed.
+    applier.apply(&write("escape"), &sent).unwrap();
+    assert!(
+        fs::symlink_metadata(secondary.path().join("escape"))
+            .unwrap()
+            .is_file()
+    );
+    assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+}
