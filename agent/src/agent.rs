@@ -132,6 +132,8 @@ pub struct Agent {
     last_volumes: Mutex<Option<BTreeMap<String, crate::events::volumes::VolumeState>>>,
     /// The topology peer and volume events last looked at.
     last_topology: Mutex<Option<Arc<Membership>>>,
+    /// Every node's data path endpoint, as last read from the mesh.
+    data_addrs: tokio::sync::Mutex<georep_mesh::OwnedValues>,
     /// The node info last published, and when the bricks were last measured.
     bricks_checked: Mutex<(NodeInfo, Instant)>,
 }
@@ -298,6 +300,7 @@ impl Agent {
             last_live: Mutex::new(None),
             last_volumes: Mutex::new(None),
             last_topology: Mutex::new(None),
+            data_addrs: tokio::sync::Mutex::new(georep_mesh::OwnedValues::default()),
             bricks_checked: Mutex::new((info, Instant::now())),
         });
         agent.persist().await;
@@ -508,6 +511,13 @@ impl Agent {
             supervisor.reports()
         };
 
+        let data_addrs = {
+            let mut addrs = self.data_addrs.lock().await;
+            self.mesh
+                .track_owned_value(crate::datapath::DATA_ADDR_KEY, &mut addrs)
+                .await;
+            addrs.clone()
+        };
         // Per volume, this node's Active bricks (an O(N) fold over the topology: once
         // per volume, not once per session).
         let mut active_here: HashMap<&str, Vec<String>> = HashMap::new();
@@ -537,6 +547,13 @@ impl Agent {
                     view: view.clone(),
                     monitor_status,
                     active_local_bricks,
+                    datapath_plan: crate::datapath::plan_for(
+                        view,
+                        &membership,
+                        &data_addrs,
+                        &self.config,
+                    )
+                    .and_then(|plan| serde_json::to_string_pretty(&plan).ok()),
                 }
             })
             .collect();

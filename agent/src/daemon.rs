@@ -134,6 +134,12 @@ async fn run_incarnation(
         })?),
         None => None,
     };
+    let data_endpoint = crate::datapath::server::bind(
+        identity,
+        config
+            .data_listen
+            .unwrap_or(std::net::SocketAddr::new(config.listen.ip(), 0)),
+    )?;
     let link = bind_link(config, identity, floor > 0).await?;
     let backend: Arc<dyn ProcessBackend> = Arc::new(RealBackend::new());
     let agent = Agent::start_above(
@@ -167,6 +173,20 @@ async fn run_incarnation(
         tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
         tokio::spawn(crate::api::metrics::serve(listener, agent.clone(), round.clone()))
     });
+    let data_addr = data_endpoint
+        .local_addr()
+        .map(|bound| std::net::SocketAddr::new(config.advertise.ip(), bound.port()))
+        .context("data path endpoint")?;
+    agent
+        .mesh()
+        .set_owned(crate::datapath::DATA_ADDR_KEY, data_addr.to_string())
+        .await;
+    tracing::info!(%data_addr, "data path endpoint listening");
+    let data_task = tokio::spawn(crate::datapath::server::serve(
+        data_endpoint,
+        agent.clone(),
+        round.clone(),
+    ));
     let dbus_task = dbus.map(|connection| {
         tracing::info!(name = crate::dbus::BUS_NAME, "exporting D-Bus objects");
         tokio::spawn(crate::dbus::serve(connection, agent.clone(), round.clone()))
@@ -211,6 +231,7 @@ async fn run_incarnation(
     if let Some(task) = dbus_task {
         let _ = task.await;
     }
+    let _ = data_task.await;
     let _ = std::fs::remove_file(&config.api_socket);
     agent.shutdown().await;
     Ok(displaced)

@@ -43,6 +43,7 @@ mod api;
 mod config;
 mod daemon;
 mod data_dir_lock;
+mod datapath;
 mod dbus;
 mod events;
 mod host_facts;

@@ -4,8 +4,10 @@
 //! Each worker reports its brick's state in `<session_dir>/<escaped brick>.status`
 //! (JSON, replaced atomically), Active when the agent lists the brick in
 //! `<session_dir>/active_bricks` (the deterministic choice from the converged
-//! membership), Passive otherwise. It is honest about what it does not do yet: no data
-//! is transferred, so CRAWL STATUS stays `N/A` and LAST_SYNCED stays empty.
+//! membership), Passive otherwise. An Active worker syncs its brick to a secondary
+//! node over the data path ([`crate::datapath::client`]) as the agent's plan
+//! (`datapath.json`) says, and reports CRAWL STATUS, LAST_SYNCED and the
+//! ENTRY/DATA/META/FAILURES counters from it.
 //!
 //! SIGTERM (or SIGINT) makes every worker write `Stopped` and the monitor exit 0;
 //! SIGSTOP/SIGCONT (pause/resume) need no handling: the whole process freezes.
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use georep_api::{CrawlStatus, WorkerStatus};
 
+use crate::datapath::client::SyncProgress;
 use crate::session_dir::{self, ACTIVE_BRICKS_FILE};
 
 /// How often a worker re-reads `active_bricks`.
@@ -208,11 +211,15 @@ impl Worker {
     }
 
     /// Reports Initializing..., then Active or Passive as `active_bricks` says, until
-    /// `shutdown`; then reports Stopped. Fails only when the status cannot be written.
+    /// `shutdown`; then reports Stopped. While Active and the agent has written a data
+    /// path plan (`datapath.json`), syncs the brick to the secondary. Fails only when
+    /// the status cannot be written.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         let mut status = BrickStatus::new(&self.brick, WorkerStatus::Initializing);
         self.write(&mut status)?;
         let mut active = None;
+        let progress = Arc::new(std::sync::Mutex::new(SyncProgress::default()));
+        let mut syncing: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
         loop {
             // Gluster's worker shows Initializing... until it is connected; here that
             // is one poll interval, so the state is really reported before it changes.
@@ -226,13 +233,47 @@ impl Worker {
             } else {
                 WorkerStatus::Passive
             };
-            if status.status != wanted {
-                tracing::info!(brick = %self.brick, from = %status.status, to = %wanted, "worker status");
-                status.status = wanted;
+            let plan = self.session_dir.join(crate::datapath::PLAN_FILE);
+            match (&wanted, syncing.is_some()) {
+                (WorkerStatus::Active, false) if plan.exists() => {
+                    let cancel = shutdown.child_token();
+                    let task = tokio::spawn(crate::datapath::client::run(
+                        PathBuf::from(&self.brick),
+                        plan,
+                        progress.clone(),
+                        cancel.clone(),
+                    ));
+                    syncing = Some((cancel, task));
+                }
+                (WorkerStatus::Passive, true) => {
+                    if let Some((cancel, task)) = syncing.take() {
+                        cancel.cancel();
+                        let _ = task.await;
+                    }
+                    if let Ok(mut p) = progress.lock() {
+                        p.crawl = CrawlStatus::NotApplicable;
+                    }
+                }
+                _ => {}
+            }
+            let before = status.clone();
+            status.status = wanted;
+            if let Ok(p) = progress.lock() {
+                p.apply_to(&mut status);
+            }
+            if status != before {
+                if status.status != before.status {
+                    tracing::info!(brick = %self.brick, from = %before.status, to = %status.status, "worker status");
+                }
                 self.write(&mut status)?;
             }
         }
+        if let Some((cancel, task)) = syncing.take() {
+            cancel.cancel();
+            let _ = task.await;
+        }
         status.status = WorkerStatus::Stopped;
+        status.crawl_status = CrawlStatus::NotApplicable;
         self.write(&mut status)
     }
 

@@ -36,6 +36,8 @@ pub struct SessionDirState {
     pub monitor_status: String,
     /// Local brick paths that are Active on this node.
     pub active_local_bricks: Vec<String>,
+    /// The built-in monitor's data path plan (`datapath.json`), on primary nodes.
+    pub datapath_plan: Option<String>,
 }
 
 /// Brings `root` (`<data-dir>/geo-replication`) in line with `sessions`.
@@ -66,6 +68,16 @@ pub fn sync_all(root: &Path, sessions: &[SessionDirState]) -> io::Result<()> {
             bricks.push('\n');
         }
         write_if_changed(&dir.join(ACTIVE_BRICKS_FILE), bricks.as_bytes())?;
+        let plan = dir.join(crate::datapath::PLAN_FILE);
+        match &session.datapath_plan {
+            Some(text) => {
+                write_if_changed(&plan, text.as_bytes())?;
+            }
+            None => match fs::remove_file(&plan) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            },
+        }
         keep.insert(name);
     }
     for entry in fs::read_dir(root)? {
@@ -190,6 +202,7 @@ mod tests {
             view: view(primary, true),
             monitor_status: status.into(),
             active_local_bricks: active.iter().map(ToString::to_string).collect(),
+            datapath_plan: Some("{}".into()),
         }
     }
 
@@ -280,6 +293,7 @@ mod tests {
             view: gone,
             monitor_status: "Stopped".into(),
             active_local_bricks: vec![],
+            datapath_plan: None,
         };
         sync_all(root.path(), &[state("gv0", "Started", &[]), deleted]).unwrap();
         assert!(root.path().join("gv0_geo@n4_sv").join(CONFIG_FILE).exists());

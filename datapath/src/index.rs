@@ -532,7 +532,23 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
         {
             ops.push(write_op(path, entry));
         }
-        if current.mode == u32::MAX || !current.same_meta(entry) {
+    }
+    // Every directory something was created in, renamed in or out of, or removed from
+    // (the secondary writes through temporary files, so also rewritten files' parents)
+    // gets its metadata back.
+    let mut touched: std::collections::BTreeSet<RelPath> = std::collections::BTreeSet::new();
+    for op in &ops {
+        if let Op::Rename { from, .. } = op {
+            touched.extend(from.parent());
+        }
+        touched.extend(op.path().parent());
+    }
+    for (path, entry) in &new.entries {
+        let Some(current) = view.entries.get(path) else {
+            continue;
+        };
+        let touched_dir = entry.kind == EntryKind::Dir && touched.contains(path);
+        if touched_dir || current.mode == u32::MAX || !current.same_meta(entry) {
             let op = Op::Meta {
                 path: path.clone(),
                 entry: Box::new(entry.clone()),

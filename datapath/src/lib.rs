@@ -12,11 +12,13 @@
 //! - [`apply`]: the secondary side: each operation checked and applied under the
 //!   volume's root; file contents written to a temporary file, verified, fsynced and
 //!   renamed into place.
+//! - [`proto`]: what a primary worker and a secondary agent say to each other.
 
 pub mod apply;
 pub mod chunk;
 pub mod index;
 pub mod path;
+pub mod proto;
 
 pub use apply::{Applier, ApplyError, FileData};
 pub use chunk::{ChunkRef, Hash, chunk_bytes, chunk_file};

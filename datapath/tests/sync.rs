@@ -199,11 +199,18 @@ fn a_tree_and_every_kind_of_edit_arrive_exactly() {
     let (new, _) = scan(p, Some(&old)).unwrap();
     let ops = diff(&old, &new);
     assert!(
-        ops.iter().any(|op| matches!(op, Op::Rename { to, .. } if to.to_string() == "victim")),
+        ops.iter()
+            .any(|op| matches!(op, Op::Rename { to, .. } if to.to_string() == "victim")),
         "{ops:?}"
     );
     let (index, sent) = sync(p, &applier, &index, false);
     assert_eq!(sent, 0, "a rename onto an existing file resent content");
+    assert_same(p, secondary.path());
+
+    // Content rewritten in place in a subdirectory: the primary's directory mtime does
+    // not move; the secondary's must not either (its write renames a temporary file).
+    fs::write(p.join("moved/c/small-8.txt"), b"rewritten in place").unwrap();
+    let (index, _) = sync(p, &applier, &index, false);
     assert_same(p, secondary.path());
 
     // ignore-deletes keeps what the primary deleted.

@@ -59,7 +59,7 @@ pub use node::{
     APP_QUEUE, FORGET_PREFIX, MeshConfig, MeshError, MeshNode, MeshSnapshot, NODE_KEY, OwnedValues,
     PUSH_LATENCY_BUCKETS, PushStatsSnapshot, SEEN_KEY, SESSION_PREFIX, WriteProgress, WriteReceipt,
 };
-pub use quic::{QuicLink, QuicOptions};
+pub use quic::{QuicLink, QuicOptions, peer_node_id};
 pub use state::{
     DEFAULT_SECONDARY_USER, DesiredState, NAME_RULE, Reg, RegisterName, Replica, SessionId,
     SessionOp, SessionOptions, SessionRecord, SessionView, StateError, VolumeDirectory, check_name,

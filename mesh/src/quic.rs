@@ -194,7 +194,7 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The node id proven by a connection's peer certificate.
-fn peer_node_id(conn: &Connection) -> Result<String, String> {
+pub fn peer_node_id(conn: &Connection) -> Result<String, String> {
     let identity = conn
         .peer_identity()
         .ok_or_else(|| "peer presented no certificate".to_owned())?;

@@ -51,6 +51,11 @@ pub struct AgentArgs {
     /// 127.0.0.1:9740).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the data path endpoint (QUIC, UDP) secondary nodes receive
+    /// replicated files on [default: the --listen address with a port the system picks;
+    /// it is published in the mesh].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub data_listen: Option<SocketAddr>,
     /// Export this node, its volumes, bricks and sessions as D-Bus objects on the
     /// system or the session bus (off by default; name `org.georep.Agent`).
     #[arg(long, value_name = "BUS", value_enum)]

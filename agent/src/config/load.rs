@@ -15,6 +15,7 @@ pub(super) struct FileConfig {
     pub(super) listen: Option<SocketAddr>,
     pub(super) advertise: Option<Spanned<SocketAddr>>,
     pub(super) metrics_listen: Option<SocketAddr>,
+    pub(super) data_listen: Option<SocketAddr>,
     pub(super) dbus: Option<super::DbusBus>,
     pub(super) events_max_bytes: Option<u64>,
     pub(super) events_max_age: Option<Spanned<String>>,
@@ -432,6 +433,7 @@ pub(super) fn resolve(
     let authorized_keys = args.authorized_keys.clone().or(file.authorized_keys);
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let dbus = args.dbus.or(file.dbus);
+    let data_listen = args.data_listen.or(file.data_listen);
     let events_max_bytes = args
         .events_max_bytes
         .or(file.events_max_bytes)
@@ -568,6 +570,7 @@ pub(super) fn resolve(
         monitor_command,
         authorized_keys,
         metrics_listen,
+        data_listen,
         dbus,
         events_max_bytes,
         events_max_age_ms,
@@ -704,6 +707,7 @@ impl AgentConfig {
             monitor_command: None,
             authorized_keys: None,
             metrics_listen: None,
+            data_listen: None,
             dbus: None,
             events_max_bytes: DEFAULT_EVENTS_MAX_BYTES,
             events_max_age_ms: DEFAULT_EVENTS_MAX_AGE_MS,

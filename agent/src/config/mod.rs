@@ -118,6 +118,9 @@ pub struct AgentConfig {
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the data path endpoint listens (`None`: the listen address, any port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_listen: Option<SocketAddr>,
     /// The bus this node's D-Bus objects are exported on, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbus: Option<DbusBus>,

@@ -120,6 +120,7 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "ssh_gsyncd_command",
         "metrics_listen",
         "dbus",
+        "data_listen",
         "events_max_bytes",
         "events_max_age",
         "ssh_tar_command",

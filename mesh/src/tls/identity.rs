@@ -187,6 +187,11 @@ impl NodeIdentity {
     /// TLS 1.3 server configuration: presents this node's certificate and requires
     /// a client certificate chaining to the cluster CA and carrying a node id.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_for(ALPN)
+    }
+
+    /// [`Self::server_config`] speaking `alpn` (the data path's own protocol).
+    pub fn server_config_for(&self, alpn: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
         let config_err = |e: rustls::Error| TlsError::Config {
             what: "server",
             reason: e.to_string(),
@@ -200,7 +205,7 @@ impl NodeIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(config_err)?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         // No resumption: every connection's peer identity comes from a certificate
         // verified in that very handshake. Connections are long-lived, so it is cheap.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -212,6 +217,11 @@ impl NodeIdentity {
     /// a server certificate chaining to the cluster CA and carrying a node id,
     /// whatever server name was dialled.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client_config_for(ALPN)
+    }
+
+    /// [`Self::client_config`] speaking `alpn` (the data path's own protocol).
+    pub fn client_config_for(&self, alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
         let config_err = |e: rustls::Error| TlsError::Config {
             what: "client",
             reason: e.to_string(),
@@ -227,7 +237,7 @@ impl NodeIdentity {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(config_err)?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }

@@ -1,0 +1,427 @@
+//! The primary side: an Active worker's sync loop.
+//!
+//! It connects to a live secondary (spread over them by brick, failing over to the
+//! next), says which session and replica set it syncs, and receives the index of what
+//! the secondary has of that replica set (saved by whichever worker was Active before:
+//! a Passive taking over resumes from it, not from scratch). Then, every
+//! `change-interval`: scan the brick (reusing chunk hashes of unchanged files), diff
+//! against what the secondary has, send the operations in batches (the data of large
+//! files only for the chunks the secondary lacks), and save the new index on the
+//! secondary once it has acknowledged. What failed is counted, left out of the index
+//! and retried next round; it never blocks the rest.
+//!
+//! Change detection is the periodic rescan (`Hybrid Crawl` for the first pass after a
+//! (re)connection, `Changelog Crawl` after): inotify is not wired yet.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use georep_api::CrawlStatus;
+use georep_datapath::proto::{Request, Response, SMALL_FILE};
+use georep_datapath::{Index, Op, RelPath, diff, scan};
+use georep_mesh::NodeIdentity;
+use tokio_util::sync::CancellationToken;
+
+use super::{WorkerPlan, read_msg, transport_config, write_msg};
+
+/// Largest batch of chunk data sent at once.
+const BATCH_BYTES: usize = 8 << 20;
+/// Most operations per batch.
+const BATCH_OPS: usize = 2000;
+/// Wait before trying the secondaries again after all failed.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// What the sync loop reports to the worker's status file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Crawl status.
+    pub crawl: CrawlStatus,
+    /// Unix seconds of the last round that synced changes.
+    pub last_synced: Option<u64>,
+    /// Entry, data and metadata operations synced.
+    pub entry: u64,
+    /// Data operations synced.
+    pub data: u64,
+    /// Metadata operations synced.
+    pub meta: u64,
+    /// Paths that failed in the last round.
+    pub failures: u64,
+    /// The secondary node synced to.
+    pub secondary: Option<String>,
+    /// Bytes of chunk data sent.
+    pub bytes_sent: u64,
+    /// Why the loop cannot sync now (no secondary reachable, brick unreadable).
+    pub fault: Option<String>,
+}
+
+impl SyncProgress {
+    /// Copies what the status file shows into `status`.
+    pub fn apply_to(&self, status: &mut crate::monitor::BrickStatus) {
+        status.crawl_status = self.crawl.clone();
+        status.last_synced = self.last_synced.map(|s| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
+                .to_string()
+                .replace('T', " ")
+                .trim_end_matches('Z')
+                .to_string()
+        });
+        status.entry = self.entry;
+        status.data = self.data;
+        status.meta = self.meta;
+        status.failures = self.failures;
+    }
+}
+
+/// Syncs `brick` while not cancelled, reporting into `progress`.
+pub async fn run(
+    brick: PathBuf,
+    plan_file: PathBuf,
+    progress: Arc<Mutex<SyncProgress>>,
+    cancel: CancellationToken,
+) {
+    let report = |f: &dyn Fn(&mut SyncProgress)| {
+        if let Ok(mut p) = progress.lock() {
+            f(&mut p);
+        }
+    };
+    let mut attempt = 0usize;
+    while !cancel.is_cancelled() {
+        let plan = match read_plan(&plan_file) {
+            Ok(plan) => plan,
+            Err(error) => {
+                report(&|p| p.fault = Some(error.clone()));
+                sleep_or_cancel(&cancel, RETRY).await;
+                continue;
+            }
+        };
+        let Some(replica_set) = plan.replica_sets.get(&brick.display().to_string()).copied() else {
+            report(&|p| p.fault = Some("brick not in the plan".into()));
+            sleep_or_cancel(&cancel, RETRY).await;
+            continue;
+        };
+        if plan.secondaries.is_empty() {
+            report(&|p| p.fault = Some("no live secondary node".into()));
+            sleep_or_cancel(&cancel, RETRY).await;
+            continue;
+        }
+        // Spread bricks over secondaries; on failure try the next one.
+        let start = brick_hash(&brick) as usize + attempt;
+        let (node, addr) = plan.secondaries[start % plan.secondaries.len()].clone();
+        let outcome = session(&brick, &plan, replica_set, &node, addr, &progress, &cancel).await;
+        match outcome {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(brick = %brick.display(), secondary = %node, %error, "sync interrupted; trying again");
+                report(&|p| {
+                    p.fault = Some(format!("{node}: {error}"));
+                    p.crawl = CrawlStatus::NotApplicable;
+                });
+                attempt += 1;
+                sleep_or_cancel(&cancel, RETRY).await;
+            }
+        }
+    }
+}
+
+async fn sleep_or_cancel(cancel: &CancellationToken, wait: Duration) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+fn brick_hash(brick: &Path) -> u32 {
+    crc32fast::hash(brick.as_os_str().as_encoded_bytes())
+}
+
+fn read_plan(path: &Path) -> Result<WorkerPlan, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("cannot parse {}: {e}", path.display()))
+}
+
+/// One connection's life: until cancelled (`Ok`) or the connection fails (`Err`).
+async fn session(
+    brick: &Path,
+    plan: &WorkerPlan,
+    replica_set: u32,
+    node: &str,
+    addr: SocketAddr,
+    progress: &Arc<Mutex<SyncProgress>>,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let [ca, cert, key] = &plan.tls;
+    let identity = NodeIdentity::load(ca, cert, key).map_err(|e| e.to_string())?;
+    let crypto = identity
+        .client_config_for(georep_datapath::proto::ALPN)
+        .map_err(|e| e.to_string())?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config());
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(config);
+    let conn = endpoint
+        .connect(addr, "georep")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut call = Channel { send, recv };
+    let hello = Request::Hello {
+        session: plan.session.clone(),
+        replica_set,
+    };
+    let mut synced: Index = match call.call(&hello).await? {
+        Response::Ready { index: Some(bytes) } => postcard::from_bytes(&bytes).unwrap_or_default(),
+        Response::Ready { index: None } => Index::default(),
+        other => return Err(format!("unexpected answer to hello: {other:?}")),
+    };
+    tracing::info!(brick = %brick.display(), secondary = %node, entries = synced.entries.len(), "syncing");
+    let set = |f: &dyn Fn(&mut SyncProgress)| {
+        if let Ok(mut p) = progress.lock() {
+            f(&mut p);
+        }
+    };
+    set(&|p| {
+        p.secondary = Some(node.to_string());
+        p.fault = None;
+        p.crawl = CrawlStatus::Hybrid;
+    });
+    let mut first = true;
+    let mut cache: Option<Index> = None;
+    while !cancel.is_cancelled() {
+        let root = brick.to_path_buf();
+        let previous = cache.take().unwrap_or_else(|| synced.clone());
+        let scanned = tokio::task::spawn_blocking(move || scan(&root, Some(&previous)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (now, report) = match scanned {
+            Ok(scanned) => scanned,
+            Err(error) => {
+                set(&|p| p.fault = Some(format!("brick unreadable: {error}")));
+                sleep_or_cancel(cancel, RETRY).await;
+                continue;
+            }
+        };
+        if first {
+            // The index may come from another replica's worker: its inodes are not
+            // ours. Same path, same kind and content: the same entry.
+            adopt_inodes(&mut synced, &now);
+        }
+        let mut ops = diff(&synced, &now);
+        if plan.ignore_deletes {
+            ops.retain(|op| !matches!(op, Op::Remove { .. }));
+        }
+        let mut failed: BTreeSet<RelPath> =
+            report.failures.iter().map(|(p, _)| p.clone()).collect();
+        if !ops.is_empty() {
+            let (counts, bytes, op_failures) = send_ops(brick, &ops, &mut call).await?;
+            failed.extend(op_failures);
+            // The secondary now has `now`, except where an operation failed.
+            let mut next = now.clone();
+            for path in &failed {
+                match synced.entries.get(path) {
+                    Some(old) => next.entries.insert(path.clone(), old.clone()),
+                    None => next.entries.remove(path),
+                };
+            }
+            if plan.ignore_deletes {
+                for (path, entry) in &synced.entries {
+                    next.entries
+                        .entry(path.clone())
+                        .or_insert_with(|| entry.clone());
+                }
+            }
+            let bytes_index = postcard::to_stdvec(&next).map_err(|e| e.to_string())?;
+            match call.call(&Request::SaveIndex(bytes_index)).await? {
+                Response::Saved => {}
+                other => return Err(format!("unexpected answer to save: {other:?}")),
+            }
+            synced = next;
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            set(&|p| {
+                p.entry += counts.0;
+                p.data += counts.1;
+                p.meta += counts.2;
+                p.bytes_sent += bytes;
+                p.last_synced = Some(now_s);
+            });
+        }
+        let failures = failed.len() as u64;
+        set(&|p| {
+            p.failures = failures;
+            p.crawl = CrawlStatus::Changelog;
+            p.fault = None;
+        });
+        cache = Some(now);
+        first = false;
+        sleep_or_cancel(cancel, Duration::from_secs(plan.change_interval_s.max(1))).await;
+    }
+    let _ = call.send.finish();
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+/// Takes `now`'s inodes for entries of `synced` at the same path with the same kind
+/// and content.
+fn adopt_inodes(synced: &mut Index, now: &Index) {
+    for (path, entry) in synced.entries.iter_mut() {
+        if let Some(current) = now.entries.get(path).filter(|c| c.same_content(entry)) {
+            entry.ino = current.ino;
+        }
+    }
+}
+
+type Counts = (u64, u64, u64);
+
+/// The worker's stream to the secondary: one request, one response.
+struct Channel {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Channel {
+    async fn call(&mut self, request: &Request) -> Result<Response, String> {
+        write_msg(&mut self.send, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        match read_msg::<Response>(&mut self.recv)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(Response::Refused(reason)) => Err(format!("refused: {reason}")),
+            Some(response) => Ok(response),
+            None => Err("the secondary closed the stream".into()),
+        }
+    }
+}
+
+/// Sends `ops` in batches; returns counts by class, chunk bytes sent, and the paths
+/// whose operation failed.
+async fn send_ops(
+    brick: &Path,
+    ops: &[Op],
+    call: &mut Channel,
+) -> Result<(Counts, u64, Vec<RelPath>), String> {
+    let mut counts = (0, 0, 0);
+    let mut bytes_sent = 0u64;
+    let mut failed = Vec::new();
+    let mut batch: Vec<georep_datapath::proto::BatchItem> = Vec::new();
+    let mut batch_bytes = 0usize;
+    for op in ops {
+        let data = match op {
+            Op::Write {
+                path, size, chunks, ..
+            } => {
+                let wanted: Vec<georep_datapath::Hash> = if *size <= SMALL_FILE {
+                    chunks.iter().map(|c| c.hash).collect()
+                } else {
+                    match call
+                        .call(&Request::Missing {
+                            path: path.clone(),
+                            chunks: chunks.iter().map(|c| c.hash).collect(),
+                        })
+                        .await?
+                    {
+                        Response::Missing(hashes) => hashes,
+                        other => return Err(format!("unexpected answer to missing: {other:?}")),
+                    }
+                };
+                match read_chunks(brick, path, chunks, &wanted) {
+                    Ok(data) => data,
+                    Err(error) => {
+                        tracing::warn!(%path, %error, "cannot read; retried next round");
+                        failed.push(path.clone());
+                        continue;
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        let size: usize = data.iter().map(|(_, b)| b.len()).sum();
+        batch_bytes += size;
+        batch.push((op.clone(), data));
+        if batch.len() >= BATCH_OPS || batch_bytes >= BATCH_BYTES {
+            bytes_sent += batch_bytes as u64;
+            flush(&mut batch, &mut counts, &mut failed, call).await?;
+            batch_bytes = 0;
+        }
+    }
+    bytes_sent += batch_bytes as u64;
+    flush(&mut batch, &mut counts, &mut failed, call).await?;
+    Ok((counts, bytes_sent, failed))
+}
+
+async fn flush(
+    batch: &mut Vec<georep_datapath::proto::BatchItem>,
+    counts: &mut Counts,
+    failed: &mut Vec<RelPath>,
+    call: &mut Channel,
+) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let items = std::mem::take(batch);
+    let classes: Vec<(georep_datapath::index::OpClass, RelPath)> = items
+        .iter()
+        .map(|(op, _)| (op.class(), op.path().clone()))
+        .collect();
+    let results = match call.call(&Request::Batch(items)).await? {
+        Response::Applied(results) => results,
+        other => return Err(format!("unexpected answer to a batch: {other:?}")),
+    };
+    for ((class, path), result) in classes.into_iter().zip(results) {
+        match result {
+            None => match class {
+                georep_datapath::index::OpClass::Entry => counts.0 += 1,
+                georep_datapath::index::OpClass::Data => counts.1 += 1,
+                georep_datapath::index::OpClass::Meta => counts.2 += 1,
+            },
+            Some(error) => {
+                tracing::warn!(%path, %error, "the secondary refused; retried next round");
+                failed.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of the chunks `wanted` of the file `path` under `brick`.
+fn read_chunks(
+    brick: &Path,
+    path: &RelPath,
+    chunks: &[georep_datapath::ChunkRef],
+    wanted: &[georep_datapath::Hash],
+) -> std::io::Result<Vec<(georep_datapath::Hash, Vec<u8>)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(brick.join(path.as_path()))?;
+    let wanted: std::collections::HashSet<&georep_datapath::Hash> = wanted.iter().collect();
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for chunk in chunks.iter().filter(|c| wanted.contains(&c.hash)) {
+        if !seen.insert(chunk.hash) {
+            continue;
+        }
+        let mut bytes = vec![0; chunk.len as usize];
+        file.seek(SeekFrom::Start(chunk.offset))?;
+        file.read_exact(&mut bytes)?;
+        out.push((chunk.hash, bytes));
+    }
+    Ok(out)
+}

@@ -1,0 +1,165 @@
+//! The built-in monitor's data path over QUIC (see `georep-datapath` for the index,
+//! operations and the applier): the secondary agent's server ([`server`]) and the
+//! primary worker's client ([`client`]), one connection per worker on an endpoint of
+//! its own (the mesh's endpoint has windows sized for gossip; bulk data must not
+//! starve it), authenticated with the mesh's certificates under ALPN `georep-data/1`.
+//!
+//! Each agent publishes the address of its data endpoint under the mesh key
+//! [`DATA_ADDR_KEY`]; the agent writes what a worker needs (secondary endpoints,
+//! replica sets, settings, certificate paths) into `datapath.json` in the session
+//! directory ([`WorkerPlan`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use georep_datapath::proto::MAX_MESSAGE;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub mod client;
+pub mod server;
+
+/// Mesh key under which a node publishes its data endpoint (`ip:port`).
+pub const DATA_ADDR_KEY: &str = "data";
+/// The worker plan's file in a session directory.
+pub const PLAN_FILE: &str = "datapath.json";
+
+/// What a worker needs to know, written by the agent into the session directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerPlan {
+    /// The session's directory name (its id on the wire).
+    pub session: String,
+    /// Local brick path -> its replica set.
+    pub replica_sets: std::collections::BTreeMap<String, u32>,
+    /// Live secondary nodes and their data endpoints, in preference order.
+    pub secondaries: Vec<(String, SocketAddr)>,
+    /// Keep on the secondary what the primary deletes.
+    pub ignore_deletes: bool,
+    /// Seconds between rescans.
+    pub change_interval_s: u64,
+    /// The cluster CA, this node's certificate and key.
+    pub tls: [PathBuf; 3],
+}
+
+/// Why a message could not be exchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The stream failed or ended.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// Over [`MAX_MESSAGE`].
+    #[error("message of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// Not decodable.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+}
+
+/// Writes one length-prefixed postcard message.
+pub async fn write_msg<T: Serialize>(
+    send: &mut quinn::SendStream,
+    message: &T,
+) -> Result<(), WireError> {
+    let body = postcard::to_stdvec(message).map_err(|e| WireError::Decode(e.to_string()))?;
+    if body.len() > MAX_MESSAGE {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let len = (body.len() as u32).to_le_bytes();
+    send.write_all(&len)
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))?;
+    send.write_all(&body)
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))
+}
+
+/// Reads one length-prefixed postcard message; `Ok(None)` at a clean end of stream.
+pub async fn read_msg<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<T>, WireError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(WireError::Stream(e.to_string())),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))?;
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(|e| WireError::Decode(e.to_string()))
+}
+
+/// QUIC transport settings for bulk data: windows large enough for one maximal
+/// message in flight.
+pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
+        .receive_window(quinn::VarInt::from_u32(32 << 20))
+        .send_window(32 << 20)
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30))
+                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))),
+        ))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    Arc::new(transport)
+}
+
+/// The plan for this node's workers of the session `view`, from the converged
+/// membership and the data endpoints nodes published; `None` when this node has no
+/// brick of the primary volume.
+pub fn plan_for(
+    view: &georep_mesh::SessionView,
+    membership: &georep_mesh::Membership,
+    data_addrs: &georep_mesh::OwnedValues,
+    config: &crate::config::AgentConfig,
+) -> Option<WorkerPlan> {
+    let replica_sets: std::collections::BTreeMap<String, u32> = config
+        .bricks
+        .iter()
+        .filter(|b| b.volume == view.id.primary_volume)
+        .map(|b| (b.path.display().to_string(), b.replica_set))
+        .collect();
+    if replica_sets.is_empty() {
+        return None;
+    }
+    let secondaries = membership
+        .live()
+        .filter(|m| m.hosts(&view.id.secondary_volume))
+        .filter_map(|m| {
+            let addr = data_addrs.get(&m.node_id)?.parse().ok()?;
+            Some((m.node_id.clone(), addr))
+        })
+        .collect();
+    let effective = view.effective_config();
+    let value = |key: &str| {
+        effective
+            .iter()
+            .find(|(name, ..)| *name == key)
+            .map(|(_, value, ..)| value.clone())
+            .unwrap_or_default()
+    };
+    Some(WorkerPlan {
+        session: view.id.dir_name(),
+        replica_sets,
+        secondaries,
+        ignore_deletes: matches!(
+            value("ignore-deletes").as_str(),
+            "true" | "1" | "yes" | "on"
+        ),
+        change_interval_s: value("change-interval").parse().unwrap_or(5),
+        tls: [
+            config.tls_ca.clone(),
+            config.tls_cert.clone(),
+            config.tls_key.clone(),
+        ],
+    })
+}

@@ -1,0 +1,61 @@
+//! What a primary worker and a secondary agent say to each other over one QUIC
+//! bidirectional stream (ALPN [`ALPN`]): each message is a 4-byte little-endian length
+//! and its postcard encoding, requests from the worker, one response each.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::Hash;
+use crate::index::Op;
+use crate::path::RelPath;
+
+/// ALPN of data-path connections (the mesh's certificates, a connection of its own).
+pub const ALPN: &[u8] = b"georep-data/1";
+/// Largest message accepted (a batch of chunk data).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Writes of files up to this size carry their data without asking what is missing.
+pub const SMALL_FILE: u64 = 256 * 1024;
+
+/// One operation of a batch and the chunk bytes it needs.
+pub type BatchItem = (Op, Vec<(Hash, Vec<u8>)>);
+
+/// From a primary worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Opens the conversation for one session's replica set.
+    Hello {
+        /// The session (its directory name, `gv0_n4_gv1`).
+        session: String,
+        /// The replica set of the worker's brick.
+        replica_set: u32,
+    },
+    /// Which of these chunks of `path` the secondary lacks.
+    Missing {
+        /// The file.
+        path: RelPath,
+        /// Its chunks' hashes.
+        chunks: Vec<Hash>,
+    },
+    /// Operations to apply in order, each with the chunk bytes it needs.
+    Batch(Vec<BatchItem>),
+    /// The index of what the secondary now has of this replica set (postcard of
+    /// [`crate::Index`]), kept for the next worker.
+    SaveIndex(Vec<u8>),
+}
+
+/// From the secondary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Hello accepted: the index saved last for this replica set, if any.
+    Ready {
+        /// postcard of [`crate::Index`].
+        index: Option<Vec<u8>>,
+    },
+    /// Refused, and why (the stream ends).
+    Refused(String),
+    /// The chunks lacking.
+    Missing(Vec<Hash>),
+    /// Per operation of a batch: `None` applied, `Some(error)` not.
+    Applied(Vec<Option<String>>),
+    /// The index is saved.
+    Saved,
+}

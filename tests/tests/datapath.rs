@@ -1,0 +1,242 @@
+//! The built-in monitor replicates, over real agents and real QUIC: a replica set of
+//! two primary bricks (n1, n2) and a secondary brick (n3). The secondary tree equals
+//! the primary brick after the initial sync and after live edits of every kind; when
+//! the Active node dies (agent and monitor killed with -9) the Passive takes over from
+//! the index the secondary kept and goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use georep_tests::{Cluster, NodeSpec};
+
+const SECONDARY: &str = "n3::gv1";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn brick_of(cluster: &Cluster, i: usize) -> PathBuf {
+    let args = cluster.agent_args(i);
+    let spec = args
+        .iter()
+        .position(|a| a == "--brick")
+        .map(|at| args[at + 1].clone())
+        .expect("a brick");
+    // VOL:PATH[:SET]
+    let path = spec
+        .split_once(':')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    PathBuf::from(path.rsplit_once(':').map_or(path, |(p, _)| p))
+}
+
+/// What a tree holds, inodes aside: per path its kind, size, mode, mtime, content
+/// hash, xattrs; and which paths are hard links of each other.
+fn shape(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
+    let (index, _) = georep_datapath::scan(root, None).expect("scan");
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let shape = index
+        .entries
+        .iter()
+        .map(|(path, e)| {
+            by_ino.entry(e.ino).or_default().push(path.to_string());
+            let mtime = (e.mtime, e.mtime_nsec);
+            (
+                path.to_string(),
+                format!(
+                    "{:?} size={} mode={:o} mtime={mtime:?} content={:?} xattrs={:?}",
+                    e.kind, e.size, e.mode, e.content, e.xattrs
+                ),
+            )
+        })
+        .collect();
+    (
+        shape,
+        by_ino.into_values().filter(|p| p.len() > 1).collect(),
+    )
+}
+
+fn wait_same(cluster: &Cluster, primary: &Path, secondary: &Path, what: &str) {
+    cluster.wait_until(WAIT, what, || shape(primary) == shape(secondary));
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The same tree on every brick given (replicas hold the same files).
+fn populate(bricks: &[&Path]) {
+    for root in bricks {
+        for i in 0..40 {
+            let dir = root.join(format!("dir{}/sub{}", i % 4, i % 3));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(format!("f{i}.txt")), format!("small file {i}\n")).unwrap();
+        }
+        fs::write(root.join("large.bin"), noise(12 << 20, 1)).unwrap();
+        fs::write(root.join("doc.txt"), b"document").unwrap();
+        fs::hard_link(root.join("doc.txt"), root.join("doc.link")).unwrap();
+        symlink("large.bin", root.join("large.lnk")).unwrap();
+        fs::set_permissions(root.join("doc.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+        xattr::set(root.join("doc.txt"), "user.tag", b"v1").unwrap();
+    }
+}
+
+/// Live edits of every kind, the same on every brick given.
+fn edit(bricks: &[&Path]) {
+    for root in bricks {
+        let mut large = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("large.bin"))
+            .unwrap();
+        large.seek(SeekFrom::Start(6 << 20)).unwrap();
+        large.write_all(&noise(500_000, 2)).unwrap();
+        drop(large);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("dir0/sub0/f0.txt"))
+            .unwrap()
+            .write_all(b"appended\n")
+            .unwrap();
+        fs::rename(root.join("dir1"), root.join("dir1-renamed")).unwrap();
+        fs::rename(root.join("dir2/sub2/f2.txt"), root.join("dir0/sub0/f0.txt")).unwrap();
+        fs::remove_file(root.join("dir3/sub0/f3.txt")).unwrap();
+        fs::set_permissions(root.join("doc.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+        xattr::set(root.join("doc.txt"), "user.tag", b"v2").unwrap();
+        fs::create_dir(root.join("fresh")).unwrap();
+        fs::write(root.join("fresh/new.txt"), b"new").unwrap();
+    }
+}
+
+/// Connects to n3's data endpoint with node `i`'s certificate and says Hello for
+/// `session`; the answer, as text.
+fn hello_as(cluster: &Cluster, i: usize, session: &str) -> String {
+    use georep_datapath::proto::{ALPN, Request, Response};
+    let keys = cluster.json(0, &["inspect", "keys", "n3", "data"]);
+    let addr: std::net::SocketAddr = keys["keys"][0]["raw"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("n3's data endpoint in {keys}"));
+    let args = cluster.agent_args(i);
+    let flag = |name: &str| {
+        let at = args.iter().position(|a| a == name).expect(name);
+        PathBuf::from(&args[at + 1])
+    };
+    let identity =
+        georep_mesh::NodeIdentity::load(&flag("--tls-ca"), &flag("--tls-cert"), &flag("--tls-key"))
+            .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let crypto = identity.client_config_for(ALPN).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+        let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        let conn = endpoint.connect(addr, "georep").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let body = postcard::to_stdvec(&Request::Hello {
+            session: session.to_string(),
+            replica_set: 0,
+        })
+        .unwrap();
+        send.write_all(&(body.len() as u32).to_le_bytes())
+            .await
+            .unwrap();
+        send.write_all(&body).await.unwrap();
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0; u32::from_le_bytes(len) as usize];
+        recv.read_exact(&mut body).await.unwrap();
+        let response: Response = postcard::from_bytes(&body).unwrap();
+        conn.close(0u32.into(), b"");
+        format!("{response:?}")
+    })
+}
+
+fn active_node(cluster: &Cluster, at: usize) -> Option<String> {
+    cluster.json(at, &["status", "gv0", SECONDARY])["sessions"][0]["workers"]
+        .as_array()?
+        .iter()
+        .find(|w| w["status"] == "Active" && w["crawl_status"] == "Changelog Crawl")
+        .and_then(|w| w["node"].as_str().map(String::from))
+}
+
+#[test]
+fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
+    let mut cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"]),
+            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
+        ],
+        None,
+    );
+    cluster.wait_live(0, 3, WAIT);
+    let bricks = [brick_of(&cluster, 0), brick_of(&cluster, 1)];
+    let secondary = brick_of(&cluster, 2);
+    populate(&[&bricks[0], &bricks[1]]);
+    cluster.ok(0, &["create", "gv0", SECONDARY]);
+    cluster.ok(0, &["config", "gv0", SECONDARY, "change-interval", "1"]);
+    cluster.ok(0, &["start", "gv0", SECONDARY]);
+    wait_same(&cluster, &bricks[0], &secondary, "the initial sync");
+    cluster.wait_until(WAIT, "an Active worker in Changelog Crawl", || {
+        active_node(&cluster, 2).is_some()
+    });
+    let status = cluster.json(2, &["status", "gv0", SECONDARY]);
+    let workers = status["sessions"][0]["workers"].as_array().unwrap().clone();
+    let active = workers.iter().find(|w| w["status"] == "Active").unwrap();
+    assert!(active["last_synced"].is_string(), "{active}");
+    assert!(active["data"].as_u64().unwrap() >= 40, "{active}");
+    assert_eq!(active["secondary_node"], "n3");
+    assert_eq!(
+        workers.iter().filter(|w| w["status"] == "Passive").count(),
+        1,
+        "{workers:?}"
+    );
+
+    // A node that hosts no brick of the primary volume may not write: n3 itself, with
+    // its own valid certificate, is refused.
+    let answer = hello_as(&cluster, 2, "gv0_n3_gv1");
+    assert!(
+        answer.contains("n3 hosts no brick of the primary volume gv0"),
+        "{answer}"
+    );
+    // An unknown session is refused too (n1 is a primary, but of no such session).
+    let answer = hello_as(&cluster, 0, "gv7_n3_gv1");
+    assert!(answer.contains("no session gv7_n3_gv1"), "{answer}");
+
+    edit(&[&bricks[0], &bricks[1]]);
+    wait_same(&cluster, &bricks[0], &secondary, "the live edits");
+
+    // The Active node dies: its agent and its monitor.
+    let dead = active_node(&cluster, 2).unwrap();
+    let (dead_i, alive_i) = if dead == "n1" { (0, 1) } else { (1, 0) };
+    let monitors = cluster.session_monitors(dead_i);
+    cluster.kill9(dead_i);
+    for pid in monitors {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // Meanwhile the volume changes (on the surviving replica).
+    let survivor = &bricks[alive_i];
+    fs::write(
+        survivor.join("fresh/after-failover.txt"),
+        b"still replicated",
+    )
+    .unwrap();
+    fs::remove_file(survivor.join("doc.link")).unwrap();
+    let survivor_id = if alive_i == 0 { "n1" } else { "n2" };
+    cluster.wait_until(WAIT, "the Passive taking over", || {
+        active_node(&cluster, 2).as_deref() == Some(survivor_id)
+    });
+    wait_same(&cluster, survivor, &secondary, "the sync after failover");
+}
