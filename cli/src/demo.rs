@@ -110,7 +110,11 @@ pub fn plan_cluster(root: &Path, ports: &[u16]) -> Vec<NodePlan> {
             } else {
                 (Role::Secondary, SECONDARY_VOLUME, i - primaries)
             };
-            let brick_dir = dir.join("bricks").join(format!("{volume}-b{}", index + 1));
+            // The secondary volume is one namespace: its agents share its mount.
+            let brick_dir = match role {
+                Role::Primary => dir.join("bricks").join(format!("{volume}-b{}", index + 1)),
+                Role::Secondary => root.join(format!("{volume}-mount")),
+            };
             let brick = format!("{volume}:{}:{}", brick_dir.display(), index / REPLICA_COUNT);
             NodePlan {
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, *port)),
@@ -143,6 +147,7 @@ pub fn steps(plans: &[NodePlan]) -> Vec<Step> {
     };
     let lifecycle: Vec<Vec<String>> = vec![
         session("create", &["--push-pem"]),
+        session("config", &["change-interval", "1"]),
         session("start", &[]),
         vec!["status".into()],
         session("config", &["sync-jobs", "8"]),
@@ -258,6 +263,7 @@ async fn drive(
         agents.spawn(georepd, plan, agent)?;
     }
     wait_ready(plans, agents).await?;
+    let files = seed_files(plans)?;
     for step in steps(plans) {
         let plan = &plans[step.node];
         let socket = plan.socket.display().to_string();
@@ -278,7 +284,111 @@ async fn drive(
             );
             return Ok(false);
         }
+        if step.args.first().map(String::as_str) == Some("start")
+            && !show_arrival(plans, &files).await?
+        {
+            return Ok(false);
+        }
     }
+    Ok(true)
+}
+
+/// Writes a few files into the primary bricks, the same into the bricks of one
+/// replica set (replicas hold the same files), different ones per replica set (a
+/// distributed volume); returns the paths written, relative to the volume.
+fn seed_files(plans: &[NodePlan]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = std::collections::BTreeSet::new();
+    for plan in plans.iter().filter(|p| p.role == Role::Primary) {
+        let set = plan.brick.rsplit(':').next().unwrap_or("0");
+        let files = [
+            (
+                PathBuf::from(format!("set{set}/hello.txt")),
+                format!("hello from replica set {set}\n"),
+            ),
+            (
+                PathBuf::from(format!("set{set}/docs/notes.md")),
+                "# notes\n".repeat(1000),
+            ),
+        ];
+        for (relative, content) in files {
+            let path = plan.brick_dir.join(&relative);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            fs::write(&path, content)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written.insert(relative);
+        }
+    }
+    println!(
+        "demo: wrote {} files into the primary bricks",
+        written.len()
+    );
+    Ok(written.into_iter().collect())
+}
+
+/// Waits (up to 60 s) until every seeded file is on the secondary volume with the
+/// same content, printing each as it arrives. `Ok(false)` if some did not.
+async fn show_arrival(plans: &[NodePlan], files: &[PathBuf]) -> anyhow::Result<bool> {
+    let Some(secondary) = plans.iter().find(|p| p.role == Role::Secondary) else {
+        return Ok(true);
+    };
+    let sources: Vec<&NodePlan> = plans.iter().filter(|p| p.role == Role::Primary).collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut pending: Vec<&PathBuf> = files.iter().collect();
+    while !pending.is_empty() {
+        pending.retain(|relative| {
+            let arrived = fs::read(secondary.brick_dir.join(relative)).ok();
+            let same = arrived.as_ref().is_some_and(|bytes| {
+                sources
+                    .iter()
+                    .any(|p| fs::read(p.brick_dir.join(relative)).ok().as_ref() == Some(bytes))
+            });
+            if same {
+                println!(
+                    "  arrived on the secondary volume: {} ({} bytes)",
+                    relative.display(),
+                    arrived.map_or(0, |b| b.len())
+                );
+            }
+            !same
+        });
+        if pending.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("georep demo: not on the secondary volume after 60 s: {pending:?}");
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Then until the status the next step prints shows it: one Active worker per
+    // replica set with a LAST_SYNCED (workers report through the mesh).
+    let sets: std::collections::BTreeSet<&str> = sources
+        .iter()
+        .filter_map(|p| p.brick.rsplit(':').next())
+        .collect();
+    let socket = secondary.socket.display().to_string();
+    while tokio::time::Instant::now() < deadline {
+        let cli = Cli::try_parse_from(["georep", "--socket", &socket, "status", "--json"])
+            .context("the demo's status does not parse")?;
+        let report = crate::execute(&cli).await;
+        let synced = serde_json::from_str::<serde_json::Value>(&report.stdout)
+            .ok()
+            .and_then(|v| v["sessions"][0]["workers"].as_array().cloned())
+            .map_or(0, |workers| {
+                workers
+                    .iter()
+                    .filter(|w| w["status"] == "Active" && w["last_synced"].is_string())
+                    .count()
+            });
+        if synced >= sets.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!();
     Ok(true)
 }
 
@@ -574,8 +684,8 @@ mod tests {
                 "gv0:/tmp/demo/n1/bricks/gv0-b1:0",
                 "gv0:/tmp/demo/n2/bricks/gv0-b2:0",
                 "gv0:/tmp/demo/n3/bricks/gv0-b3:1",
-                "gv1:/tmp/demo/n4/bricks/gv1-b1:0",
-                "gv1:/tmp/demo/n5/bricks/gv1-b2:0",
+                "gv1:/tmp/demo/gv1-mount:0",
+                "gv1:/tmp/demo/gv1-mount:0",
             ]
         );
         assert_eq!(plans[3].role, Role::Secondary);
@@ -594,16 +704,16 @@ mod tests {
         let plans = plan_cluster(Path::new("/d"), &[1, 2, 3, 4, 5]);
         let steps = steps(&plans);
         assert_eq!(steps[0].args, ["create", "gv0", "n4::gv1", "--push-pem"]);
-        assert_eq!(steps.len(), 12);
+        assert_eq!(steps.len(), 13);
         for pair in steps.windows(2) {
             assert_ne!(pair[0].node, pair[1].node);
         }
         // The config read-back runs on another node than the write, a secondary among them.
         assert_eq!(
-            steps[3].args,
+            steps[4].args,
             ["config", "gv0", "n4::gv1", "sync-jobs", "8"]
         );
-        assert_ne!(steps[3].node, steps[4].node);
+        assert_ne!(steps[4].node, steps[5].node);
         assert!(steps.iter().any(|s| plans[s.node].role == Role::Secondary));
         for step in &steps {
             let argv = ["georep", "--socket", "/s"]
