@@ -128,6 +128,8 @@ pub struct BrickStatus {
     pub meta: u64,
     /// Failed operations.
     pub failures: u64,
+    /// Chunk bytes the built-in data path sent (0 for other monitors).
+    pub bytes_sent: u64,
     /// Checkpoint set, if any.
     pub checkpoint_time: Option<String>,
     /// Whether the checkpoint was reached.
@@ -149,6 +151,7 @@ impl BrickStatus {
             data: 0,
             meta: 0,
             failures: 0,
+            bytes_sent: 0,
             checkpoint_time: None,
             checkpoint_completed: false,
             checkpoint_completion_time: None,
@@ -236,6 +239,9 @@ impl Worker {
             let plan = self.session_dir.join(crate::datapath::PLAN_FILE);
             match (&wanted, syncing.is_some()) {
                 (WorkerStatus::Active, false) if plan.exists() => {
+                    if let Ok(mut p) = progress.lock() {
+                        p.fault = None;
+                    }
                     let cancel = shutdown.child_token();
                     let task = tokio::spawn(crate::datapath::client::run(
                         PathBuf::from(&self.brick),

@@ -239,4 +239,29 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
         active_node(&cluster, 2).as_deref() == Some(survivor_id)
     });
     wait_same(&cluster, survivor, &secondary, "the sync after failover");
+
+    // Its only secondary gone, the worker is Faulty; back, it recovers by itself.
+    cluster.terminate(2);
+    let worker_status = |cluster: &Cluster| {
+        cluster.json(alive_i, &["status", "gv0", SECONDARY])["sessions"][0]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["node"] == survivor_id)
+            .map(|w| w["status"].as_str().unwrap_or_default().to_string())
+    };
+    cluster.wait_until(WAIT, "Faulty without a secondary", || {
+        worker_status(&cluster).as_deref() == Some("Faulty")
+    });
+    fs::write(survivor.join("fresh/while-away.txt"), b"queued").unwrap();
+    cluster.restart(2);
+    wait_same(
+        &cluster,
+        survivor,
+        &secondary,
+        "the sync after the secondary returned",
+    );
+    cluster.wait_until(WAIT, "Active again", || {
+        worker_status(&cluster).as_deref() == Some("Active")
+    });
 }

@@ -74,6 +74,7 @@ impl Agent {
                             data: w.data,
                             meta: w.meta,
                             failures: w.failures,
+                            bytes_sent: w.bytes_sent,
                             lag_seconds: w
                                 .last_synced
                                 .as_deref()

@@ -87,6 +87,8 @@ pub struct WorkerMetrics {
     pub meta: u64,
     /// Failed operations.
     pub failures: u64,
+    /// Chunk bytes the data path sent.
+    pub bytes_sent: u64,
     /// Seconds since the last synced change, when the monitor reports one.
     pub lag_seconds: Option<f64>,
 }
@@ -353,6 +355,12 @@ fn render_activity(registry: &mut Registry, s: &MetricsSnapshot) {
         "worker_meta_synced",
         "Metadata operations a local worker synced, as its monitor reports",
         ops(|w| w.meta),
+    );
+    counter_rows(
+        registry,
+        "worker_sent_bytes",
+        "Chunk bytes a local worker's data path sent",
+        ops(|w| w.bytes_sent),
     );
     counter_rows(
         registry,

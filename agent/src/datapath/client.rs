@@ -58,8 +58,12 @@ pub struct SyncProgress {
 }
 
 impl SyncProgress {
-    /// Copies what the status file shows into `status`.
+    /// Copies what the status file shows into `status`: an Active worker that cannot
+    /// sync (no secondary reachable, brick unreadable) shows Faulty until it can.
     pub fn apply_to(&self, status: &mut crate::monitor::BrickStatus) {
+        if self.fault.is_some() && status.status == georep_api::WorkerStatus::Active {
+            status.status = georep_api::WorkerStatus::Faulty;
+        }
         status.crawl_status = self.crawl.clone();
         status.last_synced = self.last_synced.map(|s| {
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
@@ -72,6 +76,7 @@ impl SyncProgress {
         status.data = self.data;
         status.meta = self.meta;
         status.failures = self.failures;
+        status.bytes_sent = self.bytes_sent;
     }
 }
 
@@ -115,11 +120,15 @@ pub async fn run(
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(brick = %brick.display(), secondary = %node, %error, "sync interrupted; trying again");
+                attempt += 1;
+                // Faulty only once every secondary has failed in turn.
+                let all_failed = attempt.is_multiple_of(plan.secondaries.len());
                 report(&|p| {
-                    p.fault = Some(format!("{node}: {error}"));
+                    if all_failed {
+                        p.fault = Some(format!("{node}: {error}"));
+                    }
                     p.crawl = CrawlStatus::NotApplicable;
                 });
-                attempt += 1;
                 sleep_or_cancel(&cancel, RETRY).await;
             }
         }

@@ -106,10 +106,12 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
         .receive_window(quinn::VarInt::from_u32(32 << 20))
         .send_window(32 << 20)
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30))
-                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))),
+            quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10))
+                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
         ))
-        .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        // A dead secondary is noticed within the idle timeout; the worker then moves
+        // to another one.
+        .keep_alive_interval(Some(std::time::Duration::from_secs(2)));
     Arc::new(transport)
 }
 

@@ -19,6 +19,8 @@ pub fn key_kind(key: &str) -> &'static str {
         "seen"
     } else if key == crate::events::EVENTS_KEY {
         "event-ranges"
+    } else if key == crate::datapath::DATA_ADDR_KEY {
+        "data-endpoint"
     } else {
         "other"
     }
@@ -27,7 +29,8 @@ pub fn key_kind(key: &str) -> &'static str {
 /// Decodes a raw chitchat value to readable JSON by its key: `s/` as the session's
 /// registers, `node` as [`NodeInfo`], `seen` as [`Seen`], `m/` as
 /// [`NodeSessionStatus`], `k/` as [`SessionKeys`], `ki/` as [`KeyInstall`], `ev` as
-/// the event streams held (`{stream: {floor, high}}`). Never panics: whatever does not decode is an error string.
+/// the event streams held (`{stream: {floor, high}}`), `data` as the data path
+/// endpoint's address. Never panics: whatever does not decode is an error string.
 pub fn decode_value(key: &str, raw: &str) -> (&'static str, Result<Value, String>) {
     let kind = key_kind(key);
     let decoded = match kind {
@@ -73,6 +76,10 @@ pub fn decode_value(key: &str, raw: &str) -> (&'static str, Result<Value, String
             .map_err(|e| e.to_string())
             .and_then(|status| serde_json::to_value(status).map_err(|e| e.to_string()))
             .map(stamps_as_text),
+        "data-endpoint" => raw
+            .parse::<std::net::SocketAddr>()
+            .map(|addr| json!(addr.to_string()))
+            .map_err(|e| format!("not an address: {e}")),
         _ => Err("no decoder for this key; use --raw".to_string()),
     };
     (kind, decoded)
