@@ -215,6 +215,20 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     edit(&[&bricks[0], &bricks[1]]);
     wait_same(&cluster, &bricks[0], &secondary, "the live edits");
 
+    // A checkpoint completes once a round that began after it synced everything.
+    cluster.ok(0, &["config", "gv0", SECONDARY, "checkpoint", "now"]);
+    cluster.wait_until(WAIT, "the checkpoint completed", || {
+        cluster.json(2, &["status", "gv0", SECONDARY])["sessions"][0]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| {
+                w["status"] == "Active"
+                    && w["checkpoint_completed"] == true
+                    && w["checkpoint_completion_time"].is_string()
+            })
+    });
+
     // The Active node dies: its agent and its monitor.
     let dead = active_node(&cluster, 2).unwrap();
     let (dead_i, alive_i) = if dead == "n1" { (0, 1) } else { (1, 0) };

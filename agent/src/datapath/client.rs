@@ -55,6 +55,10 @@ pub struct SyncProgress {
     pub bytes_sent: u64,
     /// Why the loop cannot sync now (no secondary reachable, brick unreadable).
     pub fault: Option<String>,
+    /// The checkpoint set (Unix seconds; 0: none).
+    pub checkpoint: u64,
+    /// When a round that started after the checkpoint finished without failures.
+    pub checkpoint_completed: Option<u64>,
 }
 
 impl SyncProgress {
@@ -65,18 +69,52 @@ impl SyncProgress {
             status.status = georep_api::WorkerStatus::Faulty;
         }
         status.crawl_status = self.crawl.clone();
-        status.last_synced = self.last_synced.map(|s| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
-                .to_string()
-                .replace('T', " ")
-                .trim_end_matches('Z')
-                .to_string()
-        });
+        status.last_synced = self.last_synced.map(format_time);
         status.entry = self.entry;
         status.data = self.data;
         status.meta = self.meta;
         status.failures = self.failures;
         status.bytes_sent = self.bytes_sent;
+        status.checkpoint_time = (self.checkpoint > 0).then(|| format_time(self.checkpoint));
+        status.checkpoint_completed = self.checkpoint > 0 && self.checkpoint_completed.is_some();
+        status.checkpoint_completion_time = self
+            .checkpoint_completed
+            .filter(|_| self.checkpoint > 0)
+            .map(format_time);
+    }
+}
+
+/// `2026-12-03 10:00:00`, as gsyncd shows times (UTC).
+fn format_time(unix_s: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix_s))
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl SyncProgress {
+    /// Notes the checkpoint `plan` sets, and that a round started at `round_started`
+    /// ended with `failures` failures.
+    fn round_done(&mut self, checkpoint: u64, round_started: u64, failures: u64) {
+        if self.checkpoint != checkpoint {
+            self.checkpoint = checkpoint;
+            self.checkpoint_completed = None;
+        }
+        if checkpoint > 0
+            && self.checkpoint_completed.is_none()
+            && failures == 0
+            && round_started >= checkpoint
+        {
+            self.checkpoint_completed = Some(now_s());
+        }
     }
 }
 
@@ -115,7 +153,16 @@ pub async fn run(
         // Spread bricks over secondaries; on failure try the next one.
         let start = brick_hash(&brick) as usize + attempt;
         let (node, addr) = plan.secondaries[start % plan.secondaries.len()].clone();
-        let outcome = session(&brick, &plan, replica_set, &node, addr, &progress, &cancel).await;
+        let outcome = session(
+            &brick,
+            (&plan, &plan_file),
+            replica_set,
+            &node,
+            addr,
+            &progress,
+            &cancel,
+        )
+        .await;
         match outcome {
             Ok(()) => return,
             Err(error) => {
@@ -154,7 +201,7 @@ fn read_plan(path: &Path) -> Result<WorkerPlan, String> {
 /// One connection's life: until cancelled (`Ok`) or the connection fails (`Err`).
 async fn session(
     brick: &Path,
-    plan: &WorkerPlan,
+    (plan, plan_file): (&WorkerPlan, &Path),
     replica_set: u32,
     node: &str,
     addr: SocketAddr,
@@ -207,6 +254,14 @@ async fn session(
     let mut first = true;
     let mut cache: Option<Index> = None;
     while !cancel.is_cancelled() {
+        // Live settings (ignore-deletes, change-interval, checkpoint) apply from the
+        // next round on.
+        if let Some(reason) = conn.close_reason() {
+            return Err(format!("connection lost: {reason}"));
+        }
+        let live = read_plan(plan_file).unwrap_or_else(|_| plan.clone());
+        let plan = &live;
+        let round_started = now_s();
         let root = brick.to_path_buf();
         let previous = cache.take().unwrap_or_else(|| synced.clone());
         let scanned = tokio::task::spawn_blocking(move || scan(&root, Some(&previous)))
@@ -255,10 +310,7 @@ async fn session(
                 other => return Err(format!("unexpected answer to save: {other:?}")),
             }
             synced = next;
-            let now_s = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now_s = now_s();
             set(&|p| {
                 p.entry += counts.0;
                 p.data += counts.1;
@@ -269,6 +321,7 @@ async fn session(
         }
         let failures = failed.len() as u64;
         set(&|p| {
+            p.round_done(plan.checkpoint, round_started, failures);
             p.failures = failures;
             p.crawl = CrawlStatus::Changelog;
             p.fault = None;

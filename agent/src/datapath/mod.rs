@@ -38,6 +38,9 @@ pub struct WorkerPlan {
     pub ignore_deletes: bool,
     /// Seconds between rescans.
     pub change_interval_s: u64,
+    /// The checkpoint (Unix seconds; 0: none).
+    #[serde(default)]
+    pub checkpoint: u64,
     /// The cluster CA, this node's certificate and key.
     pub tls: [PathBuf; 3],
 }
@@ -158,6 +161,7 @@ pub fn plan_for(
             "true" | "1" | "yes" | "on"
         ),
         change_interval_s: value("change-interval").parse().unwrap_or(5),
+        checkpoint: value("checkpoint").parse().unwrap_or(0),
         tls: [
             config.tls_ca.clone(),
             config.tls_cert.clone(),
