@@ -133,6 +133,18 @@ impl Agent {
     /// cluster-wide by the live node with the lowest id (during a partition, once per
     /// side). Every node tracks the volumes, so a new reporter starts from what it saw.
     pub(super) fn volume_events(&self, membership: &Membership) {
+        // A peer heard moments ago but not (yet) judged live is one this node has just
+        // learnt of (it is starting up, or the peer is): until the failure detector has
+        // judged it, this node cannot know whether it is the reporter nor whether the
+        // peer's bricks are down. Wait (keeping the last observation, so nothing is
+        // lost); a peer that really died was last heard longer ago than this.
+        let settle_ms = self.config.gossip_interval_ms.saturating_mul(3);
+        let unjudged = membership.members.values().any(|m| {
+            !m.live && m.info.is_some() && m.last_heard_ms.is_some_and(|ms| ms < settle_ms)
+        });
+        if unjudged {
+            return;
+        }
         let now = volumes::volumes(membership);
         let Ok(mut last) = self.last_volumes.lock() else {
             return;
