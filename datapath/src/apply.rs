@@ -40,6 +40,20 @@ use crate::path::{PathError, RelPath};
 /// Chunk bytes sent for a write, by hash.
 pub type FileData = HashMap<Hash, Vec<u8>>;
 
+/// Where the bytes of chunks that were sent come from (a batch's own data, or chunks
+/// staged on disk ahead of it for files too large for one message).
+pub trait ChunkSource {
+    /// The bytes of the chunk `hash`, if sent.
+    fn chunk(&self, hash: &Hash) -> Option<std::borrow::Cow<'_, [u8]>>;
+}
+
+impl ChunkSource for FileData {
+    fn chunk(&self, hash: &Hash) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.get(hash)
+            .map(|b| std::borrow::Cow::Borrowed(b.as_slice()))
+    }
+}
+
 /// Why an operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -193,7 +207,7 @@ impl Applier {
     }
 
     /// Applies one operation; `data` holds the chunk bytes a [`Op::Write`] needs.
-    pub fn apply(&self, op: &Op, data: &FileData) -> Result<(), ApplyError> {
+    pub fn apply(&self, op: &Op, data: &dyn ChunkSource) -> Result<(), ApplyError> {
         match op {
             Op::Mkdir { path } => {
                 let (dir, name) = self.parent(path)?;
@@ -265,7 +279,7 @@ impl Applier {
         size: u64,
         content: &Hash,
         chunks: &[ChunkRef],
-        data: &FileData,
+        data: &dyn ChunkSource,
     ) -> Result<(), ApplyError> {
         let mut current = self.current(path);
         let (dir, name) = self.parent(path)?;
@@ -284,7 +298,8 @@ impl Applier {
             let mut written = 0u64;
             let mut buffer = Vec::new();
             for chunk in chunks {
-                let bytes: &[u8] = match data.get(&chunk.hash) {
+                let sent = data.chunk(&chunk.hash);
+                let bytes: &[u8] = match &sent {
                     Some(bytes) => bytes,
                     None => {
                         let (file, have) = current.as_mut().ok_or(ApplyError::MissingChunk {

@@ -20,7 +20,7 @@ pub mod index;
 pub mod path;
 pub mod proto;
 
-pub use apply::{Applier, ApplyError, FileData};
+pub use apply::{Applier, ApplyError, ChunkSource, FileData};
 pub use chunk::{ChunkRef, Hash, chunk_bytes, chunk_file};
 pub use index::{Entry, EntryKind, Index, Op, diff, scan};
 pub use path::{PathError, RelPath};

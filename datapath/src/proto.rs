@@ -35,7 +35,11 @@ pub enum Request {
         /// Its chunks' hashes.
         chunks: Vec<Hash>,
     },
-    /// Operations to apply in order, each with the chunk bytes it needs.
+    /// Chunk bytes of a file too large for one message, kept (on disk) for the
+    /// operations of the next batch.
+    Stage(Vec<(Hash, Vec<u8>)>),
+    /// Operations to apply in order, each with the chunk bytes it needs (or staged
+    /// before); staged chunks are dropped after it.
     Batch(Vec<BatchItem>),
     /// The index of what the secondary now has of this replica set (postcard of
     /// [`crate::Index`]), kept for the next worker.
@@ -58,4 +62,6 @@ pub enum Response {
     Applied(Vec<Option<String>>),
     /// The index is saved.
     Saved,
+    /// The chunks are staged.
+    Staged,
 }

@@ -114,8 +114,10 @@ fn tar_pipe(src: &Path, dst: &Path) -> f64 {
     timed("tar", command).0
 }
 
-/// The worker's `bytes_sent`, from its status file on node 0.
+/// The worker's `bytes_sent`, from its status file on node 0 (written every second:
+/// read after the next write).
 fn bytes_sent(cluster: &Cluster) -> u64 {
+    std::thread::sleep(Duration::from_millis(2500));
     let root = cluster.nodes[0].data().sessions_root();
     fs::read_dir(&root)
         .into_iter()

@@ -401,7 +401,27 @@ async fn send_ops(
                         other => return Err(format!("unexpected answer to missing: {other:?}")),
                     }
                 };
-                match read_chunks(brick, path, chunks, &wanted) {
+                let wanted_set: std::collections::HashSet<&georep_datapath::Hash> =
+                    wanted.iter().collect();
+                let wanted_bytes: u64 = chunks
+                    .iter()
+                    .filter(|c| wanted_set.contains(&c.hash))
+                    .map(|c| u64::from(c.len))
+                    .sum();
+                let read = if wanted_bytes > (BATCH_BYTES / 2) as u64 {
+                    // Too large for one message: staged ahead of the batch, in pieces.
+                    match stage_chunks(brick, path, chunks, &wanted, call).await {
+                        Ok(sent) => {
+                            bytes_sent += sent;
+                            Ok(Vec::new())
+                        }
+                        Err(StageError::Read(error)) => Err(error),
+                        Err(StageError::Wire(error)) => return Err(error),
+                    }
+                } else {
+                    read_chunks(brick, path, chunks, &wanted)
+                };
+                match read {
                     Ok(data) => data,
                     Err(error) => {
                         tracing::warn!(%path, %error, "cannot read; retried next round");
@@ -458,6 +478,69 @@ async fn flush(
         }
     }
     Ok(())
+}
+
+/// Why staging a large file's chunks stopped.
+enum StageError {
+    /// The file could not be read (counted as a failure, retried next round).
+    Read(std::io::Error),
+    /// The secondary could not be reached (the connection is retried).
+    Wire(String),
+}
+
+/// Sends the chunks `wanted` of the file `path` under `brick` as `Stage` messages of
+/// at most [`BATCH_BYTES`], reading as it goes; returns the bytes sent.
+async fn stage_chunks(
+    brick: &Path,
+    path: &RelPath,
+    chunks: &[georep_datapath::ChunkRef],
+    wanted: &[georep_datapath::Hash],
+    call: &mut Channel,
+) -> Result<u64, StageError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(brick.join(path.as_path()))
+        .map_err(StageError::Read)?;
+    let wanted: std::collections::HashSet<&georep_datapath::Hash> = wanted.iter().collect();
+    let mut seen = BTreeSet::new();
+    let mut piece: Vec<(georep_datapath::Hash, Vec<u8>)> = Vec::new();
+    let mut piece_bytes = 0usize;
+    let mut sent = 0u64;
+    for chunk in chunks.iter().filter(|c| wanted.contains(&c.hash)) {
+        if !seen.insert(chunk.hash) {
+            continue;
+        }
+        let mut bytes = vec![0; chunk.len as usize];
+        file.read_exact_at(&mut bytes, chunk.offset)
+            .map_err(StageError::Read)?;
+        piece_bytes += bytes.len();
+        piece.push((chunk.hash, bytes));
+        if piece_bytes >= BATCH_BYTES {
+            sent += piece_bytes as u64;
+            stage(call, std::mem::take(&mut piece)).await?;
+            piece_bytes = 0;
+        }
+    }
+    if !piece.is_empty() {
+        sent += piece_bytes as u64;
+        stage(call, piece).await?;
+    }
+    Ok(sent)
+}
+
+async fn stage(
+    call: &mut Channel,
+    piece: Vec<(georep_datapath::Hash, Vec<u8>)>,
+) -> Result<(), StageError> {
+    match call.call(&Request::Stage(piece)).await {
+        Ok(Response::Staged) => Ok(()),
+        Ok(other) => Err(StageError::Wire(format!(
+            "unexpected answer to stage: {other:?}"
+        ))),
+        Err(error) => Err(StageError::Wire(error)),
+    }
 }
 
 /// The bytes of the chunks `wanted` of the file `path` under `brick`.

@@ -80,6 +80,77 @@ pub async fn serve(endpoint: quinn::Endpoint, agent: Arc<Agent>, shutdown: Cance
 struct Grant {
     applier: Arc<Applier>,
     index_file: PathBuf,
+    /// Chunks staged for the next batch (files too large for one message).
+    stage: Arc<std::sync::Mutex<Stage>>,
+}
+
+/// Chunk bytes kept on disk between a `Stage` and the batch that uses them.
+struct Stage {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    chunks: std::collections::HashMap<georep_datapath::Hash, (u64, usize)>,
+    len: u64,
+}
+
+impl Stage {
+    fn add(&mut self, chunks: Vec<(georep_datapath::Hash, Vec<u8>)>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.file.is_none() {
+            self.file = Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&self.path)?,
+            );
+        }
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        for (hash, bytes) in chunks {
+            file.write_all_at(&bytes, self.len)?;
+            self.chunks.insert(hash, (self.len, bytes.len()));
+            self.len += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.len = 0;
+        if let Some(file) = &self.file {
+            let _ = file.set_len(0);
+        }
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A batch's own chunk data, then what was staged before it.
+struct Sources<'a> {
+    sent: &'a FileData,
+    stage: &'a Stage,
+}
+
+impl georep_datapath::ChunkSource for Sources<'_> {
+    fn chunk(&self, hash: &georep_datapath::Hash) -> Option<std::borrow::Cow<'_, [u8]>> {
+        use std::os::unix::fs::FileExt;
+        if let Some(bytes) = self.sent.get(hash) {
+            return Some(std::borrow::Cow::Borrowed(bytes));
+        }
+        let (offset, len) = *self.stage.chunks.get(hash)?;
+        let file = self.stage.file.as_ref()?;
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, offset).ok()?;
+        Some(std::borrow::Cow::Owned(bytes))
+    }
 }
 
 async fn serve_stream(
@@ -139,13 +210,33 @@ async fn serve_stream(
                         .unwrap_or_default();
                 Response::Missing(missing)
             }
+            (Some(granted), Request::Stage(chunks)) => {
+                let stage = granted.stage.clone();
+                let staged = tokio::task::spawn_blocking(move || match stage.lock() {
+                    Ok(mut stage) => stage.add(chunks).map_err(|e| e.to_string()),
+                    Err(_) => Err("staging area unusable".to_string()),
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match staged {
+                    Ok(()) => Response::Staged,
+                    Err(error) => Response::Refused(format!("cannot stage chunks: {error}")),
+                }
+            }
             (Some(granted), Request::Batch(items)) => {
                 let applier = granted.applier.clone();
+                let stage = granted.stage.clone();
                 let peer = peer.clone();
-                let results =
-                    tokio::task::spawn_blocking(move || apply_batch(&applier, &peer, items))
-                        .await
-                        .unwrap_or_default();
+                let results = tokio::task::spawn_blocking(move || {
+                    let Ok(mut stage) = stage.lock() else {
+                        return Vec::new();
+                    };
+                    let results = apply_batch(&applier, &stage, &peer, items);
+                    stage.clear();
+                    results
+                })
+                .await
+                .unwrap_or_default();
                 Response::Applied(results)
             }
             (Some(granted), Request::SaveIndex(bytes)) => {
@@ -164,6 +255,7 @@ async fn serve_stream(
 
 fn apply_batch(
     applier: &Applier,
+    stage: &Stage,
     peer: &str,
     items: Vec<georep_datapath::proto::BatchItem>,
 ) -> Vec<Option<String>> {
@@ -171,7 +263,8 @@ fn apply_batch(
         .into_iter()
         .map(|(op, data)| {
             let data: FileData = data.into_iter().collect();
-            match applier.apply(&op, &data) {
+            let sources = Sources { sent: &data, stage };
+            match applier.apply(&op, &sources) {
                 Ok(()) => None,
                 Err(error) => {
                     tracing::warn!(%peer, %error, "data path operation refused");
@@ -216,8 +309,16 @@ async fn authorize(
         .map_err(|e| format!("cannot open {}: {e}", brick.path.display()))?;
     let dir = agent.config().data_dir.join("datapath").join(session);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let stream = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Grant {
         applier: Arc::new(applier),
         index_file: dir.join(format!("replica-set-{replica_set}.index")),
+        stage: Arc::new(std::sync::Mutex::new(Stage {
+            path: dir.join(format!("stage.{}.{stream}", std::process::id())),
+            file: None,
+            chunks: std::collections::HashMap::new(),
+            len: 0,
+        })),
     })
 }
