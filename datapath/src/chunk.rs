@@ -85,18 +85,7 @@ pub fn chunk_bytes(bytes: &[u8]) -> (Vec<ChunkRef>, Hash) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::noise;
 
     #[test]
     fn chunks_cover_the_file_and_respect_the_bounds() {

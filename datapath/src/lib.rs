@@ -24,3 +24,18 @@ pub use apply::{Applier, ApplyError, ChunkSource, FileData};
 pub use chunk::{ChunkRef, Hash, chunk_bytes, chunk_file};
 pub use index::{Entry, EntryKind, Index, Op, diff, scan};
 pub use path::{PathError, RelPath};
+
+/// Deterministic pseudo-random bytes (xorshift64) for tests and benchmarks: content
+/// that does not compress or repeat, the same for the same seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use georep_datapath::{Applier, ApplyError, FileData, Hash, Index, Op, RelPath, diff, scan};
+use georep_datapath::{Applier, ApplyError, FileData, Hash, Index, Op, RelPath, diff, noise, scan};
 
 /// Reads the chunks `wanted` of the primary file at `path`.
 fn chunk_data(root: &Path, path: &RelPath, op: &Op, wanted: &[Hash]) -> FileData {
@@ -89,18 +89,6 @@ fn assert_same(primary: &Path, secondary: &Path) {
     let extra: Vec<&String> = s.keys().filter(|k| !p.contains_key(*k)).collect();
     assert!(extra.is_empty(), "extra on the secondary: {extra:?}");
     assert_eq!(p_links, s_links, "hard links differ");
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn build_tree(root: &Path) {

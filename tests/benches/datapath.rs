@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use georep_datapath::noise;
 use georep_tests::tmpfs::Tmpfs;
 use georep_tests::{Cluster, NodeSpec};
 
@@ -23,19 +24,6 @@ const SMALL_FILES: usize = 20_000;
 const SMALL_SIZE: usize = 4096;
 const BIG_SIZE: usize = 1 << 30;
 const WAIT: Duration = Duration::from_secs(600);
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn small_tree(root: &Path) {
     for i in 0..SMALL_FILES {

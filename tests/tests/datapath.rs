@@ -11,6 +11,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use georep_datapath::noise;
 use georep_tests::{Cluster, NodeSpec};
 
 const SECONDARY: &str = "n3::gv1";
@@ -59,18 +60,6 @@ fn shape(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
 
 fn wait_same(cluster: &Cluster, primary: &Path, secondary: &Path, what: &str) {
     cluster.wait_until(WAIT, what, || shape(primary) == shape(secondary));
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The same tree on every brick given (replicas hold the same files).

@@ -27,8 +27,14 @@ impl Drop for Reaped {
 /// A private session bus listening on a socket under `dir`; its address.
 fn session_bus(dir: &Path) -> (Reaped, String) {
     let address = format!("unix:path={}", dir.join("bus").display());
+    start_bus(&["--session".to_string()], &address)
+}
+
+/// Runs `dbus-daemon` with `config` in the foreground on `address`, once it listens.
+fn start_bus(config: &[String], address: &str) -> (Reaped, String) {
     let mut child = Command::new("dbus-daemon")
-        .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+        .args(config)
+        .args(["--nofork", "--nopidfile", "--print-address=1"])
         .arg(format!("--address={address}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -44,7 +50,7 @@ fn session_bus(dir: &Path) -> (Reaped, String) {
         line.starts_with("unix:path="),
         "dbus-daemon printed {line:?}"
     );
-    (Reaped(child), address)
+    (Reaped(child), address.to_string())
 }
 
 fn busctl(address: &str, args: &[&str]) -> std::process::Output {
@@ -333,24 +339,7 @@ fn system_bus(dir: &Path, with_policy: bool) -> (Reaped, String) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let address = format!("unix:path={}", dir.join("system_bus_socket").display());
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", config.display()))
-        .args(["--nofork", "--nopidfile", "--print-address=1"])
-        .arg(format!("--address={address}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dbus-daemon");
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("dbus-daemon stdout");
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("dbus-daemon address");
-    assert!(
-        line.starts_with("unix:path="),
-        "dbus-daemon printed {line:?}"
-    );
-    (Reaped(child), address)
+    start_bus(&[format!("--config-file={}", config.display())], &address)
 }
 
 #[test]
