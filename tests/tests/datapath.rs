@@ -159,10 +159,15 @@ fn active_node(cluster: &Cluster, at: usize) -> Option<String> {
 
 #[test]
 fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
+    let metrics: Vec<std::net::SocketAddr> = (0..2)
+        .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], georep_tests::free_port())))
+        .collect();
     let mut cluster = Cluster::start(
         &[
-            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
-            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"]),
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"])
+                .with_args(&["--metrics-listen", &metrics[0].to_string()]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"])
+                .with_args(&["--metrics-listen", &metrics[1].to_string()]),
             NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
         ],
         None,
@@ -200,6 +205,24 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     // An unknown session is refused too (n1 is a primary, but of no such session).
     let answer = hello_as(&cluster, 0, "gv7_n3_gv1");
     assert!(answer.contains("no session gv7_n3_gv1"), "{answer}");
+
+    // The Active node's metrics show the data path's work.
+    let scraped = |name: &str| -> f64 {
+        metrics
+            .iter()
+            .map(|addr| georep_tests::http_get(*addr, "/metrics").1)
+            .flat_map(|body| {
+                body.lines()
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .collect::<Vec<f64>>()
+            })
+            .sum()
+    };
+    cluster.wait_until(WAIT, "data path metrics", || {
+        scraped("georep_worker_sent_bytes_total{") >= f64::from(12u32 << 20)
+            && scraped("georep_worker_files_synced_total{") >= 40.0
+    });
 
     edit(&[&bricks[0], &bricks[1]]);
     wait_same(&cluster, &bricks[0], &secondary, "the live edits");

@@ -211,27 +211,6 @@ fn no_agent_at_the_socket_exits_3() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/georepd.sock"));
 }
 
-/// GET `path` on `addr` with a bare HTTP/1.1 client; returns (status line, body).
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
-
 #[test]
 fn metrics_are_served_in_the_prometheus_format() {
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], georep_tests::free_port()));
@@ -264,7 +243,7 @@ fn metrics_are_served_in_the_prometheus_format() {
     // The scrape reflects what this node has merged and its monitor's state.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let (status, body) = loop {
-        let (status, body) = http_get(metrics, "/metrics");
+        let (status, body) = georep_tests::http_get(metrics, "/metrics");
         let caught_up = body.contains("georep_sessions{desired_state=\"Started\"} 1")
             && body.contains("georep_monitors{state=\"Started\"} 1")
             && body.contains("georep_eager_push_ack_seconds_count")
@@ -363,6 +342,6 @@ fn metrics_are_served_in_the_prometheus_format() {
     );
     assert!(!body.contains("s3cret"), "{body}");
 
-    let (status, _) = http_get(metrics, "/nothing");
+    let (status, _) = georep_tests::http_get(metrics, "/nothing");
     assert!(status.contains(" 404 "), "{status}");
 }
