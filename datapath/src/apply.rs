@@ -172,11 +172,11 @@ impl Applier {
 
     /// The chunks of `chunks` that the file now at `path` does not have (what the
     /// primary must send).
-    pub fn missing_chunks(&self, path: &RelPath, chunks: &[ChunkRef]) -> Vec<Hash> {
+    pub fn missing_chunks(&self, path: &RelPath, wanted: &[Hash]) -> Vec<Hash> {
         let have = self.current_chunks(path).unwrap_or_default();
-        let mut missing: Vec<Hash> = chunks
+        let mut missing: Vec<Hash> = wanted
             .iter()
-            .map(|c| c.hash)
+            .copied()
             .filter(|h| !have.contains_key(h))
             .collect();
         missing.sort();

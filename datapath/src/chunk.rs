@@ -66,13 +66,18 @@ pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
     Ok((chunks, Hash(*whole.finalize().as_bytes())))
 }
 
-/// The chunks of the file at `path` (opened without following a final symlink).
-pub fn chunk_file(path: &std::path::Path) -> io::Result<(Vec<ChunkRef>, Hash)> {
+/// The file at `path` opened for reading without following a final symlink.
+pub fn open_nofollow(path: &std::path::Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)?;
+        .open(path)
+}
+
+/// The chunks of the file at `path` (opened without following a final symlink).
+pub fn chunk_file(path: &std::path::Path) -> io::Result<(Vec<ChunkRef>, Hash)> {
+    let file = open_nofollow(path)?;
     chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))
 }
 

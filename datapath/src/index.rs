@@ -457,10 +457,6 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
             continue;
         }
         if here.is_some_and(|e| e.kind == EntryKind::Dir) {
-            ops.push(Op::Remove {
-                path: (*path).clone(),
-                dir: true,
-            });
             remove_subtree_ops(&mut view, path, &mut ops);
         }
         let linked = placed
@@ -585,19 +581,17 @@ fn write_op(path: &RelPath, entry: &Entry) -> Op {
 }
 
 /// Removes the directory `at` and everything below it from `view`, emitting the
-/// removals of its contents (deepest first) before the caller's removal of `at`.
+/// removals deepest first (`at` itself last).
 fn remove_subtree_ops(view: &mut View, at: &RelPath, ops: &mut Vec<Op>) {
-    let Some(dir_op) = ops.pop() else { return };
-    let mut below: Vec<(RelPath, bool)> = view
+    let mut doomed: Vec<(RelPath, bool)> = view
         .entries
         .iter()
-        .filter(|(p, _)| p.starts_with(at) && *p != at)
+        .filter(|(p, _)| p.starts_with(at))
         .map(|(p, e)| (p.clone(), e.kind == EntryKind::Dir))
         .collect();
-    below.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
-    for (path, dir) in below {
+    doomed.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
+    for (path, dir) in doomed {
         ops.push(Op::Remove { path, dir });
     }
-    ops.push(dir_op);
     view.remove_tree(at);
 }

@@ -39,7 +39,8 @@ fn sync(primary: &Path, applier: &Applier, old: &Index, ignore_deletes: bool) ->
         }
         let data = match &op {
             Op::Write { path, chunks, .. } => {
-                let missing = applier.missing_chunks(path, chunks);
+                let hashes: Vec<Hash> = chunks.iter().map(|c| c.hash).collect();
+                let missing = applier.missing_chunks(path, &hashes);
                 chunk_data(primary, path, &op, &missing)
             }
             _ => FileData::new(),

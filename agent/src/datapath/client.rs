@@ -125,11 +125,7 @@ pub async fn run(
     progress: Arc<Mutex<SyncProgress>>,
     cancel: CancellationToken,
 ) {
-    let report = |f: &dyn Fn(&mut SyncProgress)| {
-        if let Ok(mut p) = progress.lock() {
-            f(&mut p);
-        }
-    };
+    let report = |f: &dyn Fn(&mut SyncProgress)| update(&progress, f);
     let mut attempt = 0usize;
     while !cancel.is_cancelled() {
         let plan = match read_plan(&plan_file) {
@@ -179,6 +175,13 @@ pub async fn run(
                 sleep_or_cancel(&cancel, RETRY).await;
             }
         }
+    }
+}
+
+/// Applies `f` to the shared progress (a poisoned lock skips the report).
+fn update(progress: &Mutex<SyncProgress>, f: &dyn Fn(&mut SyncProgress)) {
+    if let Ok(mut p) = progress.lock() {
+        f(&mut p);
     }
 }
 
@@ -241,11 +244,7 @@ async fn session(
         other => return Err(format!("unexpected answer to hello: {other:?}")),
     };
     tracing::info!(brick = %brick.display(), secondary = %node, entries = synced.entries.len(), "syncing");
-    let set = |f: &dyn Fn(&mut SyncProgress)| {
-        if let Ok(mut p) = progress.lock() {
-            f(&mut p);
-        }
-    };
+    let set = |f: &dyn Fn(&mut SyncProgress)| update(progress, f);
     set(&|p| {
         p.secondary = Some(node.to_string());
         p.fault = None;
@@ -254,11 +253,11 @@ async fn session(
     let mut first = true;
     let mut cache: Option<Index> = None;
     while !cancel.is_cancelled() {
-        // Live settings (ignore-deletes, change-interval, checkpoint) apply from the
-        // next round on.
         if let Some(reason) = conn.close_reason() {
             return Err(format!("connection lost: {reason}"));
         }
+        // Live settings (ignore-deletes, change-interval, checkpoint) apply from the
+        // next round on.
         let live = read_plan(plan_file).unwrap_or_else(|_| plan.clone());
         let plan = &live;
         let round_started = now_s();
@@ -401,16 +400,11 @@ async fn send_ops(
                         other => return Err(format!("unexpected answer to missing: {other:?}")),
                     }
                 };
-                let wanted_set: std::collections::HashSet<&georep_datapath::Hash> =
-                    wanted.iter().collect();
-                let wanted_bytes: u64 = chunks
-                    .iter()
-                    .filter(|c| wanted_set.contains(&c.hash))
-                    .map(|c| u64::from(c.len))
-                    .sum();
+                let to_send = unique_wanted(chunks, &wanted);
+                let wanted_bytes: u64 = to_send.iter().map(|c| u64::from(c.len)).sum();
                 let read = if wanted_bytes > (BATCH_BYTES / 2) as u64 {
                     // Too large for one message: staged ahead of the batch, in pieces.
-                    match stage_chunks(brick, path, chunks, &wanted, call).await {
+                    match stage_chunks(brick, path, &to_send, call).await {
                         Ok(sent) => {
                             bytes_sent += sent;
                             Ok(Vec::new())
@@ -419,7 +413,7 @@ async fn send_ops(
                         Err(StageError::Wire(error)) => return Err(error),
                     }
                 } else {
-                    read_chunks(brick, path, chunks, &wanted)
+                    read_chunks(brick, path, &to_send)
                 };
                 match read {
                     Ok(data) => data,
@@ -488,30 +482,21 @@ enum StageError {
     Wire(String),
 }
 
-/// Sends the chunks `wanted` of the file `path` under `brick` as `Stage` messages of
+/// Sends `to_send`, chunks of the file `path` under `brick`, as `Stage` messages of
 /// at most [`BATCH_BYTES`], reading as it goes; returns the bytes sent.
 async fn stage_chunks(
     brick: &Path,
     path: &RelPath,
-    chunks: &[georep_datapath::ChunkRef],
-    wanted: &[georep_datapath::Hash],
+    to_send: &[&georep_datapath::ChunkRef],
     call: &mut Channel,
 ) -> Result<u64, StageError> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(brick.join(path.as_path()))
+    use std::os::unix::fs::FileExt;
+    let file = georep_datapath::chunk::open_nofollow(&brick.join(path.as_path()))
         .map_err(StageError::Read)?;
-    let wanted: std::collections::HashSet<&georep_datapath::Hash> = wanted.iter().collect();
-    let mut seen = BTreeSet::new();
     let mut piece: Vec<(georep_datapath::Hash, Vec<u8>)> = Vec::new();
     let mut piece_bytes = 0usize;
     let mut sent = 0u64;
-    for chunk in chunks.iter().filter(|c| wanted.contains(&c.hash)) {
-        if !seen.insert(chunk.hash) {
-            continue;
-        }
+    for chunk in to_send {
         let mut bytes = vec![0; chunk.len as usize];
         file.read_exact_at(&mut bytes, chunk.offset)
             .map_err(StageError::Read)?;
@@ -543,30 +528,33 @@ async fn stage(
     }
 }
 
-/// The bytes of the chunks `wanted` of the file `path` under `brick`.
+/// The chunks of `chunks` whose hash is in `wanted`, each hash once, in file order.
+fn unique_wanted<'a>(
+    chunks: &'a [georep_datapath::ChunkRef],
+    wanted: &[georep_datapath::Hash],
+) -> Vec<&'a georep_datapath::ChunkRef> {
+    let wanted: std::collections::HashSet<&georep_datapath::Hash> = wanted.iter().collect();
+    let mut seen = BTreeSet::new();
+    chunks
+        .iter()
+        .filter(|c| wanted.contains(&c.hash) && seen.insert(c.hash))
+        .collect()
+}
+
+/// The bytes of `to_send`, chunks of the file `path` under `brick`.
 fn read_chunks(
     brick: &Path,
     path: &RelPath,
-    chunks: &[georep_datapath::ChunkRef],
-    wanted: &[georep_datapath::Hash],
+    to_send: &[&georep_datapath::ChunkRef],
 ) -> std::io::Result<Vec<(georep_datapath::Hash, Vec<u8>)>> {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(brick.join(path.as_path()))?;
-    let wanted: std::collections::HashSet<&georep_datapath::Hash> = wanted.iter().collect();
-    let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
-    for chunk in chunks.iter().filter(|c| wanted.contains(&c.hash)) {
-        if !seen.insert(chunk.hash) {
-            continue;
-        }
-        let mut bytes = vec![0; chunk.len as usize];
-        file.seek(SeekFrom::Start(chunk.offset))?;
-        file.read_exact(&mut bytes)?;
-        out.push((chunk.hash, bytes));
-    }
-    Ok(out)
+    use std::os::unix::fs::FileExt;
+    let file = georep_datapath::chunk::open_nofollow(&brick.join(path.as_path()))?;
+    to_send
+        .iter()
+        .map(|chunk| {
+            let mut bytes = vec![0; chunk.len as usize];
+            file.read_exact_at(&mut bytes, chunk.offset)?;
+            Ok((chunk.hash, bytes))
+        })
+        .collect()
 }

@@ -196,16 +196,8 @@ async fn serve_stream(
             }
             (Some(granted), Request::Missing { path, chunks }) => {
                 let applier = granted.applier.clone();
-                let refs: Vec<georep_datapath::ChunkRef> = chunks
-                    .iter()
-                    .map(|hash| georep_datapath::ChunkRef {
-                        offset: 0,
-                        len: 0,
-                        hash: *hash,
-                    })
-                    .collect();
                 let missing =
-                    tokio::task::spawn_blocking(move || applier.missing_chunks(&path, &refs))
+                    tokio::task::spawn_blocking(move || applier.missing_chunks(&path, &chunks))
                         .await
                         .unwrap_or_default();
                 Response::Missing(missing)
