@@ -342,9 +342,53 @@ pub enum OpClass {
 /// The model `diff` applies its operations to.
 struct View {
     entries: BTreeMap<RelPath, Entry>,
+    /// The paths holding each inode (kept with `entries`: finding where an inode is
+    /// must not scan the tree once per entry).
+    by_ino: HashMap<u64, std::collections::BTreeSet<RelPath>>,
 }
 
 impl View {
+    fn new(entries: &BTreeMap<RelPath, Entry>) -> View {
+        let mut view = View {
+            entries: BTreeMap::new(),
+            by_ino: HashMap::new(),
+        };
+        for (path, entry) in entries {
+            view.insert(path.clone(), entry.clone());
+        }
+        view
+    }
+
+    fn insert(&mut self, path: RelPath, entry: Entry) {
+        let ino = entry.ino;
+        if let Some(old) = self.entries.insert(path.clone(), entry) {
+            self.unindex(old.ino, &path);
+        }
+        self.by_ino.entry(ino).or_default().insert(path);
+    }
+
+    fn remove(&mut self, path: &RelPath) -> Option<Entry> {
+        let entry = self.entries.remove(path)?;
+        self.unindex(entry.ino, path);
+        Some(entry)
+    }
+
+    fn unindex(&mut self, ino: u64, path: &RelPath) {
+        if let Some(paths) = self.by_ino.get_mut(&ino) {
+            paths.remove(path);
+            if paths.is_empty() {
+                self.by_ino.remove(&ino);
+            }
+        }
+    }
+
+    fn set_ino(&mut self, path: &RelPath, ino: u64) {
+        if let Some(mut entry) = self.remove(path) {
+            entry.ino = ino;
+            self.insert(path.clone(), entry);
+        }
+    }
+
     fn rename(&mut self, from: &RelPath, to: &RelPath) {
         let moved: Vec<RelPath> = self
             .entries
@@ -355,8 +399,8 @@ impl View {
         // Whatever was at `to` is replaced.
         self.remove_tree(to);
         for path in moved {
-            if let (Some(entry), Some(dest)) = (self.entries.remove(&path), path.rebase(from, to)) {
-                self.entries.insert(dest, entry);
+            if let (Some(entry), Some(dest)) = (self.remove(&path), path.rebase(from, to)) {
+                self.insert(dest, entry);
             }
         }
     }
@@ -369,24 +413,23 @@ impl View {
             .cloned()
             .collect();
         for path in doomed {
-            self.entries.remove(&path);
+            self.remove(&path);
         }
     }
 
     fn path_of_ino(&self, ino: u64, new: &Index) -> Option<RelPath> {
         // A place holding the inode that the new index does not want it at.
-        self.entries
+        self.by_ino
+            .get(&ino)?
             .iter()
-            .find(|(p, e)| e.ino == ino && new.entries.get(*p).is_none_or(|n| n.ino != ino))
-            .map(|(p, _)| p.clone())
+            .find(|p| new.entries.get(*p).is_none_or(|n| n.ino != ino))
+            .cloned()
     }
 }
 
 /// The operations that turn the tree `old` describes into the one `new` describes.
 pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
-    let mut view = View {
-        entries: old.entries.clone(),
-    };
+    let mut view = View::new(&old.entries);
     let mut ops = Vec::new();
     let mut by_depth: Vec<(&RelPath, &Entry)> = new.entries.iter().collect();
     by_depth.sort_by_key(|(p, _)| (p.depth(), (*p).clone()));
@@ -433,16 +476,14 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
                 if view.entries.contains_key(*path) {
                     // Another directory (a different inode) is here: keep it, it is
                     // the same name; its metadata is set below.
-                    if let Some(e) = view.entries.get_mut(*path) {
-                        e.ino = entry.ino;
-                    }
+                    view.set_ino(path, entry.ino);
                 } else {
                     ops.push(Op::Mkdir {
                         path: (*path).clone(),
                     });
                     let mut placeholder = (*entry).clone();
                     placeholder.mode = u32::MAX; // metadata still to set
-                    view.entries.insert((*path).clone(), placeholder);
+                    view.insert((*path).clone(), placeholder);
                 }
             }
         }
@@ -468,7 +509,7 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
                 existing: existing.clone(),
             });
             if let Some(e) = view.entries.get(existing).cloned() {
-                view.entries.insert((*path).clone(), e);
+                view.insert((*path).clone(), e);
             }
             continue;
         }
@@ -493,7 +534,7 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
                 }
                 let mut written = (*entry).clone();
                 written.mode = u32::MAX; // metadata still to set
-                view.entries.insert((*path).clone(), written);
+                view.insert((*path).clone(), written);
             }
         }
         placed.entry(entry.ino).or_insert_with(|| (*path).clone());
@@ -508,7 +549,7 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
         .collect();
     gone.sort_by_key(|p| std::cmp::Reverse(p.depth()));
     for path in gone {
-        if let Some(e) = view.entries.remove(&path) {
+        if let Some(e) = view.remove(&path) {
             ops.push(Op::Remove {
                 path,
                 dir: e.kind == EntryKind::Dir,
