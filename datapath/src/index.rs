@@ -1,5 +1,5 @@
-//! A brick's index (every entry with its kind, metadata and, for files, chunk hashes),
-//! scanning a brick into one, and the operations that turn one index into another.
+//! A brick's index (every entry with its kind, metadata and, for files, chunk hashes)
+//! and the operations that turn one index into another (scanning is [`crate::scan`]).
 //!
 //! [`diff`] works on a copy of the old index, applying each operation to it as it is
 //! emitted, so that the operations are valid in order (a parent exists before its
@@ -9,14 +9,10 @@
 //! deleted and sent again; further paths of one inode become hard links.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{ChunkRef, Hash, chunk_file};
+use crate::chunk::{ChunkRef, Hash};
 use crate::path::RelPath;
 
 /// Top-level names of a brick that are not volume content (gluster's own).
@@ -91,17 +87,6 @@ pub struct Index {
     pub entries: BTreeMap<RelPath, Entry>,
 }
 
-/// What a scan could not read (counted as FAILURES, retried by the next scan).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScanReport {
-    /// Files whose content was read and chunked (the others reused the old hashes).
-    pub files_hashed: u64,
-    /// Bytes read for that.
-    pub bytes_hashed: u64,
-    /// Paths that could not be read, and why.
-    pub failures: Vec<(RelPath, String)>,
-}
-
 /// Whether an extended attribute is synced: `user.*`, and `trusted.*` except
 /// gluster's own (gfid, afr, ec, glusterfs, dht).
 pub fn synced_xattr(name: &[u8]) -> bool {
@@ -119,133 +104,6 @@ pub fn synced_xattr(name: &[u8]) -> bool {
         ]
         .iter()
         .any(|prefix| name.starts_with(prefix))
-}
-
-fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
-        .filter(|name| synced_xattr(name.as_bytes()))
-        .filter_map(|name| {
-            let value = xattr::get(path, &name).ok()??;
-            Some((name.as_bytes().to_vec(), value))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Scans the tree under `root`, reusing the chunk hashes of `previous` for files whose
-/// inode, size and mtime are unchanged.
-pub fn scan(root: &Path, previous: Option<&Index>) -> io::Result<(Index, ScanReport)> {
-    let mut index = Index::default();
-    let mut report = ScanReport::default();
-    // Fails only for the root itself: a brick that cannot be read.
-    std::fs::read_dir(root)?;
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(error) => {
-                if let Some(rel) = RelPath::under(root, &dir) {
-                    report.failures.push((rel, error.to_string()));
-                }
-                continue;
-            }
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
-                || (dir == root
-                    && SKIPPED_TOP_LEVEL
-                        .iter()
-                        .any(|skip| name.as_bytes() == skip.as_bytes()))
-            {
-                continue;
-            }
-            let Some(rel) = RelPath::under(root, &path) else {
-                continue;
-            };
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(error) => {
-                    report.failures.push((rel, error.to_string()));
-                    continue;
-                }
-            };
-            let file_type = meta.file_type();
-            let kind = if file_type.is_dir() {
-                pending.push(path.clone());
-                EntryKind::Dir
-            } else if file_type.is_symlink() {
-                match std::fs::read_link(&path) {
-                    Ok(target) => EntryKind::Symlink(target.as_os_str().as_bytes().to_vec()),
-                    Err(error) => {
-                        report.failures.push((rel, error.to_string()));
-                        continue;
-                    }
-                }
-            } else if file_type.is_file() {
-                EntryKind::File
-            } else {
-                // Devices, fifos and sockets are not volume data.
-                continue;
-            };
-            let mut entry = Entry {
-                size: if kind == EntryKind::File {
-                    meta.len()
-                } else {
-                    0
-                },
-                kind,
-                mode: meta.permissions().mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mtime: meta.mtime(),
-                mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
-                ino: meta.ino(),
-                xattrs: if file_type.is_symlink() {
-                    Vec::new()
-                } else {
-                    read_xattrs(&path)
-                },
-                chunks: Vec::new(),
-                content: None,
-            };
-            if entry.kind == EntryKind::File {
-                let reusable = previous.and_then(|p| p.entries.get(&rel)).filter(|old| {
-                    old.kind == EntryKind::File
-                        && old.ino == entry.ino
-                        && old.size == entry.size
-                        && old.mtime == entry.mtime
-                        && old.mtime_nsec == entry.mtime_nsec
-                        && old.content.is_some()
-                });
-                match reusable {
-                    Some(old) => {
-                        entry.chunks = old.chunks.clone();
-                        entry.content = old.content;
-                    }
-                    None => match chunk_file(&path) {
-                        Ok((chunks, content)) => {
-                            report.files_hashed += 1;
-                            report.bytes_hashed += entry.size;
-                            entry.chunks = chunks;
-                            entry.content = Some(content);
-                        }
-                        Err(error) => {
-                            report.failures.push((rel, error.to_string()));
-                            continue;
-                        }
-                    },
-                }
-            }
-            index.entries.insert(rel, entry);
-        }
-    }
-    Ok((index, report))
 }
 
 /// One operation on a tree.
@@ -390,12 +248,7 @@ impl View {
     }
 
     fn rename(&mut self, from: &RelPath, to: &RelPath) {
-        let moved: Vec<RelPath> = self
-            .entries
-            .keys()
-            .filter(|p| p.starts_with(from))
-            .cloned()
-            .collect();
+        let moved = paths_at_and_below(&self.entries, from);
         // Whatever was at `to` is replaced.
         self.remove_tree(to);
         for path in moved {
@@ -406,13 +259,7 @@ impl View {
     }
 
     fn remove_tree(&mut self, at: &RelPath) {
-        let doomed: Vec<RelPath> = self
-            .entries
-            .keys()
-            .filter(|p| p.starts_with(at))
-            .cloned()
-            .collect();
-        for path in doomed {
+        for path in paths_at_and_below(&self.entries, at) {
             self.remove(&path);
         }
     }
@@ -425,6 +272,15 @@ impl View {
             .find(|p| new.entries.get(*p).is_none_or(|n| n.ino != ino))
             .cloned()
     }
+}
+
+/// `at` (if present) and the paths below it in `entries`, found by range, not by
+/// looking at every path.
+pub fn paths_at_and_below<V>(entries: &BTreeMap<RelPath, V>, at: &RelPath) -> Vec<RelPath> {
+    let own = entries.contains_key(at).then(|| at.clone());
+    own.into_iter()
+        .chain(entries.range(at.below_bounds()).map(|(p, _)| p.clone()))
+        .collect()
 }
 
 /// The operations that turn the tree `old` describes into the one `new` describes.
@@ -624,11 +480,12 @@ fn write_op(path: &RelPath, entry: &Entry) -> Op {
 /// Removes the directory `at` and everything below it from `view`, emitting the
 /// removals deepest first (`at` itself last).
 fn remove_subtree_ops(view: &mut View, at: &RelPath, ops: &mut Vec<Op>) {
-    let mut doomed: Vec<(RelPath, bool)> = view
-        .entries
-        .iter()
-        .filter(|(p, _)| p.starts_with(at))
-        .map(|(p, e)| (p.clone(), e.kind == EntryKind::Dir))
+    let mut doomed: Vec<(RelPath, bool)> = paths_at_and_below(&view.entries, at)
+        .into_iter()
+        .filter_map(|p| {
+            let dir = view.entries.get(&p)?.kind == EntryKind::Dir;
+            Some((p, dir))
+        })
         .collect();
     doomed.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
     for (path, dir) in doomed {

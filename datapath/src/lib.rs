@@ -7,8 +7,10 @@
 //!   empty or `.` components) and resolving them under a root without following
 //!   symlinks out of it.
 //! - [`chunk`]: FastCDC (2020) chunks hashed with BLAKE3.
-//! - [`index`]: scanning a brick into an [`Index`] (reusing chunk hashes of files whose
-//!   inode, size and mtime did not change) and diffing two indexes into [`Op`]s.
+//! - [`index`]: the [`Index`] of a tree and diffing two indexes into [`Op`]s.
+//! - [`scan`]: reading a brick into an index, whole or only the directories a change
+//!   notification named (reusing chunk hashes of files whose inode, size and mtime did
+//!   not change).
 //! - [`apply`]: the secondary side: each operation checked and applied under the
 //!   volume's root; file contents written to a temporary file, verified, fsynced and
 //!   renamed into place.
@@ -19,11 +21,13 @@ pub mod chunk;
 pub mod index;
 pub mod path;
 pub mod proto;
+pub mod scan;
 
 pub use apply::{Applier, ApplyError, ChunkSource, FileData};
 pub use chunk::{ChunkRef, Hash, chunk_bytes, chunk_file};
-pub use index::{Entry, EntryKind, Index, Op, diff, scan};
+pub use index::{Entry, EntryKind, Index, Op, diff};
 pub use path::{PathError, RelPath};
+pub use scan::{ScanReport, rescan, scan};
 
 /// Deterministic pseudo-random bytes (xorshift64) for tests and benchmarks: content
 /// that does not compress or repeat, the same for the same seed.

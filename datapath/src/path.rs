@@ -113,6 +113,17 @@ impl RelPath {
         Some(RelPath(out))
     }
 
+    /// Range bounds of what lies strictly below `self` in a map sorted by path: every
+    /// `self/...` sorts at or after the first and before the second (`0` follows `/`).
+    /// Bounds only: neither is a valid path.
+    pub(crate) fn below_bounds(&self) -> std::ops::Range<RelPath> {
+        let mut start = self.0.clone();
+        start.push(b'/');
+        let mut end = self.0.clone();
+        end.push(b'/' + 1);
+        RelPath(start)..RelPath(end)
+    }
+
     /// Number of components.
     pub fn depth(&self) -> usize {
         self.0.iter().filter(|b| **b == b'/').count() + 1

@@ -546,6 +546,22 @@ impl Cluster {
                 node.id,
                 tail.join("\n")
             ));
+            // And each session's monitor log (the built-in data path logs there).
+            let sessions = std::fs::read_dir(node.data_dir.join("geo-replication"));
+            for session in sessions.into_iter().flatten().flatten() {
+                let log =
+                    std::fs::read_to_string(session.path().join("monitor.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(15)..];
+                if !tail.is_empty() {
+                    out.push_str(&format!(
+                        "--- {} monitor log of {} ---\n{}\n",
+                        node.id,
+                        session.file_name().to_string_lossy(),
+                        tail.join("\n")
+                    ));
+                }
+            }
         }
         out
     }

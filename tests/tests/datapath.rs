@@ -59,7 +59,28 @@ fn shape(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
 }
 
 fn wait_same(cluster: &Cluster, primary: &Path, secondary: &Path, what: &str) {
-    cluster.wait_until(WAIT, what, || shape(primary) == shape(secondary));
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if shape(primary) == shape(secondary) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Say what differs, then fail with the agents' logs.
+    let ((p, p_links), (s, s_links)) = (shape(primary), shape(secondary));
+    for path in p.keys().chain(s.keys()).collect::<BTreeSet<_>>() {
+        if p.get(path) != s.get(path) {
+            eprintln!(
+                "{path}:\n  primary:   {:?}\n  secondary: {:?}",
+                p.get(path),
+                s.get(path)
+            );
+        }
+    }
+    if p_links != s_links {
+        eprintln!("hard links: primary {p_links:?}, secondary {s_links:?}");
+    }
+    cluster.wait_until(Duration::ZERO, what, || false);
 }
 
 /// The same tree on every brick given (replicas hold the same files).

@@ -10,8 +10,12 @@
 //! secondary once it has acknowledged. What failed is counted, left out of the index
 //! and retried next round; it never blocks the rest.
 //!
-//! Change detection is the periodic rescan (`Hybrid Crawl` for the first pass after a
-//! (re)connection, `Changelog Crawl` after): inotify is not wired yet.
+//! Change detection: the first round after a (re)connection walks the brick (`Hybrid
+//! Crawl`); after it, inotify names the directories that changed and a round re-reads
+//! only those (`Changelog Crawl`); a round with nothing changed reads nothing. The
+//! brick is walked again every [`FULL_SCAN_EVERY`] as a backstop, after an inotify
+//! queue overflow, and every round when inotify cannot watch the brick (watch limit;
+//! the crawl status then stays `Hybrid Crawl` and the log says why).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -20,11 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use georep_api::CrawlStatus;
+use georep_datapath::index::paths_at_and_below;
 use georep_datapath::proto::{Request, Response, SMALL_FILE};
-use georep_datapath::{Index, Op, RelPath, diff, scan};
+use georep_datapath::{Index, Op, RelPath, diff, rescan, scan};
 use georep_mesh::NodeIdentity;
 use tokio_util::sync::CancellationToken;
 
+use super::watch::{BrickWatch, Changes};
 use super::{WorkerPlan, read_msg, transport_config, write_msg};
 
 /// Largest batch of chunk data sent at once.
@@ -33,6 +39,9 @@ const BATCH_BYTES: usize = 8 << 20;
 const BATCH_OPS: usize = 2000;
 /// Wait before trying the secondaries again after all failed.
 const RETRY: Duration = Duration::from_secs(2);
+/// How often the brick is walked whole even though inotify reported nothing (what it
+/// cannot see: writes through mmap, changes made while no worker ran).
+pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(300);
 
 /// What the sync loop reports to the worker's status file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,10 +117,12 @@ impl SyncProgress {
             self.checkpoint = checkpoint;
             self.checkpoint_completed = None;
         }
+        // A round that started a second after the checkpoint: a change made just before
+        // it has had its notification delivered by then.
         if checkpoint > 0
             && self.checkpoint_completed.is_none()
             && failures == 0
-            && round_started >= checkpoint
+            && round_started > checkpoint
         {
             self.checkpoint_completed = Some(now_s());
         }
@@ -126,6 +137,17 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let report = |f: &dyn Fn(&mut SyncProgress)| update(&progress, f);
+    let root = brick.clone();
+    let watch = tokio::select! {
+        _ = cancel.cancelled() => return,
+        watch = tokio::task::spawn_blocking(move || BrickWatch::start(&root)) => match watch {
+            Ok(watch) => watch,
+            Err(error) => {
+                tracing::error!(brick = %brick.display(), %error, "cannot start watching the brick");
+                return;
+            }
+        },
+    };
     let mut attempt = 0usize;
     while !cancel.is_cancelled() {
         let plan = match read_plan(&plan_file) {
@@ -150,7 +172,7 @@ pub async fn run(
         let start = brick_hash(&brick) as usize + attempt;
         let (node, addr) = plan.secondaries[start % plan.secondaries.len()].clone();
         let outcome = session(
-            &brick,
+            (&brick, &watch),
             (&plan, &plan_file),
             replica_set,
             &node,
@@ -203,7 +225,7 @@ fn read_plan(path: &Path) -> Result<WorkerPlan, String> {
 
 /// One connection's life: until cancelled (`Ok`) or the connection fails (`Err`).
 async fn session(
-    brick: &Path,
+    (brick, watch): (&Path, &BrickWatch),
     (plan, plan_file): (&WorkerPlan, &Path),
     replica_set: u32,
     node: &str,
@@ -252,6 +274,9 @@ async fn session(
     });
     let mut first = true;
     let mut cache: Option<Index> = None;
+    let mut last_full = std::time::Instant::now();
+    // Directories to read again next round: where something failed.
+    let mut retry: std::collections::BTreeSet<PathBuf> = Default::default();
     while !cancel.is_cancelled() {
         if let Some(reason) = conn.close_reason() {
             return Err(format!("connection lost: {reason}"));
@@ -261,12 +286,37 @@ async fn session(
         let live = read_plan(plan_file).unwrap_or_else(|_| plan.clone());
         let plan = &live;
         let round_started = now_s();
+        let changes = watch.take();
+        let read = match (cache.take(), changes) {
+            (own, Changes::Full(why)) => Read::Walk(own, Some(why)),
+            (own, _) if first => Read::Walk(own, Some("first round".into())),
+            (Some(own), _) if last_full.elapsed() >= FULL_SCAN_EVERY => Read::Walk(Some(own), None),
+            (Some(own), Changes::None) if retry.is_empty() => Read::Nothing(own),
+            (Some(own), Changes::None) => Read::Dirs(own, std::mem::take(&mut retry)),
+            (Some(own), Changes::Dirs(mut dirs)) => {
+                dirs.append(&mut retry);
+                Read::Dirs(own, dirs)
+            }
+            (None, _) => Read::Walk(None, None),
+        };
+        if let Read::Walk(_, Some(why)) = &read {
+            tracing::debug!(brick = %brick.display(), %why, "walking the brick");
+            set(&|p| p.crawl = CrawlStatus::Hybrid);
+        }
+        let is_walk = matches!(read, Read::Walk(..));
+        // Nothing changed and the last round left nothing to retry: the secondary has
+        // what the brick has, no diff needed.
+        let idle = matches!(read, Read::Nothing(_));
         let root = brick.to_path_buf();
-        let previous = cache.take().unwrap_or_else(|| synced.clone());
-        let scanned = tokio::task::spawn_blocking(move || scan(&root, Some(&previous)))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (now, report) = match scanned {
+        let base = synced.clone();
+        let scanned = tokio::task::spawn_blocking(move || match read {
+            Read::Nothing(own) => Ok((own, Default::default())),
+            Read::Dirs(own, dirs) => rescan(&root, own, &dirs),
+            Read::Walk(own, _) => scan(&root, Some(own.as_ref().unwrap_or(&base))),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let (mut now, report) = match scanned {
             Ok(scanned) => scanned,
             Err(error) => {
                 set(&|p| p.fault = Some(format!("brick unreadable: {error}")));
@@ -274,12 +324,29 @@ async fn session(
                 continue;
             }
         };
+        if is_walk {
+            last_full = std::time::Instant::now();
+        }
+        // What could not be read is as the secondary has it (not removed there).
+        keep_unreadable(&mut now, &synced, &report.failures);
         if first {
             // The index may come from another replica's worker: its inodes are not
             // ours. Same path, same kind and content: the same entry.
             adopt_inodes(&mut synced, &now);
         }
-        let mut ops = diff(&synced, &now);
+        let mut ops = if idle {
+            Vec::new()
+        } else {
+            diff(&synced, &now)
+        };
+        if !idle {
+            tracing::debug!(
+                ops = ops.len(),
+                walk = is_walk,
+                hashed = report.files_hashed,
+                "round"
+            );
+        }
         if plan.ignore_deletes {
             ops.retain(|op| !matches!(op, Op::Remove { .. }));
         }
@@ -319,10 +386,21 @@ async fn session(
             });
         }
         let failures = failed.len() as u64;
+        retry.extend(
+            failed
+                .iter()
+                .map(|path| brick.join(path.as_path()))
+                .filter_map(|path| path.parent().map(Path::to_path_buf)),
+        );
+        let live = watch.off().is_none();
         set(&|p| {
             p.round_done(plan.checkpoint, round_started, failures);
             p.failures = failures;
-            p.crawl = CrawlStatus::Changelog;
+            p.crawl = if live {
+                CrawlStatus::Changelog
+            } else {
+                CrawlStatus::Hybrid
+            };
             p.fault = None;
         });
         cache = Some(now);
@@ -333,6 +411,29 @@ async fn session(
     conn.close(quinn::VarInt::from_u32(0), b"done");
     endpoint.wait_idle().await;
     Ok(())
+}
+
+/// What a round reads of the brick.
+enum Read {
+    /// Nothing changed: the last scan stands.
+    Nothing(Index),
+    /// Only these directories changed (the last scan, and the directories).
+    Dirs(Index, std::collections::BTreeSet<PathBuf>),
+    /// Walk the whole brick (reusing hashes of the last scan if there is one; why, when
+    /// it is not the routine backstop).
+    Walk(Option<Index>, Option<String>),
+}
+
+/// Puts back into `now`, for every path that could not be read (and what is below it),
+/// what `synced` has there: an unreadable file or directory is not a deleted one.
+fn keep_unreadable(now: &mut Index, synced: &Index, failures: &[(RelPath, String)]) {
+    for (path, _) in failures {
+        for p in paths_at_and_below(&synced.entries, path) {
+            if let Some(entry) = synced.entries.get(&p) {
+                now.entries.insert(p, entry.clone());
+            }
+        }
+    }
 }
 
 /// Takes `now`'s inodes for entries of `synced` at the same path with the same kind

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod client;
 pub mod server;
+pub mod watch;
 
 /// Mesh key under which a node publishes its data endpoint (`ip:port`).
 pub const DATA_ADDR_KEY: &str = "data";

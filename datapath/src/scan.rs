@@ -1,0 +1,396 @@
+//! Reading a brick into an [`Index`]: the whole tree ([`scan`], the initial or recovery
+//! walk and the periodic backstop) or only the directories change notifications named
+//! ([`rescan`], the live path: its cost is the changed directories' listings, not the
+//! tree).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::chunk::chunk_file;
+use crate::index::{
+    Entry, EntryKind, Index, SKIPPED_TOP_LEVEL, TEMP_PREFIX, paths_at_and_below, synced_xattr,
+};
+use crate::path::RelPath;
+
+/// What a scan could not read (counted as FAILURES, retried by the next scan).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Files whose content was read and chunked (the others reused the old hashes).
+    pub files_hashed: u64,
+    /// Bytes read for that.
+    pub bytes_hashed: u64,
+    /// Paths that could not be read, and why.
+    pub failures: Vec<(RelPath, String)>,
+}
+
+/// Scans the tree under `root`, reusing the chunk hashes of `previous` for files whose
+/// path, inode, size and mtime are unchanged. (`previous` may be another replica's
+/// index: hashes are never reused by inode alone here, inode numbers of two bricks
+/// mean nothing to each other.)
+pub fn scan(root: &Path, previous: Option<&Index>) -> io::Result<(Index, ScanReport)> {
+    // Fails only for the root itself: a brick that cannot be read.
+    std::fs::read_dir(root)?;
+    let mut index = Index::default();
+    let mut report = ScanReport::default();
+    let reuse = |rel: &RelPath, _: &Entry| previous.and_then(|p| p.entries.get(rel));
+    walk(root, root, &reuse, &mut index, &mut report);
+    Ok((index, report))
+}
+
+/// Brings `index`, this brick's own last scan, up to date by re-reading only the
+/// directories in `dirty` (absolute paths under `root`; the root itself allowed):
+/// their direct children are read again, a directory that is new at its path (created,
+/// moved in, replaced) is walked whole, and what vanished is dropped with everything
+/// below it. A file moved between two dirty directories keeps its hashes (found by
+/// inode among what was re-read). What changed outside `dirty` is not seen: that is
+/// the periodic full [`scan`]'s job.
+pub fn rescan(
+    root: &Path,
+    mut index: Index,
+    dirty: &BTreeSet<PathBuf>,
+) -> io::Result<(Index, ScanReport)> {
+    std::fs::read_dir(root)?;
+    let mut report = ScanReport::default();
+    let dirs: Vec<(Option<RelPath>, &PathBuf)> = dirty
+        .iter()
+        .filter_map(|dir| {
+            if dir == root {
+                Some((None, dir))
+            } else {
+                RelPath::under(root, dir).map(|rel| (Some(rel), dir))
+            }
+        })
+        .collect();
+    // 1. Take out the direct children of every dirty directory.
+    let mut detached: BTreeMap<RelPath, Entry> = BTreeMap::new();
+    for (rel, _) in &dirs {
+        for path in direct_children(&index, rel.as_ref()) {
+            if let Some(entry) = index.entries.remove(&path) {
+                detached.insert(path, entry);
+            }
+        }
+    }
+    // 2. Read them again; directories new at their path are walked below (3).
+    let mut graveyard: HashMap<u64, Entry> = HashMap::new();
+    let mut to_walk = Vec::new();
+    for (rel, dir) in &dirs {
+        // The directory's own entry changed with its listing (mtime), and is read
+        // from it, not from its parent's: read it again if it is still the same one.
+        if let Some(rel) = rel {
+            let same = index
+                .entries
+                .get(rel)
+                .map(|old| (old.kind.clone(), old.ino));
+            let reuse = |_: &RelPath, _: &Entry| None;
+            if let Some(entry) = read_entry(dir, rel, &reuse, &mut report)
+                && same == Some((EntryKind::Dir, entry.ino))
+            {
+                index.entries.insert(rel.clone(), entry);
+            }
+        }
+        let reuse = |path: &RelPath, _: &Entry| detached.get(path);
+        let Some(children) = read_children(root, dir, &reuse, &mut report) else {
+            continue;
+        };
+        for (path, entry) in children {
+            if entry.kind == EntryKind::Dir {
+                let same = detached
+                    .get(&path)
+                    .is_some_and(|old| old.kind == EntryKind::Dir && old.ino == entry.ino);
+                if !same {
+                    bury_below(&mut index, &path, &mut graveyard);
+                    to_walk.push(path.clone());
+                }
+            }
+            debug_assert!(rel.as_ref().is_none_or(|r| path.starts_with(r)));
+            index.entries.insert(path, entry);
+        }
+    }
+    // What was a directory and is not that directory any more (removed, moved away,
+    // replaced by a file): drop what was below it.
+    for (path, old) in &detached {
+        let still = index
+            .entries
+            .get(path)
+            .is_some_and(|now| now.kind == EntryKind::Dir);
+        if old.kind == EntryKind::Dir && !still {
+            bury_below(&mut index, path, &mut graveyard);
+        }
+    }
+    for entry in detached.into_values() {
+        graveyard.entry(entry.ino).or_insert(entry);
+    }
+    // 3. Walk the new directories, reusing hashes of files that moved (by inode).
+    let reuse = |_: &RelPath, entry: &Entry| graveyard.get(&entry.ino);
+    for path in to_walk {
+        walk(
+            root,
+            &root.join(path.as_path()),
+            &reuse,
+            &mut index,
+            &mut report,
+        );
+    }
+    Ok((index, report))
+}
+
+/// The paths directly in `dir` (`None`: the root) that `index` holds.
+fn direct_children(index: &Index, dir: Option<&RelPath>) -> Vec<RelPath> {
+    match dir {
+        None => index
+            .entries
+            .keys()
+            .filter(|p| p.parent().is_none())
+            .cloned()
+            .collect(),
+        Some(dir) => index
+            .entries
+            .range(dir.below_bounds())
+            .map(|(p, _)| p)
+            .filter(|p| p.parent().as_ref() == Some(dir))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Moves what lies strictly below `at` out of `index` into `graveyard` (by inode).
+fn bury_below(index: &mut Index, at: &RelPath, graveyard: &mut HashMap<u64, Entry>) {
+    for path in paths_at_and_below(&index.entries, at) {
+        if &path == at {
+            continue;
+        }
+        if let Some(entry) = index.entries.remove(&path) {
+            graveyard.entry(entry.ino).or_insert(entry);
+        }
+    }
+}
+
+/// Where a scan may take a file's hashes from: an older entry for `rel`, or `None`.
+type Reuse<'a> = dyn Fn(&RelPath, &Entry) -> Option<&'a Entry> + 'a;
+
+/// Adds everything below `dir` (recursively) to `index`.
+fn walk(root: &Path, dir: &Path, reuse: &Reuse<'_>, index: &mut Index, report: &mut ScanReport) {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Some(children) = read_children(root, &dir, reuse, report) else {
+            continue;
+        };
+        for (rel, entry) in children {
+            if entry.kind == EntryKind::Dir {
+                pending.push(root.join(rel.as_path()));
+            }
+            index.entries.insert(rel, entry);
+        }
+    }
+}
+
+/// The entries directly in `dir`, or `None` when it cannot be listed (a failure,
+/// unless it is simply gone: its parent's listing says so).
+fn read_children(
+    root: &Path,
+    dir: &Path,
+    reuse: &Reuse<'_>,
+    report: &mut ScanReport,
+) -> Option<Vec<(RelPath, Entry)>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(error) => {
+            if error.kind() != io::ErrorKind::NotFound
+                && let Some(rel) = RelPath::under(root, dir)
+            {
+                report.failures.push((rel, error.to_string()));
+            }
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    for child in listing.flatten() {
+        let path = child.path();
+        let name = child.file_name();
+        if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
+            || (dir == root
+                && SKIPPED_TOP_LEVEL
+                    .iter()
+                    .any(|skip| name.as_bytes() == skip.as_bytes()))
+        {
+            continue;
+        }
+        let Some(rel) = RelPath::under(root, &path) else {
+            continue;
+        };
+        if let Some(entry) = read_entry(&path, &rel, reuse, report) {
+            out.push((rel, entry));
+        }
+    }
+    Some(out)
+}
+
+/// The entry at `path` (`rel` under the root); `None` when it is not volume data
+/// (device, fifo, socket) or could not be read (a failure in `report`).
+fn read_entry(
+    path: &Path,
+    rel: &RelPath,
+    reuse: &Reuse<'_>,
+    report: &mut ScanReport,
+) -> Option<Entry> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(error) => {
+            if error.kind() != io::ErrorKind::NotFound {
+                report.failures.push((rel.clone(), error.to_string()));
+            }
+            return None;
+        }
+    };
+    let file_type = meta.file_type();
+    let kind = if file_type.is_dir() {
+        EntryKind::Dir
+    } else if file_type.is_symlink() {
+        match std::fs::read_link(path) {
+            Ok(target) => EntryKind::Symlink(target.as_os_str().as_bytes().to_vec()),
+            Err(error) => {
+                report.failures.push((rel.clone(), error.to_string()));
+                return None;
+            }
+        }
+    } else if file_type.is_file() {
+        EntryKind::File
+    } else {
+        // Devices, fifos and sockets are not volume data.
+        return None;
+    };
+    let mut entry = Entry {
+        size: if kind == EntryKind::File {
+            meta.len()
+        } else {
+            0
+        },
+        kind,
+        mode: meta.permissions().mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime(),
+        mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        ino: meta.ino(),
+        xattrs: if file_type.is_symlink() {
+            Vec::new()
+        } else {
+            read_xattrs(path)
+        },
+        chunks: Vec::new(),
+        content: None,
+    };
+    if entry.kind != EntryKind::File {
+        return Some(entry);
+    }
+    let reusable = reuse(rel, &entry).filter(|old| {
+        old.kind == EntryKind::File
+            && old.ino == entry.ino
+            && old.size == entry.size
+            && old.mtime == entry.mtime
+            && old.mtime_nsec == entry.mtime_nsec
+            && old.content.is_some()
+    });
+    match reusable {
+        Some(old) => {
+            entry.chunks = old.chunks.clone();
+            entry.content = old.content;
+        }
+        None => match chunk_file(path) {
+            Ok((chunks, content)) => {
+                report.files_hashed += 1;
+                report.bytes_hashed += entry.size;
+                entry.chunks = chunks;
+                entry.content = Some(content);
+            }
+            Err(error) => {
+                if error.kind() != io::ErrorKind::NotFound {
+                    report.failures.push((rel.clone(), error.to_string()));
+                }
+                return None;
+            }
+        },
+    }
+    Some(entry)
+}
+
+fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .filter(|name| synced_xattr(name.as_bytes()))
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok()??;
+            Some((name.as_bytes().to_vec(), value))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn dirty(root: &Path, dirs: &[&str]) -> BTreeSet<PathBuf> {
+        dirs.iter()
+            .map(|d| {
+                if d.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(d)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rescan_of_the_changed_directories_equals_a_full_scan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("a/x/deep")).unwrap();
+        fs::create_dir_all(root.join("b")).unwrap();
+        fs::create_dir_all(root.join("c")).unwrap();
+        fs::write(root.join("a/x/deep/f"), vec![7u8; 300_000]).unwrap();
+        fs::write(root.join("a/one"), b"1").unwrap();
+        fs::write(root.join("c/gone"), b"2").unwrap();
+        fs::write(root.join("top"), b"3").unwrap();
+        let (before, _) = scan(root, None).unwrap();
+
+        // A directory moved to another parent, a file created, one removed, a
+        // directory replaced by a file, a top-level file changed.
+        fs::rename(root.join("a/x"), root.join("b/x")).unwrap();
+        fs::write(root.join("b/new"), b"new").unwrap();
+        fs::remove_file(root.join("c/gone")).unwrap();
+        fs::remove_dir(root.join("c")).unwrap();
+        fs::write(root.join("c"), b"now a file").unwrap();
+        fs::write(root.join("top"), b"changed").unwrap();
+        let (full, _) = scan(root, Some(&before)).unwrap();
+        let (partial, report) =
+            rescan(root, before.clone(), &dirty(root, &["a", "b", ""])).unwrap();
+        assert_eq!(partial, full);
+        // The moved 300 kB file kept its hashes: only `new`, `c` and `top` were read.
+        assert_eq!(report.files_hashed, 3, "{report:?}");
+
+        // A directory not named dirty is not read: its change waits for a full scan.
+        fs::write(root.join("b/x/deep/f"), b"edited").unwrap();
+        let (stale, _) = rescan(root, partial.clone(), &dirty(root, &["a"])).unwrap();
+        assert_eq!(stale, partial);
+        let (fresh, _) = rescan(root, partial, &dirty(root, &["b/x/deep"])).unwrap();
+        assert_eq!(fresh, scan(root, None).unwrap().0);
+        // A file made in a nested directory changes that directory's mtime too, which
+        // its own listing (not its parent's) is asked for.
+        fs::write(root.join("b/x/deep/g"), b"g").unwrap();
+        let (nested, _) = rescan(root, fresh, &dirty(root, &["b/x/deep"])).unwrap();
+        assert_eq!(nested, scan(root, None).unwrap().0);
+        let fresh = nested;
+        // A dirty directory that is gone is no failure.
+        let (_, report) = rescan(root, fresh, &dirty(root, &["nowhere"])).unwrap();
+        assert!(report.failures.is_empty());
+    }
+}
