@@ -15,6 +15,7 @@ pub mod loopback_ns;
 pub mod receiver;
 pub mod sites;
 pub mod tmpfs;
+pub mod trees;
 
 /// Where the workspace's binaries are: `GEOREP_BIN_DIR`, else the target directory this
 /// test binary runs from.

@@ -4,7 +4,6 @@
 //! the Active node dies (agent and monitor killed with -9) the Passive takes over from
 //! the index the secondary kept and goes on.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -12,50 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use georep_datapath::noise;
+use georep_tests::trees::{self, Shape, brick_of};
 use georep_tests::{Cluster, NodeSpec};
 
 const SECONDARY: &str = "n3::gv1";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn brick_of(cluster: &Cluster, i: usize) -> PathBuf {
-    let args = cluster.agent_args(i);
-    let spec = args
-        .iter()
-        .position(|a| a == "--brick")
-        .map(|at| args[at + 1].clone())
-        .expect("a brick");
-    // VOL:PATH[:SET]
-    let path = spec
-        .split_once(':')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    PathBuf::from(path.rsplit_once(':').map_or(path, |(p, _)| p))
-}
-
-/// What a tree holds, inodes aside: per path its kind, size, mode, mtime, content
-/// hash, xattrs; and which paths are hard links of each other.
-fn shape(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
-    let (index, _) = georep_datapath::scan(root, None).expect("scan");
-    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    let shape = index
-        .entries
-        .iter()
-        .map(|(path, e)| {
-            by_ino.entry(e.ino).or_default().push(path.to_string());
-            let mtime = (e.mtime, e.mtime_nsec);
-            (
-                path.to_string(),
-                format!(
-                    "{:?} size={} mode={:o} mtime={mtime:?} content={:?} xattrs={:?}",
-                    e.kind, e.size, e.mode, e.content, e.xattrs
-                ),
-            )
-        })
-        .collect();
-    (
-        shape,
-        by_ino.into_values().filter(|p| p.len() > 1).collect(),
-    )
+fn shape(root: &Path) -> Shape {
+    trees::shape(root, true)
 }
 
 fn wait_same(cluster: &Cluster, primary: &Path, secondary: &Path, what: &str) {
@@ -67,19 +30,7 @@ fn wait_same(cluster: &Cluster, primary: &Path, secondary: &Path, what: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Say what differs, then fail with the agents' logs.
-    let ((p, p_links), (s, s_links)) = (shape(primary), shape(secondary));
-    for path in p.keys().chain(s.keys()).collect::<BTreeSet<_>>() {
-        if p.get(path) != s.get(path) {
-            eprintln!(
-                "{path}:\n  primary:   {:?}\n  secondary: {:?}",
-                p.get(path),
-                s.get(path)
-            );
-        }
-    }
-    if p_links != s_links {
-        eprintln!("hard links: primary {p_links:?}, secondary {s_links:?}");
-    }
+    trees::report_difference(&shape(primary), &shape(secondary));
     cluster.wait_until(Duration::ZERO, what, || false);
 }
 
