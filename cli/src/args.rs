@@ -413,7 +413,8 @@ pub struct DeleteArgs {
     /// The session.
     #[command(flatten)]
     pub session: SessionArgs,
-    /// Forget the sync time (no effect yet: no sync time is recorded).
+    /// Forget what the secondary has synced: a session created again later starts over
+    /// (without it, it resumes where this one stopped).
     #[arg(long)]
     pub reset_sync_time: bool,
     /// Delete even a Started or Paused session.

@@ -71,13 +71,11 @@ pub async fn run_state(g: &Globals, state: RunState, a: &RunStateArgs) -> Report
 
 /// `delete`.
 pub async fn delete(g: &Globals, a: &DeleteArgs) -> Report {
-    let notes: &[&str] = if a.reset_sync_time {
-        &["note: --reset-sync-time has no effect yet: no sync time is recorded for any session"]
-    } else {
-        &[]
+    let op = SessionOp::Delete {
+        force: a.force,
+        reset_sync_time: a.reset_sync_time,
     };
-    let op = SessionOp::Delete { force: a.force };
-    apply(g, &a.session, op, a.no_wait, "Deleting", notes).await
+    apply(g, &a.session, op, a.no_wait, "Deleting", &[]).await
 }
 
 /// Validates the session, sends `op`, and renders the answer as `verb`ing

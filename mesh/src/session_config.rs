@@ -55,6 +55,11 @@ pub struct ConfigKey {
     pub live: bool,
 }
 
+/// Set by `delete --reset-sync-time` (to the delete's stamp), never by `config`: the
+/// sync progress a secondary keeps for the session is valid only under one value of
+/// it, so a session created again after such a delete starts over.
+pub const SYNC_TIME_RESET: &str = "sync-time-reset";
+
 /// Every known key, in the order `config` lists them.
 pub const CONFIG_KEYS: &[ConfigKey] = &[
     ConfigKey {

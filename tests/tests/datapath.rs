@@ -262,4 +262,38 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     cluster.wait_until(WAIT, "Active again", || {
         worker_status(&cluster).as_deref() == Some("Active")
     });
+
+    // Deleted and created again, the session resumes from what the secondary has;
+    // after `delete --reset-sync-time` it starts over.
+    let data_synced_after_recreate = |cluster: &Cluster, reset: bool| -> u64 {
+        cluster.ok(alive_i, &["stop", "gv0", SECONDARY]);
+        let mut delete = vec!["delete", "gv0", SECONDARY];
+        if reset {
+            delete.push("--reset-sync-time");
+        }
+        cluster.ok(alive_i, &delete);
+        // The secondary volume is not empty: gluster asks for --force then too.
+        cluster.ok(alive_i, &["create", "gv0", SECONDARY, "--force"]);
+        cluster.ok(alive_i, &["start", "gv0", SECONDARY]);
+        cluster.wait_until(WAIT, "Active in Changelog Crawl after re-creation", || {
+            active_node(cluster, 2).is_some()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let status = cluster.json(2, &["status", "gv0", SECONDARY]);
+        status["sessions"][0]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["node"] == survivor_id)
+            .filter_map(|w| w["data"].as_u64())
+            .sum()
+    };
+    let resumed = data_synced_after_recreate(&cluster, false);
+    assert_eq!(resumed, 0, "files sent again after delete and create");
+    let restarted = data_synced_after_recreate(&cluster, true);
+    assert!(
+        restarted >= 40,
+        "only {restarted} files sent after delete --reset-sync-time"
+    );
+    wait_same(&cluster, survivor, &secondary, "the sync after the reset");
 }

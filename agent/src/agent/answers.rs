@@ -400,8 +400,14 @@ fn op_message(id: &SessionId, op: &SessionOp) -> BTreeMap<String, String> {
         SessionOp::Start { force }
         | SessionOp::Stop { force }
         | SessionOp::Pause { force }
-        | SessionOp::Resume { force }
-        | SessionOp::Delete { force } => put("force", force.to_string()),
+        | SessionOp::Resume { force } => put("force", force.to_string()),
+        SessionOp::Delete {
+            force,
+            reset_sync_time,
+        } => {
+            put("force", force.to_string());
+            put("reset_sync_time", reset_sync_time.to_string());
+        }
         SessionOp::SetConfig { key, value } => {
             put("option", key.clone());
             put("value", value.clone());

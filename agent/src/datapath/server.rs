@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use georep_datapath::proto::{Request, Response};
 use georep_datapath::{Applier, FileData, proto};
-use georep_mesh::NodeIdentity;
+use georep_mesh::{NodeIdentity, SessionView};
 use tokio_util::sync::CancellationToken;
 
 use super::{read_msg, transport_config, write_msg};
@@ -267,6 +267,30 @@ fn apply_batch(
         .collect()
 }
 
+/// Where the secondary keeps what it has of `session` (an index per replica set):
+/// `<data>/datapath/<session>/<epoch>/`, the epoch changing with each `delete
+/// --reset-sync-time`; older epochs are removed (a session created again after such a
+/// delete starts from nothing).
+fn progress_dir(data_dir: &std::path::Path, session: &str, view: &SessionView) -> PathBuf {
+    let root = data_dir.join("datapath").join(session);
+    let epoch = match view
+        .config
+        .get(georep_mesh::session_config::SYNC_TIME_RESET)
+    {
+        None => "initial".to_string(),
+        Some(reset) => format!("reset-{:08x}", crc32fast::hash(reset.as_bytes())),
+    };
+    for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if old.file_name().to_string_lossy() != epoch && old.path().is_dir() {
+            tracing::info!(session, dir = %old.path().display(), "sync time reset: forgetting what was synced");
+            if let Err(error) = std::fs::remove_dir_all(old.path()) {
+                tracing::warn!(session, %error, "cannot remove the old sync progress");
+            }
+        }
+    }
+    root.join(epoch)
+}
+
 async fn authorize(
     agent: &Agent,
     peer: &str,
@@ -299,7 +323,7 @@ async fn authorize(
     }
     let applier = Applier::open(&brick.path)
         .map_err(|e| format!("cannot open {}: {e}", brick.path.display()))?;
-    let dir = agent.config().data_dir.join("datapath").join(session);
+    let dir = progress_dir(&agent.config().data_dir, session, &view);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let stream = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

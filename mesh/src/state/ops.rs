@@ -50,6 +50,10 @@ pub enum SessionOp {
     Delete {
         /// `--force`.
         force: bool,
+        /// `--reset-sync-time`: a session created again later syncs from scratch (the
+        /// secondary forgets what it has of this one).
+        #[serde(default)]
+        reset_sync_time: bool,
     },
 }
 
@@ -422,7 +426,10 @@ pub fn plan(
                 reassert_or(replica, id, key.name, None, stamp),
             );
         }
-        SessionOp::Delete { force } => {
+        SessionOp::Delete {
+            force,
+            reset_sync_time,
+        } => {
             if current.is_running() && !force {
                 return Err(wrong(
                     current,
@@ -430,6 +437,21 @@ pub fn plan(
                         "geo-replication session is {current}. Please stop the session and retry, or use --force."
                     ),
                 ));
+            }
+            if *reset_sync_time {
+                // Kept with the record past the delete (pruning spares it), invisible
+                // to `config` (not a key of CONFIG_KEYS): the data path's sync
+                // progress is only valid under the same reset value.
+                delta.config.insert(
+                    session_config::SYNC_TIME_RESET.to_string(),
+                    reassert_or(
+                        replica,
+                        id,
+                        session_config::SYNC_TIME_RESET,
+                        Some(stamp.to_string()),
+                        stamp.clone(),
+                    ),
+                );
             }
             delta.deleted = Some(stamp);
         }

@@ -175,7 +175,10 @@ impl SessionRecord {
         if self.desired.as_ref().is_some_and(|reg| reg.marker < floor) {
             self.desired = None;
         }
-        self.config.retain(|_, reg| reg.marker > floor);
+        // The sync-time reset outlives the delete that set it (it is about the next
+        // incarnation): one register, kept by every replica alike.
+        self.config
+            .retain(|key, reg| reg.marker > floor || key == crate::session_config::SYNC_TIME_RESET);
         if self.rotated.as_ref().is_some_and(|stamp| *stamp < floor) {
             self.rotated = None;
         }

@@ -238,14 +238,30 @@ fn lifecycle_validation_follows_cli_contract() {
     let err = apply(&mut replica, SessionOp::Start { force: false }, t(5)).unwrap_err();
     assert!(err.to_string().contains("gv0 -> n4::gv1"), "{err}");
     apply(&mut replica, SessionOp::Start { force: true }, t(5)).unwrap();
-    let err = apply(&mut replica, SessionOp::Delete { force: false }, t(6)).unwrap_err();
+    let err = apply(
+        &mut replica,
+        SessionOp::Delete {
+            force: false,
+            reset_sync_time: false,
+        },
+        t(6),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("Please stop the session"), "{err}");
     apply(&mut replica, SessionOp::Pause { force: false }, t(6)).unwrap();
     assert!(apply(&mut replica, SessionOp::Pause { force: false }, t(7)).is_err());
     apply(&mut replica, SessionOp::Resume { force: false }, t(7)).unwrap();
     assert_eq!(replica.view(&sid()).unwrap().desired, DesiredState::Started);
     apply(&mut replica, SessionOp::Stop { force: false }, t(8)).unwrap();
-    apply(&mut replica, SessionOp::Delete { force: false }, t(9)).unwrap();
+    apply(
+        &mut replica,
+        SessionOp::Delete {
+            force: false,
+            reset_sync_time: false,
+        },
+        t(9),
+    )
+    .unwrap();
     assert!(!replica.view(&sid()).unwrap().exists);
 }
 
@@ -404,7 +420,10 @@ proptest! {
                 5 => SessionOp::SetConfig { key: "sync-jobs".into(), value: (arg + 1).to_string() },
                 6 => SessionOp::ResetConfig { key: "sync-jobs".into() },
                 7 => SessionOp::SetConfig { key: "log-level".into(), value: "DEBUG".into() },
-                _ => SessionOp::Delete { force: *arg < 2 },
+                _ => SessionOp::Delete {
+                    force: *arg < 2,
+                    reset_sync_time: false,
+                },
             };
             if let Ok(delta) = plan(&replicas[*node], &vols, &sid(), &op, stamp, 0) {
                 replicas[*node].join_record(&delta);
@@ -457,7 +476,15 @@ fn delete_then_recreate_never_resurrects_old_config() {
     )
     .unwrap();
     b.join_record(&late);
-    apply(&mut a, SessionOp::Delete { force: false }, t(3)).unwrap();
+    apply(
+        &mut a,
+        SessionOp::Delete {
+            force: false,
+            reset_sync_time: false,
+        },
+        t(3),
+    )
+    .unwrap();
     apply(
         &mut a,
         SessionOp::Create {
@@ -657,7 +684,10 @@ fn create_push_pem_force_on_an_existing_session_rotates_its_keys() {
     // The rotation belongs to its incarnation: delete and create again forget it.
     apply(
         &mut replica,
-        SessionOp::Delete { force: true },
+        SessionOp::Delete {
+            force: true,
+            reset_sync_time: false,
+        },
         Hlc::new(4, 0, "n1"),
     )
     .unwrap();

@@ -256,7 +256,7 @@ fn op_name(op: &SessionOp) -> String {
         | SessionOp::Stop { force: true }
         | SessionOp::Pause { force: true }
         | SessionOp::Resume { force: true }
-        | SessionOp::Delete { force: true } => format!("{} --force", op.name()),
+        | SessionOp::Delete { force: true, .. } => format!("{} --force", op.name()),
         other => other.name().to_string(),
     }
 }
@@ -572,7 +572,10 @@ fn resolve_action(raw: &StepFile, layout: &Layout) -> Result<Action, String> {
         "stop" => op(SessionOp::Stop { force })?,
         "pause" => op(SessionOp::Pause { force })?,
         "resume" => op(SessionOp::Resume { force })?,
-        "delete" => op(SessionOp::Delete { force })?,
+        "delete" => op(SessionOp::Delete {
+            force,
+            reset_sync_time: false,
+        })?,
         "config" => {
             let key = raw.key.clone().ok_or("needs `key`")?;
             match &raw.value {

@@ -106,7 +106,10 @@ impl Gen {
             },
             _ => {
                 let _ = layout;
-                SessionOp::Delete { force }
+                SessionOp::Delete {
+                    force,
+                    reset_sync_time: false,
+                }
             }
         }
     }
