@@ -2,7 +2,12 @@
 //! agent whose brick is the source tree, a secondary agent whose brick is the
 //! destination, all on tmpfs), side by side with `rsync -a` and a tar pipe on the same
 //! trees in the same run: initial sync of 20 000 x 4 KiB files and of one 1 GiB file,
-//! a 1 MiB overwrite inside the 1 GiB file, 100 renamed files, and a no-op rescan.
+//! a 1 MiB overwrite inside the 1 GiB file, 100 renamed files, and a no-op round;
+//! `rsync -a` locally and over ssh to a loopback `sshd`, and a tar pipe.
+//!
+//! CPU is user + system seconds: of the tool's processes (waited-for children of this
+//! process; for ssh also the sshd connection processes), and for georep of both
+//! agents and their monitor processes over the same interval.
 //!
 //! Our times run from `georep start` (or the edit) until the destination shows the
 //! result; they include up to one `change-interval` (1 s) of waiting for the next scan.
@@ -17,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use georep_datapath::noise;
+use georep_tests::sshd::Sshd;
 use georep_tests::tmpfs::Tmpfs;
 use georep_tests::{Cluster, NodeSpec};
 
@@ -61,7 +67,43 @@ fn count_files(root: &Path) -> usize {
     n
 }
 
-fn timed(what: &str, mut command: Command) -> (f64, String) {
+/// User + system CPU seconds of `pid` (`own`), or of its waited-for children.
+fn cpu_of(pid: u32, own: bool) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // After the name: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
+    let at = if own { 11 } else { 13 };
+    fields.get(at..at + 2).map_or(0.0, |f| f[0] + f[1]) / 100.0
+}
+
+/// CPU seconds of this process's waited-for children so far.
+fn children_cpu() -> f64 {
+    cpu_of(std::process::id(), false)
+}
+
+/// CPU seconds of the cluster's agents and monitors so far.
+fn cluster_cpu(cluster: &Cluster) -> f64 {
+    (0..cluster.nodes.len())
+        .map(|i| {
+            let agent = cluster.nodes[i].pid().map_or(0.0, |pid| cpu_of(pid, true));
+            let monitors: f64 = cluster
+                .session_monitors(i)
+                .into_iter()
+                .map(|pid| cpu_of(pid, true))
+                .sum();
+            agent + monitors
+        })
+        .sum()
+}
+
+/// Runs `command`: seconds, stdout, CPU seconds.
+fn timed(what: &str, mut command: Command) -> (f64, String, f64) {
+    let cpu = children_cpu();
     let started = Instant::now();
     let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -72,26 +114,62 @@ fn timed(what: &str, mut command: Command) -> (f64, String) {
     (
         started.elapsed().as_secs_f64(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
+        children_cpu() - cpu,
     )
 }
 
-fn rsync(src: &Path, dst: &Path, extra: &[&str]) -> (f64, u64) {
+/// `rsync -a`, locally or (`ssh`) to root@127.0.0.1 through the loopback sshd: seconds,
+/// bytes sent, CPU seconds.
+fn rsync(src: &Path, dst: &Path, extra: &[&str], ssh: Option<&Ssh>) -> (f64, u64, f64) {
     let mut command = Command::new("rsync");
-    command
-        .args(["-a", "--stats"])
-        .args(extra)
-        .arg(format!("{}/", src.display()))
-        .arg(dst);
-    let (seconds, stats) = timed("rsync", command);
+    command.args(["-a", "--stats"]).args(extra);
+    let sshd_cpu = ssh.map_or(0.0, |s| cpu_of(s.sshd.pid(), false));
+    match ssh {
+        Some(ssh) => {
+            command
+                .arg("-e")
+                .arg(format!("ssh {}", ssh.sshd.ssh_options(&ssh.key).join(" ")))
+                .arg(format!("{}/", src.display()))
+                .arg(format!("root@127.0.0.1:{}", dst.display()));
+        }
+        None => {
+            command.arg(format!("{}/", src.display())).arg(dst);
+        }
+    }
+    let (seconds, stats, cpu) = timed("rsync", command);
     let sent = stats
         .lines()
         .find_map(|l| l.strip_prefix("Total bytes sent: "))
         .map(|v| v.replace(',', "").trim().parse().unwrap_or(0))
         .unwrap_or(0);
-    (seconds, sent)
+    let sshd_cpu = ssh.map_or(0.0, |s| cpu_of(s.sshd.pid(), false)) - sshd_cpu;
+    (seconds, sent, cpu + sshd_cpu)
 }
 
-fn tar_pipe(src: &Path, dst: &Path) -> f64 {
+/// A loopback sshd that accepts `key` for root.
+struct Ssh {
+    sshd: Sshd,
+    key: PathBuf,
+}
+
+fn ssh_setup(dir: &Path) -> Ssh {
+    fs::create_dir_all(dir).unwrap();
+    let key = dir.join("client_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    let authorized = dir.join("authorized_keys");
+    fs::copy(key.with_extension("pub"), &authorized).unwrap();
+    Ssh {
+        sshd: Sshd::start(dir, &authorized),
+        key,
+    }
+}
+
+fn tar_pipe(src: &Path, dst: &Path) -> (f64, f64) {
     fs::create_dir_all(dst).unwrap();
     let mut command = Command::new("sh");
     command.arg("-c").arg(format!(
@@ -99,7 +177,8 @@ fn tar_pipe(src: &Path, dst: &Path) -> f64 {
         src.display(),
         dst.display()
     ));
-    timed("tar", command).0
+    let (seconds, _, cpu) = timed("tar", command);
+    (seconds, cpu)
 }
 
 /// The worker's `bytes_sent`, from its status file on node 0 (written every second:
@@ -127,8 +206,9 @@ fn wait(what: &str, mut done: impl FnMut() -> bool) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// A primary with `src` as its brick, a secondary with `dst`; the session started.
-fn ours(src: &Path, dst: &Path) -> (Cluster, Instant) {
+/// A primary with `src` as its brick, a secondary with `dst`; the session started
+/// (when, and the cluster's CPU seconds then).
+fn ours(src: &Path, dst: &Path) -> (Cluster, Instant, f64) {
     let cluster = Cluster::start(
         &[
             NodeSpec::new("n1", &[&format!("gv0:{}", src.display())]),
@@ -139,9 +219,10 @@ fn ours(src: &Path, dst: &Path) -> (Cluster, Instant) {
     cluster.wait_live(0, 2, Duration::from_secs(30));
     cluster.ok(0, &["create", "gv0", "n2::gv1"]);
     cluster.ok(0, &["config", "gv0", "n2::gv1", "change-interval", "1"]);
+    let cpu = cluster_cpu(&cluster);
     let started = Instant::now();
     cluster.ok(0, &["start", "gv0", "n2::gv1"]);
-    (cluster, started)
+    (cluster, started, cpu)
 }
 
 fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
@@ -152,71 +233,110 @@ fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     out
 }
 
-fn row(what: &str, tool: &str, seconds: f64, bytes: Option<u64>, per_s: &str) {
+fn row(what: &str, tool: &str, seconds: f64, bytes: Option<u64>, per_s: &str, cpu: f64) {
     let bytes = bytes.map_or("-".to_string(), |b| {
         format!("{:.1} MiB", b as f64 / 1048576.0)
     });
-    println!("| {what} | {tool} | {seconds:.2} s | {per_s} | {bytes} |");
+    println!("| {what} | {tool} | {seconds:.2} s | {per_s} | {bytes} | {cpu:.2} s |");
 }
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut mounts = Tmpfs::default();
     let root = dir.path().join("t");
-    mounts.mount(&root, "7g");
+    mounts.mount(&root, "8g");
     let p = |name: &str| -> PathBuf { root.join(name) };
-    println!("| case | tool | time | rate | bytes sent |");
-    println!("| --- | --- | --- | --- | --- |");
+    let ssh = ssh_setup(&dir.path().join("ssh"));
+    println!("| case | tool | time | rate | bytes sent | CPU |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let files_per_s = |t: f64| format!("{:.0} files/s", SMALL_FILES as f64 / t);
 
     // 20 000 small files.
     small_tree(&p("small"));
-    let mb = (SMALL_FILES * SMALL_SIZE) as f64 / 1048576.0;
-    let (t, sent) = rsync(&p("small"), &p("small-rsync"), &[]);
+    let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &[], None);
     row(
         "20k x 4 KiB initial",
         "rsync -a",
         t,
         Some(sent),
-        &format!("{:.0} files/s", SMALL_FILES as f64 / t),
+        &files_per_s(t),
+        cpu,
     );
-    let t = tar_pipe(&p("small"), &p("small-tar"));
+    let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &[], Some(&ssh));
+    row(
+        "20k x 4 KiB initial",
+        "rsync -a over ssh",
+        t,
+        Some(sent),
+        &files_per_s(t),
+        cpu,
+    );
+    let (t, cpu) = tar_pipe(&p("small"), &p("small-tar"));
     row(
         "20k x 4 KiB initial",
         "tar pipe",
         t,
         None,
-        &format!("{:.0} files/s", SMALL_FILES as f64 / t),
+        &files_per_s(t),
+        cpu,
     );
     fs::create_dir_all(p("small-ours")).unwrap();
     {
-        let (cluster, started) = ours(&p("small"), &p("small-ours"));
+        let (cluster, started, cpu) = ours(&p("small"), &p("small-ours"));
         wait("small files", || {
             count_files(&p("small-ours")) == SMALL_FILES
         });
         let t = started.elapsed().as_secs_f64();
+        let cpu = cluster_cpu(&cluster) - cpu;
         row(
             "20k x 4 KiB initial",
             "georep",
             t,
             Some(bytes_sent(&cluster)),
-            &format!("{:.0} files/s", SMALL_FILES as f64 / t),
+            &files_per_s(t),
+            cpu,
         );
-        // No-op: what one round costs with nothing changed (scan against the index).
+        // No-op: with inotify a round with nothing changed reads nothing; measured as
+        // the CPU of 10 idle seconds (10 rounds at change-interval 1).
+        let cpu = cluster_cpu(&cluster);
+        std::thread::sleep(Duration::from_secs(10));
+        let cpu = cluster_cpu(&cluster) - cpu;
+        row(
+            "20k x 4 KiB no-op",
+            "georep (10 idle rounds, inotify)",
+            10.0,
+            None,
+            "-",
+            cpu,
+        );
+        // What the backstop walk (every 5 min, or when inotify cannot watch) costs.
         let (index, _) = georep_datapath::scan(&p("small"), None).unwrap();
         let started = Instant::now();
         let (again, _) = georep_datapath::scan(&p("small"), Some(&index)).unwrap();
         assert!(georep_datapath::diff(&index, &again).is_empty());
+        let t = started.elapsed().as_secs_f64();
         row(
-            "20k x 4 KiB no-op rescan",
-            "georep (one round)",
-            started.elapsed().as_secs_f64(),
+            "20k x 4 KiB no-op",
+            "georep (one full walk)",
+            t,
             None,
             "-",
+            t,
         );
-        let (t, sent) = rsync(&p("small"), &p("small-rsync"), &[]);
-        row("20k x 4 KiB no-op rescan", "rsync -a", t, Some(sent), "-");
+        let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &[], None);
+        row("20k x 4 KiB no-op", "rsync -a", t, Some(sent), "-", cpu);
+        let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &[], Some(&ssh));
+        row(
+            "20k x 4 KiB no-op",
+            "rsync -a over ssh",
+            t,
+            Some(sent),
+            "-",
+            cpu,
+        );
         // 100 renamed files.
         let before = bytes_sent(&cluster);
+        let cpu = cluster_cpu(&cluster);
         for i in 0..100 {
             let dir = p("small").join(format!("d{:03}", i % 200));
             fs::rename(
@@ -228,18 +348,35 @@ fn main() {
         let t = wait("renames", || {
             p("small-ours/d099/renamed00099").exists() && !p("small-ours/d099/f00099").exists()
         });
+        let cpu = cluster_cpu(&cluster) - cpu;
         row(
             "100 renames",
             "georep",
             t,
             Some(bytes_sent(&cluster) - before),
             "-",
+            cpu,
         );
-        let (t, sent) = rsync(&p("small"), &p("small-rsync"), &["--delete"]);
-        row("100 renames", "rsync -a --delete", t, Some(sent), "-");
+        let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &["--delete"], None);
+        row("100 renames", "rsync -a --delete", t, Some(sent), "-", cpu);
+        let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &["--delete"], Some(&ssh));
+        row(
+            "100 renames",
+            "rsync -a --delete over ssh",
+            t,
+            Some(sent),
+            "-",
+            cpu,
+        );
         drop(cluster);
     }
-    for name in ["small", "small-rsync", "small-tar", "small-ours"] {
+    for name in [
+        "small",
+        "small-rsync",
+        "small-ssh",
+        "small-tar",
+        "small-ours",
+    ] {
         let _ = fs::remove_dir_all(p(name));
     }
 
@@ -247,40 +384,49 @@ fn main() {
     fs::create_dir_all(p("big")).unwrap();
     big_file(&p("big"));
     let mib = BIG_SIZE as f64 / 1048576.0;
-    let (t, sent) = rsync(&p("big"), &p("big-rsync"), &[]);
+    let mib_per_s = |t: f64| format!("{:.0} MiB/s", mib / t);
+    let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &[], None);
     row(
         "1 GiB initial",
         "rsync -a",
         t,
         Some(sent),
-        &format!("{:.0} MiB/s", mib / t),
+        &mib_per_s(t),
+        cpu,
     );
-    let t = tar_pipe(&p("big"), &p("big-tar"));
+    let (t, sent, cpu) = rsync(&p("big"), &p("big-ssh"), &[], Some(&ssh));
     row(
         "1 GiB initial",
-        "tar pipe",
+        "rsync -a over ssh",
         t,
-        None,
-        &format!("{:.0} MiB/s", mib / t),
+        Some(sent),
+        &mib_per_s(t),
+        cpu,
     );
+    let (t, cpu) = tar_pipe(&p("big"), &p("big-tar"));
+    row("1 GiB initial", "tar pipe", t, None, &mib_per_s(t), cpu);
     let _ = fs::remove_dir_all(p("big-tar"));
     fs::create_dir_all(p("big-ours")).unwrap();
-    let (cluster, started) = ours(&p("big"), &p("big-ours"));
+    let (cluster, started, cpu) = ours(&p("big"), &p("big-ours"));
     let target = p("big-ours/big.bin");
     wait("the big file", || {
         fs::metadata(&target).is_ok_and(|m| m.len() == BIG_SIZE as u64)
     });
     let t = started.elapsed().as_secs_f64();
+    let cpu = cluster_cpu(&cluster) - cpu;
     row(
         "1 GiB initial",
         "georep",
         t,
         Some(bytes_sent(&cluster)),
-        &format!("{:.0} MiB/s", mib / t),
+        &mib_per_s(t),
+        cpu,
     );
     // 1 MiB overwritten in the middle.
     let patch = noise(1 << 20, 77);
     let offset = (BIG_SIZE / 2) as u64;
+    let before = bytes_sent(&cluster);
+    let cpu = cluster_cpu(&cluster);
     let mut file = fs::OpenOptions::new()
         .write(true)
         .open(p("big/big.bin"))
@@ -288,24 +434,35 @@ fn main() {
     file.seek(SeekFrom::Start(offset)).unwrap();
     file.write_all(&patch).unwrap();
     drop(file);
-    let before = bytes_sent(&cluster);
     let t = wait("the 1 MiB change", || {
         read_at(&target, offset, patch.len()) == patch
     });
+    let cpu = cluster_cpu(&cluster) - cpu;
     row(
         "1 MiB change in 1 GiB",
         "georep",
         t,
         Some(bytes_sent(&cluster) - before),
         "-",
+        cpu,
     );
-    let (t, sent) = rsync(&p("big"), &p("big-rsync"), &[]);
+    let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &[], None);
     row(
         "1 MiB change in 1 GiB",
         "rsync -a (local: whole file)",
         t,
         Some(sent),
         "-",
+        cpu,
+    );
+    let (t, sent, cpu) = rsync(&p("big"), &p("big-ssh"), &[], Some(&ssh));
+    row(
+        "1 MiB change in 1 GiB",
+        "rsync -a over ssh (delta)",
+        t,
+        Some(sent),
+        "-",
+        cpu,
     );
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -314,15 +471,15 @@ fn main() {
     file.seek(SeekFrom::Start(offset / 2)).unwrap();
     file.write_all(&noise(1 << 20, 78)).unwrap();
     drop(file);
-    let (t, sent) = rsync(&p("big"), &p("big-rsync"), &["--no-whole-file"]);
+    let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &["--no-whole-file"], None);
     row(
         "1 MiB change in 1 GiB",
         "rsync -a --no-whole-file",
         t,
         Some(sent),
         "-",
+        cpu,
     );
     drop(cluster);
     drop(mounts);
-    let _ = mb;
 }

@@ -14,6 +14,7 @@ use tempfile::TempDir;
 pub mod loopback_ns;
 pub mod receiver;
 pub mod sites;
+pub mod sshd;
 pub mod tmpfs;
 pub mod trees;
 

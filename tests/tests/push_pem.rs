@@ -4,12 +4,13 @@
 //! catching up, logins through a real `sshd`, and create's verification of the
 //! secondary on real (size-limited tmpfs) brick directories.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use georep_tests::sshd::Sshd;
 use georep_tests::tmpfs::Tmpfs;
 use georep_tests::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS, TEST_MONITOR, free_port};
 
@@ -261,115 +262,6 @@ fn every_primary_key_reaches_every_secondary_also_across_downtime_and_delete_rem
             !session_dir(&cluster, i).exists(),
             "the session's keys are removed with it"
         );
-    }
-}
-
-/// A free TCP port on loopback.
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral TCP port")
-}
-
-/// A real `sshd` on a loopback port, killed on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-    made_privsep_dir: bool,
-}
-
-impl Sshd {
-    fn start(dir: &Path, authorized_keys: &Path) -> Sshd {
-        let host_key = dir.join("host_ed25519");
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .output()
-            .expect("ssh-keygen");
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        // sshd refuses to start without its privilege separation directory.
-        let privsep = Path::new("/run/sshd");
-        let made_privsep_dir = !privsep.exists();
-        if made_privsep_dir {
-            std::fs::create_dir_all(privsep).unwrap();
-            std::fs::set_permissions(privsep, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let port = free_tcp_port();
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-                 PidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-                 AllowTcpForwarding yes\nPermitTTY yes\nLogLevel VERBOSE\n",
-                host_key.display(),
-                authorized_keys.display(),
-                dir.join("sshd.pid").display()
-            ),
-        )
-        .unwrap();
-        let sshd = Path::new("/usr/sbin/sshd");
-        assert!(
-            sshd.exists(),
-            "sshd (openssh-server) is installed: .ci/run installs it"
-        );
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-            .spawn()
-            .expect("start sshd");
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "sshd did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Sshd {
-            child,
-            port,
-            made_privsep_dir,
-        }
-    }
-
-    /// `ssh -i KEY [EXTRA...] root@127.0.0.1 [COMMAND...]`, non-interactive, bounded.
-    fn ssh(&self, key: &Path, extra: &[&str], command: &[&str]) -> Output {
-        Command::new("timeout")
-            .arg("20")
-            .arg("ssh")
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &self.port.to_string()])
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .args(extra)
-            .arg("root@127.0.0.1")
-            .args(command)
-            .stdin(Stdio::null())
-            .output()
-            .expect("ssh (openssh-client) is installed")
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.made_privsep_dir {
-            let _ = std::fs::remove_dir("/run/sshd");
-        }
     }
 }
 
