@@ -120,7 +120,9 @@ fn every_node_shows_every_lifecycle_event_once_in_one_order_and_a_returning_node
     let text = cluster.ok(1, &["events", "--type", "GEOREP_DELETE"]);
     assert!(
         text.contains("  n3@")
-            && text.contains("GEOREP_DELETE  force=false primary=gv0 secondary=n4::gv1"),
+            && text.contains(
+                "GEOREP_DELETE  force=false primary=gv0 reset_sync_time=false secondary=n4::gv1"
+            ),
         "{text}"
     );
 
