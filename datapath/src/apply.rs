@@ -80,6 +80,13 @@ pub enum ApplyError {
         /// The file.
         path: RelPath,
     },
+    /// A path under a top-level name that is not volume content (`.glusterfs`,
+    /// `.trashcan`, the sync progress directory).
+    #[error("{path}: refused, not volume content (reserved top-level name)")]
+    Reserved {
+        /// The entry.
+        path: RelPath,
+    },
     /// A chunk neither sent nor found in the current file.
     #[error("{path}: chunk at offset {offset} was not sent and is not here")]
     MissingChunk {
@@ -98,6 +105,18 @@ pub enum ApplyError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Whether `path` lies under a reserved top-level name.
+fn reserved(path: &RelPath) -> bool {
+    let first = path
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .next()
+        .unwrap_or_default();
+    crate::index::SKIPPED_TOP_LEVEL
+        .iter()
+        .any(|name| first == name.as_bytes())
 }
 
 fn io(path: &RelPath, what: &'static str, errno: Errno) -> ApplyError {
@@ -120,6 +139,35 @@ pub struct Applier {
     root_path: PathBuf,
     /// Whether owners and `trusted.*` attributes can be set (running as root).
     privileged: bool,
+    /// The last file chunked: its path, identity and chunks (see [`Self::current`]).
+    last_chunked: std::sync::Mutex<Option<LastChunked>>,
+}
+
+/// A file chunked: its path, which version of it, its chunks by hash.
+type LastChunked = (RelPath, FileIdentity, HashMap<Hash, ChunkRef>);
+
+/// What identifies one version of a file: any write, truncation, rename over it or
+/// attribute change moves its ctime, a replacement changes its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 impl Applier {
@@ -135,6 +183,7 @@ impl Applier {
             root: fd,
             root_path: root.to_path_buf(),
             privileged: nix::unistd::geteuid().is_root(),
+            last_chunked: std::sync::Mutex::new(None),
         })
     }
 
@@ -185,6 +234,10 @@ impl Applier {
     }
 
     /// The current file at `path`, opened without following it, and its chunks by hash.
+    /// The chunks of the last file chunked are remembered with its identity (device,
+    /// inode, size, mtime, ctime): asked again for the same unchanged file (a write
+    /// right after [`Self::missing_chunks`]), the file is not read twice. Copied chunks
+    /// are verified against their hash anyway.
     fn current(&self, path: &RelPath) -> Option<(File, HashMap<Hash, ChunkRef>)> {
         let (dir, name) = self.parent(path).ok()?;
         let fd = openat(
@@ -195,11 +248,24 @@ impl Applier {
         )
         .ok()?;
         let mut file = File::from(fd);
-        if !file.metadata().ok()?.is_file() {
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
             return None;
         }
+        let identity = FileIdentity::of(&meta);
+        if let Ok(last) = self.last_chunked.lock()
+            && let Some((at, id, chunks)) = last.as_ref()
+            && at == path
+            && *id == identity
+        {
+            return Some((file, chunks.clone()));
+        }
         let (chunks, _) = chunk_reader(std::io::BufReader::new(&mut file)).ok()?;
-        Some((file, chunks.into_iter().map(|c| (c.hash, c)).collect()))
+        let chunks: HashMap<Hash, ChunkRef> = chunks.into_iter().map(|c| (c.hash, c)).collect();
+        if let Ok(mut last) = self.last_chunked.lock() {
+            *last = Some((path.clone(), identity, chunks.clone()));
+        }
+        Some((file, chunks))
     }
 
     fn current_chunks(&self, path: &RelPath) -> Option<HashMap<Hash, ChunkRef>> {
@@ -208,6 +274,15 @@ impl Applier {
 
     /// Applies one operation; `data` holds the chunk bytes a [`Op::Write`] needs.
     pub fn apply(&self, op: &Op, data: &dyn ChunkSource) -> Result<(), ApplyError> {
+        let mut paths = vec![op.path()];
+        match op {
+            Op::Rename { from, .. } => paths.push(from),
+            Op::Link { existing, .. } => paths.push(existing),
+            _ => {}
+        }
+        if let Some(path) = paths.into_iter().find(|p| reserved(p)) {
+            return Err(ApplyError::Reserved { path: path.clone() });
+        }
         match op {
             Op::Mkdir { path } => {
                 let (dir, name) = self.parent(path)?;
@@ -281,7 +356,9 @@ impl Applier {
         chunks: &[ChunkRef],
         data: &dyn ChunkSource,
     ) -> Result<(), ApplyError> {
-        let mut current = self.current(path);
+        // The current file is read only if a chunk was not sent (a small file arrives
+        // whole: nothing to read).
+        let mut current: Option<Option<(File, HashMap<Hash, ChunkRef>)>> = None;
         let (dir, name) = self.parent(path)?;
         let temp = temp_name(name);
         let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
@@ -302,10 +379,13 @@ impl Applier {
                 let bytes: &[u8] = match &sent {
                     Some(bytes) => bytes,
                     None => {
-                        let (file, have) = current.as_mut().ok_or(ApplyError::MissingChunk {
-                            path: path.clone(),
-                            offset: chunk.offset,
-                        })?;
+                        let (file, have) = current
+                            .get_or_insert_with(|| self.current(path))
+                            .as_mut()
+                            .ok_or(ApplyError::MissingChunk {
+                                path: path.clone(),
+                                offset: chunk.offset,
+                            })?;
                         let local = have.get(&chunk.hash).ok_or(ApplyError::MissingChunk {
                             path: path.clone(),
                             offset: chunk.offset,

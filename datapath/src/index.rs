@@ -15,8 +15,13 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{ChunkRef, Hash};
 use crate::path::RelPath;
 
-/// Top-level names of a brick that are not volume content (gluster's own).
-pub const SKIPPED_TOP_LEVEL: &[&str] = &[".glusterfs", ".trashcan"];
+/// Where a secondary volume keeps the sync progress of the sessions writing into it
+/// (top level of the volume).
+pub const PROGRESS_DIR: &str = ".georep";
+/// Top-level names of a brick that are not volume content (gluster's own, and the
+/// sync progress kept in a secondary volume): never scanned, never written by an
+/// operation.
+pub const SKIPPED_TOP_LEVEL: &[&str] = &[".glusterfs", ".trashcan", PROGRESS_DIR];
 /// Temporary files the secondary writes before renaming start with this.
 pub const TEMP_PREFIX: &str = ".georep-tmp.";
 

@@ -248,6 +248,27 @@ fn hostile_operations_are_refused_and_write_nothing_outside() {
     }
     // `..` cannot even be expressed.
     assert!(RelPath::new("../x").is_err());
+    // The sync progress kept in the volume (and gluster's own trees) are not volume
+    // content: no operation reaches them, also not as a rename's source.
+    for op in [
+        write(".georep/gv0_s1_gv1/initial/replica-set-0.index"),
+        Op::Remove {
+            path: path(".georep"),
+            dir: true,
+        },
+        Op::Rename {
+            from: path(".georep"),
+            to: path("taken"),
+        },
+        Op::Mkdir {
+            path: path(".glusterfs"),
+        },
+    ] {
+        assert!(
+            matches!(applier.apply(&op, &sent), Err(ApplyError::Reserved { .. })),
+            "{op:?} was not refused"
+        );
+    }
     // A chunk that does not match its hash.
     let forged: FileData = [(chunks.0[0].hash, b"forged".to_vec())].into();
     assert!(matches!(

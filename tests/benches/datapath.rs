@@ -53,7 +53,10 @@ fn count_files(root: &Path) -> usize {
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let kind = entry.file_type().unwrap();
             if kind.is_dir() {
-                pending.push(entry.path());
+                // Not the sync progress the secondary keeps in the volume.
+                if entry.file_name() != georep_datapath::index::PROGRESS_DIR {
+                    pending.push(entry.path());
+                }
             } else if kind.is_file()
                 && !entry
                     .file_name()

@@ -456,9 +456,19 @@ struct Channel {
 
 impl Channel {
     async fn call(&mut self, request: &Request) -> Result<Response, String> {
+        self.send(request).await?;
+        self.receive().await
+    }
+
+    /// Sends a request without waiting for its answer (answers come in order).
+    async fn send(&mut self, request: &Request) -> Result<(), String> {
         write_msg(&mut self.send, request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// The answer to the oldest request not answered yet.
+    async fn receive(&mut self) -> Result<Response, String> {
         match read_msg::<Response>(&mut self.recv)
             .await
             .map_err(|e| e.to_string())?
@@ -470,6 +480,76 @@ impl Channel {
     }
 }
 
+/// Batches sent and not answered yet: the next batch is built and sent while the
+/// secondary applies the previous one (answers come in order on the stream).
+#[derive(Default)]
+struct InFlight {
+    batches: std::collections::VecDeque<Vec<(georep_datapath::index::OpClass, RelPath)>>,
+    counts: Counts,
+    failed: Vec<RelPath>,
+}
+
+/// Batches in flight at most (each up to [`BATCH_BYTES`]; the stream's receive window
+/// holds two).
+const MAX_IN_FLIGHT: usize = 2;
+
+impl InFlight {
+    /// Sends `batch`, first collecting answers until fewer than [`MAX_IN_FLIGHT`] are
+    /// outstanding.
+    async fn send(
+        &mut self,
+        batch: &mut Vec<georep_datapath::proto::BatchItem>,
+        call: &mut Channel,
+    ) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        while self.batches.len() >= MAX_IN_FLIGHT {
+            self.collect_one(call).await?;
+        }
+        let items = std::mem::take(batch);
+        let classes = items
+            .iter()
+            .map(|(op, _)| (op.class(), op.path().clone()))
+            .collect();
+        call.send(&Request::Batch(items)).await?;
+        self.batches.push_back(classes);
+        Ok(())
+    }
+
+    /// Collects every outstanding answer (before any other request).
+    async fn drain(&mut self, call: &mut Channel) -> Result<(), String> {
+        while !self.batches.is_empty() {
+            self.collect_one(call).await?;
+        }
+        Ok(())
+    }
+
+    async fn collect_one(&mut self, call: &mut Channel) -> Result<(), String> {
+        let Some(classes) = self.batches.pop_front() else {
+            return Ok(());
+        };
+        let results = match call.receive().await? {
+            Response::Applied(results) => results,
+            other => return Err(format!("unexpected answer to a batch: {other:?}")),
+        };
+        for ((class, path), result) in classes.into_iter().zip(results) {
+            match result {
+                None => match class {
+                    georep_datapath::index::OpClass::Entry => self.counts.0 += 1,
+                    georep_datapath::index::OpClass::Data => self.counts.1 += 1,
+                    georep_datapath::index::OpClass::Meta => self.counts.2 += 1,
+                },
+                Some(error) => {
+                    tracing::warn!(%path, %error, "the secondary refused; retried next round");
+                    self.failed.push(path);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Sends `ops` in batches; returns counts by class, chunk bytes sent, and the paths
 /// whose operation failed.
 async fn send_ops(
@@ -477,7 +557,7 @@ async fn send_ops(
     ops: &[Op],
     call: &mut Channel,
 ) -> Result<(Counts, u64, Vec<RelPath>), String> {
-    let mut counts = (0, 0, 0);
+    let mut flight = InFlight::default();
     let mut bytes_sent = 0u64;
     let mut failed = Vec::new();
     let mut batch: Vec<georep_datapath::proto::BatchItem> = Vec::new();
@@ -490,6 +570,7 @@ async fn send_ops(
                 let wanted: Vec<georep_datapath::Hash> = if *size <= SMALL_FILE {
                     chunks.iter().map(|c| c.hash).collect()
                 } else {
+                    flight.drain(call).await?;
                     match call
                         .call(&Request::Missing {
                             path: path.clone(),
@@ -505,6 +586,7 @@ async fn send_ops(
                 let wanted_bytes: u64 = to_send.iter().map(|c| u64::from(c.len)).sum();
                 let read = if wanted_bytes > (BATCH_BYTES / 2) as u64 {
                     // Too large for one message: staged ahead of the batch, in pieces.
+                    flight.drain(call).await?;
                     match stage_chunks(brick, path, &to_send, call).await {
                         Ok(sent) => {
                             bytes_sent += sent;
@@ -532,47 +614,15 @@ async fn send_ops(
         batch.push((op.clone(), data));
         if batch.len() >= BATCH_OPS || batch_bytes >= BATCH_BYTES {
             bytes_sent += batch_bytes as u64;
-            flush(&mut batch, &mut counts, &mut failed, call).await?;
+            flight.send(&mut batch, call).await?;
             batch_bytes = 0;
         }
     }
     bytes_sent += batch_bytes as u64;
-    flush(&mut batch, &mut counts, &mut failed, call).await?;
-    Ok((counts, bytes_sent, failed))
-}
-
-async fn flush(
-    batch: &mut Vec<georep_datapath::proto::BatchItem>,
-    counts: &mut Counts,
-    failed: &mut Vec<RelPath>,
-    call: &mut Channel,
-) -> Result<(), String> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let items = std::mem::take(batch);
-    let classes: Vec<(georep_datapath::index::OpClass, RelPath)> = items
-        .iter()
-        .map(|(op, _)| (op.class(), op.path().clone()))
-        .collect();
-    let results = match call.call(&Request::Batch(items)).await? {
-        Response::Applied(results) => results,
-        other => return Err(format!("unexpected answer to a batch: {other:?}")),
-    };
-    for ((class, path), result) in classes.into_iter().zip(results) {
-        match result {
-            None => match class {
-                georep_datapath::index::OpClass::Entry => counts.0 += 1,
-                georep_datapath::index::OpClass::Data => counts.1 += 1,
-                georep_datapath::index::OpClass::Meta => counts.2 += 1,
-            },
-            Some(error) => {
-                tracing::warn!(%path, %error, "the secondary refused; retried next round");
-                failed.push(path);
-            }
-        }
-    }
-    Ok(())
+    flight.send(&mut batch, call).await?;
+    flight.drain(call).await?;
+    failed.extend(flight.failed);
+    Ok((flight.counts, bytes_sent, failed))
 }
 
 /// Why staging a large file's chunks stopped.

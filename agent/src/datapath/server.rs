@@ -7,9 +7,10 @@
 //! volume. Everything else about safety (no `..`, no symlinks on the way, hashes) is
 //! the applier's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use georep_datapath::index::PROGRESS_DIR;
 use georep_datapath::proto::{Request, Response};
 use georep_datapath::{Applier, FileData, proto};
 use georep_mesh::{NodeIdentity, SessionView};
@@ -267,12 +268,15 @@ fn apply_batch(
         .collect()
 }
 
-/// Where the secondary keeps what it has of `session` (an index per replica set):
-/// `<data>/datapath/<session>/<epoch>/`, the epoch changing with each `delete
-/// --reset-sync-time`; older epochs are removed (a session created again after such a
-/// delete starts from nothing).
-fn progress_dir(data_dir: &std::path::Path, session: &str, view: &SessionView) -> PathBuf {
-    let root = data_dir.join("datapath").join(session);
+/// Where the secondary keeps what it has of `session` (an index per replica set): in
+/// the secondary volume itself, `<volume>/.georep/<session>/<epoch>/`, so that every
+/// node serving the volume (they share its mount) resumes a worker from the same
+/// point, whichever of them it reaches; the epoch changes with each `delete
+/// --reset-sync-time` and older epochs are removed (a session created again after such
+/// a delete starts from nothing). Directories on the way are created, never followed
+/// if they are symlinks.
+fn progress_dir(volume: &Path, session: &str, view: &SessionView) -> Result<PathBuf, String> {
+    let root = volume.join(PROGRESS_DIR).join(session);
     let epoch = match view
         .config
         .get(georep_mesh::session_config::SYNC_TIME_RESET)
@@ -280,15 +284,39 @@ fn progress_dir(data_dir: &std::path::Path, session: &str, view: &SessionView) -
         None => "initial".to_string(),
         Some(reset) => format!("reset-{:08x}", crc32fast::hash(reset.as_bytes())),
     };
+    let dir = root.join(&epoch);
+    for step in [volume.join(PROGRESS_DIR), root.clone(), dir.clone()] {
+        real_dir(&step)?;
+    }
     for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        if old.file_name().to_string_lossy() != epoch && old.path().is_dir() {
+        let is_dir = old.file_type().is_ok_and(|t| t.is_dir());
+        if old.file_name().to_string_lossy() != epoch && is_dir {
             tracing::info!(session, dir = %old.path().display(), "sync time reset: forgetting what was synced");
             if let Err(error) = std::fs::remove_dir_all(old.path()) {
                 tracing::warn!(session, %error, "cannot remove the old sync progress");
             }
         }
     }
-    root.join(epoch)
+    Ok(dir)
+}
+
+/// Creates the directory `path` if missing; an error if it is anything but a
+/// directory (a symlink is not followed).
+fn real_dir(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                _ => Err(format!(
+                    "{} is not a directory (refusing to follow it)",
+                    path.display()
+                )),
+            }
+        }
+        Err(error) => Err(format!("cannot create {}: {error}", path.display())),
+    }
 }
 
 async fn authorize(
@@ -323,15 +351,18 @@ async fn authorize(
     }
     let applier = Applier::open(&brick.path)
         .map_err(|e| format!("cannot open {}: {e}", brick.path.display()))?;
-    let dir = progress_dir(&agent.config().data_dir, session, &view);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let dir = progress_dir(&brick.path, session, &view)?;
+    // Chunks staged for large files are this node's business: its data directory.
+    let stage_dir = agent.config().data_dir.join("datapath").join(session);
+    std::fs::create_dir_all(&stage_dir)
+        .map_err(|e| format!("cannot create {}: {e}", stage_dir.display()))?;
     static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let stream = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Grant {
         applier: Arc::new(applier),
         index_file: dir.join(format!("replica-set-{replica_set}.index")),
         stage: Arc::new(std::sync::Mutex::new(Stage {
-            path: dir.join(format!("stage.{}.{stream}", std::process::id())),
+            path: stage_dir.join(format!("stage.{}.{stream}", std::process::id())),
             file: None,
             chunks: std::collections::HashMap::new(),
             len: 0,
