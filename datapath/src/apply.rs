@@ -8,7 +8,7 @@
 //! files opened `O_NOFOLLOW`). A symlink or `..` on the way therefore fails instead of
 //! leading elsewhere, also when someone swaps a directory for a symlink meanwhile.
 //!
-//! File content is written to a temporary file beside its destination, each chunk
+//! File content is written to a temporary file beside its destination, each chunk sent
 //! verified against its BLAKE3 hash and the whole against the content hash, fsynced,
 //! then renamed into place: a reader sees the old file or the new one, never a part.
 //! Chunks the destination's current file already has are copied from it; only the
@@ -377,7 +377,18 @@ impl Applier {
             for chunk in chunks {
                 let sent = data.chunk(&chunk.hash);
                 let bytes: &[u8] = match &sent {
-                    Some(bytes) => bytes,
+                    Some(bytes) => {
+                        // What a peer sent is checked chunk by chunk; what is copied
+                        // from the current file only by the whole-content hash below
+                        // (one pass less over a large file that barely changed).
+                        if bytes.len() != chunk.len as usize || Hash::of(bytes) != chunk.hash {
+                            return Err(ApplyError::HashMismatch {
+                                path: path.clone(),
+                                offset: chunk.offset,
+                            });
+                        }
+                        bytes
+                    }
                     None => {
                         let (file, have) = current
                             .get_or_insert_with(|| self.current(path))
@@ -401,12 +412,6 @@ impl Applier {
                         &buffer
                     }
                 };
-                if bytes.len() != chunk.len as usize || Hash::of(bytes) != chunk.hash {
-                    return Err(ApplyError::HashMismatch {
-                        path: path.clone(),
-                        offset: chunk.offset,
-                    });
-                }
                 whole.update(bytes);
                 written += bytes.len() as u64;
                 out.write_all(bytes).map_err(|source| ApplyError::Io {
@@ -433,6 +438,10 @@ impl Applier {
         })();
         if result.is_err() {
             let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            // Whatever went wrong, the next attempt reads the current file afresh.
+            if let Ok(mut last) = self.last_chunked.lock() {
+                *last = None;
+            }
         }
         result
     }

@@ -327,6 +327,18 @@ impl Cluster {
         }
     }
 
+    /// The node dies: SIGKILLs its agent and the process groups of its monitors.
+    pub fn kill9_node(&mut self, i: usize) {
+        let monitors = self.session_monitors(i);
+        self.kill9(i);
+        for pid in monitors {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     /// SIGTERMs an agent and waits for it to exit; returns its exit status.
     pub fn terminate(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         let mut child = self.nodes[i].child.take()?;

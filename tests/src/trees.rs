@@ -64,6 +64,30 @@ pub fn union(shapes: &[Shape]) -> Shape {
     out
 }
 
+/// Waits until the tree under `secondary` equals the union of the trees under `sets`
+/// (directory mtimes aside), or fails with what differs and the agents' logs.
+pub fn wait_union(
+    cluster: &Cluster,
+    sets: &[&Path],
+    secondary: &Path,
+    within: std::time::Duration,
+    what: &str,
+) {
+    let want = || -> Shape {
+        let shapes: Vec<Shape> = sets.iter().map(|s| shape(s, false)).collect();
+        union(&shapes)
+    };
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if want() == shape(secondary, false) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    report_difference(&want(), &shape(secondary, false));
+    cluster.wait_until(std::time::Duration::ZERO, what, || false);
+}
+
 /// Prints how `want` and `got` differ (for a failure message); whether they do.
 pub fn report_difference(want: &Shape, got: &Shape) -> bool {
     let mut differ = false;

@@ -216,14 +216,7 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     // The Active node dies: its agent and its monitor.
     let dead = active_node(&cluster, 2).unwrap();
     let (dead_i, alive_i) = if dead == "n1" { (0, 1) } else { (1, 0) };
-    let monitors = cluster.session_monitors(dead_i);
-    cluster.kill9(dead_i);
-    for pid in monitors {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    cluster.kill9_node(dead_i);
     // Meanwhile the volume changes (on the surviving replica).
     let survivor = &bricks[alive_i];
     fs::write(

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use georep_datapath::noise;
-use georep_tests::trees::{self, Shape, brick_of};
+use georep_tests::trees::{self, brick_of};
 use georep_tests::{Cluster, NodeSpec};
 
 const SECONDARY: &str = "s1::gv1";
@@ -126,18 +126,6 @@ fn active_of(cluster: &Cluster, at: usize, bricks: &[PathBuf]) -> Option<serde_j
     })
 }
 
-/// Kills node `i`'s agent and its monitors with -9 (the node dies).
-fn kill_node(cluster: &mut Cluster, i: usize) {
-    let monitors = cluster.session_monitors(i);
-    cluster.kill9(i);
-    for pid in monitors {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
 /// Chunk bytes the workers of nodes `nodes` sent since their monitor started (their
 /// status files, rewritten every second).
 fn bytes_sent(cluster: &Cluster, nodes: &[usize]) -> u64 {
@@ -155,19 +143,7 @@ fn bytes_sent(cluster: &Cluster, nodes: &[usize]) -> u64 {
 }
 
 fn wait_union(cluster: &Cluster, sets: &[&Path], secondary: &Path, what: &str) {
-    let want = || -> Shape {
-        let shapes: Vec<Shape> = sets.iter().map(|s| trees::shape(s, false)).collect();
-        trees::union(&shapes)
-    };
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::time::Instant::now() < deadline {
-        if want() == trees::shape(secondary, false) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    trees::report_difference(&want(), &trees::shape(secondary, false));
-    cluster.wait_until(Duration::ZERO, what, || false);
+    trees::wait_union(cluster, sets, secondary, WAIT, what);
 }
 
 #[test]
@@ -206,7 +182,7 @@ fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
     });
     let dead = first_active.unwrap()["node"].as_str().unwrap().to_string();
     let (dead_i, alive0) = if dead == "p1" { (0, 1) } else { (1, 0) };
-    kill_node(&mut cluster, dead_i);
+    cluster.kill9_node(dead_i);
     assert!(
         trees::shape(&secondary, false).0.len() < 2 * SMALL_PER_SET,
         "the kill came after the initial sync ended: the test shows no failover mid-sync"
@@ -248,7 +224,7 @@ fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
     } else {
         (5, "s1")
     };
-    kill_node(&mut cluster, gone);
+    cluster.kill9_node(gone);
     for brick in &set1 {
         fs::write(brick.join("set1/after-secondary-loss"), b"still arrives").unwrap();
     }

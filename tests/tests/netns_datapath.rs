@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use georep_datapath::noise;
 use georep_tests::sites::Sites;
-use georep_tests::trees::{self, Shape, brick_of};
+use georep_tests::trees::{self, brick_of};
 use georep_tests::{Cluster, NodeSpec};
 
 const NAMES: [&str; 6] = ["a1", "a2", "a3", "b1", "b2", "b3"];
@@ -65,19 +65,7 @@ fn churn(bricks: &[&Path], set: usize, k: usize) {
 }
 
 fn wait_union(cluster: &Cluster, sets: &[&Path], secondary: &Path, what: &str) {
-    let want = || -> Shape {
-        let shapes: Vec<Shape> = sets.iter().map(|s| trees::shape(s, false)).collect();
-        trees::union(&shapes)
-    };
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if want() == trees::shape(secondary, false) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    trees::report_difference(&want(), &trees::shape(secondary, false));
-    cluster.wait_until(Duration::ZERO, what, || false);
+    trees::wait_union(cluster, sets, secondary, WAIT, what);
 }
 
 /// The worker for one of `bricks` that is Active, as node `at` sees it.
@@ -95,18 +83,6 @@ fn active_worker(cluster: &Cluster, at: usize, bricks: &[PathBuf]) -> Option<ser
 /// The node whose worker for one of `bricks` is Active, as node `at` sees it.
 fn active_of(cluster: &Cluster, at: usize, bricks: &[PathBuf]) -> Option<String> {
     active_worker(cluster, at, bricks).and_then(|w| w["node"].as_str().map(String::from))
-}
-
-/// Kills node `i`'s agent and monitors with -9.
-fn kill_node(cluster: &mut Cluster, i: usize) {
-    let monitors = cluster.session_monitors(i);
-    cluster.kill9(i);
-    for pid in monitors {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
 }
 
 #[test]
@@ -190,9 +166,9 @@ fn after_loss_a_partition_and_a_dead_active_the_secondary_equals_the_primary() {
         std::thread::sleep(Duration::from_millis(400));
     }
     let (dead, alive) = if active == "a1" { (0, 1) } else { (1, 0) };
-    kill_node(&mut cluster, dead);
+    cluster.kill9_node(dead);
     let secondary_i = NAMES.iter().position(|n| *n == sending_to).unwrap();
-    kill_node(&mut cluster, secondary_i);
+    cluster.kill9_node(secondary_i);
     for _ in 0..5 {
         churn(&[&bricks[alive]], 0, step);
         churn(&[&bricks[2]], 1, step);
