@@ -308,11 +308,13 @@ async fn session(
         // what the brick has, no diff needed.
         let idle = matches!(read, Read::Nothing(_));
         let root = brick.to_path_buf();
-        let base = synced.clone();
+        // A walk without a scan of ours reuses hashes from what the secondary has
+        // (copied only then: most rounds read nothing or a few directories).
+        let base = matches!(read, Read::Walk(None, _)).then(|| synced.clone());
         let scanned = tokio::task::spawn_blocking(move || match read {
             Read::Nothing(own) => Ok((own, Default::default())),
             Read::Dirs(own, dirs) => rescan(&root, own, &dirs),
-            Read::Walk(own, _) => scan(&root, Some(own.as_ref().unwrap_or(&base))),
+            Read::Walk(own, _) => scan(&root, own.as_ref().or(base.as_ref())),
         })
         .await
         .map_err(|e| e.to_string())?;
