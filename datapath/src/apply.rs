@@ -34,7 +34,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 
 use crate::chunk::{ChunkRef, Hash, chunk_reader};
-use crate::index::{Entry, EntryKind, Op, TEMP_PREFIX, synced_xattr};
+use crate::index::{Entry, EntryKind, Op, TEMP_PREFIX, synced_xattr, under_reserved_top_level};
 use crate::path::{PathError, RelPath};
 
 /// Chunk bytes sent for a write, by hash.
@@ -105,18 +105,6 @@ pub enum ApplyError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// Whether `path` lies under a reserved top-level name.
-fn reserved(path: &RelPath) -> bool {
-    let first = path
-        .as_bytes()
-        .split(|b| *b == b'/')
-        .next()
-        .unwrap_or_default();
-    crate::index::SKIPPED_TOP_LEVEL
-        .iter()
-        .any(|name| first == name.as_bytes())
 }
 
 fn io(path: &RelPath, what: &'static str, errno: Errno) -> ApplyError {
@@ -236,8 +224,8 @@ impl Applier {
     /// The current file at `path`, opened without following it, and its chunks by hash.
     /// The chunks of the last file chunked are remembered with its identity (device,
     /// inode, size, mtime, ctime): asked again for the same unchanged file (a write
-    /// right after [`Self::missing_chunks`]), the file is not read twice. Copied chunks
-    /// are verified against their hash anyway.
+    /// right after [`Self::missing_chunks`]), the file is not read twice. What is copied
+    /// from it is verified by the whole-content hash before the rename.
     fn current(&self, path: &RelPath) -> Option<(File, HashMap<Hash, ChunkRef>)> {
         let (dir, name) = self.parent(path).ok()?;
         let fd = openat(
@@ -280,7 +268,7 @@ impl Applier {
             Op::Link { existing, .. } => paths.push(existing),
             _ => {}
         }
-        if let Some(path) = paths.into_iter().find(|p| reserved(p)) {
+        if let Some(path) = paths.into_iter().find(|p| under_reserved_top_level(p)) {
             return Err(ApplyError::Reserved { path: path.clone() });
         }
         match op {

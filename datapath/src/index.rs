@@ -25,6 +25,24 @@ pub const SKIPPED_TOP_LEVEL: &[&str] = &[".glusterfs", ".trashcan", PROGRESS_DIR
 /// Temporary files the secondary writes before renaming start with this.
 pub const TEMP_PREFIX: &str = ".georep-tmp.";
 
+/// Whether `path` lies under a [`SKIPPED_TOP_LEVEL`] name.
+pub fn under_reserved_top_level(path: &RelPath) -> bool {
+    let first = path
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .next()
+        .unwrap_or_default();
+    SKIPPED_TOP_LEVEL
+        .iter()
+        .any(|name| first == name.as_bytes())
+}
+
+/// Whether `path` is volume content: not under a [`SKIPPED_TOP_LEVEL`] name and not a
+/// secondary's temporary file.
+pub fn is_volume_content(path: &RelPath) -> bool {
+    !under_reserved_top_level(path) && !path.file_name().starts_with(TEMP_PREFIX.as_bytes())
+}
+
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {

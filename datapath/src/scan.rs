@@ -10,9 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::chunk::chunk_file;
-use crate::index::{
-    Entry, EntryKind, Index, SKIPPED_TOP_LEVEL, TEMP_PREFIX, paths_at_and_below, synced_xattr,
-};
+use crate::index::{Entry, EntryKind, Index, is_volume_content, paths_at_and_below, synced_xattr};
 use crate::path::RelPath;
 
 /// What a scan could not read (counted as FAILURES, retried by the next scan).
@@ -209,16 +207,7 @@ fn read_children(
     let mut out = Vec::new();
     for child in listing.flatten() {
         let path = child.path();
-        let name = child.file_name();
-        if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
-            || (dir == root
-                && SKIPPED_TOP_LEVEL
-                    .iter()
-                    .any(|skip| name.as_bytes() == skip.as_bytes()))
-        {
-            continue;
-        }
-        let Some(rel) = RelPath::under(root, &path) else {
+        let Some(rel) = RelPath::under(root, &path).filter(is_volume_content) else {
             continue;
         };
         if let Some(entry) = read_entry(&path, &rel, reuse, report) {

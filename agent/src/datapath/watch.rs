@@ -9,11 +9,11 @@
 //! says why.
 
 use std::collections::BTreeSet;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use georep_datapath::index::{SKIPPED_TOP_LEVEL, TEMP_PREFIX};
+use georep_datapath::RelPath;
+use georep_datapath::index::is_volume_content;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 
@@ -111,7 +111,10 @@ fn note(root: &Path, pending: &Mutex<Pending>, event: notify::Result<Event>) {
                      walking the brick every change-interval"
                         .to_string(),
                 ),
-                notify::ErrorKind::Io(ref io) if io.raw_os_error() == Some(libc_emfile()) => {
+                // inotify_init1 fails with EMFILE when `max_user_instances` is reached.
+                notify::ErrorKind::Io(ref io)
+                    if io.raw_os_error() == Some(nix::errno::Errno::EMFILE as i32) =>
+                {
                     Some(format!(
                         "no inotify instance left (raise fs.inotify.max_user_instances): {io}; \
                          walking the brick every change-interval"
@@ -172,27 +175,9 @@ fn note(root: &Path, pending: &Mutex<Pending>, event: notify::Result<Event>) {
     }
 }
 
-/// Whether `path` is under `root` and not gluster's own or a temporary file.
+/// Whether `path` is the brick `root` or volume content under it.
 fn is_volume_data(root: &Path, path: &Path) -> bool {
-    let Ok(rest) = path.strip_prefix(root) else {
-        return false;
-    };
-    let mut components = rest.components();
-    if let Some(first) = components.next()
-        && SKIPPED_TOP_LEVEL
-            .iter()
-            .any(|skip| first.as_os_str().as_bytes() == skip.as_bytes())
-    {
-        return false;
-    }
-    !path
-        .file_name()
-        .is_some_and(|name| name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
-}
-
-/// EMFILE: inotify_init1 fails with it when `max_user_instances` is reached.
-fn libc_emfile() -> i32 {
-    nix::errno::Errno::EMFILE as i32
+    path == root || RelPath::under(root, path).is_some_and(|rel| is_volume_content(&rel))
 }
 
 #[cfg(test)]
