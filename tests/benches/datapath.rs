@@ -188,16 +188,7 @@ fn tar_pipe(src: &Path, dst: &Path) -> (f64, f64) {
 /// read after the next write).
 fn bytes_sent(cluster: &Cluster) -> u64 {
     std::thread::sleep(Duration::from_millis(2500));
-    let root = cluster.nodes[0].data().sessions_root();
-    fs::read_dir(&root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|session| fs::read_dir(session.path()).into_iter().flatten().flatten())
-        .filter(|f| f.file_name().to_string_lossy().ends_with(".status"))
-        .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&fs::read(f.path()).ok()?).ok())
-        .filter_map(|v| v["bytes_sent"].as_u64())
-        .sum()
+    cluster.worker_bytes_sent(&[0])
 }
 
 fn wait(what: &str, mut done: impl FnMut() -> bool) -> f64 {

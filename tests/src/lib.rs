@@ -327,6 +327,29 @@ impl Cluster {
         }
     }
 
+    /// Chunk bytes the built-in data path's workers on `nodes` sent since their
+    /// monitors started, from their status files (rewritten every second).
+    pub fn worker_bytes_sent(&self, nodes: &[usize]) -> u64 {
+        nodes
+            .iter()
+            .flat_map(|i| {
+                let root = self.nodes[*i].data().sessions_root();
+                std::fs::read_dir(root).into_iter().flatten().flatten()
+            })
+            .flat_map(|session| {
+                std::fs::read_dir(session.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".status"))
+            .filter_map(|f| {
+                serde_json::from_slice::<serde_json::Value>(&std::fs::read(f.path()).ok()?).ok()
+            })
+            .filter_map(|v| v["bytes_sent"].as_u64())
+            .sum()
+    }
+
     /// The node dies: SIGKILLs its agent and the process groups of its monitors.
     pub fn kill9_node(&mut self, i: usize) {
         let monitors = self.session_monitors(i);

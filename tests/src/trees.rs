@@ -65,26 +65,28 @@ pub fn union(shapes: &[Shape]) -> Shape {
 }
 
 /// Waits until the tree under `secondary` equals the union of the trees under `sets`
-/// (directory mtimes aside), or fails with what differs and the agents' logs.
-pub fn wait_union(
+/// (directories' mtimes compared when `dir_mtimes`), or fails with what differs and
+/// the agents' logs.
+pub fn wait_equal(
     cluster: &Cluster,
     sets: &[&Path],
     secondary: &Path,
+    dir_mtimes: bool,
     within: std::time::Duration,
     what: &str,
 ) {
     let want = || -> Shape {
-        let shapes: Vec<Shape> = sets.iter().map(|s| shape(s, false)).collect();
+        let shapes: Vec<Shape> = sets.iter().map(|s| shape(s, dir_mtimes)).collect();
         union(&shapes)
     };
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
-        if want() == shape(secondary, false) {
+        if want() == shape(secondary, dir_mtimes) {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    report_difference(&want(), &shape(secondary, false));
+    report_difference(&want(), &shape(secondary, dir_mtimes));
     cluster.wait_until(std::time::Duration::ZERO, what, || false);
 }
 

@@ -11,27 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use georep_datapath::noise;
-use georep_tests::trees::{self, Shape, brick_of};
+use georep_tests::trees::{self, brick_of};
 use georep_tests::{Cluster, NodeSpec};
 
 const SECONDARY: &str = "n3::gv1";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn shape(root: &Path) -> Shape {
-    trees::shape(root, true)
-}
-
 fn wait_same(cluster: &Cluster, primary: &Path, secondary: &Path, what: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::time::Instant::now() < deadline {
-        if shape(primary) == shape(secondary) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Say what differs, then fail with the agents' logs.
-    trees::report_difference(&shape(primary), &shape(secondary));
-    cluster.wait_until(Duration::ZERO, what, || false);
+    trees::wait_equal(cluster, &[primary], secondary, true, WAIT, what);
 }
 
 /// The same tree on every brick given (replicas hold the same files).

@@ -126,24 +126,8 @@ fn active_of(cluster: &Cluster, at: usize, bricks: &[PathBuf]) -> Option<serde_j
     })
 }
 
-/// Chunk bytes the workers of nodes `nodes` sent since their monitor started (their
-/// status files, rewritten every second).
-fn bytes_sent(cluster: &Cluster, nodes: &[usize]) -> u64 {
-    nodes
-        .iter()
-        .flat_map(|i| {
-            let root = cluster.nodes[*i].data().sessions_root();
-            fs::read_dir(root).into_iter().flatten().flatten()
-        })
-        .flat_map(|session| fs::read_dir(session.path()).into_iter().flatten().flatten())
-        .filter(|f| f.file_name().to_string_lossy().ends_with(".status"))
-        .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&fs::read(f.path()).ok()?).ok())
-        .filter_map(|v| v["bytes_sent"].as_u64())
-        .sum()
-}
-
 fn wait_union(cluster: &Cluster, sets: &[&Path], secondary: &Path, what: &str) {
-    trees::wait_union(cluster, sets, secondary, WAIT, what);
+    trees::wait_equal(cluster, sets, secondary, false, WAIT, what);
 }
 
 #[test]
@@ -266,7 +250,7 @@ fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
         active_of(&cluster, 2, &set0).is_some() && active_of(&cluster, 2, &set1).is_some()
     });
     std::thread::sleep(Duration::from_secs(3));
-    let after_restart = bytes_sent(&cluster, &live_primaries);
+    let after_restart = cluster.worker_bytes_sent(&live_primaries);
     assert!(
         after_restart < 64 * 1024,
         "{after_restart} bytes sent again after stop/start"
@@ -285,7 +269,7 @@ fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
         secondary.join("set1/after-agent-restart").exists()
     });
     std::thread::sleep(Duration::from_secs(3));
-    let after_agent = bytes_sent(&cluster, &live_primaries);
+    let after_agent = cluster.worker_bytes_sent(&live_primaries);
     assert!(
         after_agent < after_restart + 64 * 1024,
         "{} bytes sent after the agent restart",

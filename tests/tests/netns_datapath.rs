@@ -65,7 +65,7 @@ fn churn(bricks: &[&Path], set: usize, k: usize) {
 }
 
 fn wait_union(cluster: &Cluster, sets: &[&Path], secondary: &Path, what: &str) {
-    trees::wait_union(cluster, sets, secondary, WAIT, what);
+    trees::wait_equal(cluster, sets, secondary, false, WAIT, what);
 }
 
 /// The worker for one of `bricks` that is Active, as node `at` sees it.
