@@ -54,7 +54,7 @@ pub async fn create(g: &Globals, a: &CreateArgs) -> Report {
         },
         force: a.force,
     };
-    apply(g, &a.session, op, a.no_wait, "Creating", &[]).await
+    apply(g, &a.session, op, a.no_wait, "Creating").await
 }
 
 /// `start`, `stop`, `pause`, `resume`.
@@ -66,7 +66,7 @@ pub async fn run_state(g: &Globals, state: RunState, a: &RunStateArgs) -> Report
         RunState::Pause => (SessionOp::Pause { force }, "Pausing"),
         RunState::Resume => (SessionOp::Resume { force }, "Resuming"),
     };
-    apply(g, &a.session, op, a.no_wait, verb, &[]).await
+    apply(g, &a.session, op, a.no_wait, verb).await
 }
 
 /// `delete`.
@@ -75,30 +75,25 @@ pub async fn delete(g: &Globals, a: &DeleteArgs) -> Report {
         force: a.force,
         reset_sync_time: a.reset_sync_time,
     };
-    apply(g, &a.session, op, a.no_wait, "Deleting", &[]).await
+    apply(g, &a.session, op, a.no_wait, "Deleting").await
 }
 
 /// Validates the session, sends `op`, and renders the answer as `verb`ing
-/// the session; `notes` go to stderr whatever the outcome.
+/// the session.
 async fn apply(
     g: &Globals,
     session: &SessionArgs,
     op: SessionOp,
     no_wait: bool,
     verb: &str,
-    notes: &[&str],
 ) -> Report {
-    let mut report = match parse_session(&session.primary, &session.secondary) {
+    match parse_session(&session.primary, &session.secondary) {
         Err(e) => e.report(g.json, None),
         Ok(id) => {
             let doing = format!("{verb} geo-replication session between {}", between(&id));
             send(g, &id, op, no_wait, &doing).await
         }
-    };
-    for note in notes {
-        report.err(note);
     }
-    report
 }
 
 /// Sends `op` on `id` and renders the answer; `doing` is the gluster-style
