@@ -8,6 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
 use georep_tests::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS, TEST_MONITOR, free_port};
 use serde_json::Value;
 
@@ -149,6 +152,26 @@ fn every_node_shows_every_lifecycle_event_once_in_one_order_and_a_returning_node
     let connects = connects_of_n5(0);
     assert_eq!(connects.len(), connects_before + 1, "{connects:?}");
     assert_eq!(connects[connects_before]["origin"], "n1", "{connects:?}");
+
+    // A writer that dies leaves its events with the others, who pass them on: n5 is
+    // frozen while n1 records a create, n1 dies, and n5, thawed, gets it from them.
+    let n5 = Pid::from_raw(cluster.nodes[4].pid().expect("n5 runs") as i32);
+    kill(n5, Signal::SIGSTOP).expect("SIGSTOP n5");
+    cluster.ok(0, &["create", "gv0", SECONDARY, "--no-wait"]);
+    let creates = |cluster: &Cluster, i: usize| {
+        lifecycle_ids(cluster, i)
+            .into_iter()
+            .filter(|(_, _, kind)| kind == "GEOREP_CREATE")
+            .count()
+    };
+    cluster.wait_until(WAIT, "n2 to n4 to hold n1's second create", || {
+        (1..4).all(|i| creates(&cluster, i) == 2)
+    });
+    cluster.kill9(0);
+    kill(n5, Signal::SIGCONT).expect("SIGCONT n5");
+    cluster.wait_until(WAIT, "n5 to get the create of n1, which is down", || {
+        creates(&cluster, 4) == 2
+    });
 }
 
 #[test]

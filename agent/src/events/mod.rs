@@ -11,10 +11,11 @@
 //! HLC stamp, a type and a payload; a node that lost its journal starts a new stream
 //! (a new epoch) instead of reusing seqs. Streams travel over the mesh, not inside
 //! chitchat values: every node gossips, under its `ev` key, the range (floor, high) it
-//! holds of every stream, and pulls what it lacks (newer, or older history below what
-//! it holds) from a live node that has it with [`FrameKind::App`] frames (a `Pull`
-//! answered by a `Batch`). Every node can so serve the merged stream
-//! ([`EventHub::read`]) in (HLC, stream, seq) order from a per-stream cursor.
+//! holds of its own stream, of orphans and of the streams of writers that are down,
+//! and pulls what it lacks (newer, or older history below what it holds) from a live
+//! node that has it with [`FrameKind::App`] frames (a `Pull` answered by a `Batch`).
+//! Every node can so serve the merged stream ([`EventHub::read`]) in (HLC, stream,
+//! seq) order from a per-stream cursor.
 //!
 //! [`FrameKind::App`]: georep_mesh::FrameKind::App
 
@@ -247,10 +248,11 @@ impl EventHub {
         }
     }
 
-    /// One replication step: advertise the ranges of this node's own streams and of
+    /// One replication step: advertise the ranges of this node's own streams, of
     /// the *orphans* it holds (streams their writer no longer advertises: an epoch
-    /// before a lost disk), so that the values gossiped stay O(N) cluster-wide while
-    /// every stream stays findable; then, for every advertised stream, pull what this
+    /// before a lost disk) and of the streams of writers that are down, so that the
+    /// values gossiped stay O(N) cluster-wide while every node is up and every stream
+    /// stays findable; then, for every advertised stream, pull what this
     /// node lacks: from its writer while it is live and holds it, else from a live
     /// node advertising it (each in turn); older history below what is held likewise.
     /// Also applies retention at HLC time `now_ms`.
@@ -342,9 +344,16 @@ impl EventHub {
         // (The current stream even before its first event: so that the others learn
         // the new epoch, and advertise the old one as an orphan this node can fetch.)
         let empty = (1, 0);
+        // A down writer's current stream is advertised by whoever holds it, too: else
+        // the node that delivers it to webhooks meanwhile could not complete its copy.
+        let writer_down = |stream: &str| {
+            parse_stream(stream).is_some_and(|(w, _)| {
+                w != self.node_id && !membership.members.get(w).is_some_and(|m| m.live)
+            })
+        };
         let mut ours: BTreeMap<&String, &(u64, u64)> = mine
             .iter()
-            .filter(|(stream, _)| **stream == self.own || orphan(stream))
+            .filter(|(stream, _)| **stream == self.own || orphan(stream) || writer_down(stream))
             .collect();
         ours.entry(&self.own).or_insert(&empty);
         if let Ok(value) = codec::encode(&ours) {
