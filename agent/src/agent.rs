@@ -42,6 +42,7 @@ use georep_api::types::{
 use georep_store::{StateFile, StoreError};
 
 mod answers;
+mod gluster_side;
 mod hooks;
 mod local_objects;
 mod metrics;
@@ -128,6 +129,8 @@ pub struct Agent {
     last_monitor_states: Mutex<BTreeMap<SessionId, (MonitorState, u32)>>,
     /// The live members last seen (PEER_* events on change).
     last_live: Mutex<Option<BTreeSet<String>>>,
+    /// What this node last did for gluster's gsyncd (volume options, leftovers).
+    gluster_side: Arc<Mutex<gluster_side::GlusterSide>>,
     /// The volumes last seen (VOLUME_* events on change).
     last_volumes: Mutex<Option<BTreeMap<String, crate::events::volumes::VolumeState>>>,
     /// The topology peer and volume events last looked at.
@@ -298,6 +301,7 @@ impl Agent {
             webhooks,
             last_monitor_states: Mutex::new(BTreeMap::new()),
             last_live: Mutex::new(None),
+            gluster_side: Arc::default(),
             last_volumes: Mutex::new(None),
             last_topology: Mutex::new(None),
             data_addrs: tokio::sync::Mutex::new(georep_mesh::OwnedValues::default()),
@@ -554,10 +558,14 @@ impl Agent {
                         &self.config,
                     )
                     .and_then(|plan| serde_json::to_string_pretty(&plan).ok()),
+                    gsyncd: self.config.monitor == crate::config::MonitorProfile::Gsyncd,
                 }
             })
             .collect();
         self.sync_session_dirs(dir_states);
+        if self.caught_up(&membership) {
+            self.gluster_side(&views);
+        }
         let existing: Vec<&SessionView> = views.iter().map(|(view, _)| view).collect();
         self.keys.sync(&self.mesh, &existing, &membership).await;
         let worker_events = self.publish_status(&plans, &reports).await;
@@ -753,7 +761,8 @@ impl Agent {
     }
 }
 
-/// Reads every `<brick>.status` file of a session directory (malformed ones skipped).
+/// Reads every `<brick>.status` file of a session directory, gsyncd's included
+/// (malformed ones skipped).
 fn read_workers(dir: &Path) -> Vec<BrickStatus> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -770,7 +779,11 @@ fn read_workers(dir: &Path) -> Vec<BrickStatus> {
             if bytes.len() > 64 * 1024 {
                 return None;
             }
-            serde_json::from_slice::<BrickStatus>(&bytes).ok()
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            // gsyncd's own (`brick_<path>.status`), or the built-in's and custom ones.
+            crate::gluster::status::read(&name, &bytes)
+                .or_else(|| serde_json::from_slice::<BrickStatus>(&bytes).ok())
         })
         .collect();
     workers.sort_by(|a, b| a.brick.cmp(&b.brick));

@@ -28,6 +28,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     })?;
     // Before anything else touches the data directory or the API socket.
     let _lock = crate::data_dir_lock::DataDirLock::acquire(&config.data_dir)?;
+    let config = crate::gluster::resolve(config).context("cannot use the local glusterd")?;
     for brick in &config.bricks {
         // Not a refusal: the brick may be a mount that comes up later.
         if !brick.path.is_dir() {

@@ -46,6 +46,7 @@ mod data_dir_lock;
 mod datapath;
 mod dbus;
 mod events;
+mod gluster;
 mod host_facts;
 mod inspect;
 mod keys;

@@ -38,6 +38,8 @@ pub struct SessionDirState {
     pub active_local_bricks: Vec<String>,
     /// The built-in monitor's data path plan (`datapath.json`), on primary nodes.
     pub datapath_plan: Option<String>,
+    /// Whether this node runs gluster's gsyncd (`gsyncd.conf` then carries its lines).
+    pub gsyncd: bool,
 }
 
 /// Brings `root` (`<data-dir>/geo-replication`) in line with `sessions`.
@@ -56,7 +58,7 @@ pub fn sync_all(root: &Path, sessions: &[SessionDirState]) -> io::Result<()> {
         fs::create_dir_all(&dir)?;
         write_if_changed(
             &dir.join(CONFIG_FILE),
-            render_config(&session.view, &dir).as_bytes(),
+            render_config(&session.view, &dir, session.gsyncd).as_bytes(),
         )?;
         write_if_changed(
             &dir.join(STATUS_FILE),
@@ -105,9 +107,11 @@ pub fn sync_all(root: &Path, sessions: &[SessionDirState]) -> io::Result<()> {
 const SSH_OPTIONS: &str = "-oPasswordAuthentication=no -oStrictHostKeyChecking=no";
 
 /// The effective configuration as `gsyncd.conf` in `dir` holds it. A push-pem session
-/// names its key files in `ssh-options`/`ssh-options-tar`, as gluster's does, so
-/// gluster's gsyncd uses them unchanged.
-pub fn render_config(view: &SessionView, dir: &Path) -> String {
+/// names its key files in `ssh-options`/`ssh-options-tar` (after the session's own
+/// options, if set), as gluster's does, so gluster's gsyncd uses them unchanged.
+/// `gsyncd`: the gsyncd monitor profile's lines too (its state kept in `dir`). Every
+/// key is written once: gsyncd's parser refuses a file that repeats one.
+pub fn render_config(view: &SessionView, dir: &Path, gsyncd: bool) -> String {
     let mut out = String::from("[vars]\n");
     let incarnation = view
         .incarnation
@@ -121,15 +125,27 @@ pub fn render_config(view: &SessionView, dir: &Path) -> String {
     ] {
         push_line(&mut out, key, &value);
     }
-    for (key, value, _default, _set) in view.effective_config() {
+    let pem_keys = [
+        ("ssh-options", crate::keys::SECRET_PEM),
+        ("ssh-options-tar", crate::keys::TAR_PEM),
+    ];
+    let mut remote_gsyncd_set = false;
+    for (key, value, _default, set) in view.effective_config() {
+        if view.options.push_pem && pem_keys.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        remote_gsyncd_set |= key == "remote-gsyncd" && set;
         push_line(&mut out, key, &value);
     }
     if view.options.push_pem {
-        for (key, file) in [
-            ("ssh-options", crate::keys::SECRET_PEM),
-            ("ssh-options-tar", crate::keys::TAR_PEM),
-        ] {
-            let value = format!("{SSH_OPTIONS} -i {}", dir.join(file).display());
+        for (key, file) in pem_keys {
+            let options = view.config.get(key).map_or(SSH_OPTIONS, String::as_str);
+            let value = format!("{options} -i {}", dir.join(file).display());
+            push_line(&mut out, key, &value);
+        }
+    }
+    if gsyncd {
+        for (key, value) in crate::gluster::config_lines(dir, remote_gsyncd_set) {
             push_line(&mut out, key, &value);
         }
     }
@@ -203,6 +219,7 @@ mod tests {
             monitor_status: status.into(),
             active_local_bricks: active.iter().map(ToString::to_string).collect(),
             datapath_plan: Some("{}".into()),
+            gsyncd: false,
         }
     }
 
@@ -294,6 +311,7 @@ mod tests {
             monitor_status: "Stopped".into(),
             active_local_bricks: vec![],
             datapath_plan: None,
+            gsyncd: false,
         };
         sync_all(root.path(), &[state("gv0", "Started", &[]), deleted]).unwrap();
         assert!(root.path().join("gv0_geo@n4_sv").join(CONFIG_FILE).exists());
@@ -313,7 +331,7 @@ mod tests {
         let mut v = view("gv0", true);
         v.config
             .insert("log-level".into(), "INFO\nsync-jobs = 99".into());
-        let conf = render_config(&v, Path::new("/d"));
+        let conf = render_config(&v, Path::new("/d"), false);
         assert!(conf.contains("log-level = INFO sync-jobs = 99\n"), "{conf}");
         assert!(!conf.contains("\nsync-jobs = 99"), "{conf}");
     }
@@ -322,13 +340,44 @@ mod tests {
     fn push_pem_sessions_name_their_key_files_as_gluster_does() {
         let mut v = view("gv0", true);
         let dir = Path::new("/var/lib/georep/geo-replication/gv0_geo@n4_sv");
-        assert!(!render_config(&v, dir).contains("ssh-options"));
+        assert!(!render_config(&v, dir, false).contains("ssh-options"));
         v.options.push_pem = true;
-        let conf = render_config(&v, dir);
+        let conf = render_config(&v, dir, false);
         assert!(
             conf.contains("ssh-options = -oPasswordAuthentication=no -oStrictHostKeyChecking=no -i /var/lib/georep/geo-replication/gv0_geo@n4_sv/secret.pem\n"),
             "{conf}"
         );
         assert!(conf.contains("ssh-options-tar = -oPasswordAuthentication=no -oStrictHostKeyChecking=no -i /var/lib/georep/geo-replication/gv0_geo@n4_sv/tar_ssh.pem\n"), "{conf}");
+        // The session's own options come first, and the key is written once.
+        v.config.insert("ssh-options".into(), "-p 2222".into());
+        let conf = render_config(&v, dir, false);
+        assert!(
+            conf.contains("ssh-options = -p 2222 -i /var/lib/georep/geo-replication/gv0_geo@n4_sv/secret.pem\n"),
+            "{conf}"
+        );
+        assert_eq!(conf.matches("ssh-options =").count(), 1, "{conf}");
+    }
+
+    #[test]
+    fn the_gsyncd_profile_keeps_gsyncds_state_in_the_session_directory() {
+        let mut v = view("gv0", true);
+        let dir = Path::new("/d/gv0_n4_sv");
+        assert!(!render_config(&v, dir, false).contains("pid-file"));
+        let conf = render_config(&v, dir, true);
+        for line in [
+            "georep-session-working-dir = /d/gv0_n4_sv/\n",
+            "state-file = /d/gv0_n4_sv/gsyncd-monitor.state\n",
+            "pid-file = /d/gv0_n4_sv/gsyncd.pid\n",
+            "remote-gsyncd = /usr/lib/x86_64-linux-gnu/glusterfs/gsyncd\n",
+        ] {
+            assert!(conf.contains(line), "{line} in {conf}");
+        }
+        v.config
+            .insert("remote-gsyncd".into(), "/opt/gsyncd".into());
+        v.config.insert("sync-method".into(), "tarssh".into());
+        let conf = render_config(&v, dir, true);
+        assert!(conf.contains("remote-gsyncd = /opt/gsyncd\n"), "{conf}");
+        assert_eq!(conf.matches("remote-gsyncd").count(), 1, "{conf}");
+        assert!(conf.contains("sync-method = tarssh\n"), "{conf}");
     }
 }

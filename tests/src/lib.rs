@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod gluster;
 pub mod loopback_ns;
 pub mod receiver;
 pub mod sites;

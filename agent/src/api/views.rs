@@ -193,8 +193,15 @@ pub fn config(
         ),
         None => None,
     };
-    let keys = view
-        .effective_config()
+    let mut keys = view.effective_config();
+    // One of gsyncd's options asked for by name is shown even while unset.
+    if let Some(name) = wanted
+        && !keys.iter().any(|(n, ..)| *n == name)
+        && let Ok(key) = georep_mesh::session_config::lookup(name)
+    {
+        keys.push((key.name, key.default.to_string(), key.default, false));
+    }
+    let keys = keys
         .into_iter()
         .filter(|(name, ..)| wanted.is_none_or(|w| w == *name))
         .map(|(name, value, default, set)| ConfigRow {

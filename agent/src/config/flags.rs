@@ -47,6 +47,20 @@ pub struct AgentArgs {
     /// would, no shell runs; default: the built-in monitor).
     #[arg(long, value_name = "CMD ARGS...")]
     pub monitor_command: Option<String>,
+    /// Which monitor runs sessions: `builtin` (the data path over the mesh) or
+    /// `gsyncd` (gluster's own, on real Gluster volumes; needs glusterd on this node)
+    /// [default: builtin].
+    #[arg(
+        long,
+        value_name = "PROFILE",
+        value_enum,
+        conflicts_with = "monitor_command"
+    )]
+    pub monitor: Option<super::MonitorProfile>,
+    /// Take this node's bricks from the local glusterd (`gluster volume info`)
+    /// instead of --brick.
+    #[arg(long, conflicts_with = "bricks")]
+    pub bricks_from_glusterd: bool,
     /// Serve Prometheus metrics over HTTP at ADDR:PORT/metrics (off by default; e.g.
     /// 127.0.0.1:9740).
     #[arg(long, value_name = "ADDR:PORT")]

@@ -28,6 +28,8 @@ pub(super) struct FileConfig {
     pub(super) tls_key: Option<PathBuf>,
     pub(super) gossip_interval_ms: Option<Spanned<u64>>,
     pub(super) monitor_command: Option<Spanned<String>>,
+    pub(super) monitor: Option<Spanned<super::MonitorProfile>>,
+    pub(super) bricks_from_glusterd: Option<Spanned<bool>>,
     pub(super) authorized_keys: Option<PathBuf>,
     pub(super) ssh_gsyncd_command: Option<Spanned<String>>,
     pub(super) ssh_tar_command: Option<Spanned<String>>,
@@ -378,7 +380,7 @@ pub(super) fn resolve(
             return Err(report.invalid(&b.origin, "the same volume and path are listed twice"));
         }
     }
-    let bricks = bricks.into_iter().map(|b| b.value).collect();
+    let bricks: Vec<BrickSpec> = bricks.into_iter().map(|b| b.value).collect();
 
     let tls_dir = data_dir.join("tls");
     let tls_ca = args
@@ -429,6 +431,39 @@ pub(super) fn resolve(
         ),
         None => None,
     };
+
+    let profile = match (args.monitor, file.monitor) {
+        (Some(p), _) => Some(from_flag(p, "monitor", format!("{p:?}").to_lowercase())),
+        (None, Some(s)) => Some(from_file(s, "monitor")),
+        (None, None) => None,
+    };
+    if let (Some(profile), Some(command)) = (&profile, &monitor_command)
+        && !profile.value.is_builtin()
+    {
+        return Err(report.invalid(
+            &profile.origin,
+            format!(
+                "a monitor profile and a monitor command (`{}`) exclude each other: give one",
+                command.template()
+            ),
+        ));
+    }
+    let monitor = profile.map(|p| p.value).unwrap_or_default();
+    let from_glusterd = if args.bricks_from_glusterd {
+        Some(from_flag(true, "bricks-from-glusterd", "true"))
+    } else {
+        file.bricks_from_glusterd
+            .map(|s| from_file(s, "bricks_from_glusterd"))
+    };
+    let bricks_from_glusterd = from_glusterd.as_ref().is_some_and(|f| f.value);
+    if let Some(f) = from_glusterd.as_ref().filter(|f| f.value)
+        && !bricks.is_empty()
+    {
+        return Err(report.invalid(
+            &f.origin,
+            "bricks from glusterd and listed bricks exclude each other: give one",
+        ));
+    }
 
     let authorized_keys = args.authorized_keys.clone().or(file.authorized_keys);
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
@@ -568,6 +603,8 @@ pub(super) fn resolve(
         tls_key,
         gossip_interval_ms,
         monitor_command,
+        monitor,
+        bricks_from_glusterd,
         authorized_keys,
         metrics_listen,
         data_listen,
@@ -705,6 +742,8 @@ impl AgentConfig {
             tls_key: data_dir.join("tls").join(format!("{node_id}.key")),
             gossip_interval_ms: DEFAULT_GOSSIP_INTERVAL_MS,
             monitor_command: None,
+            monitor: MonitorProfile::Builtin,
+            bricks_from_glusterd: false,
             authorized_keys: None,
             metrics_listen: None,
             data_listen: None,

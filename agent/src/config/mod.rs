@@ -108,9 +108,15 @@ pub struct AgentConfig {
     pub tls_key: PathBuf,
     /// Gossip period in milliseconds.
     pub gossip_interval_ms: u64,
-    /// Monitor command template, parsed; `None` runs the built-in monitor.
+    /// Monitor command template, parsed; `None` runs the monitor of `monitor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor_command: Option<MonitorCommand>,
+    /// Which monitor runs this node's sessions when no `monitor_command` is given.
+    #[serde(default, skip_serializing_if = "MonitorProfile::is_builtin")]
+    pub monitor: MonitorProfile,
+    /// Whether this node's bricks are the local glusterd's (instead of `brick`s).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bricks_from_glusterd: bool,
     /// authorized_keys file whose managed blocks this node maintains (`%h`, `%u`
     /// expanded per secondary user; default `%h/.ssh/authorized_keys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +230,24 @@ fn age_from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error
     flags::parse_age_text(&text)
         .map(|age| age.as_millis() as u64)
         .map_err(serde::de::Error::custom)
+}
+
+/// Which monitor runs sessions (`--monitor`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorProfile {
+    /// `georepd monitor`: the built-in data path over the mesh.
+    #[default]
+    Builtin,
+    /// gluster's own gsyncd (`monitor` in the foreground) on real Gluster volumes.
+    Gsyncd,
+}
+
+impl MonitorProfile {
+    /// Whether this is the default.
+    pub fn is_builtin(&self) -> bool {
+        *self == MonitorProfile::Builtin
+    }
 }
 
 /// Which D-Bus bus `--dbus` exports on.

@@ -94,7 +94,7 @@ impl SyncProgress {
 }
 
 /// `2026-12-03 10:00:00`, as gsyncd shows times (UTC).
-fn format_time(unix_s: u64) -> String {
+pub fn format_time(unix_s: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix_s))
         .to_string()
         .replace('T', " ")

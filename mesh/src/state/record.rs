@@ -300,10 +300,15 @@ pub struct SessionView {
 }
 
 impl SessionView {
-    /// The effective value of every known key: (name, value, default, whether set).
+    /// The effective value of every key of ours, and of gsyncd's that are set:
+    /// (name, value, default, whether set).
     pub fn effective_config(&self) -> Vec<(&'static str, String, &'static str, bool)> {
+        let gsyncd_set = session_config::GSYNCD_KEYS
+            .iter()
+            .filter(|key| self.config.contains_key(key.name));
         session_config::CONFIG_KEYS
             .iter()
+            .chain(gsyncd_set)
             .map(|key| match self.config.get(key.name) {
                 Some(value) => (key.name, value.clone(), key.default, true),
                 None => (key.name, key.default.to_string(), key.default, false),

@@ -1,0 +1,98 @@
+//! What a node does for gluster's gsyncd beside running it: the volume options on a
+//! primary volume before gsyncd starts (glusterd set them at geo-replication start),
+//! and ending gsyncd's secondary-side processes on a secondary node when the session
+//! stops or is deleted (glusterd's stop did so on every node).
+
+use super::*;
+use crate::config::MonitorProfile;
+use crate::gluster::{leftovers, volumes};
+
+/// How long a failed `gluster volume set` waits before it is tried again.
+const PREPARE_RETRY: Duration = Duration::from_secs(30);
+
+/// Per session, what this node last did for gsyncd.
+#[derive(Debug, Default)]
+pub(super) struct GlusterSide {
+    /// Primary volumes prepared, per session incarnation (or the time of a failure).
+    prepared: BTreeMap<(SessionId, Option<Hlc>), Option<Instant>>,
+    /// Whether each session was last seen running (secondary nodes).
+    running: BTreeMap<SessionId, bool>,
+}
+
+impl Agent {
+    /// One pass over the existing sessions' views (see the module doc).
+    pub(super) fn gluster_side(&self, views: &[(SessionView, Option<Hlc>)]) {
+        let Ok(mut side) = self.gluster_side.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if self.config.monitor == MonitorProfile::Gsyncd {
+            for (view, _) in views {
+                let volume = &view.id.primary_volume;
+                if !view.desired.is_running() || self.local_bricks(volume).is_empty() {
+                    continue;
+                }
+                let key = (view.id.clone(), view.incarnation.clone());
+                let due = match side.prepared.get(&key) {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(failed_at)) => now.duration_since(*failed_at) >= PREPARE_RETRY,
+                };
+                if !due {
+                    continue;
+                }
+                side.prepared.insert(key.clone(), None);
+                let volume = volume.clone();
+                let agent = self.gluster_side_handle();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(error) = volumes::prepare_primary(&volume) {
+                        tracing::warn!(%error, volume, "cannot set geo-replication's volume options; gsyncd's workers fail until they are set");
+                        if let Some(side) = agent.upgrade()
+                            && let Ok(mut side) = side.lock()
+                        {
+                            side.prepared.insert(key, Some(Instant::now()));
+                        }
+                    }
+                });
+            }
+        }
+        // Secondary side: sessions of a volume this node hosts.
+        let hosted = |id: &SessionId| {
+            self.config
+                .bricks
+                .iter()
+                .any(|b| b.volume == id.secondary_volume)
+        };
+        let mut now_running: BTreeMap<SessionId, bool> = views
+            .iter()
+            .filter(|(view, _)| hosted(&view.id))
+            .map(|(view, _)| (view.id.clone(), view.desired.is_running()))
+            .collect();
+        // Deleted ones count as not running.
+        for id in side.running.keys() {
+            now_running.entry(id.clone()).or_insert(false);
+        }
+        for (id, running) in &now_running {
+            // Running before, or unknown (this agent just started) and Stopped: end
+            // what may be left (a Created session never ran).
+            let stopped = views
+                .iter()
+                .any(|(v, _)| v.id == *id && v.desired == DesiredState::Stopped);
+            let was = side.running.get(id).copied().unwrap_or(stopped);
+            if was && !running {
+                let (primary, secondary) = (id.primary_volume.clone(), id.secondary_volume.clone());
+                tokio::task::spawn_blocking(move || leftovers::end(&primary, &secondary));
+            }
+        }
+        side.running = now_running
+            .into_iter()
+            .filter(|(id, _)| views.iter().any(|(v, _)| v.id == *id))
+            .collect();
+        side.prepared
+            .retain(|(id, _), _| views.iter().any(|(v, _)| v.id == *id));
+    }
+
+    fn gluster_side_handle(&self) -> std::sync::Weak<Mutex<GlusterSide>> {
+        Arc::downgrade(&self.gluster_side)
+    }
+}

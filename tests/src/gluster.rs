@@ -1,0 +1,334 @@
+//! Real Gluster hosts for tests: one glusterd per host of a [`Sites`] network, each in
+//! its host's network namespace and a mount namespace of its own.
+//!
+//! A host's mount namespace is held by an anchor process (`unshare -m` in the host's
+//! network namespace, then `sleep`); every process of the host (glusterd, the bricks,
+//! FUSE mounts, sshd, `georepd`, gsyncd) runs through `nsenter -t ANCHOR -m -n`. Bound
+//! over the machine's paths inside it, from the test's directory: `/var/lib/glusterd`,
+//! `/var/log/glusterfs`, `/run` (glusterd's sockets, sshd's privilege separation),
+//! `/var/lib/misc` (gsyncd's working files), `/root` (ssh's known_hosts) and
+//! `/etc/hosts` (the test's host names: gsyncd reaches a secondary by its node id).
+//! Nothing of a host is visible outside it, and nothing outlives the test: dropping a
+//! host lazily unmounts its FUSE mounts, kills its anchor and removes the directories
+//! gsyncd made in the shared `/tmp` since (a killed gsyncd leaves them); dropping the
+//! [`Sites`] kills every process left in the namespaces.
+//!
+//! Needs root, util-linux, iproute2, and Debian's `glusterfs-server`,
+//! `glusterfs-client` and `openssh-server` (`.ci/run` installs them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sites::Sites;
+
+/// The paths each host gets its own copy of (see the module doc).
+const PRIVATE: [&str; 5] = [
+    "/var/lib/glusterd",
+    "/var/log/glusterfs",
+    "/run",
+    "/var/lib/misc",
+    "/root",
+];
+
+/// One Gluster host: a mount namespace inside a [`Sites`] host.
+pub struct GlusterHost {
+    /// The [`Sites`] host name (`a1`, `b1`...), also its node id and host name.
+    pub name: String,
+    /// Its address.
+    pub ip: std::net::Ipv4Addr,
+    netns: String,
+    /// Its files (bound paths, bricks, mounts) under the test's directory.
+    pub dir: PathBuf,
+    anchor: Child,
+    glusterd: Option<Child>,
+    mounts: Vec<PathBuf>,
+    started: std::time::SystemTime,
+}
+
+impl GlusterHost {
+    /// Makes host `name` of `sites` a Gluster host with its files in `dir`/`name`, and
+    /// starts its glusterd. `hosts` is the `/etc/hosts` every host gets.
+    pub fn start(sites: &Sites, name: &str, dir: &Path, hosts: &str) -> GlusterHost {
+        let host = sites.host(name);
+        let dir = dir.join(name);
+        let mut script = String::from("set -e\n");
+        for path in PRIVATE {
+            let own = dir.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(&own).expect("make a host directory");
+            script.push_str(&format!("mount --bind '{}' '{path}'\n", own.display()));
+        }
+        let hosts_file = dir.join("hosts");
+        std::fs::write(&hosts_file, hosts).expect("write the hosts file");
+        script.push_str(&format!(
+            "mount --bind '{}' /etc/hosts\nmkdir -p /run/sshd /run/gluster\nexec sleep 100000\n",
+            hosts_file.display()
+        ));
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &host.netns]).args([
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let anchor = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the mount namespace anchor");
+        let mut this = GlusterHost {
+            name: name.to_string(),
+            ip: host.ip,
+            netns: host.netns.clone(),
+            dir,
+            anchor,
+            glusterd: None,
+            mounts: Vec::new(),
+            started: std::time::SystemTime::now(),
+        };
+        // The anchor is ready once its mounts are in place (it then sleeps).
+        this.wait_for("the host's private mounts", Duration::from_secs(10), |h| {
+            h.sh("test -d /run/sshd && grep -q ' /var/lib/glusterd ' /proc/self/mounts")
+                .status
+                .success()
+        });
+        let glusterd = this.launcher();
+        let log = std::fs::File::create(this.dir.join("glusterd.out")).expect("glusterd log");
+        this.glusterd = Some(
+            Command::new(&glusterd[0])
+                .args(&glusterd[1..])
+                .args(["glusterd", "-N"])
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start glusterd"),
+        );
+        this.wait_for("glusterd to answer", Duration::from_secs(30), |h| {
+            h.run(&["gluster", "--mode=script", "volume", "list"])
+                .status
+                .success()
+        });
+        this
+    }
+
+    /// `nsenter -t ANCHOR -m -n`: runs what follows in this host.
+    pub fn launcher(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.anchor.id().to_string(), "-m", "-n"]
+            .iter()
+            .map(|w| w.to_string())
+            .collect()
+    }
+
+    /// Runs `argv` in this host.
+    pub fn run(&self, argv: &[&str]) -> Output {
+        let launcher = self.launcher();
+        Command::new(&launcher[0])
+            .args(&launcher[1..])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// Runs a shell `script` in this host.
+    pub fn sh(&self, script: &str) -> Output {
+        self.run(&["sh", "-c", script])
+    }
+
+    /// Runs `argv` in this host and panics, with its output, unless it succeeds.
+    pub fn must(&self, argv: &[&str]) -> String {
+        let out = self.run(argv);
+        assert!(
+            out.status.success(),
+            "{}: `{}` failed ({}): {}{}",
+            self.name,
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `path` as this host sees it (through its anchor's root: mounts made inside the
+    /// host, like its FUSE mounts, are visible there).
+    pub fn path(&self, path: &Path) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.anchor.id()))
+            .join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    /// `gluster --mode=script ARGS`, which must succeed.
+    pub fn gluster(&self, args: &[&str]) -> String {
+        let mut argv = vec!["gluster", "--mode=script"];
+        argv.extend_from_slice(args);
+        self.must(&argv)
+    }
+
+    /// Creates and starts volume `volume` of `bricks` brick directories on this host
+    /// (`replica 2` when two), and returns the brick paths.
+    pub fn create_volume(
+        &self,
+        volume: &str,
+        bricks: usize,
+        options: &[(&str, &str)],
+    ) -> Vec<PathBuf> {
+        let paths: Vec<PathBuf> = (1..=bricks)
+            .map(|k| self.dir.join("bricks").join(format!("{volume}-{k}")))
+            .collect();
+        let mut args = vec![
+            "volume".to_string(),
+            "create".to_string(),
+            volume.to_string(),
+        ];
+        if bricks == 2 {
+            args.extend(["replica".to_string(), "2".to_string()]);
+        }
+        for path in &paths {
+            std::fs::create_dir_all(path).expect("make a brick directory");
+            args.push(format!("{}:{}", self.ip, path.display()));
+        }
+        args.push("force".to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.gluster(&args);
+        for (key, value) in options {
+            self.gluster(&["volume", "set", volume, key, value]);
+        }
+        self.gluster(&["volume", "start", volume]);
+        paths
+    }
+
+    /// FUSE-mounts `volume` of this host's glusterd at `dir`/mnt-`volume` and returns it.
+    pub fn mount(&mut self, volume: &str) -> PathBuf {
+        let at = self.dir.join(format!("mnt-{volume}"));
+        std::fs::create_dir_all(&at).expect("make a mount point");
+        let source = format!("{}:/{volume}", self.ip);
+        self.must(&[
+            "mount",
+            "-t",
+            "glusterfs",
+            &source,
+            &at.display().to_string(),
+        ]);
+        self.mounts.push(at.clone());
+        at
+    }
+
+    /// glusterd's UUID for this host.
+    pub fn uuid(&self) -> String {
+        let info = self.must(&["cat", "/var/lib/glusterd/glusterd.info"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("UUID="))
+            .expect("UUID= in glusterd.info")
+            .to_string()
+    }
+
+    /// Starts sshd on port 22 of this host, accepting root's keys from
+    /// `authorized_keys`; returns its log file.
+    pub fn start_sshd(&self, authorized_keys: &Path) -> PathBuf {
+        let dir = self.dir.join("sshd");
+        std::fs::create_dir_all(&dir).expect("sshd dir");
+        let key = dir.join("host_ed25519");
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .output()
+            .expect("ssh-keygen");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port 22\nListenAddress {}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+                 LogLevel VERBOSE\n",
+                self.ip,
+                key.display(),
+                authorized_keys.display(),
+                dir.join("sshd.pid").display()
+            ),
+        )
+        .expect("sshd_config");
+        let log = dir.join("sshd.log");
+        self.must(&[
+            "/usr/sbin/sshd",
+            "-f",
+            &config.display().to_string(),
+            "-E",
+            &log.display().to_string(),
+        ]);
+        log
+    }
+
+    /// Pids of this host's processes whose command line contains `needle`.
+    pub fn processes(&self, needle: &str) -> Vec<u32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                    String::from_utf8_lossy(&raw)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+            })
+            .collect()
+    }
+
+    fn wait_for(&mut self, what: &str, within: Duration, mut ready: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !ready(self) {
+            if let Ok(Some(status)) = self.anchor.try_wait() {
+                panic!(
+                    "{}: the mount namespace anchor exited ({status}) before {what}",
+                    self.name
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out after {within:?} waiting for {what}; glusterd's output: {}",
+                self.name,
+                std::fs::read_to_string(self.dir.join("glusterd.out")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for GlusterHost {
+    fn drop(&mut self) {
+        for at in &self.mounts {
+            let _ = self.run(&["umount", "-l", &at.display().to_string()]);
+        }
+        for child in self.glusterd.iter_mut().chain([&mut self.anchor]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // gsyncd's ssh control and aux-mount directories in the shared /tmp: removed on
+        // a clean exit, left by a gsyncd killed -9 (a failed run's cleanup).
+        if let Ok(entries) = std::fs::read_dir("/tmp") {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let ours = name.to_string_lossy().starts_with("gsyncd-aux-")
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t >= self.started);
+                if ours {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}

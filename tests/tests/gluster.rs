@@ -1,0 +1,235 @@
+//! Real Gluster: `georepd` manages geo-replication of real GlusterFS volumes with
+//! gluster's own gsyncd, and no `gluster volume geo-replication` command anywhere.
+//!
+//! Two Gluster clusters of one node each, every host in its own network and mount
+//! namespace ([`georep_tests::gluster`]): primary `a1` (volume `pv`) and secondary
+//! `b1` (volume `sv`, and the sshd gsyncd logs in to). One `georepd` per host, its
+//! bricks taken from glusterd, `a1`'s running sessions with `--monitor gsyncd`. Then,
+//! through `georep` only: create with push-pem, `sync-method tarssh`, start; files
+//! written into the primary's FUSE mount appear in the secondary's; status shows the
+//! worker Active with its crawl and LAST_SYNCED; pause freezes gsyncd and nothing more
+//! arrives; resume continues; the agent killed -9 leaves gsyncd syncing and, restarted,
+//! adopts it; stop leaves no gsyncd on either side; delete removes the session
+//! directories and the authorized_keys block.
+//!
+//! Runs as root; fails (never skips) when Gluster is not installed (`.ci/run`
+//! installs it) or namespaces cannot be created.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use georep_tests::gluster::GlusterHost;
+use georep_tests::sites::{GOSSIP_PORT, Site, Sites};
+use georep_tests::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS};
+
+const WAIT: Duration = Duration::from_secs(90);
+const SECONDARY: &str = "b1::sv";
+const SESSION_DIR: &str = "pv_b1_sv";
+const GSYNCD: &str = "/usr/lib/x86_64-linux-gnu/glusterfs/gsyncd";
+
+/// Polls `check` every 200 ms until true; panics with `what` and the agents' logs.
+fn wait(cluster: &Cluster, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}\n{}",
+            cluster.logs_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The session's worker rows as node `i` shows them.
+fn workers(cluster: &Cluster, i: usize) -> Vec<serde_json::Value> {
+    let status = cluster.json(i, &["status", "pv", SECONDARY]);
+    status["sessions"][0]["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+#[test]
+fn georepd_runs_glusters_gsyncd_on_real_volumes_from_create_to_delete() {
+    for tool in ["/usr/sbin/glusterd", "/usr/sbin/gluster", GSYNCD] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: install glusterfs-server and glusterfs-client (.ci/run does)"
+        );
+    }
+    let sites = Sites::create_hosts(&[
+        ("a1".to_string(), Site::A, "10.213.0.11".parse().unwrap()),
+        ("b1".to_string(), Site::B, "10.213.0.21".parse().unwrap()),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = "127.0.0.1 localhost\n10.213.0.11 a1\n10.213.0.21 b1\n";
+    let mut a1 = GlusterHost::start(&sites, "a1", dir.path(), hosts);
+    let mut b1 = GlusterHost::start(&sites, "b1", dir.path(), hosts);
+    let pv_bricks = a1.create_volume("pv", 1, &[("changelog.rollover-time", "1")]);
+    b1.create_volume("sv", 1, &[]);
+    let specs = [
+        NodeSpec::new("a1", &[]).with_args(&["--monitor", "gsyncd", "--bricks-from-glusterd"]),
+        NodeSpec::new("b1", &[]).with_args(&["--bricks-from-glusterd"]),
+    ];
+    let placements = [&a1, &b1]
+        .iter()
+        .map(|h| Placement {
+            addr: std::net::SocketAddr::new(h.ip.into(), GOSSIP_PORT),
+            launcher: h.launcher(),
+            extra_args: Vec::new(),
+        })
+        .collect();
+    let mut cluster = Cluster::start_placed(&specs, None, TEST_GOSSIP_MS, placements);
+    cluster.wait_live(0, 2, WAIT);
+    let authorized_keys = cluster.authorized_keys(1);
+    b1.start_sshd(&authorized_keys);
+
+    // Each node's bricks are glusterd's.
+    let nodes = cluster.json(1, &["nodes"]);
+    let text = nodes.to_string();
+    assert!(
+        text.contains(&pv_bricks[0].display().to_string()) && text.contains("\"sv\""),
+        "{nodes:#}"
+    );
+
+    cluster.ok(0, &["create", "pv", SECONDARY, "--push-pem"]);
+    cluster.ok(0, &["config", "pv", SECONDARY, "sync-method", "tarssh"]);
+    cluster.ok(0, &["config", "pv", SECONDARY, "change-interval", "1"]);
+    let conf = std::fs::read_to_string(
+        cluster.nodes[0]
+            .data()
+            .sessions_root()
+            .join(SESSION_DIR)
+            .join("gsyncd.conf"),
+    )
+    .unwrap();
+    assert!(conf.contains("sync-method = tarssh\n"), "{conf}");
+    wait(&cluster, "the keys installed on b1", || {
+        std::fs::read_to_string(&authorized_keys).is_ok_and(|k| k.contains("gsyncd"))
+    });
+    cluster.ok(1, &["start", "pv", SECONDARY]);
+
+    let pv = a1.mount("pv");
+    let sv = b1.mount("sv");
+    let on_a1 = |p: &Path| a1.path(p);
+    let on_b1 = |p: &Path| b1.path(p);
+    std::fs::create_dir_all(on_a1(&pv.join("d1/d2"))).unwrap();
+    std::fs::write(on_a1(&pv.join("d1/d2/small")), b"hello gsyncd\n").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(on_a1(&pv.join("big")), &big).unwrap();
+    let started = Instant::now();
+    wait(&cluster, "the files in the secondary mount", || {
+        read(&on_b1(&sv.join("d1/d2/small"))).as_deref() == Some(b"hello gsyncd\n")
+            && read(&on_b1(&sv.join("big"))).as_deref() == Some(&big[..])
+    });
+    eprintln!("first files synced {:?} after start", started.elapsed());
+
+    // status: gsyncd's worker, Active, with a crawl and a sync time, on both nodes.
+    for i in 0..2 {
+        wait(&cluster, "status to show the Active gsyncd worker", || {
+            workers(&cluster, i).iter().any(|w| {
+                w["status"] == "Active"
+                    && w["brick"] == pv_bricks[0].display().to_string()
+                    && w["crawl_status"]
+                        .as_str()
+                        .is_some_and(|c| c.ends_with("Crawl"))
+                    && w["last_synced"].is_string()
+            })
+        });
+    }
+
+    // pause freezes gsyncd's whole process group: nothing more arrives.
+    let monitors = || a1.processes("gsyncd.py monitor pv");
+    assert_eq!(monitors().len(), 1, "one gsyncd monitor");
+    cluster.ok(0, &["pause", "pv", SECONDARY]);
+    let frozen = a1.processes("gsyncd.py");
+    assert!(frozen.len() >= 2, "monitor and worker: {frozen:?}");
+    for pid in &frozen {
+        assert_eq!(georep_tests::process_state(*pid), Some('T'), "pid {pid}");
+    }
+    std::fs::write(on_a1(&pv.join("while-paused")), b"later\n").unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        !on_b1(&sv.join("while-paused")).exists(),
+        "synced while paused"
+    );
+    cluster.ok(0, &["resume", "pv", SECONDARY]);
+    wait(&cluster, "the file written while paused", || {
+        read(&on_b1(&sv.join("while-paused"))).as_deref() == Some(b"later\n")
+    });
+
+    // The agent killed -9: gsyncd goes on; the restarted agent adopts it.
+    let before = monitors();
+    cluster.kill9(0);
+    std::fs::write(on_a1(&pv.join("agent-down")), b"still syncing\n").unwrap();
+    wait(&cluster, "gsyncd to sync without its agent", || {
+        read(&on_b1(&sv.join("agent-down"))).as_deref() == Some(b"still syncing\n")
+    });
+    cluster.restart(0);
+    cluster.wait_live(0, 2, WAIT);
+    wait(&cluster, "the restarted agent to report the worker", || {
+        workers(&cluster, 0).iter().any(|w| w["status"] == "Active")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        monitors(),
+        before,
+        "adopted: the same gsyncd, no second one"
+    );
+
+    // stop: no gsyncd on either side.
+    cluster.ok(1, &["stop", "pv", SECONDARY]);
+    let left = || {
+        // gsyncd itself, and the aux-gfid mounts of its workers.
+        let mut left = Vec::new();
+        for host in [&a1, &b1] {
+            left.extend(host.processes("gsyncd.py"));
+            left.extend(host.processes("gsyncd-aux"));
+        }
+        left.iter()
+            .map(|pid| {
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!(
+                    "{pid}: {}",
+                    String::from_utf8_lossy(&raw).replace('\0', " ")
+                )
+            })
+            .collect::<Vec<String>>()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !left().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "gsyncd processes left after stop: {:#?}\n{}",
+            left(),
+            cluster.logs_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // delete: the session directories and the keys go.
+    cluster.ok(0, &["delete", "pv", SECONDARY]);
+    wait(
+        &cluster,
+        "the session directories and the key block gone",
+        || {
+            (0..2).all(|i| {
+                !cluster.nodes[i]
+                    .data()
+                    .sessions_root()
+                    .join(SESSION_DIR)
+                    .exists()
+            }) && !std::fs::read_to_string(&authorized_keys)
+                .unwrap_or_default()
+                .contains("gsyncd")
+        },
+    );
+    drop(cluster);
+    drop(a1);
+    drop(b1);
+    drop(sites);
+}
