@@ -281,6 +281,30 @@ pub struct ExistsResponse {
     pub message: String,
 }
 
+/// Body of `POST /v1/gluster-hook`: glusterd is about to run `op` on `volume` (what
+/// the pre-hook script passes on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlusterHookRequest {
+    /// glusterd's hook directory name: `stop`, `remove-brick` or `delete`.
+    pub op: String,
+    /// The volume (`--volname=` of the hook's arguments).
+    pub volume: String,
+}
+
+/// Response of `POST /v1/gluster-hook`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlusterHookResponse {
+    /// Always true (errors use [`ErrorBody`]).
+    pub ok: bool,
+    /// Whether a geo-replication session stands in the way (running, for `stop` and
+    /// `remove-brick`; existing, for `delete`), as gluster would have refused.
+    pub conflict: bool,
+    /// The sessions of the volume.
+    pub sessions: Vec<String>,
+    /// One sentence for the operator.
+    pub message: String,
+}
+
 /// Body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

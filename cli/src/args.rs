@@ -187,6 +187,12 @@ pub enum Command {
     Exists(ExistsArgs),
     /// Exit 0 if such a session is Started or Paused, else 1.
     Running(ExistsArgs),
+    /// Run by glusterd's pre-hooks (stop, remove-brick, delete): exit 1 and say so when
+    /// a geo-replication session of the volume stands in the way (glusterd 10.3 goes
+    /// ahead anyway; the agent records a GLUSTER_OP_WITH_GEOREP event); exit 0 otherwise,
+    /// also when no agent answers.
+    #[command(name = "gluster-hook")]
+    GlusterHook(GlusterHookArgs),
     /// Show cluster membership.
     Nodes,
     /// Manage members: forget a node that is gone for good.
@@ -448,6 +454,21 @@ pub struct ExistsArgs {
     /// Secondary, `[USER@]HOST::SECONDARYVOL`.
     #[arg(value_name = "SECONDARY")]
     pub secondary: Option<String>,
+}
+
+/// `gluster-hook OP ARGS...`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct GlusterHookArgs {
+    /// glusterd's operation: its hook directory's name (stop, remove-brick, delete).
+    #[arg(value_name = "OP")]
+    pub op: String,
+    /// The hook's own arguments, as glusterd passes them (`--volname=VOL` among them).
+    #[arg(
+        value_name = "HOOK_ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<String>,
 }
 
 /// `inspect ...`.

@@ -83,6 +83,7 @@ pub async fn execute(cli: &Cli) -> Report {
         Command::Status(a) => status::status(&g, a).await,
         Command::Exists(a) => status::exists(&g, a, false).await,
         Command::Running(a) => status::exists(&g, a, true).await,
+        Command::GlusterHook(a) => status::gluster_hook(&g, a).await,
         Command::Nodes => nodes::nodes(&g).await,
         Command::Events(a) => events::events(&g, a).await,
         Command::Webhook { command } => webhook::webhook(&g, command).await,

@@ -2,10 +2,13 @@
 //! session with its desired state and convergence), `exists` and `running`.
 
 use georep_api::WorkerStatus;
-use georep_api::types::{ExistsResponse, SessionStatus, StatusResponse, WorkerRow};
+use georep_api::types::{
+    ExistsResponse, GlusterHookRequest, GlusterHookResponse, SessionStatus, StatusResponse,
+    WorkerRow,
+};
 use georep_mesh::{DEFAULT_SECONDARY_USER, SessionId, StateError};
 
-use crate::args::{ExistsArgs, Globals, StatusArgs};
+use crate::args::{ExistsArgs, Globals, GlusterHookArgs, StatusArgs};
 use crate::client::{decode, with_query};
 use crate::lifecycle::{check_volume, parse_session};
 use crate::output::{CommandError, Exit, NA, Report, Table, compact_duration, list};
@@ -272,6 +275,52 @@ pub async fn exists(g: &Globals, a: &ExistsArgs, running: bool) -> Report {
             } else {
                 Report::new(exit)
             }
+        }
+        Err(e) => e.report(g.json, None),
+    }
+}
+
+/// `gluster-hook OP --volname=VOL ...` (see the command's help).
+pub async fn gluster_hook(g: &Globals, a: &GlusterHookArgs) -> Report {
+    let volume = a.args.iter().find_map(|arg| arg.strip_prefix("--volname="));
+    let Some(volume) = volume else {
+        let mut report = Report::new(Exit::Usage);
+        report.err(format!(
+            "georep: gluster-hook: no --volname=VOL among the hook's arguments ({})",
+            a.args.join(" ")
+        ));
+        return report;
+    };
+    let request = GlusterHookRequest {
+        op: a.op.clone(),
+        volume: volume.to_string(),
+    };
+    let answer: Result<(GlusterHookResponse, _), _> =
+        g.client().post_waiting("/v1/gluster-hook", &request).await;
+    match answer {
+        Ok((resp, raw)) => {
+            let exit = if resp.conflict {
+                Exit::Failed
+            } else {
+                Exit::Done
+            };
+            if g.json {
+                return Report::json(exit, &raw);
+            }
+            let mut report = Report::new(exit);
+            if resp.conflict {
+                report.err(format!("georep: {}", resp.message));
+            }
+            report
+        }
+        // No agent to ask: never in glusterd's way.
+        Err(e @ (CommandError::NoAgent { .. } | CommandError::Unresponsive { .. })) => {
+            let mut report = Report::new(Exit::Done);
+            report.err(format!(
+                "georep: gluster-hook: cannot check for geo-replication sessions: {}",
+                e.message()
+            ));
+            report
         }
         Err(e) => e.report(g.json, None),
     }

@@ -95,23 +95,43 @@ impl GlusterHost {
                 .status
                 .success()
         });
-        let glusterd = this.launcher();
-        let log = std::fs::File::create(this.dir.join("glusterd.out")).expect("glusterd log");
-        this.glusterd = Some(
+        this.start_glusterd(&[]);
+        this
+    }
+
+    /// Starts glusterd (in the foreground, `-N`) with `env` added to its environment
+    /// (its hooks inherit it), and waits until it answers.
+    fn start_glusterd(&mut self, env: &[(&str, &str)]) {
+        let glusterd = self.launcher();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("glusterd.out"))
+            .expect("glusterd log");
+        self.glusterd = Some(
             Command::new(&glusterd[0])
                 .args(&glusterd[1..])
                 .args(["glusterd", "-N"])
+                .envs(env.iter().copied())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)
                 .spawn()
                 .expect("start glusterd"),
         );
-        this.wait_for("glusterd to answer", Duration::from_secs(30), |h| {
+        self.wait_for("glusterd to answer", Duration::from_secs(30), |h| {
             h.run(&["gluster", "--mode=script", "volume", "list"])
                 .status
                 .success()
         });
-        this
+    }
+
+    /// Restarts glusterd with `env` added to its environment (bricks and mounts stay).
+    pub fn restart_glusterd(&mut self, env: &[(&str, &str)]) {
+        if let Some(mut old) = self.glusterd.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        self.start_glusterd(env);
     }
 
     /// `nsenter -t ANCHOR -m -n`: runs what follows in this host.

@@ -9,8 +9,10 @@
 //! written into the primary's FUSE mount appear in the secondary's; status shows the
 //! worker Active with its crawl and LAST_SYNCED; pause freezes gsyncd and nothing more
 //! arrives; resume continues; the agent killed -9 leaves gsyncd syncing and, restarted,
-//! adopts it; stop leaves no gsyncd on either side; delete removes the session
-//! directories and the authorized_keys block.
+//! adopts it; glusterd's pre-hook asks the agent before the volume stops (glusterd
+//! 10.3 goes ahead whatever the hook answers: an event records the conflict); stop
+//! leaves no gsyncd on either side; delete removes the session directories and the
+//! authorized_keys block.
 //!
 //! Runs as root; fails (never skips) when Gluster is not installed (`.ci/run`
 //! installs it) or namespaces cannot be created.
@@ -179,6 +181,39 @@ fn georepd_runs_glusters_gsyncd_on_real_volumes_from_create_to_delete() {
         monitors(),
         before,
         "adopted: the same gsyncd, no second one"
+    );
+
+    // glusterd's pre-hook asks a1's agent before the volume stops. glusterd 10.3 runs
+    // it but ignores its exit status: the volume stops anyway (what this shows), and the
+    // conflict is an event everywhere.
+    let hook = a1.path(Path::new(
+        "/var/lib/glusterd/hooks/1/stop/pre/S29georep-mesh.sh",
+    ));
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/glusterd-hooks/S29georep-mesh.sh"),
+        &hook,
+    )
+    .unwrap();
+    let socket = cluster.nodes[0].socket.display().to_string();
+    let path = format!(
+        "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+        georep_tests::bin_dir().display()
+    );
+    a1.restart_glusterd(&[("GEOREP_SOCKET", &socket), ("PATH", &path)]);
+    let stopped = a1.run(&["gluster", "--mode=script", "volume", "stop", "pv"]);
+    assert!(
+        stopped.status.success(),
+        "glusterd refused: {}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    wait(
+        &cluster,
+        "the hook's GLUSTER_OP_WITH_GEOREP event on b1",
+        || {
+            let events = cluster.ok(1, &["--json", "events", "--type", "GLUSTER_OP_WITH_GEOREP"]);
+            events.contains("\"op\":\"stop\"") && events.contains("\"volume\":\"pv\"")
+        },
     );
 
     // stop: no gsyncd on either side.

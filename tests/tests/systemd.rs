@@ -156,6 +156,9 @@ fn the_debian_package_installs_into_a_throwaway_root_and_runs() {
         "./usr/share/bash-completion/completions/georep",
         "./usr/share/zsh/vendor-completions/_georep",
         "./usr/share/fish/vendor_completions.d/georepd.fish",
+        "./var/lib/glusterd/hooks/1/stop/pre/S29georep-mesh.sh",
+        "./var/lib/glusterd/hooks/1/remove-brick/pre/S29georep-mesh.sh",
+        "./var/lib/glusterd/hooks/1/delete/pre/S29georep-mesh.sh",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(file)),

@@ -6,6 +6,7 @@
 use super::*;
 use crate::config::MonitorProfile;
 use crate::gluster::{leftovers, volumes};
+use georep_api::types::{GlusterHookRequest, GlusterHookResponse};
 
 /// How long a failed `gluster volume set` waits before it is tried again.
 const PREPARE_RETRY: Duration = Duration::from_secs(30);
@@ -90,6 +91,65 @@ impl Agent {
             .collect();
         side.prepared
             .retain(|(id, _), _| views.iter().any(|(v, _)| v.id == *id));
+    }
+
+    /// `POST /v1/gluster-hook`: glusterd's pre-hook asks before `stop`, `remove-brick`
+    /// or `delete` of a volume. A running session (an existing one, for `delete`) is a
+    /// conflict gluster would have refused; glusterd ignores a pre-hook's exit status,
+    /// so the operation goes ahead: the conflict is recorded as a warning event
+    /// (`GLUSTER_OP_WITH_GEOREP`) and answered so the hook can say so.
+    pub fn gluster_hook(
+        &self,
+        request: &GlusterHookRequest,
+    ) -> Result<GlusterHookResponse, ApiError> {
+        let op = request.op.as_str();
+        if !["stop", "remove-brick", "delete"].contains(&op) {
+            return Err(ApiError::bad_request(format!(
+                "unknown gluster operation `{op}`: expected stop, remove-brick or delete"
+            )));
+        }
+        let found = self.exists(&request.volume, None)?;
+        let conflict = if op == "delete" {
+            found.exists
+        } else {
+            found.running
+        };
+        let sessions = found.sessions.join(", ");
+        let message = if !conflict {
+            format!(
+                "no geo-replication session stands in the way of volume {op} {}",
+                request.volume
+            )
+        } else if op == "delete" {
+            format!(
+                "geo-replication session {sessions} exists for volume {}: delete it first (georep delete)",
+                request.volume
+            )
+        } else {
+            format!(
+                "geo-replication session {sessions} is running for volume {}: stop it first (georep stop)",
+                request.volume
+            )
+        };
+        if conflict {
+            self.events.emit(
+                &self.mesh,
+                "GLUSTER_OP_WITH_GEOREP",
+                [
+                    ("op".to_string(), op.to_string()),
+                    ("volume".to_string(), request.volume.clone()),
+                    ("sessions".to_string(), sessions),
+                    ("peer".to_string(), self.config.node_id.clone()),
+                ]
+                .into(),
+            );
+        }
+        Ok(GlusterHookResponse {
+            ok: true,
+            conflict,
+            sessions: found.sessions,
+            message,
+        })
     }
 
     fn gluster_side_handle(&self) -> std::sync::Weak<Mutex<GlusterSide>> {

@@ -53,6 +53,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/config", get(config))
         .route("/v1/exists", get(exists))
+        .route("/v1/gluster-hook", post(gluster_hook))
         .route("/v1/op", post(op))
         .route("/v1/nodes/forget", post(forget))
         .route("/v1/inspect/members", get(members))
@@ -97,6 +98,11 @@ async fn exists(State(agent): Agnt, q: Q) -> Result<Response, ApiError> {
         return Err(ApiError::bad_request("exists needs `volume`"));
     };
     reply(agent.exists(volume, q.secondary.as_deref()))
+}
+
+async fn gluster_hook(State(agent): Agnt, body: Bytes) -> Result<Response, ApiError> {
+    let request: georep_api::types::GlusterHookRequest = json(&body)?;
+    reply(agent.gluster_hook(&request))
 }
 
 async fn op(State(agent): Agnt, body: Bytes) -> Result<Response, ApiError> {
