@@ -132,7 +132,8 @@ mod tests {
             assert!(Instant::now() < deadline, "the process is never found");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(end("pvx", "svx"), 1);
+        // (Its children between fork and exec carry its command line too.)
+        assert!(end("pvx", "svx") >= 1);
         let status = child.wait().unwrap();
         assert!(!status.success(), "ended by SIGKILL");
         assert!(find("pvx", "svx").is_empty());
