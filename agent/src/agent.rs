@@ -130,7 +130,7 @@ pub struct Agent {
     /// The live members last seen (PEER_* events on change).
     last_live: Mutex<Option<BTreeSet<String>>>,
     /// What this node last did for gluster's gsyncd (volume options, leftovers).
-    gluster_side: Arc<Mutex<gluster_side::GlusterSide>>,
+    gluster_side: Mutex<gluster_side::GlusterSide>,
     /// The volumes last seen (VOLUME_* events on change).
     last_volumes: Mutex<Option<BTreeMap<String, crate::events::volumes::VolumeState>>>,
     /// The topology peer and volume events last looked at.
@@ -301,7 +301,7 @@ impl Agent {
             webhooks,
             last_monitor_states: Mutex::new(BTreeMap::new()),
             last_live: Mutex::new(None),
-            gluster_side: Arc::default(),
+            gluster_side: Mutex::default(),
             last_volumes: Mutex::new(None),
             last_topology: Mutex::new(None),
             data_addrs: tokio::sync::Mutex::new(georep_mesh::OwnedValues::default()),
@@ -507,6 +507,9 @@ impl Agent {
                 (view.id.clone(), plan)
             })
             .collect();
+        if self.caught_up(&membership) {
+            self.prepare_primaries(&views).await;
+        }
         let reports = {
             let mut supervisor = self.supervisor.lock().await;
             if self.caught_up(&membership) {
@@ -564,7 +567,7 @@ impl Agent {
             .collect();
         self.sync_session_dirs(dir_states);
         if self.caught_up(&membership) {
-            self.gluster_side(&views);
+            self.end_leftovers(&views);
         }
         let existing: Vec<&SessionView> = views.iter().map(|(view, _)| view).collect();
         self.keys.sync(&self.mesh, &existing, &membership).await;

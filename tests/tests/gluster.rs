@@ -8,8 +8,8 @@
 //! through `georep` only: create with push-pem, `sync-method tarssh`, start; files
 //! written into the primary's FUSE mount appear in the secondary's; status shows the
 //! worker Active with its crawl and LAST_SYNCED; pause freezes gsyncd and nothing more
-//! arrives; resume continues; the agent killed -9 leaves gsyncd syncing and, restarted,
-//! adopts it; glusterd's pre-hook asks the agent before the volume stops (glusterd
+//! arrives; resume continues, and the agent killed -9 right after leaves gsyncd
+//! syncing and, restarted, adopts it; glusterd's pre-hook asks the agent before the volume stops (glusterd
 //! 10.3 goes ahead whatever the hook answers: an event records the conflict); stop
 //! leaves no gsyncd on either side; delete removes the session directories and the
 //! authorized_keys block.
@@ -35,11 +35,27 @@ fn wait(cluster: &Cluster, what: &str, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(
             Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}\n{}",
-            cluster.logs_tail()
+            "timed out after {WAIT:?} waiting for {what}\n{}\n--- gsyncd's INFO and above ---\n{}",
+            cluster.logs_tail(),
+            gsyncd_log(cluster)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// gsyncd's log on a1 (the session's `monitor.log`) without its DEBUG lines.
+fn gsyncd_log(cluster: &Cluster) -> String {
+    let log = cluster.nodes[0]
+        .data()
+        .sessions_root()
+        .join(SESSION_DIR)
+        .join("monitor.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("] D ["))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The session's worker rows as node `i` shows them.
@@ -71,7 +87,7 @@ fn georepd_runs_glusters_gsyncd_on_real_volumes_from_create_to_delete() {
     let hosts = "127.0.0.1 localhost\n10.213.0.11 a1\n10.213.0.21 b1\n";
     let mut a1 = GlusterHost::start(&sites, "a1", dir.path(), hosts);
     let mut b1 = GlusterHost::start(&sites, "b1", dir.path(), hosts);
-    let pv_bricks = a1.create_volume("pv", 1, &[("changelog.rollover-time", "1")]);
+    let pv_bricks = a1.create_volume("pv", 1, &[]);
     b1.create_volume("sv", 1, &[]);
     let specs = [
         NodeSpec::new("a1", &[]).with_args(&["--monitor", "gsyncd", "--bricks-from-glusterd"]),
@@ -101,15 +117,19 @@ fn georepd_runs_glusters_gsyncd_on_real_volumes_from_create_to_delete() {
     cluster.ok(0, &["create", "pv", SECONDARY, "--push-pem"]);
     cluster.ok(0, &["config", "pv", SECONDARY, "sync-method", "tarssh"]);
     cluster.ok(0, &["config", "pv", SECONDARY, "change-interval", "1"]);
-    let conf = std::fs::read_to_string(
-        cluster.nodes[0]
-            .data()
-            .sessions_root()
-            .join(SESSION_DIR)
-            .join("gsyncd.conf"),
-    )
-    .unwrap();
-    assert!(conf.contains("sync-method = tarssh\n"), "{conf}");
+    // gsyncd's live changelog crawl stalled for good here in about one run of three
+    // (no change ever consumed after its first crawl or after a worker restart; gluster
+    // 10.3): its file-system crawl (`change-detector xsync`, one of gsyncd's own
+    // options; every 60 s) does not.
+    cluster.ok(0, &["config", "pv", SECONDARY, "change-detector", "xsync"]);
+    let conf = cluster.nodes[0]
+        .data()
+        .sessions_root()
+        .join(SESSION_DIR)
+        .join("gsyncd.conf");
+    wait(&cluster, "sync-method in gsyncd.conf", || {
+        std::fs::read_to_string(&conf).is_ok_and(|c| c.contains("sync-method = tarssh\n"))
+    });
     wait(&cluster, "the keys installed on b1", || {
         std::fs::read_to_string(&authorized_keys).is_ok_and(|k| k.contains("gsyncd"))
     });
@@ -154,23 +174,25 @@ fn georepd_runs_glusters_gsyncd_on_real_volumes_from_create_to_delete() {
         assert_eq!(georep_tests::process_state(*pid), Some('T'), "pid {pid}");
     }
     std::fs::write(on_a1(&pv.join("while-paused")), b"later\n").unwrap();
-    std::thread::sleep(Duration::from_secs(6));
+    // Longer than a change takes to arrive unpaused (one xsync crawl period, 60 s).
+    std::thread::sleep(Duration::from_secs(65));
     assert!(
         !on_b1(&sv.join("while-paused")).exists(),
         "synced while paused"
     );
     cluster.ok(0, &["resume", "pv", SECONDARY]);
-    wait(&cluster, "the file written while paused", || {
-        read(&on_b1(&sv.join("while-paused"))).as_deref() == Some(b"later\n")
-    });
 
-    // The agent killed -9: gsyncd goes on; the restarted agent adopts it.
+    // Resumed, and at once the agent killed -9: gsyncd goes on (both files arrive);
+    // the restarted agent adopts it.
     let before = monitors();
     cluster.kill9(0);
+    let written = Instant::now();
     std::fs::write(on_a1(&pv.join("agent-down")), b"still syncing\n").unwrap();
     wait(&cluster, "gsyncd to sync without its agent", || {
-        read(&on_b1(&sv.join("agent-down"))).as_deref() == Some(b"still syncing\n")
+        read(&on_b1(&sv.join("while-paused"))).as_deref() == Some(b"later\n")
+            && read(&on_b1(&sv.join("agent-down"))).as_deref() == Some(b"still syncing\n")
     });
+    eprintln!("write -> visible on the secondary: {:?}", written.elapsed());
     cluster.restart(0);
     cluster.wait_live(0, 2, WAIT);
     wait(&cluster, "the restarted agent to report the worker", || {

@@ -1,5 +1,5 @@
 //! What a node does for gluster's gsyncd beside running it: the volume options on a
-//! primary volume before gsyncd starts (glusterd set them at geo-replication start),
+//! primary volume before gsyncd starts (glusterd set them at geo-replication create),
 //! and ending gsyncd's secondary-side processes on a secondary node when the session
 //! stops or is deleted (glusterd's stop did so on every node).
 
@@ -21,42 +21,59 @@ pub(super) struct GlusterSide {
 }
 
 impl Agent {
-    /// One pass over the existing sessions' views (see the module doc).
-    pub(super) fn gluster_side(&self, views: &[(SessionView, Option<Hlc>)]) {
-        let Ok(mut side) = self.gluster_side.lock() else {
+    /// Before the supervisor acts: sets geo-replication's volume options on the primary
+    /// volumes of the existing sessions this node runs gsyncd for (once per session
+    /// incarnation; a failure is retried after [`PREPARE_RETRY`]). Awaited, so gsyncd
+    /// never starts before them: a worker that registered with the changelog before it
+    /// was on never sees a change (its live crawl stays empty).
+    pub(super) async fn prepare_primaries(&self, views: &[(SessionView, Option<Hlc>)]) {
+        if self.config.monitor != MonitorProfile::Gsyncd {
             return;
-        };
+        }
         let now = Instant::now();
-        if self.config.monitor == MonitorProfile::Gsyncd {
-            for (view, _) in views {
-                let volume = &view.id.primary_volume;
-                if !view.desired.is_running() || self.local_bricks(volume).is_empty() {
-                    continue;
-                }
-                let key = (view.id.clone(), view.incarnation.clone());
-                let due = match side.prepared.get(&key) {
+        let due: Vec<(SessionId, Option<Hlc>)> = {
+            let Ok(mut side) = self.gluster_side.lock() else {
+                return;
+            };
+            side.prepared
+                .retain(|(id, _), _| views.iter().any(|(v, _)| v.id == *id));
+            views
+                .iter()
+                .filter(|(view, _)| !self.local_bricks(&view.id.primary_volume).is_empty())
+                .map(|(view, _)| (view.id.clone(), view.incarnation.clone()))
+                .filter(|key| match side.prepared.get(key) {
                     None => true,
                     Some(None) => false,
                     Some(Some(failed_at)) => now.duration_since(*failed_at) >= PREPARE_RETRY,
-                };
-                if !due {
-                    continue;
+                })
+                .collect()
+        };
+        for key in due {
+            let volume = key.0.primary_volume.clone();
+            let done = tokio::task::spawn_blocking(move || volumes::prepare_primary(&volume)).await;
+            let failed = match done {
+                Ok(Ok(())) => false,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, session = %key.0, "cannot set geo-replication's volume options; gsyncd's workers fail until they are set");
+                    true
                 }
-                side.prepared.insert(key.clone(), None);
-                let volume = volume.clone();
-                let agent = self.gluster_side_handle();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(error) = volumes::prepare_primary(&volume) {
-                        tracing::warn!(%error, volume, "cannot set geo-replication's volume options; gsyncd's workers fail until they are set");
-                        if let Some(side) = agent.upgrade()
-                            && let Ok(mut side) = side.lock()
-                        {
-                            side.prepared.insert(key, Some(Instant::now()));
-                        }
-                    }
-                });
+                Err(error) => {
+                    tracing::warn!(%error, session = %key.0, "setting geo-replication's volume options did not finish");
+                    true
+                }
+            };
+            if let Ok(mut side) = self.gluster_side.lock() {
+                side.prepared.insert(key, failed.then(Instant::now));
             }
         }
+    }
+
+    /// After the session directories: ends gsyncd's secondary-side processes of the
+    /// sessions of a volume this node hosts that stopped or went (see the module doc).
+    pub(super) fn end_leftovers(&self, views: &[(SessionView, Option<Hlc>)]) {
+        let Ok(mut side) = self.gluster_side.lock() else {
+            return;
+        };
         // Secondary side: sessions of a volume this node hosts.
         let hosted = |id: &SessionId| {
             self.config
@@ -89,8 +106,6 @@ impl Agent {
             .into_iter()
             .filter(|(id, _)| views.iter().any(|(v, _)| v.id == *id))
             .collect();
-        side.prepared
-            .retain(|(id, _), _| views.iter().any(|(v, _)| v.id == *id));
     }
 
     /// `POST /v1/gluster-hook`: glusterd's pre-hook asks before `stop`, `remove-brick`
@@ -150,9 +165,5 @@ impl Agent {
             sessions: found.sessions,
             message,
         })
-    }
-
-    fn gluster_side_handle(&self) -> std::sync::Weak<Mutex<GlusterSide>> {
-        Arc::downgrade(&self.gluster_side)
     }
 }
