@@ -250,32 +250,7 @@ impl GlusterHost {
     pub fn start_sshd(&self, authorized_keys: &Path) -> PathBuf {
         let dir = self.dir.join("sshd");
         std::fs::create_dir_all(&dir).expect("sshd dir");
-        let key = dir.join("host_ed25519");
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .output()
-            .expect("ssh-keygen");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port 22\nListenAddress {}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-                 StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-                 LogLevel VERBOSE\n",
-                self.ip,
-                key.display(),
-                authorized_keys.display(),
-                dir.join("sshd.pid").display()
-            ),
-        )
-        .expect("sshd_config");
+        let config = crate::sshd::write_config(&dir, &self.ip.to_string(), 22, authorized_keys);
         let log = dir.join("sshd.log");
         self.must(&[
             "/usr/sbin/sshd",

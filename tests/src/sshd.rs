@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -13,6 +13,38 @@ pub fn free_tcp_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral TCP port")
+}
+
+/// Writes a new host key and an sshd configuration into `dir` (sshd listening on
+/// `listen`:`port`, accepting root's keys from `authorized_keys`, its pid file in
+/// `dir`); returns the configuration's path.
+pub fn write_config(dir: &Path, listen: &str, port: u16, authorized_keys: &Path) -> PathBuf {
+    let host_key = dir.join("host_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress {listen}\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+             AllowTcpForwarding yes\nPermitTTY yes\nLogLevel VERBOSE\n",
+            host_key.display(),
+            authorized_keys.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .expect("write sshd_config");
+    config
 }
 
 /// A real `sshd` on a loopback port, killed on drop.
@@ -27,17 +59,6 @@ impl Sshd {
     /// Starts sshd with its files (host key, config, log `sshd.log`) in `dir`,
     /// accepting the keys in `authorized_keys` for root.
     pub fn start(dir: &Path, authorized_keys: &Path) -> Sshd {
-        let host_key = dir.join("host_ed25519");
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .output()
-            .expect("ssh-keygen");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         // sshd refuses to start without its privilege separation directory.
         let privsep = Path::new("/run/sshd");
         let made_privsep_dir = !privsep.exists();
@@ -46,20 +67,7 @@ impl Sshd {
             std::fs::set_permissions(privsep, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let port = free_tcp_port();
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-                 PidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-                 AllowTcpForwarding yes\nPermitTTY yes\nLogLevel VERBOSE\n",
-                host_key.display(),
-                authorized_keys.display(),
-                dir.join("sshd.pid").display()
-            ),
-        )
-        .unwrap();
+        let config = write_config(dir, "127.0.0.1", port, authorized_keys);
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
