@@ -16,6 +16,11 @@
 //!   into one validated `AgentConfig`; the test-only delay rules in `config/delay.rs`.
 //! - `events`: the cluster-wide event stream: per-origin journals on disk, their
 //!   replication over the mesh (application frames), the merged stream.
+//! - `gluster`: real Gluster: gluster's gsyncd as the monitor (`--monitor gsyncd`:
+//!   command, `gsyncd.conf` lines, its brick status files), bricks from glusterd
+//!   (`--bricks-from-glusterd`), the primary volume's options, and gsyncd's
+//!   secondary-side leftovers; `agent/gluster_side.rs` runs them and answers glusterd's
+//!   pre-hook (`POST /v1/gluster-hook`).
 //! - `host_facts`: what a node measures about itself for create's verification:
 //!   its bricks (statvfs, reachable, empty) and user accounts.
 //! - `inspect`: gossip-state inspection: the agent side (`inspect/handlers.rs`) and
