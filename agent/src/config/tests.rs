@@ -128,9 +128,35 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "webhook_backoff_max",
         "webhook_park_after",
         "inject_delay",
+        "monitor = ",
+        "bricks_from_glusterd",
     ] {
         assert!(EXAMPLE.contains(key), "the example does not mention {key}");
     }
+}
+
+#[test]
+fn the_gsyncd_profile_and_glusterds_bricks_exclude_what_they_replace() {
+    let minimal = "node_id = \"n\"\ndata_dir = \"/srv/georep\"\n";
+    let (cfg, _) = load_file(
+        &format!("{minimal}monitor = \"gsyncd\"\nbricks_from_glusterd = true\n"),
+        &[],
+    );
+    let cfg = cfg.expect("valid");
+    assert_eq!(cfg.monitor, MonitorProfile::Gsyncd);
+    assert!(cfg.bricks_from_glusterd && cfg.bricks.is_empty());
+    let msg = err_line(
+        &format!("{minimal}monitor = \"gsyncd\"\nmonitor_command = \"/bin/mon\"\n"),
+        &[],
+    );
+    assert!(msg.contains("exclude each other") && msg.contains("/bin/mon"), "{msg}");
+    let msg = err_line(
+        &format!("{minimal}bricks_from_glusterd = true\n"),
+        &["--brick", "gv0:/bricks/b1"],
+    );
+    assert!(msg.contains("bricks from glusterd and listed bricks"), "{msg}");
+    let msg = err_line(&format!("{minimal}monitor = \"gsync\"\n"), &[]);
+    assert!(msg.contains("monitor"), "{msg}");
 }
 
 #[test]
