@@ -149,12 +149,18 @@ fn the_gsyncd_profile_and_glusterds_bricks_exclude_what_they_replace() {
         &format!("{minimal}monitor = \"gsyncd\"\nmonitor_command = \"/bin/mon\"\n"),
         &[],
     );
-    assert!(msg.contains("exclude each other") && msg.contains("/bin/mon"), "{msg}");
+    assert!(
+        msg.contains("exclude each other") && msg.contains("/bin/mon"),
+        "{msg}"
+    );
     let msg = err_line(
         &format!("{minimal}bricks_from_glusterd = true\n"),
         &["--brick", "gv0:/bricks/b1"],
     );
-    assert!(msg.contains("bricks from glusterd and listed bricks"), "{msg}");
+    assert!(
+        msg.contains("bricks from glusterd and listed bricks"),
+        "{msg}"
+    );
     let msg = err_line(&format!("{minimal}monitor = \"gsync\"\n"), &[]);
     assert!(msg.contains("monitor"), "{msg}");
 }
