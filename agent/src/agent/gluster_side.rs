@@ -24,8 +24,8 @@ impl Agent {
     /// Before the supervisor acts: sets geo-replication's volume options on the primary
     /// volumes of the existing sessions this node runs gsyncd for (once per session
     /// incarnation; a failure is retried after [`PREPARE_RETRY`]). Awaited, so gsyncd
-    /// never starts before them: a worker that registered with the changelog before it
-    /// was on never sees a change (its live crawl stays empty).
+    /// starts on a volume that has them, as under glusterd (which set them at create):
+    /// without the changelog its workers' live crawl has nothing to read.
     pub(super) async fn prepare_primaries(&self, views: &[(SessionView, Option<Hlc>)]) {
         if self.config.monitor != MonitorProfile::Gsyncd {
             return;
@@ -81,30 +81,31 @@ impl Agent {
                 .iter()
                 .any(|b| b.volume == id.secondary_volume)
         };
-        let mut now_running: BTreeMap<SessionId, bool> = views
+        // Per hosted session its desired state; a deleted one has none (not running).
+        let mut desired: BTreeMap<SessionId, Option<DesiredState>> = views
             .iter()
             .filter(|(view, _)| hosted(&view.id))
-            .map(|(view, _)| (view.id.clone(), view.desired.is_running()))
+            .map(|(view, _)| (view.id.clone(), Some(view.desired)))
             .collect();
-        // Deleted ones count as not running.
         for id in side.running.keys() {
-            now_running.entry(id.clone()).or_insert(false);
+            desired.entry(id.clone()).or_insert(None);
         }
-        for (id, running) in &now_running {
+        for (id, state) in &desired {
             // Running before, or unknown (this agent just started) and Stopped: end
             // what may be left (a Created session never ran).
-            let stopped = views
-                .iter()
-                .any(|(v, _)| v.id == *id && v.desired == DesiredState::Stopped);
-            let was = side.running.get(id).copied().unwrap_or(stopped);
-            if was && !running {
+            let was = side
+                .running
+                .get(id)
+                .copied()
+                .unwrap_or(*state == Some(DesiredState::Stopped));
+            if was && !state.is_some_and(DesiredState::is_running) {
                 let (primary, secondary) = (id.primary_volume.clone(), id.secondary_volume.clone());
                 tokio::task::spawn_blocking(move || leftovers::end(&primary, &secondary));
             }
         }
-        side.running = now_running
+        side.running = desired
             .into_iter()
-            .filter(|(id, _)| views.iter().any(|(v, _)| v.id == *id))
+            .filter_map(|(id, state)| Some((id, state?.is_running())))
             .collect();
     }
 

@@ -55,6 +55,14 @@ pub fn find(primary: &str, secondary_volume: &str) -> Vec<u32> {
         .collect()
 }
 
+fn signal_all(pids: &[u32], sig: Signal) {
+    for pid in pids {
+        if let Ok(raw) = i32::try_from(*pid) {
+            let _ = kill(Pid::from_raw(raw), sig);
+        }
+    }
+}
+
 /// SIGTERMs the session's secondary-side processes, SIGKILLs what is left after
 /// [`GRACE`]; returns how many there were. Blocking (it waits).
 pub fn end(primary: &str, secondary_volume: &str) -> usize {
@@ -68,26 +76,12 @@ pub fn end(primary: &str, secondary_volume: &str) -> usize {
         ?pids,
         "ending gsyncd's secondary-side processes of a session no longer running"
     );
-    let signal = |sig: Signal| {
-        for pid in &pids {
-            if let Ok(raw) = i32::try_from(*pid) {
-                let _ = kill(Pid::from_raw(raw), sig);
-            }
-        }
-    };
-    signal(Signal::SIGTERM);
+    signal_all(&pids, Signal::SIGTERM);
     let deadline = Instant::now() + GRACE;
     while Instant::now() < deadline && !find(primary, secondary_volume).is_empty() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let left = find(primary, secondary_volume);
-    if !left.is_empty() {
-        for pid in &left {
-            if let Ok(raw) = i32::try_from(*pid) {
-                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-            }
-        }
-    }
+    signal_all(&find(primary, secondary_volume), Signal::SIGKILL);
     pids.len()
 }
 
