@@ -772,18 +772,16 @@ fn read_workers(dir: &Path) -> Vec<BrickStatus> {
     };
     let mut workers: Vec<BrickStatus> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
+        .filter_map(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.ends_with(".status") && name != session_dir::STATUS_FILE
-        })
-        .filter_map(|e| {
+            if !name.ends_with(".status") || name == session_dir::STATUS_FILE {
+                return None;
+            }
             let bytes = std::fs::read(e.path()).ok()?;
             if bytes.len() > 64 * 1024 {
                 return None;
             }
-            let name = e.file_name();
-            let name = name.to_string_lossy();
             // gsyncd's own (`brick_<path>.status`), or the built-in's and custom ones.
             crate::gluster::status::read(&name, &bytes)
                 .or_else(|| serde_json::from_slice::<BrickStatus>(&bytes).ok())
