@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::views;
 use crate::config::AgentConfig;
+use crate::config::BrickSpec;
 use crate::events::{EventHub, Retention};
+use crate::gluster::volumes::LocalBricks;
 use crate::host_facts::HostFacts;
 use crate::keys::KeySync;
 use crate::monitor::BrickStatus;
@@ -139,22 +141,27 @@ pub struct Agent {
     data_addrs: tokio::sync::Mutex<georep_mesh::OwnedValues>,
     /// The node info last published, and when the bricks were last measured.
     bricks_checked: Mutex<(NodeInfo, Instant)>,
+    /// This node's bricks now: the configured ones, or as glusterd last listed them.
+    bricks: Mutex<LocalBricks>,
 }
 
 /// How often an agent looks again for brick directories that did not exist.
 const BRICK_CHECK: Duration = Duration::from_secs(5);
 
-/// What this node publishes about itself, measured now.
-fn node_info(config: &AgentConfig, facts: &dyn HostFacts) -> NodeInfo {
-    let measured: Vec<BrickFacts> = config.bricks.iter().map(|b| facts.brick(&b.path)).collect();
-    let missing = measured
+/// What this node publishes about itself, measured now. A brick glusterd has not
+/// started counts as missing: it does not serve.
+fn node_info(local: &LocalBricks, facts: &dyn HostFacts) -> NodeInfo {
+    let measured: Vec<BrickFacts> = local.bricks.iter().map(|b| facts.brick(&b.path)).collect();
+    let missing = local
+        .bricks
         .iter()
-        .filter(|f| !f.reachable)
-        .map(|f| f.path.clone())
+        .zip(&measured)
+        .filter(|(b, f)| !f.reachable || local.not_started.contains(&b.path))
+        .map(|(_, f)| f.path.clone())
         .collect();
     NodeInfo {
         agent_version: AGENT_VERSION.to_string(),
-        bricks: config
+        bricks: local
             .bricks
             .iter()
             .map(|b| Brick {
@@ -239,7 +246,11 @@ impl Agent {
         mesh_config.cluster_id = config.cluster_id.clone();
         mesh_config.gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         mesh_config.seeds = config.seeds.clone();
-        let info = node_info(&config, facts.as_ref());
+        let local_bricks = LocalBricks {
+            bricks: config.bricks.clone(),
+            not_started: BTreeSet::new(),
+        };
+        let info = node_info(&local_bricks, facts.as_ref());
         let snapshot = persisted.map(|p| p.mesh);
         let mesh = MeshNode::start(
             mesh_config,
@@ -306,6 +317,7 @@ impl Agent {
             last_topology: Mutex::new(None),
             data_addrs: tokio::sync::Mutex::new(georep_mesh::OwnedValues::default()),
             bricks_checked: Mutex::new((info, Instant::now())),
+            bricks: Mutex::new(local_bricks),
         });
         agent.persist().await;
         Ok(agent)
@@ -325,6 +337,35 @@ impl Agent {
     /// The agent's configuration.
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// This node's bricks now (see [`Agent::set_bricks`]).
+    pub fn bricks(&self) -> Vec<BrickSpec> {
+        self.bricks
+            .lock()
+            .map(|local| local.bricks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces this node's bricks (glusterd listed others, or started or stopped a
+    /// volume); the loop measures and republishes them at once.
+    pub fn set_bricks(&self, local: LocalBricks) {
+        {
+            let Ok(mut current) = self.bricks.lock() else {
+                return;
+            };
+            if *current == local {
+                return;
+            }
+            tracing::info!(bricks = ?local.bricks, not_started = ?local.not_started, "local bricks changed");
+            *current = local;
+        }
+        if let Ok(mut checked) = self.bricks_checked.lock()
+            && let Some(past) = Instant::now().checked_sub(BRICK_CHECK)
+        {
+            checked.1 = past;
+        }
+        self.nudge();
     }
 
     /// Runs the reconcile loop until `shutdown`.
@@ -404,12 +445,16 @@ impl Agent {
                 return;
             }
             checked.1 = Instant::now();
-            let info = node_info(&self.config, self.facts.as_ref());
+            let Ok(local) = self.bricks.lock() else {
+                return;
+            };
+            let info = node_info(&local, self.facts.as_ref());
+            drop(local);
             if info == checked.0 {
                 return;
             }
             if info.missing != checked.0.missing {
-                tracing::info!(missing = ?info.missing, "brick directories changed");
+                tracing::info!(missing = ?info.missing, "bricks not serving changed");
                 for brick in &info.bricks {
                     let was = checked.0.missing.contains(&brick.path);
                     let is = info.missing.contains(&brick.path);
@@ -528,6 +573,7 @@ impl Agent {
         // Per volume, this node's Active bricks (an O(N) fold over the topology: once
         // per volume, not once per session).
         let mut active_here: HashMap<&str, Vec<String>> = HashMap::new();
+        let bricks = self.bricks();
         let dir_states: Vec<SessionDirState> = views
             .iter()
             .map(|(view, _)| {
@@ -559,6 +605,7 @@ impl Agent {
                         &membership,
                         &data_addrs,
                         &self.config,
+                        &bricks,
                     )
                     .and_then(|plan| serde_json::to_string_pretty(&plan).ok()),
                     gsyncd: self.config.monitor == crate::config::MonitorProfile::Gsyncd,
@@ -637,8 +684,7 @@ impl Agent {
     }
 
     fn local_bricks(&self, volume: &str) -> Vec<String> {
-        self.config
-            .bricks
+        self.bricks()
             .iter()
             .filter(|b| b.volume == volume)
             .map(|b| b.path.display().to_string())

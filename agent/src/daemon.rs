@@ -165,6 +165,7 @@ async fn run_incarnation(
         crate::api::serve::Limits::default(),
     ));
     let loop_task = tokio::spawn(agent.clone().run_loop(round.clone()));
+    let glusterd_task = tokio::spawn(agent.clone().follow_glusterd(round.clone()));
     let ready_task = tokio::spawn(ready_when_joined(
         agent.clone(),
         !config.seeds.is_empty(),
@@ -222,6 +223,7 @@ async fn run_incarnation(
     round.cancel();
     let _ = ready_task.await;
     let _ = loop_task.await;
+    let _ = glusterd_task.await;
     if let Some(task) = child_task {
         let _ = task.await;
     }

@@ -138,8 +138,8 @@ pub struct NodeRow {
     pub last_heard_ms: Option<u64>,
     /// Declared bricks.
     pub bricks: Vec<Brick>,
-    /// Paths of its bricks whose directory does not exist (yet), as the node last
-    /// checked.
+    /// Paths of its bricks that do not serve, as the node last checked: the directory
+    /// does not exist (yet), or glusterd has not started the volume.
     #[serde(default)]
     pub missing_bricks: Vec<String>,
 }

@@ -99,7 +99,7 @@ fn cells(n: &NodeRow) -> Vec<String> {
             .iter()
             .map(|b| {
                 let missing = if n.missing_bricks.contains(&b.path) {
-                    " (missing)"
+                    " (offline)"
                 } else {
                     ""
                 };
@@ -174,7 +174,7 @@ mod tests {
         assert!(lines[1].chars().all(|c| c == '-'));
         assert_eq!(
             lines[2],
-            "n1      127.0.0.1:7401    live     3             0.1.0      120ms ago     gv0:/data/gv0/b1:0, gv0:/data/gv0/b4:1 (missing)"
+            "n1      127.0.0.1:7401    live     3             0.1.0      120ms ago     gv0:/data/gv0/b1:0, gv0:/data/gv0/b4:1 (offline)"
         );
         assert_eq!(
             lines[3],

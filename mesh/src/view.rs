@@ -50,8 +50,9 @@ pub struct NodeInfo {
     pub agent_version: String,
     /// Declared bricks.
     pub bricks: Vec<Brick>,
-    /// Paths of declared bricks whose directory does not exist (yet), as of the node's
-    /// last check (a brick may be a mount that comes up later).
+    /// Paths of declared bricks that do not serve, as of the node's last check: the
+    /// directory does not exist (yet; a brick may be a mount that comes up later), or
+    /// glusterd has not started the brick's volume.
     #[serde(default)]
     pub missing: Vec<String>,
     /// Per brick, what the node measured (see [`BrickFacts`]).

@@ -114,6 +114,47 @@ fn georepd_runs_glusters_gsyncd_on_real_volumes_from_create_to_delete() {
         "{nodes:#}"
     );
 
+    // glusterd's volumes are followed: one created, stopped and deleted there shows up
+    // in the mesh (a1 sees b1's brick come, go offline and go) and as VOLUME_* events.
+    let late = b1.create_volume("late", 1, &[]);
+    let late = late[0].display().to_string();
+    let b1_row = |cluster: &Cluster| {
+        let nodes = cluster.json(0, &["nodes"]);
+        nodes["nodes"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["node"] == "b1").cloned())
+            .unwrap_or_default()
+    };
+    let lists = |row: &serde_json::Value, key: &str| row[key].to_string().contains(&late);
+    wait(
+        &cluster,
+        "a1 to see b1's brick of the volume created in glusterd",
+        || {
+            let row = b1_row(&cluster);
+            lists(&row, "bricks") && !lists(&row, "missing_bricks")
+        },
+    );
+    let volume_events = |kind: &str| cluster.ok(0, &["--json", "events", "--type", kind]);
+    assert!(volume_events("VOLUME_ADD_BRICK").contains(&late));
+    b1.gluster(&["volume", "stop", "late"]);
+    wait(
+        &cluster,
+        "a1 to see the stopped volume's brick offline",
+        || {
+            lists(&b1_row(&cluster), "missing_bricks")
+                && volume_events("VOLUME_STATUS").contains("\"status\":\"offline\"")
+        },
+    );
+    b1.gluster(&["volume", "delete", "late"]);
+    wait(
+        &cluster,
+        "a1 to see the deleted volume's brick gone",
+        || {
+            !lists(&b1_row(&cluster), "bricks")
+                && volume_events("VOLUME_REMOVE_BRICK").contains(&late)
+        },
+    );
+
     cluster.ok(0, &["create", "pv", SECONDARY, "--push-pem"]);
     cluster.ok(0, &["config", "pv", SECONDARY, "sync-method", "tarssh"]);
     cluster.ok(0, &["config", "pv", SECONDARY, "change-interval", "1"]);

@@ -855,11 +855,11 @@ fn a_missing_brick_directory_is_shown_until_it_appears() {
         missing_on_n1(&cluster) == [path.clone()]
     });
     let table = cluster.ok(1, &["nodes"]);
-    assert!(table.contains(&format!("{path}:0 (missing)")), "{table}");
+    assert!(table.contains(&format!("{path}:0 (offline)")), "{table}");
     std::fs::create_dir(&brick).unwrap();
     cluster.wait_until(WAIT, "n2 to see n1's brick present", || {
         missing_on_n1(&cluster).is_empty()
     });
     let table = cluster.ok(1, &["nodes"]);
-    assert!(!table.contains(&format!("{path}:0 (missing)")), "{table}");
+    assert!(!table.contains(&format!("{path}:0 (offline)")), "{table}");
 }

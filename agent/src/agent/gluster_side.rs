@@ -1,7 +1,9 @@
 //! What a node does for gluster's gsyncd beside running it: the volume options on a
 //! primary volume before gsyncd starts (glusterd set them at geo-replication create),
 //! and ending gsyncd's secondary-side processes on a secondary node when the session
-//! stops or is deleted (glusterd's stop did so on every node).
+//! stops or is deleted (glusterd's stop did so on every node). And, with bricks from
+//! glusterd, following glusterd's volumes: a volume created, started, stopped or
+//! deleted there shows up in this node's published bricks within [`GLUSTERD_POLL`].
 
 use super::*;
 use crate::config::MonitorProfile;
@@ -10,6 +12,9 @@ use georep_api::types::{GlusterHookRequest, GlusterHookResponse};
 
 /// How long a failed `gluster volume set` waits before it is tried again.
 const PREPARE_RETRY: Duration = Duration::from_secs(30);
+
+/// How often a node with bricks from glusterd lists glusterd's volumes again.
+pub const GLUSTERD_POLL: Duration = Duration::from_secs(5);
 
 /// Per session, what this node last did for gsyncd.
 #[derive(Debug, Default)]
@@ -21,6 +26,46 @@ pub(super) struct GlusterSide {
 }
 
 impl Agent {
+    /// With bricks from glusterd: lists glusterd's volumes every [`GLUSTERD_POLL`] until
+    /// `round` ends and publishes this node's bricks when they change. A failure keeps
+    /// the bricks last listed and is logged once per distinct error.
+    pub async fn follow_glusterd(self: Arc<Self>, round: CancellationToken) {
+        if !self.config.bricks_from_glusterd {
+            return;
+        }
+        let mut last_error: Option<String> = None;
+        loop {
+            let listed = async {
+                let uuid =
+                    crate::gluster::glusterd_uuid(Path::new(crate::gluster::GLUSTERD_WORKDIR))?;
+                volumes::local_bricks_async(&uuid).await
+            };
+            let listed = tokio::select! {
+                _ = round.cancelled() => return,
+                listed = listed => listed,
+            };
+            match listed {
+                Ok(local) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("glusterd answers again");
+                    }
+                    self.set_bricks(local);
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    if last_error.as_ref() != Some(&error) {
+                        tracing::warn!(%error, "cannot list glusterd's volumes; keeping the bricks last listed");
+                        last_error = Some(error);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = round.cancelled() => return,
+                _ = tokio::time::sleep(GLUSTERD_POLL) => {}
+            }
+        }
+    }
+
     /// Before the supervisor acts: sets geo-replication's volume options on the primary
     /// volumes of the existing sessions this node runs gsyncd for (once per session
     /// incarnation; a failure is retried after [`PREPARE_RETRY`]). Awaited, so gsyncd
@@ -75,12 +120,8 @@ impl Agent {
             return;
         };
         // Secondary side: sessions of a volume this node hosts.
-        let hosted = |id: &SessionId| {
-            self.config
-                .bricks
-                .iter()
-                .any(|b| b.volume == id.secondary_volume)
-        };
+        let bricks = self.bricks();
+        let hosted = |id: &SessionId| bricks.iter().any(|b| b.volume == id.secondary_volume);
         // Per hosted session its desired state; a deleted one has none (not running).
         let mut desired: BTreeMap<SessionId, Option<DesiredState>> = views
             .iter()

@@ -13,12 +13,8 @@ impl Agent {
     /// This node's D-Bus objects as of now.
     pub async fn dbus_objects(&self) -> Objects {
         let membership = self.mesh.membership().await;
-        let local_volumes: BTreeSet<&str> = self
-            .config
-            .bricks
-            .iter()
-            .map(|b| b.volume.as_str())
-            .collect();
+        let bricks = self.bricks();
+        let local_volumes: BTreeSet<&str> = bricks.iter().map(|b| b.volume.as_str()).collect();
         let all_volumes = volumes(&membership);
         let mut objects = Objects {
             agent: AgentObject {
@@ -50,7 +46,7 @@ impl Agent {
             .map(|info| info.facts.clone())
             .unwrap_or_default();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for brick in &self.config.bricks {
+        for brick in &bricks {
             let path = brick.path.display().to_string();
             let measured = facts.iter().find(|f| f.path == path);
             objects.bricks.insert(

@@ -120,16 +120,17 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// The plan for this node's workers of the session `view`, from the converged
-/// membership and the data endpoints nodes published; `None` when this node has no
-/// brick of the primary volume.
+/// membership, the data endpoints nodes published, this node's TLS files and its
+/// `bricks`; `None`
+/// when this node has no brick of the primary volume.
 pub fn plan_for(
     view: &georep_mesh::SessionView,
     membership: &georep_mesh::Membership,
     data_addrs: &georep_mesh::OwnedValues,
     config: &crate::config::AgentConfig,
+    bricks: &[crate::config::BrickSpec],
 ) -> Option<WorkerPlan> {
-    let replica_sets: std::collections::BTreeMap<String, u32> = config
-        .bricks
+    let replica_sets: std::collections::BTreeMap<String, u32> = bricks
         .iter()
         .filter(|b| b.volume == view.id.primary_volume)
         .map(|b| (b.path.display().to_string(), b.replica_set))

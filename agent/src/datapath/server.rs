@@ -333,9 +333,8 @@ async fn authorize(
         .find(|view| view.exists && view.id.dir_name() == session)
         .ok_or_else(|| format!("no session {session}"))?;
     let brick = agent
-        .config()
-        .bricks
-        .iter()
+        .bricks()
+        .into_iter()
         .find(|b| b.volume == view.id.secondary_volume)
         .ok_or_else(|| format!("this node hosts no brick of {}", view.id.secondary_volume))?;
     let membership = agent.mesh().membership().await;

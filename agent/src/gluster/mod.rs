@@ -131,7 +131,7 @@ pub fn resolve(mut config: AgentConfig) -> Result<AgentConfig, GlusterError> {
         config.monitor_command = Some(monitor_command(&uuid)?);
     }
     if config.bricks_from_glusterd {
-        config.bricks = volumes::local_bricks(&uuid)?;
+        config.bricks = volumes::local_bricks(&uuid)?.bricks;
         tracing::info!(uuid, bricks = ?config.bricks, "bricks taken from glusterd");
     }
     Ok(config)

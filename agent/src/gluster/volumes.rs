@@ -1,6 +1,8 @@
 //! This node's bricks as the local glusterd knows them (`gluster --xml volume info`),
 //! and the volume options geo-replication needs on a primary volume.
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::config::BrickSpec;
@@ -15,17 +17,27 @@ pub const PRIMARY_OPTIONS: &[(&str, &str)] = &[
     ("changelog.changelog", "on"),
 ];
 
-/// Runs `gluster ARGS` and returns its standard output.
-pub fn gluster(args: &[&str]) -> Result<String, GlusterError> {
+/// How long one `gluster` command may wait for glusterd (the CLI's own default is 120 s).
+const CLI_TIMEOUT: &str = "--timeout=30";
+
+/// `gluster ARGS` in script mode, bounded by [`CLI_TIMEOUT`].
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new("gluster");
+    command.args(["--mode=script", CLI_TIMEOUT]).args(args);
+    command
+}
+
+/// The standard output of `gluster ARGS` that ended with `out`, or an error naming the
+/// command and what it said.
+fn answer(
+    args: &[&str],
+    out: std::io::Result<std::process::Output>,
+) -> Result<String, GlusterError> {
     let failed = |why: String| GlusterError::Cli {
         args: args.join(" "),
         why,
     };
-    let out = Command::new("gluster")
-        .args(["--mode=script"])
-        .args(args)
-        .output()
-        .map_err(|error| failed(error.to_string()))?;
+    let out = out.map_err(|error| failed(error.to_string()))?;
     if !out.status.success() {
         let mut why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if why.is_empty() {
@@ -36,10 +48,38 @@ pub fn gluster(args: &[&str]) -> Result<String, GlusterError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `gluster ARGS` and returns its standard output.
+pub fn gluster(args: &[&str]) -> Result<String, GlusterError> {
+    answer(args, command(args).output())
+}
+
+/// This node's bricks as glusterd lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalBricks {
+    /// Every brick of every volume on this node, with its replica set, in glusterd's
+    /// order.
+    pub bricks: Vec<BrickSpec>,
+    /// Those whose volume glusterd has not started (created or stopped): not serving.
+    pub not_started: BTreeSet<PathBuf>,
+}
+
+/// The volume list `local_bricks` reads.
+const VOLUME_INFO: &[&str] = &["--xml", "volume", "info", "all"];
+
 /// The bricks of every volume glusterd knows that are on this node (`uuid`), with the
 /// replica set (subvolume) each belongs to, in glusterd's order.
-pub fn local_bricks(uuid: &str) -> Result<Vec<BrickSpec>, GlusterError> {
-    parse_local_bricks(&gluster(&["--xml", "volume", "info", "all"])?, uuid)
+pub fn local_bricks(uuid: &str) -> Result<LocalBricks, GlusterError> {
+    parse_local_bricks(&gluster(VOLUME_INFO)?, uuid)
+}
+
+/// [`local_bricks`] without blocking the runtime; the `gluster` process is killed if
+/// the future is dropped.
+pub async fn local_bricks_async(uuid: &str) -> Result<LocalBricks, GlusterError> {
+    let out = tokio::process::Command::from(command(VOLUME_INFO))
+        .kill_on_drop(true)
+        .output()
+        .await;
+    parse_local_bricks(&answer(VOLUME_INFO, out)?, uuid)
 }
 
 /// Sets [`PRIMARY_OPTIONS`] on `volume` (idempotent).
@@ -51,7 +91,7 @@ pub fn prepare_primary(volume: &str) -> Result<(), GlusterError> {
 }
 
 /// [`local_bricks`] of an answer of `gluster --xml volume info`.
-pub fn parse_local_bricks(xml: &str, uuid: &str) -> Result<Vec<BrickSpec>, GlusterError> {
+pub fn parse_local_bricks(xml: &str, uuid: &str) -> Result<LocalBricks, GlusterError> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| GlusterError::Xml(e.to_string()))?;
     let root = doc.root_element();
     let child_text = |node: roxmltree::Node, name: &str| {
@@ -67,7 +107,7 @@ pub fn parse_local_bricks(xml: &str, uuid: &str) -> Result<Vec<BrickSpec>, Glust
         let why = child_text(root, "opErrstr").unwrap_or_default();
         return Err(GlusterError::Xml(format!("glusterd answered {ret}: {why}")));
     }
-    let mut bricks = Vec::new();
+    let mut local = LocalBricks::default();
     for volume in root.descendants().filter(|n| n.has_tag_name("volume")) {
         let Some(name) = child_text(volume, "name") else {
             continue;
@@ -82,6 +122,8 @@ pub fn parse_local_bricks(xml: &str, uuid: &str) -> Result<Vec<BrickSpec>, Glust
             0 => count("replicaCount").max(1),
             n => n,
         };
+        // glusterd's GLUSTERD_STATUS_STARTED.
+        let started = child_text(volume, "status").as_deref() == Some("1");
         let Some(list) = volume.children().find(|c| c.has_tag_name("bricks")) else {
             continue;
         };
@@ -99,14 +141,18 @@ pub fn parse_local_bricks(xml: &str, uuid: &str) -> Result<Vec<BrickSpec>, Glust
                 continue;
             };
             let replica_set = u32::try_from(index).unwrap_or(u32::MAX) / subvolume;
-            bricks.push(BrickSpec {
+            let path = PathBuf::from(path);
+            if !started {
+                local.not_started.insert(path.clone());
+            }
+            local.bricks.push(BrickSpec {
                 volume: name.clone(),
-                path: path.into(),
+                path,
                 replica_set,
             });
         }
     }
-    Ok(bricks)
+    Ok(local)
 }
 
 /// The path of a brick named `HOST:/PATH` (a host holds no `/`; an IPv6 one may hold
@@ -130,8 +176,18 @@ mod tests {
     }
 
     fn volume(name: &str, replica: u32, disperse: u32, bricks: &[String]) -> String {
+        volume_in(name, 1, replica, disperse, bricks)
+    }
+
+    fn volume_in(
+        name: &str,
+        status: u32,
+        replica: u32,
+        disperse: u32,
+        bricks: &[String],
+    ) -> String {
         format!(
-            "<volume><name>{name}</name><id>fac7750c-21ad-447d-bc23-ac971269910f</id><status>1</status>\
+            "<volume><name>{name}</name><id>fac7750c-21ad-447d-bc23-ac971269910f</id><status>{status}</status>\
              <replicaCount>{replica}</replicaCount><disperseCount>{disperse}</disperseCount>\
              <bricks>{}</bricks><options><option><name>nfs.disable</name><value>on</value></option></options></volume>",
             bricks.concat()
@@ -173,9 +229,12 @@ mod tests {
                 ],
             ),
             volume("other", 1, 0, &[brick(OTHER, "h2:/o")]),
+            volume_in("created", 0, 1, 0, &[brick(LOCAL, "h1:/c")]),
+            volume_in("stopped", 2, 1, 0, &[brick(LOCAL, "h1:/s")]),
         ]);
-        let bricks = parse_local_bricks(&xml, LOCAL).unwrap();
-        let seen: Vec<(&str, String, u32)> = bricks
+        let local = parse_local_bricks(&xml, LOCAL).unwrap();
+        let seen: Vec<(&str, String, u32)> = local
+            .bricks
             .iter()
             .map(|b| {
                 (
@@ -191,7 +250,14 @@ mod tests {
                 ("pv", "/bricks/b1".to_string(), 0),
                 ("pv", "/bricks/b2".to_string(), 1),
                 ("ec", "/ec/3".to_string(), 1),
+                ("created", "/c".to_string(), 0),
+                ("stopped", "/s".to_string(), 0),
             ]
+        );
+        // Only bricks of started volumes serve.
+        assert_eq!(
+            local.not_started,
+            [PathBuf::from("/c"), PathBuf::from("/s")].into()
         );
     }
 
@@ -205,6 +271,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot parse"), "{err}");
-        assert!(parse_local_bricks(&answer(&[]), LOCAL).unwrap().is_empty());
+        assert_eq!(
+            parse_local_bricks(&answer(&[]), LOCAL).unwrap(),
+            LocalBricks::default()
+        );
     }
 }
