@@ -37,7 +37,8 @@ pub fn write_config(dir: &Path, listen: &str, port: u16, authorized_keys: &Path)
             "Port {port}\nListenAddress {listen}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-             AllowTcpForwarding yes\nPermitTTY yes\nLogLevel VERBOSE\n",
+             AllowTcpForwarding yes\nPermitTTY yes\nLogLevel VERBOSE\n\
+             Subsystem sftp internal-sftp\n",
             host_key.display(),
             authorized_keys.display(),
             dir.join("sshd.pid").display()

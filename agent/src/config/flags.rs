@@ -57,8 +57,8 @@ pub struct AgentArgs {
         conflicts_with = "monitor_command"
     )]
     pub monitor: Option<super::MonitorProfile>,
-    /// Take this node's bricks from the local glusterd (`gluster volume info`)
-    /// instead of --brick.
+    /// Take this node's bricks from the local glusterd (`gluster volume info`,
+    /// listed again every 5 s) instead of --brick.
     #[arg(long, conflicts_with = "bricks")]
     pub bricks_from_glusterd: bool,
     /// Serve Prometheus metrics over HTTP at ADDR:PORT/metrics (off by default; e.g.
