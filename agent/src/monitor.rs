@@ -138,6 +138,9 @@ pub struct BrickStatus {
     pub checkpoint_completion_time: Option<String>,
     /// Wall-clock milliseconds of this write.
     pub updated_ms: u64,
+    /// The secondary node the worker syncs to, when it says (the built-in data path,
+    /// gsyncd); `status` otherwise shows a live node hosting the secondary volume.
+    pub secondary_node: Option<String>,
 }
 
 impl BrickStatus {
@@ -156,6 +159,7 @@ impl BrickStatus {
             checkpoint_completed: false,
             checkpoint_completion_time: None,
             updated_ms: 0,
+            secondary_node: None,
         }
     }
 }

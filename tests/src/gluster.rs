@@ -20,7 +20,52 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::sites::Sites;
+use crate::sites::{GOSSIP_PORT, Site, Sites};
+use crate::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS};
+
+/// Two Gluster hosts with their files in `dir`: primary `a1` (10.213.0.11, site A)
+/// and secondary `b1` (10.213.0.21, site B), each knowing the other by name. Dropped
+/// in reverse (the hosts before their [`Sites`]).
+pub fn primary_and_secondary(dir: &Path) -> (Sites, GlusterHost, GlusterHost) {
+    let sites = Sites::create_hosts(&[
+        (
+            "a1".to_string(),
+            Site::A,
+            "10.213.0.11".parse().expect("address"),
+        ),
+        (
+            "b1".to_string(),
+            Site::B,
+            "10.213.0.21".parse().expect("address"),
+        ),
+    ]);
+    let hosts = "127.0.0.1 localhost\n10.213.0.11 a1\n10.213.0.21 b1\n";
+    let a1 = GlusterHost::start(&sites, "a1", dir, hosts);
+    let b1 = GlusterHost::start(&sites, "b1", dir, hosts);
+    (sites, a1, b1)
+}
+
+/// One `georepd` in each of `primary` and `secondary`, bricks from glusterd, the
+/// primary's sessions running gsyncd.
+pub fn start_agents(primary: &GlusterHost, secondary: &GlusterHost) -> Cluster {
+    let specs = [
+        NodeSpec::new(&primary.name, &[]).with_args(&[
+            "--monitor",
+            "gsyncd",
+            "--bricks-from-glusterd",
+        ]),
+        NodeSpec::new(&secondary.name, &[]).with_args(&["--bricks-from-glusterd"]),
+    ];
+    let placements = [primary, secondary]
+        .iter()
+        .map(|h| Placement {
+            addr: std::net::SocketAddr::new(h.ip.into(), GOSSIP_PORT),
+            launcher: h.launcher(),
+            extra_args: Vec::new(),
+        })
+        .collect();
+    Cluster::start_placed(&specs, None, TEST_GOSSIP_MS, placements)
+}
 
 /// The paths each host gets its own copy of (see the module doc).
 const PRIVATE: [&str; 5] = [

@@ -178,7 +178,13 @@ fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
         &secondary,
         "the initial sync, finished by set 0's Passive",
     );
-    let survivor = active_of(&cluster, 2, &set0).expect("set 0's survivor Active");
+    // Its status follows within a pass of the loop (published after the round ends).
+    let mut survivor = None;
+    cluster.wait_until(WAIT, "set 0's survivor Active in Changelog Crawl", || {
+        survivor = active_of(&cluster, 2, &set0);
+        survivor.is_some()
+    });
+    let survivor = survivor.expect("set 0's survivor Active");
     assert_eq!(survivor["node"], if alive0 == 0 { "p1" } else { "p2" });
     let synced_before = survivor["last_synced"].as_str().unwrap().to_string();
 

@@ -20,9 +20,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use georep_tests::gluster::GlusterHost;
-use georep_tests::sites::{GOSSIP_PORT, Site, Sites};
-use georep_tests::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS};
+use georep_tests::Cluster;
+use georep_tests::gluster;
 
 const WAIT: Duration = Duration::from_secs(90);
 const SECONDARY: &str = "b1::sv";
@@ -79,29 +78,11 @@ fn georepd_runs_glusters_gsyncd_on_real_volumes_from_create_to_delete() {
             "{tool} is missing: install glusterfs-server and glusterfs-client (.ci/run does)"
         );
     }
-    let sites = Sites::create_hosts(&[
-        ("a1".to_string(), Site::A, "10.213.0.11".parse().unwrap()),
-        ("b1".to_string(), Site::B, "10.213.0.21".parse().unwrap()),
-    ]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let hosts = "127.0.0.1 localhost\n10.213.0.11 a1\n10.213.0.21 b1\n";
-    let mut a1 = GlusterHost::start(&sites, "a1", dir.path(), hosts);
-    let mut b1 = GlusterHost::start(&sites, "b1", dir.path(), hosts);
+    let (sites, mut a1, mut b1) = gluster::primary_and_secondary(dir.path());
     let pv_bricks = a1.create_volume("pv", 1, &[]);
     b1.create_volume("sv", 1, &[]);
-    let specs = [
-        NodeSpec::new("a1", &[]).with_args(&["--monitor", "gsyncd", "--bricks-from-glusterd"]),
-        NodeSpec::new("b1", &[]).with_args(&["--bricks-from-glusterd"]),
-    ];
-    let placements = [&a1, &b1]
-        .iter()
-        .map(|h| Placement {
-            addr: std::net::SocketAddr::new(h.ip.into(), GOSSIP_PORT),
-            launcher: h.launcher(),
-            extra_args: Vec::new(),
-        })
-        .collect();
-    let mut cluster = Cluster::start_placed(&specs, None, TEST_GOSSIP_MS, placements);
+    let mut cluster = gluster::start_agents(&a1, &b1);
     cluster.wait_live(0, 2, WAIT);
     let authorized_keys = cluster.authorized_keys(1);
     b1.start_sshd(&authorized_keys);

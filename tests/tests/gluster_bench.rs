@@ -12,9 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use georep_tests::gluster::GlusterHost;
-use georep_tests::sites::{GOSSIP_PORT, Site, Sites};
-use georep_tests::{Cluster, NodeSpec, Placement, TEST_GOSSIP_MS};
+use georep_tests::gluster::{self, GlusterHost};
 
 /// How long one arrival may take before the run reports it as stalled.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -90,14 +88,8 @@ fn measure(
 #[test]
 #[ignore = "benchmark: run by hand with --ignored --nocapture"]
 fn start_and_write_to_visible_georep_beside_glusters_own_geo_replication() {
-    let sites = Sites::create_hosts(&[
-        ("a1".to_string(), Site::A, "10.213.0.11".parse().unwrap()),
-        ("b1".to_string(), Site::B, "10.213.0.21".parse().unwrap()),
-    ]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let hosts = "127.0.0.1 localhost\n10.213.0.11 a1\n10.213.0.21 b1\n";
-    let mut a1 = GlusterHost::start(&sites, "a1", dir.path(), hosts);
-    let mut b1 = GlusterHost::start(&sites, "b1", dir.path(), hosts);
+    let (sites, mut a1, mut b1) = gluster::primary_and_secondary(dir.path());
     for volume in ["pv1", "pv2"] {
         a1.create_volume(volume, 1, &[("changelog.rollover-time", "1")]);
     }
@@ -106,19 +98,7 @@ fn start_and_write_to_visible_georep_beside_glusters_own_geo_replication() {
     }
 
     // georep: one agent per host, bricks from glusterd, gsyncd as the monitor.
-    let specs = [
-        NodeSpec::new("a1", &[]).with_args(&["--monitor", "gsyncd", "--bricks-from-glusterd"]),
-        NodeSpec::new("b1", &[]).with_args(&["--bricks-from-glusterd"]),
-    ];
-    let placements = [&a1, &b1]
-        .iter()
-        .map(|h| Placement {
-            addr: std::net::SocketAddr::new(h.ip.into(), GOSSIP_PORT),
-            launcher: h.launcher(),
-            extra_args: Vec::new(),
-        })
-        .collect();
-    let cluster = Cluster::start_placed(&specs, None, TEST_GOSSIP_MS, placements);
+    let cluster = gluster::start_agents(&a1, &b1);
     cluster.wait_live(0, 2, Duration::from_secs(60));
     // One sshd on b1 for both: the mesh's keys and root's own (AuthorizedKeysFile
     // takes several files; gluster's push-pem writes root's).
@@ -223,4 +203,7 @@ fn start_and_write_to_visible_georep_beside_glusters_own_geo_replication() {
     georep(&["stop", "force"]);
     georep(&["delete"]);
     drop(cluster);
+    drop(a1);
+    drop(b1);
+    drop(sites);
 }

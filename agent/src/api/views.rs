@@ -57,7 +57,7 @@ pub fn session_status(
                 crawl_status: file.crawl_status,
                 last_synced: file.last_synced,
                 monitor_pid: report.and_then(|r| r.pid),
-                secondary_node: secondary_node.clone(),
+                secondary_node: file.secondary_node.or_else(|| secondary_node.clone()),
                 entry: file.entry,
                 data: file.data,
                 meta: file.meta,
@@ -479,6 +479,18 @@ mod tests {
         assert_eq!(status.workers[0].crawl_status, CrawlStatus::NotApplicable);
         assert_eq!(status.workers[0].monitor_pid, Some(42));
         assert_eq!(status.workers[0].secondary_node.as_deref(), Some("n4"));
+        // A worker that says which secondary it syncs to is shown with that one.
+        let mut told = statuses.clone();
+        if let Some(n1) = told.get_mut("n1") {
+            n1.workers[0].secondary_node = Some("n5".into());
+        }
+        let progress = WriteProgress {
+            confirmed: vec![],
+            lagging: vec![],
+            dead: vec![],
+        };
+        let shown = session_status(&view, &membership(), progress, &told);
+        assert_eq!(shown.workers[0].secondary_node.as_deref(), Some("n5"));
         assert_eq!(status.desired_state, "Started");
         assert_eq!(status.converged_nodes, ["n1", "n2"]);
         assert_eq!(status.lagging_nodes, ["n4"]);

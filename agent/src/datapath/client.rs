@@ -84,6 +84,7 @@ impl SyncProgress {
         status.meta = self.meta;
         status.failures = self.failures;
         status.bytes_sent = self.bytes_sent;
+        status.secondary_node.clone_from(&self.secondary);
         status.checkpoint_time = (self.checkpoint > 0).then(|| format_time(self.checkpoint));
         status.checkpoint_completed = self.checkpoint > 0 && self.checkpoint_completed.is_some();
         status.checkpoint_completion_time = self

@@ -53,6 +53,8 @@ struct GsyncdFile {
     checkpoint_time: NumberOrWord,
     checkpoint_completed: String,
     checkpoint_completion_time: NumberOrWord,
+    #[serde(alias = "slave_node")]
+    secondary_node: String,
 }
 
 /// The brick path a gsyncd status file is named for (`brick_%2Fdata%2Fb1.status` is
@@ -93,6 +95,9 @@ pub fn read(file_name: &str, bytes: &[u8]) -> Option<BrickStatus> {
         report.checkpoint_time = time(&file.checkpoint_time);
         report.checkpoint_completed = file.checkpoint_completed == "Yes";
         report.checkpoint_completion_time = time(&file.checkpoint_completion_time);
+        // gsyncd's host part of the secondary it connected to (`root@b1` or `b1`).
+        let node = file.secondary_node.rsplit('@').next().unwrap_or_default();
+        report.secondary_node = (!node.is_empty()).then(|| node.to_string());
     } else {
         report.crawl_status = CrawlStatus::NotApplicable;
     }
@@ -122,7 +127,7 @@ mod tests {
     #[test]
     fn an_active_worker_shows_what_gluster_shows() {
         let bytes =
-            br#"{"secondary_node": "", "worker_status": "Active", "last_synced": 1796313527,
+            br#"{"secondary_node": "b1", "worker_status": "Active", "last_synced": 1796313527,
             "last_synced_entry": 0, "crawl_status": "Changelog Crawl", "entry": 2, "data": 5,
             "meta": 1, "failures": 0, "checkpoint_completed": "Yes", "checkpoint_time": 1796313500,
             "checkpoint_completion_time": 1796313527}"#;
@@ -132,6 +137,7 @@ mod tests {
         assert_eq!(report.crawl_status, CrawlStatus::Changelog);
         assert_eq!(report.last_synced.as_deref(), Some("2026-12-03 15:58:47"));
         assert_eq!((report.entry, report.data, report.meta), (2, 5, 1));
+        assert_eq!(report.secondary_node.as_deref(), Some("b1"));
         assert!(report.checkpoint_completed);
         assert_eq!(
             report.checkpoint_completion_time.as_deref(),
