@@ -176,6 +176,15 @@ fn node_info(local: &LocalBricks, facts: &dyn HostFacts) -> NodeInfo {
     }
 }
 
+/// The paths of `bricks` of `volume`.
+fn paths_of(bricks: &[BrickSpec], volume: &str) -> Vec<String> {
+    bricks
+        .iter()
+        .filter(|b| b.volume == volume)
+        .map(|b| b.path.display().to_string())
+        .collect()
+}
+
 fn sessions_root(data_dir: &Path) -> PathBuf {
     georep_store::DataDir::new(data_dir).sessions_root()
 }
@@ -538,6 +547,9 @@ impl Agent {
             .collect();
         // A session that loses to another between the same two volumes runs nothing.
         let superseded = replica.superseded();
+        // One snapshot of this node's bricks for the whole pass: the supervisor's plans
+        // and the data path's agree even if glusterd's listing changes meanwhile.
+        let bricks = self.bricks();
         let plans: BTreeMap<SessionId, SessionPlan> = views
             .iter()
             .filter(|(view, _)| !superseded.contains_key(&view.id))
@@ -547,13 +559,13 @@ impl Agent {
                     desired: view.desired,
                     desired_stamp: view.desired_stamp.clone(),
                     restart_stamp: restart.clone(),
-                    local_bricks: self.local_bricks(&view.id.primary_volume),
+                    local_bricks: paths_of(&bricks, &view.id.primary_volume),
                 };
                 (view.id.clone(), plan)
             })
             .collect();
         if self.caught_up(&membership) {
-            self.prepare_primaries(&views).await;
+            self.prepare_primaries(&views, &bricks).await;
         }
         let reports = {
             let mut supervisor = self.supervisor.lock().await;
@@ -573,7 +585,6 @@ impl Agent {
         // Per volume, this node's Active bricks (an O(N) fold over the topology: once
         // per volume, not once per session).
         let mut active_here: HashMap<&str, Vec<String>> = HashMap::new();
-        let bricks = self.bricks();
         let dir_states: Vec<SessionDirState> = views
             .iter()
             .map(|(view, _)| {
@@ -614,7 +625,7 @@ impl Agent {
             .collect();
         self.sync_session_dirs(dir_states);
         if self.caught_up(&membership) {
-            self.end_leftovers(&views);
+            self.end_leftovers(&views, &bricks);
         }
         let existing: Vec<&SessionView> = views.iter().map(|(view, _)| view).collect();
         self.keys.sync(&self.mesh, &existing, &membership).await;
@@ -681,14 +692,6 @@ impl Agent {
             tracing::debug!(heard_a_peer, "caught up; acting on the converged view");
         }
         self.caught_up.load(Ordering::Relaxed)
-    }
-
-    fn local_bricks(&self, volume: &str) -> Vec<String> {
-        self.bricks()
-            .iter()
-            .filter(|b| b.volume == volume)
-            .map(|b| b.path.display().to_string())
-            .collect()
     }
 
     async fn publish_status(

@@ -67,11 +67,16 @@ impl Agent {
     }
 
     /// Before the supervisor acts: sets geo-replication's volume options on the primary
-    /// volumes of the existing sessions this node runs gsyncd for (once per session
-    /// incarnation; a failure is retried after [`PREPARE_RETRY`]). Awaited, so gsyncd
+    /// volumes of the existing sessions this node (`bricks`, as of this pass) runs
+    /// gsyncd for (once per session incarnation; a failure is retried after
+    /// [`PREPARE_RETRY`]). Awaited, so gsyncd
     /// starts on a volume that has them, as under glusterd (which set them at create):
     /// without the changelog its workers' live crawl has nothing to read.
-    pub(super) async fn prepare_primaries(&self, views: &[(SessionView, Option<Hlc>)]) {
+    pub(super) async fn prepare_primaries(
+        &self,
+        views: &[(SessionView, Option<Hlc>)],
+        bricks: &[BrickSpec],
+    ) {
         if self.config.monitor != MonitorProfile::Gsyncd {
             return;
         }
@@ -84,7 +89,7 @@ impl Agent {
                 .retain(|(id, _), _| views.iter().any(|(v, _)| v.id == *id));
             views
                 .iter()
-                .filter(|(view, _)| !self.local_bricks(&view.id.primary_volume).is_empty())
+                .filter(|(view, _)| bricks.iter().any(|b| b.volume == view.id.primary_volume))
                 .map(|(view, _)| (view.id.clone(), view.incarnation.clone()))
                 .filter(|key| match side.prepared.get(key) {
                     None => true,
@@ -114,13 +119,13 @@ impl Agent {
     }
 
     /// After the session directories: ends gsyncd's secondary-side processes of the
-    /// sessions of a volume this node hosts that stopped or went (see the module doc).
-    pub(super) fn end_leftovers(&self, views: &[(SessionView, Option<Hlc>)]) {
+    /// sessions of a volume this node hosts (`bricks`, as of this pass) that stopped or
+    /// went (see the module doc).
+    pub(super) fn end_leftovers(&self, views: &[(SessionView, Option<Hlc>)], bricks: &[BrickSpec]) {
         let Ok(mut side) = self.gluster_side.lock() else {
             return;
         };
         // Secondary side: sessions of a volume this node hosts.
-        let bricks = self.bricks();
         let hosted = |id: &SessionId| bricks.iter().any(|b| b.volume == id.secondary_volume);
         // Per hosted session its desired state; a deleted one has none (not running).
         let mut desired: BTreeMap<SessionId, Option<DesiredState>> = views

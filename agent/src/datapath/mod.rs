@@ -121,8 +121,7 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
 
 /// The plan for this node's workers of the session `view`, from the converged
 /// membership, the data endpoints nodes published, this node's TLS files and its
-/// `bricks`; `None`
-/// when this node has no brick of the primary volume.
+/// `bricks`; `None` when this node has no brick of the primary volume.
 pub fn plan_for(
     view: &georep_mesh::SessionView,
     membership: &georep_mesh::Membership,
