@@ -139,8 +139,9 @@ impl Agent {
         // peer's bricks are down. Wait (keeping the last observation, so nothing is
         // lost); a peer that really died was last heard longer ago than this.
         let settle_ms = self.config.gossip_interval_ms.saturating_mul(3);
+        // Not yet walked by the mesh's tick (no last-heard figure) is unjudged too.
         let unjudged = membership.members.values().any(|m| {
-            !m.live && m.info.is_some() && m.last_heard_ms.is_some_and(|ms| ms < settle_ms)
+            !m.live && m.info.is_some() && m.last_heard_ms.is_none_or(|ms| ms < settle_ms)
         });
         if unjudged {
             return;
