@@ -440,13 +440,25 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
     // first: creating entries inside a directory changes its mtime).
     let mut meta_files = Vec::new();
     let mut meta_dirs = Vec::new();
+    // A rewritten file with several names is written once; its other names link to it
+    // (the secondary writes through a temporary file: a second write would split them).
+    let mut rewritten: HashMap<u64, &RelPath> = HashMap::new();
     for (path, entry) in &new.entries {
         let Some(current) = view.entries.get(path) else {
             continue;
         };
         if entry.kind == EntryKind::File && current.mode != u32::MAX && !current.same_content(entry)
         {
-            ops.push(write_op(path, entry));
+            match rewritten.get(&entry.ino) {
+                Some(existing) => ops.push(Op::Link {
+                    path: path.clone(),
+                    existing: (*existing).clone(),
+                }),
+                None => {
+                    ops.push(write_op(path, entry));
+                    rewritten.insert(entry.ino, path);
+                }
+            }
         }
     }
     // Every directory something was created in, renamed in or out of, or removed from
