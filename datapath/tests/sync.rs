@@ -207,7 +207,10 @@ fn a_tree_and_every_kind_of_edit_arrive_exactly() {
     fs::write(p.join("docs/readme"), noise(300_000, 11)).unwrap();
     let (index, sent) = sync(p, &applier, &index, false);
     assert_same(p, secondary.path());
-    assert!(sent < 400_000, "{sent} bytes sent for one 300 kB file with two names");
+    assert!(
+        sent < 400_000,
+        "{sent} bytes sent for one 300 kB file with two names"
+    );
 
     // ignore-deletes keeps what the primary deleted.
     fs::remove_file(p.join("docs/readme.link")).unwrap();
