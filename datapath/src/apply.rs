@@ -8,8 +8,9 @@
 //! files opened `O_NOFOLLOW`). A symlink or `..` on the way therefore fails instead of
 //! leading elsewhere, also when someone swaps a directory for a symlink meanwhile.
 //!
-//! File content is written to a temporary file beside its destination, each chunk sent
-//! verified against its BLAKE3 hash and the whole against the content hash, fsynced,
+//! File content is written to a temporary file beside its destination, each chunk
+//! (sent, or copied from the current file) verified against its BLAKE3 hash and the
+//! chunk list against the content identity ([`crate::chunk::content_id`]), fsynced,
 //! then renamed into place: a reader sees the old file or the new one, never a part.
 //! Chunks the destination's current file already has are copied from it; only the
 //! others must be sent ([`Applier::missing_chunks`]).
@@ -33,7 +34,7 @@ use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 
-use crate::chunk::{ChunkRef, Hash, chunk_reader};
+use crate::chunk::{ChunkRef, Hash, chunk_reader, content_id};
 use crate::index::{Entry, EntryKind, Op, TEMP_PREFIX, synced_xattr, under_reserved_top_level};
 use crate::path::{PathError, RelPath};
 
@@ -224,8 +225,8 @@ impl Applier {
     /// The current file at `path`, opened without following it, and its chunks by hash.
     /// The chunks of the last file chunked are remembered with its identity (device,
     /// inode, size, mtime, ctime): asked again for the same unchanged file (a write
-    /// right after [`Self::missing_chunks`]), the file is not read twice. What is copied
-    /// from it is verified by the whole-content hash before the rename.
+    /// right after [`Self::missing_chunks`]), the file is not chunked twice. What is
+    /// copied from it is verified chunk by chunk as it is copied.
     fn current(&self, path: &RelPath) -> Option<(File, HashMap<Hash, ChunkRef>)> {
         let (dir, name) = self.parent(path).ok()?;
         let fd = openat(
@@ -359,24 +360,17 @@ impl Applier {
         .map_err(|e| io(path, "create temporary file", e))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, File::from(fd));
         let result = (|| {
-            let mut whole = blake3::Hasher::new();
+            if content_id(chunks) != *content
+                || chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() != size
+            {
+                return Err(ApplyError::ContentMismatch { path: path.clone() });
+            }
             let mut written = 0u64;
             let mut buffer = Vec::new();
             for chunk in chunks {
                 let sent = data.chunk(&chunk.hash);
                 let bytes: &[u8] = match &sent {
-                    Some(bytes) => {
-                        // What a peer sent is checked chunk by chunk; what is copied
-                        // from the current file only by the whole-content hash below
-                        // (one pass less over a large file that barely changed).
-                        if bytes.len() != chunk.len as usize || Hash::of(bytes) != chunk.hash {
-                            return Err(ApplyError::HashMismatch {
-                                path: path.clone(),
-                                offset: chunk.offset,
-                            });
-                        }
-                        bytes
-                    }
+                    Some(bytes) => bytes,
                     None => {
                         let (file, have) = current
                             .get_or_insert_with(|| self.current(path))
@@ -400,7 +394,15 @@ impl Applier {
                         &buffer
                     }
                 };
-                whole.update(bytes);
+                // Sent or copied (the current file may have changed since it was
+                // chunked), each chunk is checked: with the chunk list checked above,
+                // the file is then exactly the content named.
+                if bytes.len() != chunk.len as usize || Hash::of(bytes) != chunk.hash {
+                    return Err(ApplyError::HashMismatch {
+                        path: path.clone(),
+                        offset: chunk.offset,
+                    });
+                }
                 written += bytes.len() as u64;
                 out.write_all(bytes).map_err(|source| ApplyError::Io {
                     path: path.clone(),
@@ -408,7 +410,7 @@ impl Applier {
                     source,
                 })?;
             }
-            if written != size || Hash(*whole.finalize().as_bytes()) != *content {
+            if written != size {
                 return Err(ApplyError::ContentMismatch { path: path.clone() });
             }
             let file = out.into_inner().map_err(|e| ApplyError::Io {

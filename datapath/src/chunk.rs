@@ -46,16 +46,26 @@ pub struct ChunkRef {
     pub hash: Hash,
 }
 
-/// The chunks of everything `reader` yields, and the BLAKE3 of the whole.
+/// A file's content identity: the BLAKE3 of its chunks' hashes in order. Equal bytes
+/// give equal chunks and so equal identities, and the chunk hashes pin the bytes, so
+/// one hashing pass over a file (its chunks) yields both.
+pub fn content_id(chunks: &[ChunkRef]) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"georep content/1");
+    for chunk in chunks {
+        hasher.update(&chunk.hash.0);
+    }
+    Hash(*hasher.finalize().as_bytes())
+}
+
+/// The chunks of everything `reader` yields, and its [`content_id`].
 pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
-    let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::new();
     for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
         let chunk = chunk.map_err(|error| match error {
             fastcdc::v2020::Error::IoError(error) => error,
             other => io::Error::other(other.to_string()),
         })?;
-        whole.update(&chunk.data);
         chunks.push(ChunkRef {
             offset: chunk.offset,
             // MAX_CHUNK fits in u32.
@@ -63,7 +73,8 @@ pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
             hash: Hash::of(&chunk.data),
         });
     }
-    Ok((chunks, Hash(*whole.finalize().as_bytes())))
+    let content = content_id(&chunks);
+    Ok((chunks, content))
 }
 
 /// The file at `path` opened for reading without following a final symlink.
@@ -95,8 +106,15 @@ mod tests {
     #[test]
     fn chunks_cover_the_file_and_respect_the_bounds() {
         let data = noise(3 << 20, 1);
-        let (chunks, whole) = chunk_bytes(&data);
-        assert_eq!(whole, Hash::of(&data));
+        let (chunks, content) = chunk_bytes(&data);
+        assert_eq!(content, content_id(&chunks));
+        let mut edited = data.clone();
+        edited[1 << 20] ^= 1;
+        assert_ne!(
+            chunk_bytes(&edited).1,
+            content,
+            "one bit changed, same identity"
+        );
         let mut at = 0u64;
         for (i, c) in chunks.iter().enumerate() {
             assert_eq!(c.offset, at);

@@ -9,7 +9,9 @@ use crate::index::Op;
 use crate::path::RelPath;
 
 /// ALPN of data-path connections (the mesh's certificates, a connection of its own).
-pub const ALPN: &[u8] = b"georep-data/1";
+/// (`/2`: content identities are [`crate::chunk::content_id`]; a `/1` peer is refused
+/// at the handshake rather than every write failing verification.)
+pub const ALPN: &[u8] = b"georep-data/2";
 /// Largest message accepted (a batch of chunk data).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Writes of files up to this size carry their data without asking what is missing.

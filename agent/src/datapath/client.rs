@@ -637,7 +637,9 @@ enum StageError {
 }
 
 /// Sends `to_send`, chunks of the file `path` under `brick`, as `Stage` messages of
-/// at most [`BATCH_BYTES`], reading as it goes; returns the bytes sent.
+/// at most [`BATCH_BYTES`], reading as it goes, up to [`MAX_IN_FLIGHT`] unanswered
+/// (the secondary stores one while the next is read and sent); returns the bytes
+/// sent once every piece is acknowledged.
 async fn stage_chunks(
     brick: &Path,
     path: &RelPath,
@@ -650,30 +652,40 @@ async fn stage_chunks(
     let mut piece: Vec<(georep_datapath::Hash, Vec<u8>)> = Vec::new();
     let mut piece_bytes = 0usize;
     let mut sent = 0u64;
-    for chunk in to_send {
+    let mut unanswered = 0usize;
+    for (i, chunk) in to_send.iter().enumerate() {
         let mut bytes = vec![0; chunk.len as usize];
-        file.read_exact_at(&mut bytes, chunk.offset)
-            .map_err(StageError::Read)?;
+        if let Err(error) = file.read_exact_at(&mut bytes, chunk.offset) {
+            // What was sent is answered before the caller goes on with other requests.
+            for _ in 0..unanswered {
+                staged(call).await?;
+            }
+            return Err(StageError::Read(error));
+        }
         piece_bytes += bytes.len();
         piece.push((chunk.hash, bytes));
-        if piece_bytes >= BATCH_BYTES {
+        if piece_bytes >= BATCH_BYTES || i + 1 == to_send.len() {
+            if unanswered >= MAX_IN_FLIGHT {
+                staged(call).await?;
+                unanswered -= 1;
+            }
             sent += piece_bytes as u64;
-            stage(call, std::mem::take(&mut piece)).await?;
+            call.send(&Request::Stage(std::mem::take(&mut piece)))
+                .await
+                .map_err(StageError::Wire)?;
+            unanswered += 1;
             piece_bytes = 0;
         }
     }
-    if !piece.is_empty() {
-        sent += piece_bytes as u64;
-        stage(call, piece).await?;
+    for _ in 0..unanswered {
+        staged(call).await?;
     }
     Ok(sent)
 }
 
-async fn stage(
-    call: &mut Channel,
-    piece: Vec<(georep_datapath::Hash, Vec<u8>)>,
-) -> Result<(), StageError> {
-    match call.call(&Request::Stage(piece)).await {
+/// The answer to one `Stage`.
+async fn staged(call: &mut Channel) -> Result<(), StageError> {
+    match call.receive().await {
         Ok(Response::Staged) => Ok(()),
         Ok(other) => Err(StageError::Wire(format!(
             "unexpected answer to stage: {other:?}"
