@@ -29,6 +29,9 @@ pub enum Request {
         session: String,
         /// The replica set of the worker's brick.
         replica_set: u32,
+        /// Whether to answer with the saved index (a worker's first stream; the
+        /// streams it opens for large files need none).
+        index: bool,
     },
     /// Which of these chunks of `path` the secondary lacks.
     Missing {

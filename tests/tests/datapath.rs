@@ -30,6 +30,9 @@ fn populate(bricks: &[&Path]) {
             fs::write(dir.join(format!("f{i}.txt")), format!("small file {i}\n")).unwrap();
         }
         fs::write(root.join("large.bin"), noise(12 << 20, 1)).unwrap();
+        for k in 0..4 {
+            fs::write(root.join(format!("big{k}.bin")), noise(3 << 20, 10 + k)).unwrap();
+        }
         fs::write(root.join("doc.txt"), b"document").unwrap();
         fs::hard_link(root.join("doc.txt"), root.join("doc.link")).unwrap();
         symlink("large.bin", root.join("large.lnk")).unwrap();
@@ -92,6 +95,7 @@ fn hello_as(cluster: &Cluster, i: usize, session: &str) -> String {
         let body = postcard::to_stdvec(&Request::Hello {
             session: session.to_string(),
             replica_set: 0,
+            index: true,
         })
         .unwrap();
         send.write_all(&(body.len() as u32).to_le_bytes())
@@ -139,6 +143,18 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     cluster.ok(0, &["config", "gv0", SECONDARY, "change-interval", "1"]);
     cluster.ok(0, &["start", "gv0", SECONDARY]);
     wait_same(&cluster, &bricks[0], &secondary, "the initial sync");
+    // The large files were in flight together: the Active worker opened more than one
+    // sync-job stream (a new one opens only while every open one is busy).
+    let log = fs::read_to_string(cluster.nodes[2].data_dir.join("georepd.log")).unwrap();
+    let jobs = log
+        .lines()
+        .filter(|l| l.contains("data path stream ready") && l.contains("sync job"))
+        .count();
+    assert!(
+        jobs >= 2,
+        "{jobs} sync-job streams:\n{}",
+        cluster.logs_tail()
+    );
     cluster.wait_until(WAIT, "an Active worker in Changelog Crawl", || {
         active_node(&cluster, 2).is_some()
     });

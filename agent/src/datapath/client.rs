@@ -260,6 +260,7 @@ async fn session(
     let hello = Request::Hello {
         session: plan.session.clone(),
         replica_set,
+        index: true,
     };
     let mut synced: Index = match call.call(&hello).await? {
         Response::Ready { index: Some(bytes) } => postcard::from_bytes(&bytes).unwrap_or_default(),
@@ -267,6 +268,12 @@ async fn session(
         other => return Err(format!("unexpected answer to hello: {other:?}")),
     };
     tracing::info!(brick = %brick.display(), secondary = %node, entries = synced.entries.len(), "syncing");
+    let mut jobs = Jobs::new(
+        conn.clone(),
+        plan.session.clone(),
+        replica_set,
+        brick.to_path_buf(),
+    );
     let set = |f: &dyn Fn(&mut SyncProgress)| update(progress, f);
     set(&|p| {
         p.secondary = Some(node.to_string());
@@ -356,7 +363,8 @@ async fn session(
         let mut failed: BTreeSet<RelPath> =
             report.failures.iter().map(|(p, _)| p.clone()).collect();
         if !ops.is_empty() {
-            let (counts, bytes, op_failures) = send_ops(brick, &ops, &mut call).await?;
+            jobs.max = plan.sync_jobs;
+            let (counts, bytes, op_failures) = send_ops(brick, &ops, &mut call, &mut jobs).await?;
             failed.extend(op_failures);
             // The secondary now has `now`, except where an operation failed.
             let mut next = now.clone();
@@ -553,12 +561,18 @@ impl InFlight {
     }
 }
 
-/// Sends `ops` in batches; returns counts by class, chunk bytes sent, and the paths
-/// whose operation failed.
+/// Sends `ops` in batches on the main stream, large files on `jobs`' streams; returns
+/// counts by class, chunk bytes sent, and the paths whose operation failed.
+///
+/// Order: a large file is handed to a job only once everything before it is applied
+/// (its directory exists), and an operation naming a path a job is still writing, or a
+/// directory above one, waits until the jobs are done (a link to it, its metadata,
+/// its directory's metadata).
 async fn send_ops(
     brick: &Path,
     ops: &[Op],
     call: &mut Channel,
+    jobs: &mut Jobs,
 ) -> Result<(Counts, u64, Vec<RelPath>), String> {
     let mut flight = InFlight::default();
     let mut bytes_sent = 0u64;
@@ -566,42 +580,23 @@ async fn send_ops(
     let mut batch: Vec<georep_datapath::proto::BatchItem> = Vec::new();
     let mut batch_bytes = 0usize;
     for op in ops {
+        if jobs.touches(op) {
+            jobs.join_all().await?;
+        }
         let data = match op {
             Op::Write {
                 path, size, chunks, ..
             } => {
-                let wanted: Vec<georep_datapath::Hash> = if *size <= SMALL_FILE {
-                    chunks.iter().map(|c| c.hash).collect()
-                } else {
+                if *size > SMALL_FILE {
+                    bytes_sent += batch_bytes as u64;
+                    batch_bytes = 0;
+                    flight.send(&mut batch, call).await?;
                     flight.drain(call).await?;
-                    match call
-                        .call(&Request::Missing {
-                            path: path.clone(),
-                            chunks: chunks.iter().map(|c| c.hash).collect(),
-                        })
-                        .await?
-                    {
-                        Response::Missing(hashes) => hashes,
-                        other => return Err(format!("unexpected answer to missing: {other:?}")),
-                    }
-                };
-                let to_send = unique_wanted(chunks, &wanted);
-                let wanted_bytes: u64 = to_send.iter().map(|c| u64::from(c.len)).sum();
-                let read = if wanted_bytes > (BATCH_BYTES / 2) as u64 {
-                    // Too large for one message: staged ahead of the batch, in pieces.
-                    flight.drain(call).await?;
-                    match stage_chunks(brick, path, &to_send, call).await {
-                        Ok(sent) => {
-                            bytes_sent += sent;
-                            Ok(Vec::new())
-                        }
-                        Err(StageError::Read(error)) => Err(error),
-                        Err(StageError::Wire(error)) => return Err(error),
-                    }
-                } else {
-                    read_chunks(brick, path, &to_send)
-                };
-                match read {
+                    jobs.start(op.clone()).await?;
+                    continue;
+                }
+                let all: Vec<georep_datapath::Hash> = chunks.iter().map(|c| c.hash).collect();
+                match read_chunks(brick, path, &unique_wanted(chunks, &all)) {
                     Ok(data) => data,
                     Err(error) => {
                         tracing::warn!(%path, %error, "cannot read; retried next round");
@@ -624,8 +619,180 @@ async fn send_ops(
     bytes_sent += batch_bytes as u64;
     flight.send(&mut batch, call).await?;
     flight.drain(call).await?;
+    jobs.join_all().await?;
     failed.extend(flight.failed);
+    failed.append(&mut jobs.failed);
+    flight.counts.1 += std::mem::take(&mut jobs.written);
+    bytes_sent += std::mem::take(&mut jobs.bytes_sent);
     Ok((flight.counts, bytes_sent, failed))
+}
+
+/// Large files in flight, each on a stream of its own (up to `sync-jobs` of them, the
+/// streams kept for the connection's life): a job asks the secondary which chunks of
+/// one file it lacks, sends them and has the file written, while the main stream goes
+/// on with entries and small files and other jobs with other files.
+struct Jobs {
+    conn: quinn::Connection,
+    session: String,
+    replica_set: u32,
+    brick: PathBuf,
+    /// Most jobs at once.
+    max: usize,
+    /// Streams opened and not busy.
+    idle: Vec<Channel>,
+    running: tokio::task::JoinSet<JobDone>,
+    /// Paths being written (a set: the values are unused).
+    pending: std::collections::BTreeMap<RelPath, ()>,
+    /// Files written, their chunk bytes sent, and the paths that failed, since taken.
+    written: u64,
+    bytes_sent: u64,
+    failed: Vec<RelPath>,
+}
+
+/// A finished job: its stream (to use again), its file, and its outcome (chunk bytes
+/// sent and `Some(why)` if the file was not written; an error if the stream failed).
+struct JobDone {
+    channel: Channel,
+    path: RelPath,
+    outcome: Result<(u64, Option<String>), String>,
+}
+
+impl Jobs {
+    fn new(conn: quinn::Connection, session: String, replica_set: u32, brick: PathBuf) -> Self {
+        Jobs {
+            conn,
+            session,
+            replica_set,
+            brick,
+            max: 1,
+            idle: Vec::new(),
+            running: tokio::task::JoinSet::new(),
+            pending: Default::default(),
+            written: 0,
+            bytes_sent: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Whether `op` names a path being written or a directory above one.
+    fn touches(&self, op: &Op) -> bool {
+        let mut named = vec![op.path()];
+        match op {
+            Op::Rename { from, .. } => named.push(from),
+            Op::Link { existing, .. } => named.push(existing),
+            _ => {}
+        }
+        !self.pending.is_empty()
+            && named
+                .into_iter()
+                .any(|path| !paths_at_and_below(&self.pending, path).is_empty())
+    }
+
+    /// Starts writing the large file `op` writes, once fewer than `max` jobs run.
+    async fn start(&mut self, op: Op) -> Result<(), String> {
+        while self.running.len() >= self.max.max(1) {
+            self.join_one().await?;
+        }
+        let mut channel = match self.idle.pop() {
+            Some(channel) => channel,
+            None => {
+                let (send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+                let mut channel = Channel { send, recv };
+                let hello = Request::Hello {
+                    session: self.session.clone(),
+                    replica_set: self.replica_set,
+                    index: false,
+                };
+                match channel.call(&hello).await? {
+                    Response::Ready { .. } => {}
+                    other => return Err(format!("unexpected answer to hello: {other:?}")),
+                }
+                channel
+            }
+        };
+        let path = op.path().clone();
+        self.pending.insert(path.clone(), ());
+        let brick = self.brick.clone();
+        self.running.spawn(async move {
+            let outcome = write_large(&brick, &op, &mut channel).await;
+            JobDone {
+                channel,
+                path,
+                outcome,
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits for one job to finish.
+    async fn join_one(&mut self) -> Result<(), String> {
+        let Some(done) = self.running.join_next().await else {
+            return Ok(());
+        };
+        let done = done.map_err(|e| format!("a sync job failed: {e}"))?;
+        self.pending.remove(&done.path);
+        let (sent, refused) = done.outcome?;
+        self.bytes_sent += sent;
+        match refused {
+            None => self.written += 1,
+            Some(error) => {
+                tracing::warn!(path = %done.path, %error, "not written; retried next round");
+                self.failed.push(done.path);
+            }
+        }
+        self.idle.push(done.channel);
+        Ok(())
+    }
+
+    /// Waits for every job to finish.
+    async fn join_all(&mut self) -> Result<(), String> {
+        while !self.running.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the large file `op` writes through `call`: asks which chunks the secondary
+/// lacks, sends those (staged in pieces when they do not fit one message) and has the
+/// file written. Chunk bytes sent, and why the file was not written if it was not.
+async fn write_large(
+    brick: &Path,
+    op: &Op,
+    call: &mut Channel,
+) -> Result<(u64, Option<String>), String> {
+    let Op::Write { path, chunks, .. } = op else {
+        return Ok((0, Some("not a write".into())));
+    };
+    let wanted = match call
+        .call(&Request::Missing {
+            path: path.clone(),
+            chunks: chunks.iter().map(|c| c.hash).collect(),
+        })
+        .await?
+    {
+        Response::Missing(hashes) => hashes,
+        other => return Err(format!("unexpected answer to missing: {other:?}")),
+    };
+    let to_send = unique_wanted(chunks, &wanted);
+    let wanted_bytes: u64 = to_send.iter().map(|c| u64::from(c.len)).sum();
+    let (sent, data) = if wanted_bytes > (BATCH_BYTES / 2) as u64 {
+        // Too large for one message: staged ahead of the batch, in pieces.
+        match stage_chunks(brick, path, &to_send, call).await {
+            Ok(sent) => (sent, Vec::new()),
+            Err(StageError::Read(error)) => return Ok((0, Some(format!("cannot read: {error}")))),
+            Err(StageError::Wire(error)) => return Err(error),
+        }
+    } else {
+        match read_chunks(brick, path, &to_send) {
+            Ok(data) => (wanted_bytes, data),
+            Err(error) => return Ok((0, Some(format!("cannot read: {error}")))),
+        }
+    };
+    match call.call(&Request::Batch(vec![(op.clone(), data)])).await? {
+        Response::Applied(results) => Ok((sent, results.into_iter().next().flatten())),
+        other => Err(format!("unexpected answer to a batch: {other:?}")),
+    }
 }
 
 /// Why staging a large file's chunks stopped.

@@ -39,11 +39,18 @@ pub struct WorkerPlan {
     pub ignore_deletes: bool,
     /// Seconds between rescans.
     pub change_interval_s: u64,
+    /// Large files in flight at once, each on a stream of its own (`sync-jobs`).
+    #[serde(default = "one")]
+    pub sync_jobs: usize,
     /// The checkpoint (Unix seconds; 0: none).
     #[serde(default)]
     pub checkpoint: u64,
     /// The cluster CA, this node's certificate and key.
     pub tls: [PathBuf; 3],
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Why a message could not be exchanged.
@@ -162,6 +169,7 @@ pub fn plan_for(
             "true" | "1" | "yes" | "on"
         ),
         change_interval_s: value("change-interval").parse().unwrap_or(5),
+        sync_jobs: value("sync-jobs").parse().unwrap_or(3),
         checkpoint: value("checkpoint").parse().unwrap_or(0),
         tls: [
             config.tls_ca.clone(),

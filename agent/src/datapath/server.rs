@@ -176,10 +176,17 @@ async fn serve_stream(
                 Request::Hello {
                     session,
                     replica_set,
+                    index,
                 },
             ) => match authorize(&agent, &peer, &session, replica_set).await {
                 Ok(granted) => {
-                    let index = std::fs::read(&granted.index_file).ok();
+                    // A worker's first stream asks for the index; the streams of its
+                    // sync jobs (large files in flight at once) do not.
+                    let kind = if index { "session" } else { "sync job" };
+                    tracing::info!(%peer, %session, replica_set, kind, "data path stream ready");
+                    let index = index
+                        .then(|| std::fs::read(&granted.index_file).ok())
+                        .flatten();
                     grant = Some(granted);
                     Response::Ready { index }
                 }
