@@ -3,6 +3,7 @@
 //! and its postcard encoding, requests from the worker, one response each.
 
 use serde::{Deserialize, Serialize};
+pub use serde_bytes::ByteBuf;
 
 use crate::chunk::Hash;
 use crate::index::Op;
@@ -17,8 +18,11 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 /// Writes of files up to this size carry their data without asking what is missing.
 pub const SMALL_FILE: u64 = 256 * 1024;
 
+/// A chunk's hash and its bytes (one byte string on the wire, not a sequence of bytes).
+pub type ChunkData = (Hash, ByteBuf);
+
 /// One operation of a batch and the chunk bytes it needs.
-pub type BatchItem = (Op, Vec<(Hash, Vec<u8>)>);
+pub type BatchItem = (Op, Vec<ChunkData>);
 
 /// From a primary worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,13 +46,13 @@ pub enum Request {
     },
     /// Chunk bytes of a file too large for one message, kept (on disk) for the
     /// operations of the next batch.
-    Stage(Vec<(Hash, Vec<u8>)>),
+    Stage(Vec<ChunkData>),
     /// Operations to apply in order, each with the chunk bytes it needs (or staged
     /// before); staged chunks are dropped after it.
     Batch(Vec<BatchItem>),
     /// The index of what the secondary now has of this replica set (postcard of
     /// [`crate::Index`]), kept for the next worker.
-    SaveIndex(Vec<u8>),
+    SaveIndex(ByteBuf),
 }
 
 /// From the secondary.
@@ -57,7 +61,7 @@ pub enum Response {
     /// Hello accepted: the index saved last for this replica set, if any.
     Ready {
         /// postcard of [`crate::Index`].
-        index: Option<Vec<u8>>,
+        index: Option<ByteBuf>,
     },
     /// Refused, and why (the stream ends).
     Refused(String),

@@ -382,7 +382,7 @@ async fn session(
                 }
             }
             let bytes_index = postcard::to_stdvec(&next).map_err(|e| e.to_string())?;
-            match call.call(&Request::SaveIndex(bytes_index)).await? {
+            match call.call(&Request::SaveIndex(bytes_index.into())).await? {
                 Response::Saved => {}
                 other => return Err(format!("unexpected answer to save: {other:?}")),
             }
@@ -816,7 +816,7 @@ async fn stage_chunks(
     use std::os::unix::fs::FileExt;
     let file = georep_datapath::chunk::open_nofollow(&brick.join(path.as_path()))
         .map_err(StageError::Read)?;
-    let mut piece: Vec<(georep_datapath::Hash, Vec<u8>)> = Vec::new();
+    let mut piece: Vec<georep_datapath::proto::ChunkData> = Vec::new();
     let mut piece_bytes = 0usize;
     let mut sent = 0u64;
     let mut unanswered = 0usize;
@@ -830,7 +830,7 @@ async fn stage_chunks(
             return Err(StageError::Read(error));
         }
         piece_bytes += bytes.len();
-        piece.push((chunk.hash, bytes));
+        piece.push((chunk.hash, bytes.into()));
         if piece_bytes >= BATCH_BYTES || i + 1 == to_send.len() {
             if unanswered >= MAX_IN_FLIGHT {
                 staged(call).await?;
@@ -879,7 +879,7 @@ fn read_chunks(
     brick: &Path,
     path: &RelPath,
     to_send: &[&georep_datapath::ChunkRef],
-) -> std::io::Result<Vec<(georep_datapath::Hash, Vec<u8>)>> {
+) -> std::io::Result<Vec<georep_datapath::proto::ChunkData>> {
     use std::os::unix::fs::FileExt;
     let file = georep_datapath::chunk::open_nofollow(&brick.join(path.as_path()))?;
     to_send
@@ -887,7 +887,7 @@ fn read_chunks(
         .map(|chunk| {
             let mut bytes = vec![0; chunk.len as usize];
             file.read_exact_at(&mut bytes, chunk.offset)?;
-            Ok((chunk.hash, bytes))
+            Ok((chunk.hash, bytes.into()))
         })
         .collect()
 }

@@ -94,7 +94,7 @@ struct Stage {
 }
 
 impl Stage {
-    fn add(&mut self, chunks: Vec<(georep_datapath::Hash, Vec<u8>)>) -> std::io::Result<()> {
+    fn add(&mut self, chunks: Vec<proto::ChunkData>) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         if self.file.is_none() {
             self.file = Some(
@@ -186,7 +186,8 @@ async fn serve_stream(
                     tracing::info!(%peer, %session, replica_set, kind, "data path stream ready");
                     let index = index
                         .then(|| std::fs::read(&granted.index_file).ok())
-                        .flatten();
+                        .flatten()
+                        .map(proto::ByteBuf::from);
                     grant = Some(granted);
                     Response::Ready { index }
                 }
@@ -262,7 +263,7 @@ fn apply_batch(
     items
         .into_iter()
         .map(|(op, data)| {
-            let data: FileData = data.into_iter().collect();
+            let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
             let sources = Sources { sent: &data, stage };
             match applier.apply(&op, &sources) {
                 Ok(()) => None,
