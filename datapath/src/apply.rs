@@ -208,6 +208,63 @@ impl Applier {
         Ok((fd, name))
     }
 
+    /// Appends to `out` what is at `path` here (and, if `below`, what is below it), each
+    /// with whether it is a directory (volume content only: no temporary files,
+    /// nothing reserved), never following a symlink; stops at `limit` entries in
+    /// `out`. Nothing there: nothing appended.
+    pub fn present(
+        &self,
+        path: &RelPath,
+        below: bool,
+        limit: usize,
+        out: &mut Vec<(RelPath, bool)>,
+    ) {
+        if out.len() >= limit || !crate::index::is_volume_content(path) {
+            return;
+        }
+        let Ok((dir, name)) = self.parent(path) else {
+            return;
+        };
+        let Ok(stat) = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            return;
+        };
+        let is_dir = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
+            & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFDIR;
+        out.push((path.clone(), is_dir));
+        if !is_dir || !below {
+            return;
+        }
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let Ok(fd) = openat2(self.root.as_fd(), path.as_path(), how) else {
+            return;
+        };
+        let Ok(mut listing) = nix::dir::Dir::from_fd(fd) else {
+            return;
+        };
+        let names: Vec<Vec<u8>> = listing
+            .iter()
+            .flatten()
+            .map(|e| e.file_name().to_bytes().to_vec())
+            .filter(|n| n.as_slice() != b"." && n.as_slice() != b"..")
+            .collect();
+        for name in names {
+            let mut child = path.as_bytes().to_vec();
+            child.push(b'/');
+            child.extend_from_slice(&name);
+            if let Ok(child) = RelPath::new(child) {
+                self.present(&child, true, limit, out);
+            }
+        }
+    }
+
     /// The chunks of `chunks` that the file now at `path` does not have (what the
     /// primary must send).
     pub fn missing_chunks(&self, path: &RelPath, wanted: &[Hash]) -> Vec<Hash> {

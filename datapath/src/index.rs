@@ -82,6 +82,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry whose kind is all that is known (what a secondary has at a path an
+    /// interrupted worker may have changed): it matches nothing, so a diff against it
+    /// sends the primary's entry there again, or removes it.
+    pub fn unknown(dir: bool) -> Entry {
+        Entry {
+            kind: if dir { EntryKind::Dir } else { EntryKind::File },
+            size: u64::MAX,
+            mode: u32::MAX,
+            uid: u32::MAX,
+            gid: u32::MAX,
+            mtime: i64::MIN,
+            mtime_nsec: 0,
+            ino: u64::MAX,
+            xattrs: Vec::new(),
+            chunks: Vec::new(),
+            content: None,
+        }
+    }
+
     /// Whether `other` has the same metadata (mode, owner, mtime, xattrs).
     pub fn same_meta(&self, other: &Entry) -> bool {
         self.mode == other.mode
@@ -108,6 +127,27 @@ impl Entry {
 pub struct Index {
     /// Entries by path.
     pub entries: BTreeMap<RelPath, Entry>,
+}
+
+impl Index {
+    /// Forgets what the index says of `places` (a path, and whether what is below it
+    /// too), then takes each of `present` (a path and whether it is a directory) as
+    /// [`Entry::unknown`]: what an interrupted round may have changed is re-checked,
+    /// never assumed.
+    pub fn forget(&mut self, places: &[(RelPath, bool)], present: &[(RelPath, bool)]) {
+        for (path, below) in places {
+            if *below {
+                for p in paths_at_and_below(&self.entries, path) {
+                    self.entries.remove(&p);
+                }
+            } else {
+                self.entries.remove(path);
+            }
+        }
+        for (path, dir) in present {
+            self.entries.insert(path.clone(), Entry::unknown(*dir));
+        }
+    }
 }
 
 /// Whether an extended attribute is synced: `user.*`, and `trusted.*` except
@@ -196,6 +236,16 @@ impl Op {
             | Op::Meta { path, .. }
             | Op::Remove { path, .. } => path,
             Op::Rename { to, .. } => to,
+        }
+    }
+
+    /// The places the operation changes, each with whether what is below it changes
+    /// too (a rename's source and destination); what a saved index says of them may
+    /// no longer hold once it is applied.
+    pub fn touches(&self) -> Vec<(&RelPath, bool)> {
+        match self {
+            Op::Rename { from, to } => vec![(from, true), (to, true)],
+            other => vec![(other.path(), false)],
         }
     }
 

@@ -14,11 +14,14 @@
 //! - [`apply`]: the secondary side: each operation checked and applied under the
 //!   volume's root; file contents written to a temporary file, verified, fsynced and
 //!   renamed into place.
+//! - [`journal`]: the secondary's record of where batches applied since the index
+//!   was last saved left something (a worker taking over re-checks those places).
 //! - [`proto`]: what a primary worker and a secondary agent say to each other.
 
 pub mod apply;
 pub mod chunk;
 pub mod index;
+pub mod journal;
 pub mod path;
 pub mod proto;
 pub mod scan;

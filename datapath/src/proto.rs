@@ -58,10 +58,18 @@ pub enum Request {
 /// From the secondary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// Hello accepted: the index saved last for this replica set, if any.
+    /// Hello accepted: the index saved last for this replica set, if any, and what
+    /// is now where batches applied after it touched (see [`crate::journal`]).
     Ready {
         /// postcard of [`crate::Index`].
         index: Option<ByteBuf>,
+        /// Places batches applied after the index was saved changed, each with
+        /// whether what is below it changed too: what the index says of them may not
+        /// hold.
+        unsaved: Vec<(RelPath, bool)>,
+        /// What is now at (and below) those places, each with whether it is a
+        /// directory.
+        present: Vec<(RelPath, bool)>,
     },
     /// Refused, and why (the stream ends).
     Refused(String),

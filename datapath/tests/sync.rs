@@ -9,7 +9,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use georep_datapath::{Applier, ApplyError, FileData, Hash, Index, Op, RelPath, diff, noise, scan};
+use georep_datapath::{
+    Applier, ApplyError, FileData, Hash, Index, Op, RelPath, diff, journal, noise, scan,
+};
 
 /// Reads the chunks `wanted` of the primary file at `path`.
 fn chunk_data(root: &Path, path: &RelPath, op: &Op, wanted: &[Hash]) -> FileData {
@@ -32,25 +34,31 @@ fn chunk_data(root: &Path, path: &RelPath, op: &Op, wanted: &[Hash]) -> FileData
 fn sync(primary: &Path, applier: &Applier, old: &Index, ignore_deletes: bool) -> (Index, u64) {
     let (new, report) = scan(primary, Some(old)).unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let mut ops = diff(old, &new);
+    if ignore_deletes {
+        ops.retain(|op| !matches!(op, Op::Remove { .. }));
+    }
+    (new, apply_all(primary, applier, &ops))
+}
+
+/// Applies `ops` with the chunk data the secondary lacks; returns the bytes sent.
+fn apply_all(primary: &Path, applier: &Applier, ops: &[Op]) -> u64 {
     let mut sent = 0;
-    for op in diff(old, &new) {
-        if ignore_deletes && matches!(op, Op::Remove { .. }) {
-            continue;
-        }
-        let data = match &op {
+    for op in ops {
+        let data = match op {
             Op::Write { path, chunks, .. } => {
                 let hashes: Vec<Hash> = chunks.iter().map(|c| c.hash).collect();
                 let missing = applier.missing_chunks(path, &hashes);
-                chunk_data(primary, path, &op, &missing)
+                chunk_data(primary, path, op, &missing)
             }
             _ => FileData::new(),
         };
         sent += data.values().map(|b| b.len() as u64).sum::<u64>();
         applier
-            .apply(&op, &data)
+            .apply(op, &data)
             .unwrap_or_else(|e| panic!("{op:?}: {e}"));
     }
-    (new, sent)
+    sent
 }
 
 type Shape = BTreeMap<String, String>;
@@ -216,6 +224,79 @@ fn a_tree_and_every_kind_of_edit_arrive_exactly() {
     fs::remove_file(p.join("docs/readme.link")).unwrap();
     let _ = sync(p, &applier, &index, true);
     assert!(secondary.path().join("docs/readme.link").exists());
+}
+
+/// A round applied on the secondary but cut off before its index was saved (the
+/// worker killed), then the primary changed again: the next worker, starting from the
+/// saved index with the journal's places forgotten, leaves the secondary equal to the
+/// primary: what the lost round created and the primary then removed does not stay.
+#[test]
+fn a_round_applied_but_never_saved_leaves_nothing_extra() {
+    let primary = tempfile::tempdir().unwrap();
+    let secondary = tempfile::tempdir().unwrap();
+    build_tree(primary.path());
+    let applier = Applier::open(secondary.path()).unwrap();
+    let (saved, _) = sync(primary.path(), &applier, &Index::default(), false);
+
+    // The round that is lost: new entries, a directory renamed, a file rewritten.
+    let p = primary.path();
+    fs::write(p.join("new-1"), b"created, then removed").unwrap();
+    fs::create_dir_all(p.join("newdir/deeper")).unwrap();
+    fs::write(p.join("newdir/deeper/f"), b"inside").unwrap();
+    fs::rename(p.join("a/b"), p.join("a/moved")).unwrap();
+    fs::write(p.join("docs/readme"), b"rewritten").unwrap();
+    let (lost, _) = scan(p, Some(&saved)).unwrap();
+    let ops = diff(&saved, &lost);
+    let mut journal_file = journal::frame(&journal::touched(&ops)).unwrap();
+    apply_all(p, &applier, &ops);
+    // A batch journaled but cut off before it was applied counts too (harmlessly).
+    journal_file.extend(
+        journal::frame(&journal::touched(&[Op::Mkdir {
+            path: RelPath::new("never").unwrap(),
+        }]))
+        .unwrap(),
+    );
+
+    // Meanwhile on the primary: the new entries go, the renamed directory moves on.
+    fs::remove_file(p.join("new-1")).unwrap();
+    fs::remove_dir_all(p.join("newdir")).unwrap();
+    fs::rename(p.join("a/moved"), p.join("elsewhere")).unwrap();
+
+    // Without the journal the next worker would not know what the lost round made.
+    let (now, _) = scan(p, Some(&saved)).unwrap();
+    let blind = diff(&saved, &now);
+    assert!(
+        !blind
+            .iter()
+            .any(|op| matches!(op, Op::Remove { path, .. } if path.to_string() == "new-1")),
+        "the saved index alone cannot know new-1: {blind:?}"
+    );
+
+    let places = journal::read(&journal_file);
+    let mut present = Vec::new();
+    for (path, below) in &places {
+        applier.present(path, *below, usize::MAX, &mut present);
+    }
+    let names: BTreeSet<String> = present.iter().map(|(p, _)| p.to_string()).collect();
+    for expected in [
+        "new-1",
+        "newdir",
+        "newdir/deeper/f",
+        "a/moved",
+        "a/moved/c/small-7.txt",
+        "docs/readme",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} not found present: {names:?}"
+        );
+    }
+    assert!(!names.contains("never"), "nothing was made at never");
+    assert!(!names.contains("a/b"), "a/b was renamed away");
+    let mut resumed = saved.clone();
+    resumed.forget(&places, &present);
+    sync(p, &applier, &resumed, false);
+    assert_same(p, secondary.path());
 }
 
 #[test]

@@ -112,6 +112,14 @@ fn hello_as(cluster: &Cluster, i: usize, session: &str) -> String {
     })
 }
 
+/// Where the secondary journals batches of replica set 0 (next to its saved index).
+fn lost_round_journal(secondary: &Path) -> PathBuf {
+    let dir = secondary.join(".georep/gv0_n3_gv1/initial");
+    let index = dir.join("replica-set-0.index");
+    assert!(index.exists(), "no saved index at {}", index.display());
+    dir.join("replica-set-0.journal")
+}
+
 fn active_node(cluster: &Cluster, at: usize) -> Option<String> {
     cluster.json(at, &["status", "gv0", SECONDARY])["sessions"][0]["workers"]
         .as_array()?
@@ -248,12 +256,31 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
         worker_status(&cluster).as_deref() == Some("Faulty")
     });
     fs::write(survivor.join("fresh/while-away.txt"), b"queued").unwrap();
+    // What a worker cut off between applying a batch and saving the index leaves: an
+    // entry the saved index does not know of, named in the secondary's journal. The
+    // primary does not have it: the worker reconnecting removes it.
+    fs::write(
+        secondary.join("fresh/lost-round.txt"),
+        b"applied, never saved",
+    )
+    .unwrap();
+    let journal = lost_round_journal(&secondary);
+    let frame = georep_datapath::journal::frame(&[(
+        georep_datapath::RelPath::new("fresh/lost-round.txt").unwrap(),
+        false,
+    )])
+    .unwrap();
+    fs::write(&journal, frame).unwrap();
     cluster.restart(2);
     wait_same(
         &cluster,
         survivor,
         &secondary,
         "the sync after the secondary returned",
+    );
+    assert!(
+        !journal.exists(),
+        "the journal outlived the next saved index"
     );
     cluster.wait_until(WAIT, "Active again", || {
         worker_status(&cluster).as_deref() == Some("Active")

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use georep_api::CrawlStatus;
 use georep_datapath::index::paths_at_and_below;
+use georep_datapath::journal::Touched;
 use georep_datapath::proto::{Request, Response, SMALL_FILE};
 use georep_datapath::{Index, Op, RelPath, diff, rescan, scan};
 use georep_mesh::NodeIdentity;
@@ -262,12 +263,24 @@ async fn session(
         replica_set,
         index: true,
     };
-    let mut synced: Index = match call.call(&hello).await? {
-        Response::Ready { index: Some(bytes) } => postcard::from_bytes(&bytes).unwrap_or_default(),
-        Response::Ready { index: None } => Index::default(),
+    let (mut synced, unsaved, present): (Index, _, _) = match call.call(&hello).await? {
+        Response::Ready {
+            index,
+            unsaved,
+            present,
+        } => (
+            index
+                .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+                .unwrap_or_default(),
+            unsaved,
+            present,
+        ),
         other => return Err(format!("unexpected answer to hello: {other:?}")),
     };
-    tracing::info!(brick = %brick.display(), secondary = %node, entries = synced.entries.len(), "syncing");
+    // What a worker before us applied without saving the index: whatever is there now
+    // is sent again or removed, never assumed.
+    synced.forget(&unsaved, &present);
+    tracing::info!(brick = %brick.display(), secondary = %node, entries = synced.entries.len(), unsaved = unsaved.len(), "syncing");
     let mut jobs = Jobs::new(
         conn.clone(),
         plan.session.clone(),
@@ -365,15 +378,27 @@ async fn session(
         if !ops.is_empty() {
             jobs.max = plan.sync_jobs;
             let (counts, bytes, op_failures) = send_ops(brick, &ops, &mut call, &mut jobs).await?;
-            failed.extend(op_failures);
-            // The secondary now has `now`, except where an operation failed.
+            // The secondary now has `now`, except where something failed: there, what
+            // it had (a failed rename: at and below both its source and destination).
             let mut next = now.clone();
-            for path in &failed {
-                match synced.entries.get(path) {
-                    Some(old) => next.entries.insert(path.clone(), old.clone()),
-                    None => next.entries.remove(path),
+            let unread = failed.iter().map(|path| (path.clone(), false));
+            for (path, below) in unread.chain(op_failures.iter().cloned()) {
+                let (was, is) = if below {
+                    let is = paths_at_and_below(&next.entries, &path);
+                    (paths_at_and_below(&synced.entries, &path), is)
+                } else {
+                    (vec![path.clone()], vec![path.clone()])
                 };
+                for p in is {
+                    next.entries.remove(&p);
+                }
+                for p in was {
+                    if let Some(old) = synced.entries.get(&p) {
+                        next.entries.insert(p, old.clone());
+                    }
+                }
             }
+            failed.extend(op_failures.into_iter().map(|(path, _)| path));
             if plan.ignore_deletes {
                 for (path, entry) in &synced.entries {
                     next.entries
@@ -495,9 +520,11 @@ impl Channel {
 /// secondary applies the previous one (answers come in order on the stream).
 #[derive(Default)]
 struct InFlight {
-    batches: std::collections::VecDeque<Vec<(georep_datapath::index::OpClass, RelPath)>>,
+    /// Per batch sent, per operation: its class and the places it changes.
+    batches: std::collections::VecDeque<Vec<(georep_datapath::index::OpClass, Vec<Touched>)>>,
     counts: Counts,
-    failed: Vec<RelPath>,
+    /// The places changed by operations the secondary refused.
+    failed: Vec<Touched>,
 }
 
 /// Batches in flight at most (each up to [`BATCH_BYTES`]; the stream's receive window
@@ -521,7 +548,10 @@ impl InFlight {
         let items = std::mem::take(batch);
         let classes = items
             .iter()
-            .map(|(op, _)| (op.class(), op.path().clone()))
+            .map(|(op, _)| {
+                let places = op.touches().into_iter().map(|(p, b)| (p.clone(), b));
+                (op.class(), places.collect())
+            })
             .collect();
         call.send(&Request::Batch(items)).await?;
         self.batches.push_back(classes);
@@ -544,7 +574,7 @@ impl InFlight {
             Response::Applied(results) => results,
             other => return Err(format!("unexpected answer to a batch: {other:?}")),
         };
-        for ((class, path), result) in classes.into_iter().zip(results) {
+        for ((class, places), result) in classes.into_iter().zip(results) {
             match result {
                 None => match class {
                     georep_datapath::index::OpClass::Entry => self.counts.0 += 1,
@@ -552,8 +582,10 @@ impl InFlight {
                     georep_datapath::index::OpClass::Meta => self.counts.2 += 1,
                 },
                 Some(error) => {
-                    tracing::warn!(%path, %error, "the secondary refused; retried next round");
-                    self.failed.push(path);
+                    if let Some((path, _)) = places.last() {
+                        tracing::warn!(%path, %error, "the secondary refused; retried next round");
+                    }
+                    self.failed.extend(places);
                 }
             }
         }
@@ -562,7 +594,8 @@ impl InFlight {
 }
 
 /// Sends `ops` in batches on the main stream, large files on `jobs`' streams; returns
-/// counts by class, chunk bytes sent, and the paths whose operation failed.
+/// counts by class, chunk bytes sent, and the places changed by operations that
+/// failed.
 ///
 /// Order: a large file is handed to a job only once everything before it is applied
 /// (its directory exists), and an operation naming a path a job is still writing, or a
@@ -573,7 +606,7 @@ async fn send_ops(
     ops: &[Op],
     call: &mut Channel,
     jobs: &mut Jobs,
-) -> Result<(Counts, u64, Vec<RelPath>), String> {
+) -> Result<(Counts, u64, Vec<Touched>), String> {
     let mut flight = InFlight::default();
     let mut bytes_sent = 0u64;
     let mut failed = Vec::new();
@@ -600,7 +633,7 @@ async fn send_ops(
                     Ok(data) => data,
                     Err(error) => {
                         tracing::warn!(%path, %error, "cannot read; retried next round");
-                        failed.push(path.clone());
+                        failed.push((path.clone(), false));
                         continue;
                     }
                 }
@@ -621,7 +654,7 @@ async fn send_ops(
     flight.drain(call).await?;
     jobs.join_all().await?;
     failed.extend(flight.failed);
-    failed.append(&mut jobs.failed);
+    failed.extend(jobs.failed.drain(..).map(|path| (path, false)));
     flight.counts.1 += std::mem::take(&mut jobs.written);
     bytes_sent += std::mem::take(&mut jobs.bytes_sent);
     Ok((flight.counts, bytes_sent, failed))

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use georep_datapath::index::PROGRESS_DIR;
 use georep_datapath::proto::{Request, Response};
-use georep_datapath::{Applier, FileData, proto};
+use georep_datapath::{Applier, FileData, journal, proto};
 use georep_mesh::{NodeIdentity, SessionView};
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +81,9 @@ pub async fn serve(endpoint: quinn::Endpoint, agent: Arc<Agent>, shutdown: Cance
 struct Grant {
     applier: Arc<Applier>,
     index_file: PathBuf,
+    /// Where batches applied since the index was saved touched (see
+    /// [`georep_datapath::journal`]).
+    journal_file: PathBuf,
     /// Chunks staged for the next batch (files too large for one message).
     stage: Arc<std::sync::Mutex<Stage>>,
 }
@@ -184,12 +187,24 @@ async fn serve_stream(
                     // sync jobs (large files in flight at once) do not.
                     let kind = if index { "session" } else { "sync job" };
                     tracing::info!(%peer, %session, replica_set, kind, "data path stream ready");
-                    let index = index
-                        .then(|| std::fs::read(&granted.index_file).ok())
-                        .flatten()
-                        .map(proto::ByteBuf::from);
+                    let (index, unsaved, present) = if index {
+                        let applier = granted.applier.clone();
+                        let files = (granted.index_file.clone(), granted.journal_file.clone());
+                        tokio::task::spawn_blocking(move || saved_state(&applier, &files))
+                            .await
+                            .unwrap_or_default()
+                    } else {
+                        Default::default()
+                    };
+                    if !unsaved.is_empty() {
+                        tracing::info!(%peer, %session, replica_set, places = unsaved.len(), present = present.len(), "batches were applied after the last saved index: what they changed is re-checked");
+                    }
                     grant = Some(granted);
-                    Response::Ready { index }
+                    Response::Ready {
+                        index,
+                        unsaved,
+                        present,
+                    }
                 }
                 Err(reason) => {
                     tracing::warn!(%peer, %session, %reason, "data path refused");
@@ -227,22 +242,41 @@ async fn serve_stream(
             (Some(granted), Request::Batch(items)) => {
                 let applier = granted.applier.clone();
                 let stage = granted.stage.clone();
-                let peer = peer.clone();
+                let journal = granted.journal_file.clone();
+                let who = peer.clone();
                 let results = tokio::task::spawn_blocking(move || {
+                    let touched = journal::touched(items.iter().map(|(op, _)| op));
+                    record(&journal, &touched)?;
                     let Ok(mut stage) = stage.lock() else {
-                        return Vec::new();
+                        return Ok(Vec::new());
                     };
-                    let results = apply_batch(&applier, &stage, &peer, items);
+                    let results = apply_batch(&applier, &stage, &who, items);
                     stage.clear();
-                    results
+                    Ok(results)
                 })
                 .await
-                .unwrap_or_default();
-                Response::Applied(results)
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match results {
+                    Ok(results) => Response::Applied(results),
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "batch not applied");
+                        Response::Refused(format!("cannot journal the batch: {error}"))
+                    }
+                }
             }
             (Some(granted), Request::SaveIndex(bytes)) => {
                 match georep_store::write_atomic(&granted.index_file, &bytes) {
-                    Ok(()) => Response::Saved,
+                    Ok(()) => {
+                        // The index describes everything applied: the journal is done.
+                        match std::fs::remove_file(&granted.journal_file) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(error) => {
+                                tracing::warn!(%peer, %error, "cannot empty the data path journal")
+                            }
+                        }
+                        Response::Saved
+                    }
                     Err(error) => Response::Refused(format!("cannot save the index: {error}")),
                 }
             }
@@ -252,6 +286,60 @@ async fn serve_stream(
             return;
         }
     }
+}
+
+/// Most entries a Hello answers as possibly changed since the index was saved (a
+/// directory renamed in an interrupted round is listed whole; beyond this the answer
+/// would not fit in a message).
+const MAX_UNSAVED: usize = 400_000;
+
+/// What a Hello answers: the saved index, the places batches applied after it changed
+/// (from the journal), and what is now at and below them.
+type SavedState = (
+    Option<proto::ByteBuf>,
+    Vec<journal::Touched>,
+    Vec<(georep_datapath::RelPath, bool)>,
+);
+
+/// The saved index of a replica set, the places the journal says batches applied
+/// after it changed, and what is now there.
+fn saved_state(applier: &Applier, (index_file, journal_file): &(PathBuf, PathBuf)) -> SavedState {
+    let index = std::fs::read(index_file).ok().map(proto::ByteBuf::from);
+    let places = std::fs::read(journal_file)
+        .map(|bytes| journal::read(&bytes))
+        .unwrap_or_default();
+    let mut present = Vec::new();
+    for (path, below) in &places {
+        applier.present(path, *below, MAX_UNSAVED, &mut present);
+    }
+    if present.len() >= MAX_UNSAVED {
+        tracing::warn!(
+            journal = %journal_file.display(),
+            limit = MAX_UNSAVED,
+            "more entries changed after the last saved index than a worker can be told of: the rest may stay on the secondary until the primary changes them"
+        );
+    }
+    present.sort();
+    present.dedup();
+    (index, places, present)
+}
+
+/// Appends `touched` to the journal at `path`, durably, before their batch is applied
+/// (nothing to record: nothing written).
+fn record(path: &Path, touched: &[journal::Touched]) -> Result<(), String> {
+    use std::io::Write;
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let frame = journal::frame(touched).map_err(|e| e.to_string())?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(&frame)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn apply_batch(
@@ -368,6 +456,7 @@ async fn authorize(
     Ok(Grant {
         applier: Arc::new(applier),
         index_file: dir.join(format!("replica-set-{replica_set}.index")),
+        journal_file: dir.join(format!("replica-set-{replica_set}.journal")),
         stage: Arc::new(std::sync::Mutex::new(Stage {
             path: stage_dir.join(format!("stage.{}.{stream}", std::process::id())),
             file: None,
