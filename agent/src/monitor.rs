@@ -245,6 +245,7 @@ impl Worker {
                 (WorkerStatus::Active, false) if plan.exists() => {
                     if let Ok(mut p) = progress.lock() {
                         p.fault = None;
+                        p.starting = Some(std::time::Instant::now());
                     }
                     let cancel = shutdown.child_token();
                     let task = tokio::spawn(crate::datapath::client::run(

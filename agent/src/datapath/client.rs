@@ -69,14 +69,29 @@ pub struct SyncProgress {
     pub checkpoint: u64,
     /// When a round that started after the checkpoint finished without failures.
     pub checkpoint_completed: Option<u64>,
+    /// When the worker became Active, until it first reaches a secondary (see
+    /// [`SETTLING`]).
+    pub starting: Option<std::time::Instant>,
 }
+
+/// How long a worker that just became Active may fail to reach a secondary and still
+/// show `Initializing...` rather than Faulty: at a failover its plan may name no live
+/// secondary yet, or a dead one, until the mesh has converged (seconds).
+pub const SETTLING: Duration = Duration::from_secs(10);
 
 impl SyncProgress {
     /// Copies what the status file shows into `status`: an Active worker that cannot
-    /// sync (no secondary reachable, brick unreadable) shows Faulty until it can.
+    /// sync (no secondary reachable, brick unreadable) shows Faulty until it can
+    /// (`Initializing...` while it has not reached a secondary yet for [`SETTLING`]
+    /// since it became Active).
     pub fn apply_to(&self, status: &mut crate::monitor::BrickStatus) {
         if self.fault.is_some() && status.status == georep_api::WorkerStatus::Active {
-            status.status = georep_api::WorkerStatus::Faulty;
+            let settling = self.starting.is_some_and(|at| at.elapsed() < SETTLING);
+            status.status = if settling {
+                georep_api::WorkerStatus::Initializing
+            } else {
+                georep_api::WorkerStatus::Faulty
+            };
         }
         status.crawl_status = self.crawl.clone();
         status.last_synced = self.last_synced.map(format_time);
@@ -291,6 +306,7 @@ async fn session(
     set(&|p| {
         p.secondary = Some(node.to_string());
         p.fault = None;
+        p.starting = None;
         p.crawl = CrawlStatus::Hybrid;
     });
     let mut first = true;
@@ -923,4 +939,32 @@ fn read_chunks(
             Ok((chunk.hash, bytes.into()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use georep_api::WorkerStatus;
+
+    fn shown(progress: &SyncProgress) -> WorkerStatus {
+        let mut status = crate::monitor::BrickStatus {
+            status: WorkerStatus::Active,
+            ..Default::default()
+        };
+        progress.apply_to(&mut status);
+        status.status
+    }
+
+    #[test]
+    fn a_fault_shows_faulty_except_while_a_new_active_worker_settles() {
+        let mut progress = SyncProgress::default();
+        assert_eq!(shown(&progress), WorkerStatus::Active);
+        progress.fault = Some("no live secondary node".into());
+        assert_eq!(shown(&progress), WorkerStatus::Faulty);
+        progress.starting = Some(std::time::Instant::now());
+        assert_eq!(shown(&progress), WorkerStatus::Initializing);
+        progress.starting =
+            std::time::Instant::now().checked_sub(SETTLING + Duration::from_secs(1));
+        assert_eq!(shown(&progress), WorkerStatus::Faulty);
+    }
 }
