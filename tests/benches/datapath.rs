@@ -13,7 +13,8 @@
 //! result; they include up to one `change-interval` (1 s) of waiting for the next scan.
 //! Bytes are the chunk bytes the worker sent (its status file's `bytes_sent`).
 //! Run: `cargo build --release --workspace && cargo bench -p georep-tests --bench datapath`
-//! Prints a table; nothing is asserted.
+//! (add `-- small` or `-- big` for one group of cases). Prints a table; nothing is
+//! asserted.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -234,6 +235,16 @@ fn row(what: &str, tool: &str, seconds: f64, bytes: Option<u64>, per_s: &str, cp
     println!("| {what} | {tool} | {seconds:.2} s | {per_s} | {bytes} | {cpu:.2} s |");
 }
 
+/// Whether the cases of `group` (`small`: the 20 000 files; `big`: the 1 GiB file)
+/// run: all unless the command line names groups (`cargo bench ... -- big`).
+fn wants(group: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|n| n == group)
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut mounts = Tmpfs::default();
@@ -245,118 +256,233 @@ fn main() {
     println!("| --- | --- | --- | --- | --- | --- |");
     let files_per_s = |t: f64| format!("{:.0} files/s", SMALL_FILES as f64 / t);
 
-    // 20 000 small files.
-    small_tree(&p("small"));
-    let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &[], None);
-    row(
-        "20k x 4 KiB initial",
-        "rsync -a",
-        t,
-        Some(sent),
-        &files_per_s(t),
-        cpu,
-    );
-    let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &[], Some(&ssh));
-    row(
-        "20k x 4 KiB initial",
-        "rsync -a over ssh",
-        t,
-        Some(sent),
-        &files_per_s(t),
-        cpu,
-    );
-    let (t, cpu) = tar_pipe(&p("small"), &p("small-tar"));
-    row(
-        "20k x 4 KiB initial",
-        "tar pipe",
-        t,
-        None,
-        &files_per_s(t),
-        cpu,
-    );
-    fs::create_dir_all(p("small-ours")).unwrap();
-    {
-        let (cluster, started, cpu) = ours(&p("small"), &p("small-ours"));
-        wait("small files", || {
-            count_files(&p("small-ours")) == SMALL_FILES
-        });
-        let t = started.elapsed().as_secs_f64();
-        let cpu = cluster_cpu(&cluster) - cpu;
+    if wants("small") {
+        // 20 000 small files.
+        small_tree(&p("small"));
+        let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &[], None);
         row(
             "20k x 4 KiB initial",
-            "georep",
+            "rsync -a",
             t,
-            Some(bytes_sent(&cluster)),
+            Some(sent),
             &files_per_s(t),
             cpu,
         );
-        // No-op: with inotify a round with nothing changed reads nothing; measured as
-        // the CPU of 10 idle seconds (10 rounds at change-interval 1).
-        let cpu = cluster_cpu(&cluster);
-        std::thread::sleep(Duration::from_secs(10));
-        let cpu = cluster_cpu(&cluster) - cpu;
-        row(
-            "20k x 4 KiB no-op",
-            "georep (10 idle rounds, inotify)",
-            10.0,
-            None,
-            "-",
-            cpu,
-        );
-        // What the backstop walk (every 5 min, or when inotify cannot watch) costs.
-        let (index, _) = georep_datapath::scan(&p("small"), None).unwrap();
-        let started = Instant::now();
-        let (again, _) = georep_datapath::scan(&p("small"), Some(&index)).unwrap();
-        assert!(georep_datapath::diff(&index, &again).is_empty());
-        let t = started.elapsed().as_secs_f64();
-        row(
-            "20k x 4 KiB no-op",
-            "georep (one full walk)",
-            t,
-            None,
-            "-",
-            t,
-        );
-        let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &[], None);
-        row("20k x 4 KiB no-op", "rsync -a", t, Some(sent), "-", cpu);
         let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &[], Some(&ssh));
         row(
-            "20k x 4 KiB no-op",
+            "20k x 4 KiB initial",
             "rsync -a over ssh",
             t,
             Some(sent),
-            "-",
+            &files_per_s(t),
             cpu,
         );
-        // 100 renamed files.
+        let (t, cpu) = tar_pipe(&p("small"), &p("small-tar"));
+        row(
+            "20k x 4 KiB initial",
+            "tar pipe",
+            t,
+            None,
+            &files_per_s(t),
+            cpu,
+        );
+        fs::create_dir_all(p("small-ours")).unwrap();
+        {
+            let (cluster, started, cpu) = ours(&p("small"), &p("small-ours"));
+            wait("small files", || {
+                count_files(&p("small-ours")) == SMALL_FILES
+            });
+            let t = started.elapsed().as_secs_f64();
+            let cpu = cluster_cpu(&cluster) - cpu;
+            row(
+                "20k x 4 KiB initial",
+                "georep",
+                t,
+                Some(bytes_sent(&cluster)),
+                &files_per_s(t),
+                cpu,
+            );
+            // No-op: with inotify a round with nothing changed reads nothing; measured as
+            // the CPU of 10 idle seconds (10 rounds at change-interval 1).
+            let cpu = cluster_cpu(&cluster);
+            std::thread::sleep(Duration::from_secs(10));
+            let cpu = cluster_cpu(&cluster) - cpu;
+            row(
+                "20k x 4 KiB no-op",
+                "georep (10 idle rounds, inotify)",
+                10.0,
+                None,
+                "-",
+                cpu,
+            );
+            // What the backstop walk (every 5 min, or when inotify cannot watch) costs.
+            let (index, _) = georep_datapath::scan(&p("small"), None).unwrap();
+            let started = Instant::now();
+            let (again, _) = georep_datapath::scan(&p("small"), Some(&index)).unwrap();
+            assert!(georep_datapath::diff(&index, &again).is_empty());
+            let t = started.elapsed().as_secs_f64();
+            row(
+                "20k x 4 KiB no-op",
+                "georep (one full walk)",
+                t,
+                None,
+                "-",
+                t,
+            );
+            let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &[], None);
+            row("20k x 4 KiB no-op", "rsync -a", t, Some(sent), "-", cpu);
+            let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &[], Some(&ssh));
+            row(
+                "20k x 4 KiB no-op",
+                "rsync -a over ssh",
+                t,
+                Some(sent),
+                "-",
+                cpu,
+            );
+            // 100 renamed files.
+            let before = bytes_sent(&cluster);
+            let cpu = cluster_cpu(&cluster);
+            for i in 0..100 {
+                let dir = p("small").join(format!("d{:03}", i % 200));
+                fs::rename(
+                    dir.join(format!("f{i:05}")),
+                    dir.join(format!("renamed{i:05}")),
+                )
+                .unwrap();
+            }
+            let t = wait("renames", || {
+                p("small-ours/d099/renamed00099").exists() && !p("small-ours/d099/f00099").exists()
+            });
+            let cpu = cluster_cpu(&cluster) - cpu;
+            row(
+                "100 renames",
+                "georep",
+                t,
+                Some(bytes_sent(&cluster) - before),
+                "-",
+                cpu,
+            );
+            let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &["--delete"], None);
+            row("100 renames", "rsync -a --delete", t, Some(sent), "-", cpu);
+            let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &["--delete"], Some(&ssh));
+            row(
+                "100 renames",
+                "rsync -a --delete over ssh",
+                t,
+                Some(sent),
+                "-",
+                cpu,
+            );
+            drop(cluster);
+        }
+        for name in [
+            "small",
+            "small-rsync",
+            "small-ssh",
+            "small-tar",
+            "small-ours",
+        ] {
+            let _ = fs::remove_dir_all(p(name));
+        }
+    }
+
+    if wants("big") {
+        // One 1 GiB file.
+        fs::create_dir_all(p("big")).unwrap();
+        big_file(&p("big"));
+        let mib = BIG_SIZE as f64 / 1048576.0;
+        let mib_per_s = |t: f64| format!("{:.0} MiB/s", mib / t);
+        let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &[], None);
+        row(
+            "1 GiB initial",
+            "rsync -a",
+            t,
+            Some(sent),
+            &mib_per_s(t),
+            cpu,
+        );
+        let (t, sent, cpu) = rsync(&p("big"), &p("big-ssh"), &[], Some(&ssh));
+        row(
+            "1 GiB initial",
+            "rsync -a over ssh",
+            t,
+            Some(sent),
+            &mib_per_s(t),
+            cpu,
+        );
+        let (t, cpu) = tar_pipe(&p("big"), &p("big-tar"));
+        row("1 GiB initial", "tar pipe", t, None, &mib_per_s(t), cpu);
+        let _ = fs::remove_dir_all(p("big-tar"));
+        fs::create_dir_all(p("big-ours")).unwrap();
+        let (cluster, started, cpu) = ours(&p("big"), &p("big-ours"));
+        let target = p("big-ours/big.bin");
+        wait("the big file", || {
+            fs::metadata(&target).is_ok_and(|m| m.len() == BIG_SIZE as u64)
+        });
+        let t = started.elapsed().as_secs_f64();
+        let cpu = cluster_cpu(&cluster) - cpu;
+        row(
+            "1 GiB initial",
+            "georep",
+            t,
+            Some(bytes_sent(&cluster)),
+            &mib_per_s(t),
+            cpu,
+        );
+        // 1 MiB overwritten in the middle.
+        let patch = noise(1 << 20, 77);
+        let offset = (BIG_SIZE / 2) as u64;
         let before = bytes_sent(&cluster);
         let cpu = cluster_cpu(&cluster);
-        for i in 0..100 {
-            let dir = p("small").join(format!("d{:03}", i % 200));
-            fs::rename(
-                dir.join(format!("f{i:05}")),
-                dir.join(format!("renamed{i:05}")),
-            )
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(p("big/big.bin"))
             .unwrap();
-        }
-        let t = wait("renames", || {
-            p("small-ours/d099/renamed00099").exists() && !p("small-ours/d099/f00099").exists()
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        file.write_all(&patch).unwrap();
+        drop(file);
+        let t = wait("the 1 MiB change", || {
+            read_at(&target, offset, patch.len()) == patch
         });
         let cpu = cluster_cpu(&cluster) - cpu;
         row(
-            "100 renames",
+            "1 MiB change in 1 GiB",
             "georep",
             t,
             Some(bytes_sent(&cluster) - before),
             "-",
             cpu,
         );
-        let (t, sent, cpu) = rsync(&p("small"), &p("small-rsync"), &["--delete"], None);
-        row("100 renames", "rsync -a --delete", t, Some(sent), "-", cpu);
-        let (t, sent, cpu) = rsync(&p("small"), &p("small-ssh"), &["--delete"], Some(&ssh));
+        let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &[], None);
         row(
-            "100 renames",
-            "rsync -a --delete over ssh",
+            "1 MiB change in 1 GiB",
+            "rsync -a (local: whole file)",
+            t,
+            Some(sent),
+            "-",
+            cpu,
+        );
+        let (t, sent, cpu) = rsync(&p("big"), &p("big-ssh"), &[], Some(&ssh));
+        row(
+            "1 MiB change in 1 GiB",
+            "rsync -a over ssh (delta)",
+            t,
+            Some(sent),
+            "-",
+            cpu,
+        );
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(p("big/big.bin"))
+            .unwrap();
+        file.seek(SeekFrom::Start(offset / 2)).unwrap();
+        file.write_all(&noise(1 << 20, 78)).unwrap();
+        drop(file);
+        let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &["--no-whole-file"], None);
+        row(
+            "1 MiB change in 1 GiB",
+            "rsync -a --no-whole-file",
             t,
             Some(sent),
             "-",
@@ -364,116 +490,5 @@ fn main() {
         );
         drop(cluster);
     }
-    for name in [
-        "small",
-        "small-rsync",
-        "small-ssh",
-        "small-tar",
-        "small-ours",
-    ] {
-        let _ = fs::remove_dir_all(p(name));
-    }
-
-    // One 1 GiB file.
-    fs::create_dir_all(p("big")).unwrap();
-    big_file(&p("big"));
-    let mib = BIG_SIZE as f64 / 1048576.0;
-    let mib_per_s = |t: f64| format!("{:.0} MiB/s", mib / t);
-    let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &[], None);
-    row(
-        "1 GiB initial",
-        "rsync -a",
-        t,
-        Some(sent),
-        &mib_per_s(t),
-        cpu,
-    );
-    let (t, sent, cpu) = rsync(&p("big"), &p("big-ssh"), &[], Some(&ssh));
-    row(
-        "1 GiB initial",
-        "rsync -a over ssh",
-        t,
-        Some(sent),
-        &mib_per_s(t),
-        cpu,
-    );
-    let (t, cpu) = tar_pipe(&p("big"), &p("big-tar"));
-    row("1 GiB initial", "tar pipe", t, None, &mib_per_s(t), cpu);
-    let _ = fs::remove_dir_all(p("big-tar"));
-    fs::create_dir_all(p("big-ours")).unwrap();
-    let (cluster, started, cpu) = ours(&p("big"), &p("big-ours"));
-    let target = p("big-ours/big.bin");
-    wait("the big file", || {
-        fs::metadata(&target).is_ok_and(|m| m.len() == BIG_SIZE as u64)
-    });
-    let t = started.elapsed().as_secs_f64();
-    let cpu = cluster_cpu(&cluster) - cpu;
-    row(
-        "1 GiB initial",
-        "georep",
-        t,
-        Some(bytes_sent(&cluster)),
-        &mib_per_s(t),
-        cpu,
-    );
-    // 1 MiB overwritten in the middle.
-    let patch = noise(1 << 20, 77);
-    let offset = (BIG_SIZE / 2) as u64;
-    let before = bytes_sent(&cluster);
-    let cpu = cluster_cpu(&cluster);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .open(p("big/big.bin"))
-        .unwrap();
-    file.seek(SeekFrom::Start(offset)).unwrap();
-    file.write_all(&patch).unwrap();
-    drop(file);
-    let t = wait("the 1 MiB change", || {
-        read_at(&target, offset, patch.len()) == patch
-    });
-    let cpu = cluster_cpu(&cluster) - cpu;
-    row(
-        "1 MiB change in 1 GiB",
-        "georep",
-        t,
-        Some(bytes_sent(&cluster) - before),
-        "-",
-        cpu,
-    );
-    let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &[], None);
-    row(
-        "1 MiB change in 1 GiB",
-        "rsync -a (local: whole file)",
-        t,
-        Some(sent),
-        "-",
-        cpu,
-    );
-    let (t, sent, cpu) = rsync(&p("big"), &p("big-ssh"), &[], Some(&ssh));
-    row(
-        "1 MiB change in 1 GiB",
-        "rsync -a over ssh (delta)",
-        t,
-        Some(sent),
-        "-",
-        cpu,
-    );
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .open(p("big/big.bin"))
-        .unwrap();
-    file.seek(SeekFrom::Start(offset / 2)).unwrap();
-    file.write_all(&noise(1 << 20, 78)).unwrap();
-    drop(file);
-    let (t, sent, cpu) = rsync(&p("big"), &p("big-rsync"), &["--no-whole-file"], None);
-    row(
-        "1 MiB change in 1 GiB",
-        "rsync -a --no-whole-file",
-        t,
-        Some(sent),
-        "-",
-        cpu,
-    );
-    drop(cluster);
     drop(mounts);
 }
