@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -402,9 +402,35 @@ impl Applier {
         chunks: &[ChunkRef],
         data: &dyn ChunkSource,
     ) -> Result<(), ApplyError> {
-        // The current file is read only if a chunk was not sent (a small file arrives
-        // whole: nothing to read).
-        let mut current: Option<Option<(File, HashMap<Hash, ChunkRef>)>> = None;
+        self.begin_write(path, size, content, chunks)?
+            .finish(self, data)
+    }
+
+    /// Starts writing the content of a [`Op::Write`] to `path`: checks the chunk list
+    /// against `size` and `content` and creates the temporary file beside `path`.
+    /// Chunks then go straight into it ([`PartialWrite::put`]) as they arrive;
+    /// [`PartialWrite::finish`] fills in the rest and renames it into place. Dropped
+    /// unfinished, the temporary file is removed.
+    pub fn begin_write(
+        &self,
+        path: &RelPath,
+        size: u64,
+        content: &Hash,
+        chunks: &[ChunkRef],
+    ) -> Result<PartialWrite, ApplyError> {
+        if under_reserved_top_level(path) {
+            return Err(ApplyError::Reserved { path: path.clone() });
+        }
+        let mut end = 0u64;
+        for chunk in chunks {
+            if chunk.offset != end {
+                return Err(ApplyError::ContentMismatch { path: path.clone() });
+            }
+            end += u64::from(chunk.len);
+        }
+        if content_id(chunks) != *content || end != size {
+            return Err(ApplyError::ContentMismatch { path: path.clone() });
+        }
         let (dir, name) = self.parent(path)?;
         let temp = temp_name(name);
         let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
@@ -415,82 +441,20 @@ impl Applier {
             Mode::from_bits_truncate(0o600),
         )
         .map_err(|e| io(path, "create temporary file", e))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, File::from(fd));
-        let result = (|| {
-            if content_id(chunks) != *content
-                || chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() != size
-            {
-                return Err(ApplyError::ContentMismatch { path: path.clone() });
-            }
-            let mut written = 0u64;
-            let mut buffer = Vec::new();
-            for chunk in chunks {
-                let sent = data.chunk(&chunk.hash);
-                let bytes: &[u8] = match &sent {
-                    Some(bytes) => bytes,
-                    None => {
-                        let (file, have) = current
-                            .get_or_insert_with(|| self.current(path))
-                            .as_mut()
-                            .ok_or(ApplyError::MissingChunk {
-                                path: path.clone(),
-                                offset: chunk.offset,
-                            })?;
-                        let local = have.get(&chunk.hash).ok_or(ApplyError::MissingChunk {
-                            path: path.clone(),
-                            offset: chunk.offset,
-                        })?;
-                        buffer.resize(local.len as usize, 0);
-                        file.seek(SeekFrom::Start(local.offset))
-                            .and_then(|_| file.read_exact(&mut buffer))
-                            .map_err(|source| ApplyError::Io {
-                                path: path.clone(),
-                                what: "read current file",
-                                source,
-                            })?;
-                        &buffer
-                    }
-                };
-                // Sent or copied (the current file may have changed since it was
-                // chunked), each chunk is checked: with the chunk list checked above,
-                // the file is then exactly the content named.
-                if bytes.len() != chunk.len as usize || Hash::of(bytes) != chunk.hash {
-                    return Err(ApplyError::HashMismatch {
-                        path: path.clone(),
-                        offset: chunk.offset,
-                    });
-                }
-                written += bytes.len() as u64;
-                out.write_all(bytes).map_err(|source| ApplyError::Io {
-                    path: path.clone(),
-                    what: "write",
-                    source,
-                })?;
-            }
-            if written != size {
-                return Err(ApplyError::ContentMismatch { path: path.clone() });
-            }
-            let file = out.into_inner().map_err(|e| ApplyError::Io {
-                path: path.clone(),
-                what: "write",
-                source: e.into_error(),
-            })?;
-            file.sync_all().map_err(|source| ApplyError::Io {
-                path: path.clone(),
-                what: "fsync",
-                source,
-            })?;
-            renameat(dir.as_fd(), temp.as_os_str(), dir.as_fd(), name)
-                .map_err(|e| io(path, "rename into place", e))
-        })();
-        if result.is_err() {
-            let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-            // Whatever went wrong, the next attempt reads the current file afresh.
-            if let Ok(mut last) = self.last_chunked.lock() {
-                *last = None;
-            }
+        let mut at: HashMap<Hash, Vec<usize>> = HashMap::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            at.entry(chunk.hash).or_default().push(i);
         }
-        result
+        Ok(PartialWrite {
+            path: path.clone(),
+            name: name.to_os_string(),
+            dir,
+            temp: Some(temp),
+            file: File::from(fd),
+            chunks: chunks.to_vec(),
+            at,
+            filled: vec![false; chunks.len()],
+        })
     }
 
     fn set_meta(&self, path: &RelPath, entry: &Entry) -> Result<(), ApplyError> {
@@ -571,6 +535,153 @@ impl Applier {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// A file being written: its temporary copy beside the destination, filled chunk by
+/// chunk (see [`Applier::begin_write`]).
+#[derive(Debug)]
+pub struct PartialWrite {
+    path: RelPath,
+    name: std::ffi::OsString,
+    dir: OwnedFd,
+    /// The temporary file's name, until it is renamed into place.
+    temp: Option<std::ffi::OsString>,
+    file: File,
+    chunks: Vec<ChunkRef>,
+    /// Where each hash occurs in `chunks`.
+    at: HashMap<Hash, Vec<usize>>,
+    filled: Vec<bool>,
+}
+
+impl PartialWrite {
+    /// The file written.
+    pub fn path(&self) -> &RelPath {
+        &self.path
+    }
+
+    /// Whether this is the write of `op` (same file, same chunks).
+    pub fn is_for(&self, op: &Op) -> bool {
+        matches!(op, Op::Write { path, chunks, .. } if *path == self.path && *chunks == self.chunks)
+    }
+
+    /// Writes the chunk `hash` wherever the file has it, after checking the bytes
+    /// against the hash; a chunk the file does not have is refused.
+    pub fn put(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), ApplyError> {
+        use std::os::unix::fs::FileExt;
+        let places = self.at.get(hash).cloned().unwrap_or_default();
+        let Some(first) = places.first().map(|i| &self.chunks[*i]) else {
+            return Err(ApplyError::MissingChunk {
+                path: self.path.clone(),
+                offset: 0,
+            });
+        };
+        if bytes.len() != first.len as usize || Hash::of(bytes) != *hash {
+            return Err(ApplyError::HashMismatch {
+                path: self.path.clone(),
+                offset: first.offset,
+            });
+        }
+        for i in places {
+            self.file
+                .write_all_at(bytes, self.chunks[i].offset)
+                .map_err(|source| ApplyError::Io {
+                    path: self.path.clone(),
+                    what: "write",
+                    source,
+                })?;
+            self.filled[i] = true;
+        }
+        Ok(())
+    }
+
+    /// Fills in every chunk not put yet (from `data`, else copied from the current
+    /// file at the destination, each checked against its hash), fsyncs the file and
+    /// renames it into place.
+    pub fn finish(mut self, applier: &Applier, data: &dyn ChunkSource) -> Result<(), ApplyError> {
+        let result = self.complete(applier, data);
+        if result.is_err() {
+            // Whatever went wrong, the next attempt reads the current file afresh.
+            if let Ok(mut last) = applier.last_chunked.lock() {
+                *last = None;
+            }
+        }
+        result
+    }
+
+    fn complete(&mut self, applier: &Applier, data: &dyn ChunkSource) -> Result<(), ApplyError> {
+        // The current file is read only if a chunk was neither put nor sent (a small
+        // file arrives whole: nothing to read).
+        let mut current: Option<Option<(File, HashMap<Hash, ChunkRef>)>> = None;
+        let mut buffer = Vec::new();
+        for i in 0..self.chunks.len() {
+            if self.filled[i] {
+                continue;
+            }
+            let chunk = self.chunks[i];
+            let sent = data.chunk(&chunk.hash);
+            let bytes: &[u8] = match &sent {
+                Some(bytes) => bytes,
+                None => {
+                    let missing = ApplyError::MissingChunk {
+                        path: self.path.clone(),
+                        offset: chunk.offset,
+                    };
+                    let Some((file, have)) = current
+                        .get_or_insert_with(|| applier.current(&self.path))
+                        .as_mut()
+                    else {
+                        return Err(missing);
+                    };
+                    let Some(local) = have.get(&chunk.hash) else {
+                        return Err(missing);
+                    };
+                    buffer.resize(local.len as usize, 0);
+                    file.seek(SeekFrom::Start(local.offset))
+                        .and_then(|_| file.read_exact(&mut buffer))
+                        .map_err(|source| ApplyError::Io {
+                            path: self.path.clone(),
+                            what: "read current file",
+                            source,
+                        })?;
+                    &buffer
+                }
+            };
+            // Sent or copied (the current file may have changed since it was chunked),
+            // each chunk is checked: with the chunk list checked at the start, the
+            // file is then exactly the content named.
+            self.put(&chunk.hash, bytes)?;
+        }
+        self.file.sync_all().map_err(|source| ApplyError::Io {
+            path: self.path.clone(),
+            what: "fsync",
+            source,
+        })?;
+        let Some(temp) = self.temp.take() else {
+            return Ok(());
+        };
+        if let Err(e) = renameat(
+            self.dir.as_fd(),
+            temp.as_os_str(),
+            self.dir.as_fd(),
+            self.name.as_os_str(),
+        ) {
+            self.temp = Some(temp);
+            return Err(io(&self.path, "rename into place", e));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PartialWrite {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = unlinkat(
+                self.dir.as_fd(),
+                temp.as_os_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
     }
 }
 

@@ -37,18 +37,16 @@ pub enum Request {
         /// streams it opens for large files need none).
         index: bool,
     },
-    /// Which of these chunks of `path` the secondary lacks.
-    Missing {
-        /// The file.
-        path: RelPath,
-        /// Its chunks' hashes.
-        chunks: Vec<Hash>,
-    },
-    /// Chunk bytes of a file too large for one message, kept (on disk) for the
-    /// operations of the next batch.
+    /// Begins writing a large file on this stream (an [`Op::Write`]): the answer is
+    /// which of its chunks the secondary lacks ([`Response::Missing`]); `Stage`s then
+    /// carry them, written straight into the file's temporary copy beside its
+    /// destination, and the file's write in the next batch completes it.
+    Open(Op),
+    /// Chunk bytes of the file opened, in pieces (a large file does not fit one
+    /// message).
     Stage(Vec<ChunkData>),
-    /// Operations to apply in order, each with the chunk bytes it needs (or staged
-    /// before); staged chunks are dropped after it.
+    /// Operations to apply in order, each with the chunk bytes it needs (the write of
+    /// a file opened with `Open` is completed from what its `Stage`s carried).
     Batch(Vec<BatchItem>),
     /// The index of what the secondary now has of this replica set (postcard of
     /// [`crate::Index`]), kept for the next worker.
@@ -79,6 +77,7 @@ pub enum Response {
     Applied(Vec<Option<String>>),
     /// The index is saved.
     Saved,
-    /// The chunks are staged.
+    /// The chunks are written (or, after one was refused, dropped: the file's write
+    /// then fails).
     Staged,
 }

@@ -390,3 +390,72 @@ fn hostile_operations_are_refused_and_write_nothing_outside() {
     );
     assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
 }
+
+/// A large file written chunk by chunk as its pieces arrive: a chunk that does not
+/// match its hash, or that the file does not have, is refused; a write dropped
+/// unfinished leaves nothing behind; finished, the file is exactly the content and
+/// chunks put twice or repeated in the file are written everywhere they belong.
+#[test]
+fn a_file_written_in_pieces_is_checked_piece_by_piece() {
+    let secondary = tempfile::tempdir().unwrap();
+    let applier = Applier::open(secondary.path()).unwrap();
+    let block = noise(3 << 20, 9);
+    let mut content = block.clone();
+    content.extend_from_slice(&block); // the same chunks twice
+    let (chunks, id) = georep_datapath::chunk_bytes(&content);
+    assert!(chunks.len() > 4, "{} chunks", chunks.len());
+    let path = RelPath::new("big.bin").unwrap();
+    let size = content.len() as u64;
+    let bytes_of = |c: &georep_datapath::ChunkRef| {
+        content[c.offset as usize..(c.offset + u64::from(c.len)) as usize].to_vec()
+    };
+    let listing = || -> Vec<String> {
+        fs::read_dir(secondary.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+
+    // A wrong chunk list is refused before anything is created.
+    let mut wrong = chunks.clone();
+    wrong.swap(0, 1);
+    assert!(matches!(
+        applier.begin_write(&path, size, &id, &wrong),
+        Err(ApplyError::ContentMismatch { .. })
+    ));
+    let mut write = applier.begin_write(&path, size, &id, &chunks).unwrap();
+    let first = chunks[0];
+    let mut bad = bytes_of(&first);
+    bad[0] ^= 1;
+    assert!(matches!(
+        write.put(&first.hash, &bad),
+        Err(ApplyError::HashMismatch { .. })
+    ));
+    assert!(matches!(
+        write.put(&Hash::of(b"elsewhere"), b"elsewhere"),
+        Err(ApplyError::MissingChunk { .. })
+    ));
+    drop(write);
+    assert!(listing().is_empty(), "left behind: {:?}", listing());
+
+    let mut write = applier.begin_write(&path, size, &id, &chunks).unwrap();
+    for chunk in chunks.iter().rev() {
+        write.put(&chunk.hash, &bytes_of(chunk)).unwrap();
+    }
+    write.finish(&applier, &FileData::new()).unwrap();
+    assert_eq!(fs::read(secondary.path().join("big.bin")).unwrap(), content);
+    assert_eq!(listing(), vec!["big.bin".to_string()]);
+
+    // Half the chunks put, the rest come from the current file.
+    let mut changed = content.clone();
+    changed.truncate(content.len() - 1000);
+    let (chunks2, id2) = georep_datapath::chunk_bytes(&changed);
+    let mut write = applier
+        .begin_write(&path, changed.len() as u64, &id2, &chunks2)
+        .unwrap();
+    let last = chunks2[chunks2.len() - 1];
+    let tail = changed[last.offset as usize..].to_vec();
+    write.put(&last.hash, &tail).unwrap();
+    write.finish(&applier, &FileData::new()).unwrap();
+    assert_eq!(fs::read(secondary.path().join("big.bin")).unwrap(), changed);
+}

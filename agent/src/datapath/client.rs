@@ -813,20 +813,14 @@ async fn write_large(
     let Op::Write { path, chunks, .. } = op else {
         return Ok((0, Some("not a write".into())));
     };
-    let wanted = match call
-        .call(&Request::Missing {
-            path: path.clone(),
-            chunks: chunks.iter().map(|c| c.hash).collect(),
-        })
-        .await?
-    {
+    let wanted = match call.call(&Request::Open(op.clone())).await? {
         Response::Missing(hashes) => hashes,
-        other => return Err(format!("unexpected answer to missing: {other:?}")),
+        other => return Err(format!("unexpected answer to open: {other:?}")),
     };
     let to_send = unique_wanted(chunks, &wanted);
     let wanted_bytes: u64 = to_send.iter().map(|c| u64::from(c.len)).sum();
     let (sent, data) = if wanted_bytes > (BATCH_BYTES / 2) as u64 {
-        // Too large for one message: staged ahead of the batch, in pieces.
+        // Too large for one message: sent ahead of the batch, in pieces.
         match stage_chunks(brick, path, &to_send, call).await {
             Ok(sent) => (sent, Vec::new()),
             Err(StageError::Read(error)) => return Ok((0, Some(format!("cannot read: {error}")))),

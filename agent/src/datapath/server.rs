@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use georep_datapath::index::PROGRESS_DIR;
 use georep_datapath::proto::{Request, Response};
-use georep_datapath::{Applier, FileData, journal, proto};
+use georep_datapath::{Applier, FileData, Op, journal, proto};
 use georep_mesh::{NodeIdentity, SessionView};
 use tokio_util::sync::CancellationToken;
 
@@ -84,77 +84,18 @@ struct Grant {
     /// Where batches applied since the index was saved touched (see
     /// [`georep_datapath::journal`]).
     journal_file: PathBuf,
-    /// Chunks staged for the next batch (files too large for one message).
-    stage: Arc<std::sync::Mutex<Stage>>,
+    /// The large file this stream is writing (`Open`, `Stage`s, then its batch).
+    open: Arc<std::sync::Mutex<Option<OpenWrite>>>,
 }
 
-/// Chunk bytes kept on disk between a `Stage` and the batch that uses them.
-struct Stage {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    chunks: std::collections::HashMap<georep_datapath::Hash, (u64, usize)>,
-    len: u64,
-}
-
-impl Stage {
-    fn add(&mut self, chunks: Vec<proto::ChunkData>) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        if self.file.is_none() {
-            self.file = Some(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&self.path)?,
-            );
-        }
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
-        for (hash, bytes) in chunks {
-            file.write_all_at(&bytes, self.len)?;
-            self.chunks.insert(hash, (self.len, bytes.len()));
-            self.len += bytes.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn clear(&mut self) {
-        self.chunks.clear();
-        self.len = 0;
-        if let Some(file) = &self.file {
-            let _ = file.set_len(0);
-        }
-    }
-}
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// A batch's own chunk data, then what was staged before it.
-struct Sources<'a> {
-    sent: &'a FileData,
-    stage: &'a Stage,
-}
-
-impl georep_datapath::ChunkSource for Sources<'_> {
-    fn chunk(&self, hash: &georep_datapath::Hash) -> Option<std::borrow::Cow<'_, [u8]>> {
-        use std::os::unix::fs::FileExt;
-        if let Some(bytes) = self.sent.get(hash) {
-            return Some(std::borrow::Cow::Borrowed(bytes));
-        }
-        let (offset, len) = *self.stage.chunks.get(hash)?;
-        let file = self.stage.file.as_ref()?;
-        let mut bytes = vec![0; len];
-        file.read_exact_at(&mut bytes, offset).ok()?;
-        Some(std::borrow::Cow::Owned(bytes))
-    }
+/// A large file being written on a stream: chunks go straight into its temporary
+/// copy beside the destination as they arrive.
+enum OpenWrite {
+    /// Being written.
+    Writing(georep_datapath::PartialWrite),
+    /// A staged chunk was refused (the file changed while it was read, or a hostile
+    /// peer): the rest of its pieces are dropped and its write fails with this.
+    Failed(georep_datapath::RelPath, String),
 }
 
 async fn serve_stream(
@@ -218,41 +159,78 @@ async fn serve_stream(
                 let _ = send.finish();
                 return;
             }
-            (Some(granted), Request::Missing { path, chunks }) => {
+            (Some(granted), Request::Open(op)) => {
                 let applier = granted.applier.clone();
-                let missing =
-                    tokio::task::spawn_blocking(move || applier.missing_chunks(&path, &chunks))
-                        .await
-                        .unwrap_or_default();
-                Response::Missing(missing)
-            }
-            (Some(granted), Request::Stage(chunks)) => {
-                let stage = granted.stage.clone();
-                let staged = tokio::task::spawn_blocking(move || match stage.lock() {
-                    Ok(mut stage) => stage.add(chunks).map_err(|e| e.to_string()),
-                    Err(_) => Err("staging area unusable".to_string()),
+                let open = granted.open.clone();
+                let who = peer.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Op::Write {
+                        path,
+                        size,
+                        content,
+                        chunks,
+                    } = &op
+                    else {
+                        return Response::Refused("Open names no file write".into());
+                    };
+                    let hashes: Vec<_> = chunks.iter().map(|c| c.hash).collect();
+                    let missing = applier.missing_chunks(path, &hashes);
+                    let Ok(mut open) = open.lock() else {
+                        return Response::Refused("stream state unusable".into());
+                    };
+                    match applier.begin_write(path, *size, content, chunks) {
+                        Ok(write) => {
+                            *open = Some(OpenWrite::Writing(write));
+                            Response::Missing(missing)
+                        }
+                        Err(error) => {
+                            // Nothing wanted: the write in the batch fails with the
+                            // same error, counted and retried like any other.
+                            tracing::warn!(peer = %who, %error, "data path write refused");
+                            *open = None;
+                            Response::Missing(Vec::new())
+                        }
+                    }
                 })
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                match staged {
-                    Ok(()) => Response::Staged,
-                    Err(error) => Response::Refused(format!("cannot stage chunks: {error}")),
-                }
+                .unwrap_or_else(|e| Response::Refused(e.to_string()))
+            }
+            (Some(granted), Request::Stage(chunks)) => {
+                let open = granted.open.clone();
+                let who = peer.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Ok(mut open) = open.lock() else {
+                        return Response::Refused("stream state unusable".into());
+                    };
+                    match open.as_mut() {
+                        None => Response::Refused("Stage without an open write".into()),
+                        Some(OpenWrite::Failed(..)) => Response::Staged,
+                        Some(OpenWrite::Writing(write)) => {
+                            let put = chunks
+                                .iter()
+                                .try_for_each(|(hash, bytes)| write.put(hash, bytes));
+                            if let Err(error) = put {
+                                tracing::warn!(peer = %who, %error, "data path chunk refused");
+                                let path = write.path().clone();
+                                *open = Some(OpenWrite::Failed(path, error.to_string()));
+                            }
+                            Response::Staged
+                        }
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Response::Refused(e.to_string()))
             }
             (Some(granted), Request::Batch(items)) => {
                 let applier = granted.applier.clone();
-                let stage = granted.stage.clone();
+                let open = granted.open.clone();
                 let journal = granted.journal_file.clone();
                 let who = peer.clone();
                 let results = tokio::task::spawn_blocking(move || {
                     let touched = journal::touched(items.iter().map(|(op, _)| op));
                     record(&journal, &touched)?;
-                    let Ok(mut stage) = stage.lock() else {
-                        return Ok(Vec::new());
-                    };
-                    let results = apply_batch(&applier, &stage, &who, items);
-                    stage.clear();
-                    Ok(results)
+                    let open = open.lock().ok().and_then(|mut open| open.take());
+                    Ok(apply_batch(&applier, open, &who, items))
                 })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
@@ -342,9 +320,11 @@ fn record(path: &Path, touched: &[journal::Touched]) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Applies `items` in order; the write of the file `open` (a large file whose chunks
+/// came in `Stage`s) is completed from it. Per item: `None` applied, else why not.
 fn apply_batch(
     applier: &Applier,
-    stage: &Stage,
+    mut open: Option<OpenWrite>,
     peer: &str,
     items: Vec<georep_datapath::proto::BatchItem>,
 ) -> Vec<Option<String>> {
@@ -352,12 +332,21 @@ fn apply_batch(
         .into_iter()
         .map(|(op, data)| {
             let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
-            let sources = Sources { sent: &data, stage };
-            match applier.apply(&op, &sources) {
+            let outcome = match open.take() {
+                Some(OpenWrite::Writing(write)) if write.is_for(&op) => {
+                    write.finish(applier, &data).map_err(|e| e.to_string())
+                }
+                Some(OpenWrite::Failed(path, error)) if *op.path() == path => Err(error),
+                other => {
+                    open = other;
+                    applier.apply(&op, &data).map_err(|e| e.to_string())
+                }
+            };
+            match outcome {
                 Ok(()) => None,
                 Err(error) => {
                     tracing::warn!(%peer, %error, "data path operation refused");
-                    Some(error.to_string())
+                    Some(error)
                 }
             }
         })
@@ -447,21 +436,10 @@ async fn authorize(
     let applier = Applier::open(&brick.path)
         .map_err(|e| format!("cannot open {}: {e}", brick.path.display()))?;
     let dir = progress_dir(&brick.path, session, &view)?;
-    // Chunks staged for large files are this node's business: its data directory.
-    let stage_dir = agent.config().data_dir.join("datapath").join(session);
-    std::fs::create_dir_all(&stage_dir)
-        .map_err(|e| format!("cannot create {}: {e}", stage_dir.display()))?;
-    static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let stream = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Grant {
         applier: Arc::new(applier),
         index_file: dir.join(format!("replica-set-{replica_set}.index")),
         journal_file: dir.join(format!("replica-set-{replica_set}.journal")),
-        stage: Arc::new(std::sync::Mutex::new(Stage {
-            path: stage_dir.join(format!("stage.{}.{stream}", std::process::id())),
-            file: None,
-            chunks: std::collections::HashMap::new(),
-            len: 0,
-        })),
+        open: Arc::new(std::sync::Mutex::new(None)),
     })
 }
