@@ -130,6 +130,25 @@ pub struct Applier {
     privileged: bool,
     /// The last file chunked: its path, identity and chunks (see [`Self::current`]).
     last_chunked: std::sync::Mutex<Option<LastChunked>>,
+    /// Files whose [`Known`] chunks turned out wrong: chunked again, not trusted, until
+    /// a write of them succeeds.
+    distrusted: std::sync::Mutex<std::collections::HashSet<RelPath>>,
+}
+
+/// What the sender's saved index says the file at a path is: trusted when the file
+/// there still has that size and mtime (rsync's quick check), so that which chunks it
+/// lacks is known without reading it; every chunk copied from it is still checked
+/// against its hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Known {
+    /// Its size.
+    pub size: u64,
+    /// Its modification time, seconds.
+    pub mtime: i64,
+    /// Its nanoseconds.
+    pub mtime_nsec: u32,
+    /// Its chunks.
+    pub chunks: Vec<ChunkRef>,
 }
 
 /// A file chunked: its path, which version of it, its chunks by hash.
@@ -173,6 +192,7 @@ impl Applier {
             root_path: root.to_path_buf(),
             privileged: nix::unistd::geteuid().is_root(),
             last_chunked: std::sync::Mutex::new(None),
+            distrusted: std::sync::Mutex::new(Default::default()),
         })
     }
 
@@ -265,6 +285,71 @@ impl Applier {
         }
     }
 
+    /// Which of `chunks` the file now at `path` lacks (what the primary must send),
+    /// and the chunks it is taken to have when that comes from `known` (its size and
+    /// mtime still match, and it has not been caught wrong): then the file is not
+    /// read; else it is chunked.
+    pub fn lacking(
+        &self,
+        path: &RelPath,
+        chunks: &[ChunkRef],
+        known: Option<&Known>,
+    ) -> (Vec<Hash>, Option<Vec<ChunkRef>>) {
+        let trusted = known.filter(|known| {
+            let distrusted = self.distrusted.lock().map_or(true, |d| d.contains(path));
+            !distrusted && self.quick_check(path, known)
+        });
+        match trusted {
+            Some(known) => {
+                let have: std::collections::HashSet<&Hash> =
+                    known.chunks.iter().map(|c| &c.hash).collect();
+                let mut missing: Vec<Hash> = chunks
+                    .iter()
+                    .map(|c| c.hash)
+                    .filter(|h| !have.contains(h))
+                    .collect();
+                missing.sort();
+                missing.dedup();
+                (missing, Some(known.chunks.clone()))
+            }
+            None => {
+                let hashes: Vec<Hash> = chunks.iter().map(|c| c.hash).collect();
+                (self.missing_chunks(path, &hashes), None)
+            }
+        }
+    }
+
+    /// Whether the regular file at `path` has `known`'s size and mtime.
+    fn quick_check(&self, path: &RelPath, known: &Known) -> bool {
+        let Ok((dir, name)) = self.parent(path) else {
+            return false;
+        };
+        let Ok(stat) = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            return false;
+        };
+        let regular = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
+            & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFREG;
+        regular
+            && u64::try_from(stat.st_size).ok() == Some(known.size)
+            && stat.st_mtime == known.mtime
+            && u32::try_from(stat.st_mtime_nsec).ok() == Some(known.mtime_nsec)
+    }
+
+    /// Opens the file at `path` for reading, without following it.
+    fn open_current(&self, path: &RelPath) -> Option<File> {
+        let (dir, name) = self.parent(path).ok()?;
+        let fd = openat(
+            dir.as_fd(),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        Some(File::from(fd))
+    }
+
     /// The chunks of `chunks` that the file now at `path` does not have (what the
     /// primary must send).
     pub fn missing_chunks(&self, path: &RelPath, wanted: &[Hash]) -> Vec<Hash> {
@@ -285,15 +370,7 @@ impl Applier {
     /// right after [`Self::missing_chunks`]), the file is not chunked twice. What is
     /// copied from it is verified chunk by chunk as it is copied.
     fn current(&self, path: &RelPath) -> Option<(File, HashMap<Hash, ChunkRef>)> {
-        let (dir, name) = self.parent(path).ok()?;
-        let fd = openat(
-            dir.as_fd(),
-            name,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        let mut file = File::from(fd);
+        let mut file = self.open_current(path)?;
         let meta = file.metadata().ok()?;
         if !meta.is_file() {
             return None;
@@ -454,6 +531,7 @@ impl Applier {
             chunks: chunks.to_vec(),
             at,
             filled: vec![false; chunks.len()],
+            hint: None,
         })
     }
 
@@ -552,6 +630,8 @@ pub struct PartialWrite {
     /// Where each hash occurs in `chunks`.
     at: HashMap<Hash, Vec<usize>>,
     filled: Vec<bool>,
+    /// The chunks the current file is taken to have (see [`Applier::lacking`]).
+    hint: Option<HashMap<Hash, ChunkRef>>,
 }
 
 impl PartialWrite {
@@ -565,23 +645,46 @@ impl PartialWrite {
         matches!(op, Op::Write { path, chunks, .. } if *path == self.path && *chunks == self.chunks)
     }
 
+    /// Takes the current file to have `chunks` when filling in what was not put
+    /// (each copied chunk still checked; one that does not match makes the file
+    /// chunked after all, and distrusted next time).
+    pub fn assume_current(&mut self, chunks: Option<Vec<ChunkRef>>) {
+        self.hint = chunks.map(|chunks| chunks.into_iter().map(|c| (c.hash, c)).collect());
+    }
+
     /// Writes the chunk `hash` wherever the file has it, after checking the bytes
     /// against the hash; a chunk the file does not have is refused.
     pub fn put(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), ApplyError> {
-        use std::os::unix::fs::FileExt;
-        let places = self.at.get(hash).cloned().unwrap_or_default();
-        let Some(first) = places.first().map(|i| &self.chunks[*i]) else {
+        if !self.fits(hash, bytes)? {
+            let offset = self
+                .at
+                .get(hash)
+                .and_then(|p| p.first())
+                .map_or(0, |i| self.chunks[*i].offset);
+            return Err(ApplyError::HashMismatch {
+                path: self.path.clone(),
+                offset,
+            });
+        }
+        self.place(hash, bytes)
+    }
+
+    /// Whether `bytes` are the chunk `hash` of this file (an error if the file has no
+    /// such chunk).
+    fn fits(&self, hash: &Hash, bytes: &[u8]) -> Result<bool, ApplyError> {
+        let Some(first) = self.at.get(hash).and_then(|p| p.first()) else {
             return Err(ApplyError::MissingChunk {
                 path: self.path.clone(),
                 offset: 0,
             });
         };
-        if bytes.len() != first.len as usize || Hash::of(bytes) != *hash {
-            return Err(ApplyError::HashMismatch {
-                path: self.path.clone(),
-                offset: first.offset,
-            });
-        }
+        Ok(bytes.len() == self.chunks[*first].len as usize && Hash::of(bytes) == *hash)
+    }
+
+    /// Writes `bytes`, checked to be the chunk `hash`, wherever the file has it.
+    fn place(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), ApplyError> {
+        use std::os::unix::fs::FileExt;
+        let places = self.at.get(hash).cloned().unwrap_or_default();
         for i in places {
             self.file
                 .write_all_at(bytes, self.chunks[i].offset)
@@ -613,6 +716,7 @@ impl PartialWrite {
         // The current file is read only if a chunk was neither put nor sent (a small
         // file arrives whole: nothing to read).
         let mut current: Option<Option<(File, HashMap<Hash, ChunkRef>)>> = None;
+        let mut hinted: Option<Option<File>> = None;
         let mut buffer = Vec::new();
         for i in 0..self.chunks.len() {
             if self.filled[i] {
@@ -620,6 +724,9 @@ impl PartialWrite {
             }
             let chunk = self.chunks[i];
             let sent = data.chunk(&chunk.hash);
+            if sent.is_none() && self.copy_hinted(applier, &mut hinted, &chunk, &mut buffer)? {
+                continue;
+            }
             let bytes: &[u8] = match &sent {
                 Some(bytes) => bytes,
                 None => {
@@ -669,7 +776,42 @@ impl PartialWrite {
             self.temp = Some(temp);
             return Err(io(&self.path, "rename into place", e));
         }
+        if let Ok(mut distrusted) = applier.distrusted.lock() {
+            distrusted.remove(&self.path);
+        }
         Ok(())
+    }
+
+    /// Copies `chunk` from where the hint says the current file has it, if it does
+    /// and the bytes there match; `false` if not (and then the hint is dropped and the
+    /// file distrusted: what is left comes from chunking it).
+    fn copy_hinted(
+        &mut self,
+        applier: &Applier,
+        file: &mut Option<Option<File>>,
+        chunk: &ChunkRef,
+        buffer: &mut Vec<u8>,
+    ) -> Result<bool, ApplyError> {
+        use std::os::unix::fs::FileExt;
+        let Some(local) = self.hint.as_ref().and_then(|h| h.get(&chunk.hash)).copied() else {
+            return Ok(false);
+        };
+        let copied = file
+            .get_or_insert_with(|| applier.open_current(&self.path))
+            .as_ref()
+            .is_some_and(|file| {
+                buffer.resize(local.len as usize, 0);
+                file.read_exact_at(buffer, local.offset).is_ok()
+            });
+        if copied && self.fits(&chunk.hash, buffer)? {
+            self.place(&chunk.hash, buffer)?;
+            return Ok(true);
+        }
+        self.hint = None;
+        if let Ok(mut distrusted) = applier.distrusted.lock() {
+            distrusted.insert(self.path.clone());
+        }
+        Ok(false)
     }
 }
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 pub use serde_bytes::ByteBuf;
 
+use crate::apply::Known;
 use crate::chunk::Hash;
 use crate::index::Op;
 use crate::path::RelPath;
@@ -41,7 +42,12 @@ pub enum Request {
     /// which of its chunks the secondary lacks ([`Response::Missing`]); `Stage`s then
     /// carry them, written straight into the file's temporary copy beside its
     /// destination, and the file's write in the next batch completes it.
-    Open(Op),
+    Open {
+        /// The write.
+        write: Op,
+        /// What the saved index says the file there is now, if it has it.
+        known: Option<Known>,
+    },
     /// Chunk bytes of the file opened, in pieces (a large file does not fit one
     /// message).
     Stage(Vec<ChunkData>),

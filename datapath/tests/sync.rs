@@ -459,3 +459,79 @@ fn a_file_written_in_pieces_is_checked_piece_by_piece() {
     write.finish(&applier, &FileData::new()).unwrap();
     assert_eq!(fs::read(secondary.path().join("big.bin")).unwrap(), changed);
 }
+
+/// Which chunks a file lacks, taken from what the sender's index says it is when its
+/// size and mtime still match (nothing read); a wrong claim with the right size and
+/// mtime is caught by the chunk hashes when copying, the write fails, and the next
+/// attempt chunks the file instead of trusting the claim again.
+#[test]
+fn chunks_known_from_the_index_are_trusted_only_while_they_hold() {
+    use std::os::unix::fs::MetadataExt;
+    let secondary = tempfile::tempdir().unwrap();
+    let applier = Applier::open(secondary.path()).unwrap();
+    let path = RelPath::new("f.bin").unwrap();
+    let file = secondary.path().join("f.bin");
+    let old = noise(2 << 20, 21);
+    let mut new = old.clone();
+    new[1 << 20..(1 << 20) + 4096].copy_from_slice(&noise(4096, 22));
+    let (old_chunks, _) = georep_datapath::chunk_bytes(&old);
+    let (new_chunks, new_id) = georep_datapath::chunk_bytes(&new);
+    let bytes_of = |c: &Hash| {
+        let c = new_chunks.iter().find(|r| r.hash == *c).unwrap();
+        new[c.offset as usize..(c.offset + u64::from(c.len)) as usize].to_vec()
+    };
+    let stamp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let place = |content: &[u8]| -> georep_datapath::Known {
+        fs::write(&file, content).unwrap();
+        let f = fs::File::options().write(true).open(&file).unwrap();
+        f.set_modified(stamp).unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        georep_datapath::Known {
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+            chunks: old_chunks.clone(),
+        }
+    };
+    let write = |missing: &[Hash], have: Option<Vec<georep_datapath::ChunkRef>>| {
+        let mut w = applier
+            .begin_write(&path, new.len() as u64, &new_id, &new_chunks)
+            .unwrap();
+        w.assume_current(have);
+        for hash in missing {
+            w.put(hash, &bytes_of(hash)).unwrap();
+        }
+        w.finish(&applier, &FileData::new())
+    };
+
+    // True claim: only the changed chunks are lacking.
+    let known = place(&old);
+    let (missing, have) = applier.lacking(&path, &new_chunks, Some(&known));
+    assert!(have.is_some(), "the claim holds: trusted");
+    assert!(missing.len() <= 3, "{} chunks lacking", missing.len());
+    write(&missing, have).unwrap();
+    assert_eq!(fs::read(&file).unwrap(), new);
+
+    // The mtime moved: not trusted, the file is chunked.
+    let mut known = place(&old);
+    known.mtime += 1;
+    let (_, have) = applier.lacking(&path, &new_chunks, Some(&known));
+    assert!(have.is_none(), "a stale claim is not trusted");
+
+    // Same size and mtime, other bytes: the claim is wrong.
+    let known = place(&noise(old.len(), 23));
+    let (missing, have) = applier.lacking(&path, &new_chunks, Some(&known));
+    assert!(have.is_some());
+    assert!(
+        write(&missing, have).is_err(),
+        "copied chunks that do not match their hash"
+    );
+    let (missing, have) = applier.lacking(&path, &new_chunks, Some(&known));
+    assert!(have.is_none(), "caught once, not trusted again");
+    assert!(missing.len() >= new_chunks.len() - 1);
+    write(&missing, have).unwrap();
+    assert_eq!(fs::read(&file).unwrap(), new);
+    // Written, it is trusted again.
+    let (_, have) = applier.lacking(&path, &new_chunks, Some(&place(&old)));
+    assert!(have.is_some());
+}

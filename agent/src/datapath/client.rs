@@ -27,7 +27,7 @@ use georep_api::CrawlStatus;
 use georep_datapath::index::paths_at_and_below;
 use georep_datapath::journal::Touched;
 use georep_datapath::proto::{Request, Response, SMALL_FILE};
-use georep_datapath::{Index, Op, RelPath, diff, rescan, scan};
+use georep_datapath::{Index, Known, Op, RelPath, diff, rescan, scan};
 use georep_mesh::NodeIdentity;
 use tokio_util::sync::CancellationToken;
 
@@ -393,7 +393,8 @@ async fn session(
             report.failures.iter().map(|(p, _)| p.clone()).collect();
         if !ops.is_empty() {
             jobs.max = plan.sync_jobs;
-            let (counts, bytes, op_failures) = send_ops(brick, &ops, &mut call, &mut jobs).await?;
+            let (counts, bytes, op_failures) =
+                send_ops((brick, &synced), &ops, &mut call, &mut jobs).await?;
             // The secondary now has `now`, except where something failed: there, what
             // it had (a failed rename: at and below both its source and destination).
             let mut next = now.clone();
@@ -618,7 +619,7 @@ impl InFlight {
 /// directory above one, waits until the jobs are done (a link to it, its metadata,
 /// its directory's metadata).
 async fn send_ops(
-    brick: &Path,
+    (brick, synced): (&Path, &Index),
     ops: &[Op],
     call: &mut Channel,
     jobs: &mut Jobs,
@@ -641,7 +642,7 @@ async fn send_ops(
                     batch_bytes = 0;
                     flight.send(&mut batch, call).await?;
                     flight.drain(call).await?;
-                    jobs.start(op.clone()).await?;
+                    jobs.start(op.clone(), known(synced, path)).await?;
                     continue;
                 }
                 let all: Vec<georep_datapath::Hash> = chunks.iter().map(|c| c.hash).collect();
@@ -674,6 +675,22 @@ async fn send_ops(
     flight.counts.1 += std::mem::take(&mut jobs.written);
     bytes_sent += std::mem::take(&mut jobs.bytes_sent);
     Ok((flight.counts, bytes_sent, failed))
+}
+
+/// What `synced` says the secondary's file at `path` is (its size, mtime and chunks),
+/// for the secondary to know which chunks it has without reading the file when it
+/// still matches.
+fn known(synced: &Index, path: &RelPath) -> Option<Known> {
+    synced
+        .entries
+        .get(path)
+        .filter(|e| e.kind == georep_datapath::EntryKind::File && !e.chunks.is_empty())
+        .map(|e| Known {
+            size: e.size,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            chunks: e.chunks.clone(),
+        })
 }
 
 /// Large files in flight, each on a stream of its own (up to `sync-jobs` of them, the
@@ -738,7 +755,7 @@ impl Jobs {
     }
 
     /// Starts writing the large file `op` writes, once fewer than `max` jobs run.
-    async fn start(&mut self, op: Op) -> Result<(), String> {
+    async fn start(&mut self, op: Op, known: Option<Known>) -> Result<(), String> {
         while self.running.len() >= self.max.max(1) {
             self.join_one().await?;
         }
@@ -763,7 +780,7 @@ impl Jobs {
         self.pending.insert(path.clone(), ());
         let brick = self.brick.clone();
         self.running.spawn(async move {
-            let outcome = write_large(&brick, &op, &mut channel).await;
+            let outcome = write_large(&brick, (&op, known), &mut channel).await;
             JobDone {
                 channel,
                 path,
@@ -807,13 +824,17 @@ impl Jobs {
 /// file written. Chunk bytes sent, and why the file was not written if it was not.
 async fn write_large(
     brick: &Path,
-    op: &Op,
+    (op, known): (&Op, Option<Known>),
     call: &mut Channel,
 ) -> Result<(u64, Option<String>), String> {
     let Op::Write { path, chunks, .. } = op else {
         return Ok((0, Some("not a write".into())));
     };
-    let wanted = match call.call(&Request::Open(op.clone())).await? {
+    let open = Request::Open {
+        write: op.clone(),
+        known,
+    };
+    let wanted = match call.call(&open).await? {
         Response::Missing(hashes) => hashes,
         other => return Err(format!("unexpected answer to open: {other:?}")),
     };

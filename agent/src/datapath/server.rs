@@ -159,7 +159,7 @@ async fn serve_stream(
                 let _ = send.finish();
                 return;
             }
-            (Some(granted), Request::Open(op)) => {
+            (Some(granted), Request::Open { write: op, known }) => {
                 let applier = granted.applier.clone();
                 let open = granted.open.clone();
                 let who = peer.clone();
@@ -173,13 +173,13 @@ async fn serve_stream(
                     else {
                         return Response::Refused("Open names no file write".into());
                     };
-                    let hashes: Vec<_> = chunks.iter().map(|c| c.hash).collect();
-                    let missing = applier.missing_chunks(path, &hashes);
+                    let (missing, have) = applier.lacking(path, chunks, known.as_ref());
                     let Ok(mut open) = open.lock() else {
                         return Response::Refused("stream state unusable".into());
                     };
                     match applier.begin_write(path, *size, content, chunks) {
-                        Ok(write) => {
+                        Ok(mut write) => {
+                            write.assume_current(have);
                             *open = Some(OpenWrite::Writing(write));
                             Response::Missing(missing)
                         }
