@@ -216,13 +216,7 @@ impl Applier {
                 return Ok((fd, name));
             }
         };
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
+        let how = beneath(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC);
         let fd = openat2(self.root.as_fd(), parent.as_path(), how)
             .map_err(|e| io(path, "open parent", e))?;
         Ok((fd, name))
@@ -242,27 +236,15 @@ impl Applier {
         if out.len() >= limit || !crate::index::is_volume_content(path) {
             return;
         }
-        let Ok((dir, name)) = self.parent(path) else {
+        let Some(stat) = self.lstat(path) else {
             return;
         };
-        let Ok(stat) = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-        else {
-            return;
-        };
-        let is_dir = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
-            & nix::sys::stat::SFlag::S_IFMT
-            == nix::sys::stat::SFlag::S_IFDIR;
+        let is_dir = file_type(&stat) == nix::sys::stat::SFlag::S_IFDIR;
         out.push((path.clone(), is_dir));
         if !is_dir || !below {
             return;
         }
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
+        let how = beneath(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC);
         let Ok(fd) = openat2(self.root.as_fd(), path.as_path(), how) else {
             return;
         };
@@ -321,20 +303,19 @@ impl Applier {
 
     /// Whether the regular file at `path` has `known`'s size and mtime.
     fn quick_check(&self, path: &RelPath, known: &Known) -> bool {
-        let Ok((dir, name)) = self.parent(path) else {
+        let Some(stat) = self.lstat(path) else {
             return false;
         };
-        let Ok(stat) = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-        else {
-            return false;
-        };
-        let regular = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
-            & nix::sys::stat::SFlag::S_IFMT
-            == nix::sys::stat::SFlag::S_IFREG;
-        regular
+        file_type(&stat) == nix::sys::stat::SFlag::S_IFREG
             && u64::try_from(stat.st_size).ok() == Some(known.size)
             && stat.st_mtime == known.mtime
             && u32::try_from(stat.st_mtime_nsec).ok() == Some(known.mtime_nsec)
+    }
+
+    /// What is at `path` (not followed), if anything.
+    fn lstat(&self, path: &RelPath) -> Option<nix::sys::stat::FileStat> {
+        let (dir, name) = self.parent(path).ok()?;
+        nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
     }
 
     /// Opens the file at `path` for reading, without following it.
@@ -825,6 +806,21 @@ impl Drop for PartialWrite {
             );
         }
     }
+}
+
+/// `openat2` resolution with `flags` that stays beneath the root and follows no
+/// symlink.
+fn beneath(flags: OFlag) -> OpenHow {
+    OpenHow::new().flags(flags).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// The file type bits of `stat`.
+fn file_type(stat: &nix::sys::stat::FileStat) -> nix::sys::stat::SFlag {
+    nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode) & nix::sys::stat::SFlag::S_IFMT
 }
 
 fn exists(dir: &OwnedFd, name: &OsStr) -> bool {
