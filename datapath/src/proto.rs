@@ -16,6 +16,14 @@ use crate::path::RelPath;
 pub const ALPN: &[u8] = b"georep-data/2";
 /// Largest message accepted (a batch of chunk data).
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// Most bytes of a saved index one message carries (an index larger than this is
+/// read and saved in parts: a brick of a million files has an index of about
+/// 200 MiB). Debug builds use small parts so that tests go through several.
+pub const INDEX_PART: usize = if cfg!(debug_assertions) {
+    64 << 10
+} else {
+    16 << 20
+};
 /// Writes of files up to this size carry their data without asking what is missing.
 pub const SMALL_FILE: u64 = 256 * 1024;
 
@@ -54,19 +62,29 @@ pub enum Request {
     /// Operations to apply in order, each with the chunk bytes it needs (the write of
     /// a file opened with `Open` is completed from what its `Stage`s carried).
     Batch(Vec<BatchItem>),
-    /// The index of what the secondary now has of this replica set (postcard of
-    /// [`crate::Index`]), kept for the next worker.
+    /// Up to [`INDEX_PART`] bytes of the saved index from `offset` (after a Ready
+    /// that said how long it is).
+    ReadIndex {
+        /// Where to start.
+        offset: u64,
+    },
+    /// A part of the index being saved, not the last (see `SaveIndex`).
+    SaveIndexPart(ByteBuf),
+    /// The last part (or the whole) of the index of what the secondary now has of
+    /// this replica set (postcard of [`crate::Index`]), kept for the next worker: the
+    /// parts before it and it replace the saved index at once.
     SaveIndex(ByteBuf),
 }
 
 /// From the secondary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// Hello accepted: the index saved last for this replica set, if any, and what
-    /// is now where batches applied after it touched (see [`crate::journal`]).
+    /// Hello accepted: how long the index saved last for this replica set is, if
+    /// there is one (read with `ReadIndex`), and what is now where batches applied
+    /// after it touched (see [`crate::journal`]).
     Ready {
-        /// postcard of [`crate::Index`].
-        index: Option<ByteBuf>,
+        /// Bytes of the saved index (postcard of [`crate::Index`]).
+        index_len: Option<u64>,
         /// Places batches applied after the index was saved changed, each with
         /// whether what is below it changed too: what the index says of them may not
         /// hold.
@@ -81,7 +99,9 @@ pub enum Response {
     Missing(Vec<Hash>),
     /// Per operation of a batch: `None` applied, `Some(error)` not.
     Applied(Vec<Option<String>>),
-    /// The index is saved.
+    /// A part of the saved index.
+    IndexPart(ByteBuf),
+    /// The index part is kept (`SaveIndexPart`), or the index is saved.
     Saved,
     /// The chunks are written (or, after one was refused, dropped: the file's write
     /// then fails).

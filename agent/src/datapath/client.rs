@@ -278,19 +278,20 @@ async fn session(
         replica_set,
         index: true,
     };
-    let (mut synced, unsaved, present): (Index, _, _) = match call.call(&hello).await? {
+    let (index_len, unsaved, present) = match call.call(&hello).await? {
         Response::Ready {
-            index,
+            index_len,
             unsaved,
             present,
-        } => (
-            index
-                .and_then(|bytes| postcard::from_bytes(&bytes).ok())
-                .unwrap_or_default(),
-            unsaved,
-            present,
-        ),
+        } => (index_len, unsaved, present),
         other => return Err(format!("unexpected answer to hello: {other:?}")),
+    };
+    let mut synced: Index = match index_len {
+        Some(len) => {
+            let bytes = read_index(&mut call, len).await?;
+            postcard::from_bytes(&bytes).unwrap_or_default()
+        }
+        None => Index::default(),
     };
     // What a worker before us applied without saving the index: whatever is there now
     // is sent again or removed, never assumed.
@@ -423,11 +424,7 @@ async fn session(
                         .or_insert_with(|| entry.clone());
                 }
             }
-            let bytes_index = postcard::to_stdvec(&next).map_err(|e| e.to_string())?;
-            match call.call(&Request::SaveIndex(bytes_index.into())).await? {
-                Response::Saved => {}
-                other => return Err(format!("unexpected answer to save: {other:?}")),
-            }
+            save_index(&mut call, &next).await?;
             synced = next;
             let now_s = now_s();
             set(&|p| {
@@ -463,6 +460,38 @@ async fn session(
     let _ = call.send.finish();
     conn.close(quinn::VarInt::from_u32(0), b"done");
     endpoint.wait_idle().await;
+    Ok(())
+}
+
+/// Reads the saved index, `len` bytes, in parts.
+async fn read_index(call: &mut Channel, len: u64) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    while (bytes.len() as u64) < len {
+        let offset = bytes.len() as u64;
+        match call.call(&Request::ReadIndex { offset }).await? {
+            Response::IndexPart(part) if !part.is_empty() => bytes.extend_from_slice(&part),
+            other => return Err(format!("unexpected answer to read index: {other:?}")),
+        }
+    }
+    Ok(bytes)
+}
+
+/// Saves `index` on the secondary, in parts when it is large.
+async fn save_index(call: &mut Channel, index: &Index) -> Result<(), String> {
+    use georep_datapath::proto::INDEX_PART;
+    let bytes = postcard::to_stdvec(index).map_err(|e| e.to_string())?;
+    let mut parts = bytes.chunks(INDEX_PART).peekable();
+    while let Some(part) = parts.next() {
+        let request = if parts.peek().is_some() {
+            Request::SaveIndexPart(part.to_vec().into())
+        } else {
+            Request::SaveIndex(part.to_vec().into())
+        };
+        match call.call(&request).await? {
+            Response::Saved => {}
+            other => return Err(format!("unexpected answer to save: {other:?}")),
+        }
+    }
     Ok(())
 }
 

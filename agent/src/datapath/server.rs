@@ -86,6 +86,10 @@ struct Grant {
     journal_file: PathBuf,
     /// The large file this stream is writing (`Open`, `Stage`s, then its batch).
     open: Arc<std::sync::Mutex<Option<OpenWrite>>>,
+    /// The saved index as it was at Hello, while the worker reads it in parts.
+    index: std::sync::Mutex<Option<Arc<Vec<u8>>>>,
+    /// The index being saved in parts: its temporary file, until the last part.
+    saving: Arc<Saving>,
 }
 
 /// A large file being written on a stream: chunks go straight into its temporary
@@ -128,7 +132,7 @@ async fn serve_stream(
                     // sync jobs (large files in flight at once) do not.
                     let kind = if index { "session" } else { "sync job" };
                     tracing::info!(%peer, %session, replica_set, kind, "data path stream ready");
-                    let (index, unsaved, present) = if index {
+                    let (saved, unsaved, present) = if index {
                         let applier = granted.applier.clone();
                         let files = (granted.index_file.clone(), granted.journal_file.clone());
                         tokio::task::spawn_blocking(move || saved_state(&applier, &files))
@@ -140,9 +144,13 @@ async fn serve_stream(
                     if !unsaved.is_empty() {
                         tracing::info!(%peer, %session, replica_set, places = unsaved.len(), present = present.len(), "batches were applied after the last saved index: what they changed is re-checked");
                     }
+                    let index_len = saved.as_ref().map(|bytes| bytes.len() as u64);
+                    if let Ok(mut index) = granted.index.lock() {
+                        *index = saved.map(Arc::new);
+                    }
                     grant = Some(granted);
                     Response::Ready {
-                        index,
+                        index_len,
                         unsaved,
                         present,
                     }
@@ -242,8 +250,36 @@ async fn serve_stream(
                     }
                 }
             }
+            (Some(granted), Request::ReadIndex { offset }) => {
+                let index = granted.index.lock().ok().and_then(|i| i.clone());
+                let part = index.and_then(|bytes| {
+                    let start = usize::try_from(offset).ok()?.min(bytes.len());
+                    let end = start.saturating_add(proto::INDEX_PART).min(bytes.len());
+                    Some(bytes[start..end].to_vec())
+                });
+                match part {
+                    Some(part) => Response::IndexPart(part.into()),
+                    None => Response::Refused("no saved index to read".into()),
+                }
+            }
+            (Some(granted), Request::SaveIndexPart(bytes)) => {
+                let saving = granted.saving.clone();
+                let file = granted.index_file.clone();
+                tokio::task::spawn_blocking(move || save_part(&saving, &file, &bytes))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .map_or_else(
+                        |error| Response::Refused(format!("cannot save the index: {error}")),
+                        |()| Response::Saved,
+                    )
+            }
             (Some(granted), Request::SaveIndex(bytes)) => {
-                match georep_store::write_atomic(&granted.index_file, &bytes) {
+                let saving = granted.saving.clone();
+                let file = granted.index_file.clone();
+                let saved = tokio::task::spawn_blocking(move || save_last(&saving, &file, &bytes))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                match saved {
                     Ok(()) => {
                         // The index describes everything applied: the journal is done.
                         match std::fs::remove_file(&granted.journal_file) {
@@ -274,7 +310,7 @@ const MAX_UNSAVED: usize = 400_000;
 /// What a Hello answers: the saved index, the places batches applied after it changed
 /// (from the journal), and what is now at and below them.
 type SavedState = (
-    Option<proto::ByteBuf>,
+    Option<Vec<u8>>,
     Vec<journal::Touched>,
     Vec<(georep_datapath::RelPath, bool)>,
 );
@@ -282,7 +318,7 @@ type SavedState = (
 /// The saved index of a replica set, the places the journal says batches applied
 /// after it changed, and what is now there.
 fn saved_state(applier: &Applier, (index_file, journal_file): &(PathBuf, PathBuf)) -> SavedState {
-    let index = std::fs::read(index_file).ok().map(proto::ByteBuf::from);
+    let index = std::fs::read(index_file).ok();
     let places = std::fs::read(journal_file)
         .map(|bytes| journal::read(&bytes))
         .unwrap_or_default();
@@ -300,6 +336,67 @@ fn saved_state(applier: &Applier, (index_file, journal_file): &(PathBuf, PathBuf
     present.sort();
     present.dedup();
     (index, places, present)
+}
+
+/// The index being saved in parts on a stream.
+type Saving = std::sync::Mutex<Option<IndexParts>>;
+
+/// The temporary file the parts of an index go to; removed if the stream ends before
+/// the last part (after it, it is the index).
+struct IndexParts {
+    temp: PathBuf,
+    file: std::fs::File,
+}
+
+impl Drop for IndexParts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+/// Appends a part of the index being saved to `index_file` to its temporary file
+/// (created by the first part).
+fn save_part(saving: &Saving, index_file: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut saving = saving
+        .lock()
+        .map_err(|_| "stream state unusable".to_string())?;
+    if saving.is_none() {
+        static PARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = index_file.as_os_str().to_os_string();
+        name.push(format!(".part-{}-{n}", std::process::id()));
+        let temp = PathBuf::from(name);
+        let file = std::fs::File::create(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+        *saving = Some(IndexParts { temp, file });
+    }
+    let Some(parts) = saving.as_mut() else {
+        return Err("no index being saved".into());
+    };
+    parts
+        .file
+        .write_all(bytes)
+        .map_err(|e| format!("{}: {e}", parts.temp.display()))
+}
+
+/// Saves the index whose last part (or whole) is `bytes` at `index_file`, durably and
+/// at once (the parts before it were kept by [`save_part`]).
+fn save_last(saving: &Saving, index_file: &Path, bytes: &[u8]) -> Result<(), String> {
+    let parts = saving
+        .lock()
+        .map_err(|_| "stream state unusable".to_string())?
+        .take();
+    let Some(mut parts) = parts else {
+        return georep_store::write_atomic(index_file, bytes).map_err(|e| e.to_string());
+    };
+    use std::io::Write;
+    // Dropped, `parts` removes its temporary file: renamed, there is none left.
+    parts
+        .file
+        .write_all(bytes)
+        .and_then(|()| parts.file.sync_all())
+        .and_then(|()| std::fs::rename(&parts.temp, index_file))
+        .map_err(|error| format!("{}: {error}", index_file.display()))
 }
 
 /// Appends `touched` to the journal at `path`, durably, before their batch is applied
@@ -441,5 +538,7 @@ async fn authorize(
         index_file: dir.join(format!("replica-set-{replica_set}.index")),
         journal_file: dir.join(format!("replica-set-{replica_set}.journal")),
         open: Arc::new(std::sync::Mutex::new(None)),
+        index: std::sync::Mutex::new(None),
+        saving: Arc::new(std::sync::Mutex::new(None)),
     })
 }
