@@ -251,10 +251,14 @@ async fn serve_stream(
                 }
             }
             (Some(granted), Request::ReadIndex { offset }) => {
-                let index = granted.index.lock().ok().and_then(|i| i.clone());
-                let part = index.and_then(|bytes| {
+                let part = granted.index.lock().ok().and_then(|mut index| {
+                    let bytes = index.clone()?;
                     let start = usize::try_from(offset).ok()?.min(bytes.len());
                     let end = start.saturating_add(proto::INDEX_PART).min(bytes.len());
+                    if end == bytes.len() {
+                        // Read to the end: not kept for the stream's life.
+                        *index = None;
+                    }
                     Some(bytes[start..end].to_vec())
                 });
                 match part {
