@@ -281,22 +281,17 @@ impl Applier {
             let distrusted = self.distrusted.lock().map_or(true, |d| d.contains(path));
             !distrusted && self.quick_check(path, known)
         });
+        let wanted = chunks.iter().map(|c| c.hash);
         match trusted {
             Some(known) => {
                 let have: std::collections::HashSet<&Hash> =
                     known.chunks.iter().map(|c| &c.hash).collect();
-                let mut missing: Vec<Hash> = chunks
-                    .iter()
-                    .map(|c| c.hash)
-                    .filter(|h| !have.contains(h))
-                    .collect();
-                missing.sort();
-                missing.dedup();
+                let missing = not_in(wanted, |h| have.contains(h));
                 (missing, Some(known.chunks.clone()))
             }
             None => {
-                let hashes: Vec<Hash> = chunks.iter().map(|c| c.hash).collect();
-                (self.missing_chunks(path, &hashes), None)
+                let have = self.current_chunks(path).unwrap_or_default();
+                (not_in(wanted, |h| have.contains_key(h)), None)
             }
         }
     }
@@ -335,14 +330,7 @@ impl Applier {
     /// primary must send).
     pub fn missing_chunks(&self, path: &RelPath, wanted: &[Hash]) -> Vec<Hash> {
         let have = self.current_chunks(path).unwrap_or_default();
-        let mut missing: Vec<Hash> = wanted
-            .iter()
-            .copied()
-            .filter(|h| !have.contains_key(h))
-            .collect();
-        missing.sort();
-        missing.dedup();
-        missing
+        not_in(wanted.iter().copied(), |h| have.contains_key(h))
     }
 
     /// The current file at `path`, opened without following it, and its chunks by hash.
@@ -806,6 +794,14 @@ impl Drop for PartialWrite {
             );
         }
     }
+}
+
+/// The hashes of `wanted` that `have` says are not there, sorted, each once.
+fn not_in(wanted: impl Iterator<Item = Hash>, have: impl Fn(&Hash) -> bool) -> Vec<Hash> {
+    let mut missing: Vec<Hash> = wanted.filter(|h| !have(h)).collect();
+    missing.sort();
+    missing.dedup();
+    missing
 }
 
 /// `openat2` resolution with `flags` that stays beneath the root and follows no
