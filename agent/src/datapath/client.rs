@@ -83,18 +83,18 @@ pub struct SyncProgress {
 pub const SETTLING: Duration = Duration::from_secs(10);
 
 impl SyncProgress {
-    /// Copies what the status file shows into `status`: an Active worker that cannot
-    /// sync (no secondary reachable, brick unreadable) shows Faulty until it can
-    /// (`Initializing...` while it has not reached a secondary yet for [`SETTLING`]
-    /// since it became Active).
+    /// Copies what the status file shows into `status`: an Active worker shows
+    /// `Initializing...` until it has first reached a secondary, and one that cannot
+    /// sync (no secondary reachable, brick unreadable) shows Faulty until it can (not in
+    /// its first [`SETTLING`] since it became Active).
     pub fn apply_to(&self, status: &mut crate::monitor::BrickStatus) {
-        if self.fault.is_some() && status.status == georep_api::WorkerStatus::Active {
+        if status.status == georep_api::WorkerStatus::Active {
             let settling = self.starting.is_some_and(|at| at.elapsed() < SETTLING);
-            status.status = if settling {
-                georep_api::WorkerStatus::Initializing
-            } else {
-                georep_api::WorkerStatus::Faulty
-            };
+            if self.fault.is_some() && !settling {
+                status.status = georep_api::WorkerStatus::Faulty;
+            } else if self.starting.is_some() {
+                status.status = georep_api::WorkerStatus::Initializing;
+            }
         }
         status.crawl_status = self.crawl.clone();
         status.last_synced = self.last_synced.map(format_time);
@@ -267,7 +267,7 @@ async fn session(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    let mut endpoint = super::endpoint(bind, None).map_err(|e| e.to_string())?;
     endpoint.set_default_client_config(config);
     let conn = endpoint
         .connect(addr, "georep")
@@ -327,6 +327,7 @@ async fn session(
         let live = read_plan(plan_file).unwrap_or_else(|_| plan.clone());
         let plan = &live;
         let round_started = now_s();
+        let round_clock = std::time::Instant::now();
         let changes = watch.take();
         let read = match (cache.take(), changes) {
             (own, Changes::Full(why)) => Read::Walk(own, Some(why)),
@@ -429,6 +430,19 @@ async fn session(
             }
             save_index(&mut call, &next).await?;
             synced = next;
+            // What a round cost and how the connection carries it (datagram size
+            // found by MTU discovery, packets lost so far): what to look at when a
+            // brick syncs slowly.
+            let path = conn.stats().path;
+            tracing::info!(
+                ops = ops.len(),
+                bytes,
+                hashed = report.files_hashed,
+                seconds = round_clock.elapsed().as_secs_f64(),
+                datagram = path.current_mtu,
+                lost = path.lost_packets,
+                "round synced"
+            );
             let now_s = now_s();
             set(&|p| {
                 p.entry += counts.0;
@@ -771,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fault_shows_faulty_except_while_a_new_active_worker_settles() {
+    fn an_active_worker_initializes_until_connected_and_shows_faults_after_settling() {
         let mut progress = SyncProgress::default();
         assert_eq!(shown(&progress), WorkerStatus::Active);
         progress.fault = Some("no live secondary node".into());
@@ -781,5 +795,13 @@ mod tests {
         progress.starting =
             std::time::Instant::now().checked_sub(SETTLING + Duration::from_secs(1));
         assert_eq!(shown(&progress), WorkerStatus::Faulty);
+        // Not connected yet, nothing wrong: Initializing, however long it takes.
+        progress.fault = None;
+        assert_eq!(shown(&progress), WorkerStatus::Initializing);
+        progress.starting = Some(std::time::Instant::now());
+        assert_eq!(shown(&progress), WorkerStatus::Initializing);
+        // Connected.
+        progress.starting = None;
+        assert_eq!(shown(&progress), WorkerStatus::Active);
     }
 }

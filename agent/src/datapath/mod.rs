@@ -122,8 +122,66 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
         ))
         // A dead secondary is noticed within the idle timeout; the worker then moves
         // to another one.
-        .keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+        .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
+        .mtu_discovery_config(Some({
+            let mut mtud = quinn::MtuDiscoveryConfig::default();
+            mtud.upper_bound(MAX_DATAGRAM);
+            mtud
+        }));
     Arc::new(transport)
+}
+
+/// Largest UDP payload the data path sends or accepts: where the path carries it
+/// (loopback, jumbo frames), MTU discovery climbs from 1200 bytes to this, so a chunk
+/// crosses the kernel in a fifth of the datagrams (QUIC's per-datagram cost, in the
+/// kernel and in quinn, is most of a transfer's CPU at Ethernet's 1452 bytes). On a
+/// 1500-byte path discovery stays at 1452. Not more: quinn hands the kernel up to 10
+/// datagrams in one segmentation-offload send, whose total must stay within one IP
+/// packet (65 507 bytes), or the send fails and is taken for loss (a black hole that
+/// drops the size back to 1200). quinn sizes its receive buffer by it (times 64 GRO
+/// segments times 32 datagrams, virtual memory: only what a read fills is touched).
+pub const MAX_DATAGRAM: u16 = 6500;
+
+/// Socket buffer bytes asked for each way (the kernel doubles it for its own
+/// bookkeeping). With Linux's default of 208 KiB, a bulk transfer overflows the
+/// receiver's buffer within a millisecond whenever its reader is busy hashing or
+/// writing: measured on loopback, 8 800 datagrams lost in one 1 GiB file, each loss
+/// halving the congestion window and the bursts of them taken for an MTU black hole.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Gives `socket` [`SOCKET_BUFFER`] bytes each way: beyond `net.core.rmem_max` /
+/// `wmem_max` when the agent may (root: `SO_RCVBUFFORCE`), else up to them. What the
+/// kernel refuses is logged, never fatal: the data path works with less, slower.
+fn size_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let size = SOCKET_BUFFER;
+    if setsockopt(socket, sockopt::RcvBufForce, &size).is_err()
+        && let Err(error) = setsockopt(socket, sockopt::RcvBuf, &size)
+    {
+        tracing::debug!(%error, "cannot size the data path's receive buffer");
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &size).is_err()
+        && let Err(error) = setsockopt(socket, sockopt::SndBuf, &size)
+    {
+        tracing::debug!(%error, "cannot size the data path's send buffer");
+    }
+}
+
+/// A data-path QUIC endpoint on `addr` (serving with `server` when given) that sends
+/// and accepts datagrams of up to [`MAX_DATAGRAM`].
+pub fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_DATAGRAM)
+        .map_err(std::io::Error::other)?;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    size_buffers(&socket);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    quinn::Endpoint::new(config, server, socket, runtime)
 }
 
 /// The plan for this node's workers of the session `view`, from the converged

@@ -32,7 +32,7 @@ pub fn bind(
         .context("data path TLS configuration unusable for QUIC")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config());
-    quinn::Endpoint::server(config, addr).with_context(|| format!("cannot listen on {addr}"))
+    super::endpoint(addr, Some(config)).with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Serves workers until `shutdown`.
