@@ -163,9 +163,19 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
         "{jobs} sync-job streams:\n{}",
         cluster.logs_tail()
     );
-    cluster.wait_until(WAIT, "an Active worker in Changelog Crawl", || {
-        active_node(&cluster, 2).is_some()
-    });
+    // Both workers start at once; one that started on a view not yet converged may
+    // show Active (Initializing...) for a poll interval before it turns Passive.
+    cluster.wait_until(
+        WAIT,
+        "an Active worker in Changelog Crawl and a Passive one",
+        || {
+            let status = cluster.json(2, &["status", "gv0", SECONDARY]);
+            let workers = status["sessions"][0]["workers"].as_array().cloned();
+            active_node(&cluster, 2).is_some()
+                && workers
+                    .is_some_and(|w| w.iter().filter(|w| w["status"] == "Passive").count() == 1)
+        },
+    );
     let status = cluster.json(2, &["status", "gv0", SECONDARY]);
     let workers = status["sessions"][0]["workers"].as_array().unwrap().clone();
     let active = workers.iter().find(|w| w["status"] == "Active").unwrap();
