@@ -86,22 +86,72 @@ pub fn open_nofollow(path: &std::path::Path) -> io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Files up to this size are read whole and cut in memory: the streaming chunker
+/// allocates (and zeroes) a buffer of [`MAX_CHUNK`] per file, and a buffered reader
+/// another, which for a tree of small files cost more than hashing them.
+pub const READ_WHOLE: u64 = 1 << 20;
+
 /// The chunks of the file at `path` (opened without following a final symlink).
 pub fn chunk_file(path: &std::path::Path) -> io::Result<(Vec<ChunkRef>, Hash)> {
-    let file = open_nofollow(path)?;
+    let mut file = open_nofollow(path)?;
+    let size = file.metadata()?.len();
+    if size <= READ_WHOLE {
+        // One byte more than the size, so a file that grew while read is read whole
+        // (its chunks then describe what was read, as the streaming path would).
+        let mut bytes = Vec::with_capacity(size as usize + 1);
+        file.read_to_end(&mut bytes)?;
+        return Ok(chunk_bytes(&bytes));
+    }
     chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))
 }
 
-/// The chunks of `bytes`.
+/// The chunks of `bytes`: the cut points [`chunk_reader`] finds, without its buffer.
 pub fn chunk_bytes(bytes: &[u8]) -> (Vec<ChunkRef>, Hash) {
-    // Reading from a slice cannot fail.
-    chunk_reader(bytes).unwrap_or_default()
+    let chunks: Vec<ChunkRef> =
+        fastcdc::v2020::FastCDC::new(bytes, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+            .map(|chunk| ChunkRef {
+                offset: chunk.offset as u64,
+                // MAX_CHUNK fits in u32.
+                len: chunk.length as u32,
+                hash: Hash::of(&bytes[chunk.offset..][..chunk.length]),
+            })
+            .collect();
+    let content = content_id(&chunks);
+    (chunks, content)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::noise;
+
+    #[test]
+    fn cutting_in_memory_finds_the_streaming_cut_points() {
+        for (i, size) in [
+            0,
+            1,
+            MIN_CHUNK - 1,
+            MIN_CHUNK,
+            100_000,
+            MAX_CHUNK + 1,
+            3 << 20,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let data = noise(size, 40 + i as u64);
+            let streamed = chunk_reader(&data[..]).unwrap();
+            assert_eq!(chunk_bytes(&data), streamed, "{size} bytes");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, &data).unwrap();
+            assert_eq!(
+                chunk_file(&path).unwrap(),
+                streamed,
+                "{size} bytes from a file"
+            );
+        }
+    }
 
     #[test]
     fn chunks_cover_the_file_and_respect_the_bounds() {

@@ -167,7 +167,7 @@ fn bury_below(index: &mut Index, at: &RelPath, graveyard: &mut HashMap<u64, Entr
 }
 
 /// Where a scan may take a file's hashes from: an older entry for `rel`, or `None`.
-type Reuse<'a> = dyn Fn(&RelPath, &Entry) -> Option<&'a Entry> + 'a;
+type Reuse<'a> = dyn Fn(&RelPath, &Entry) -> Option<&'a Entry> + Sync + 'a;
 
 /// Adds everything below `dir` (recursively) to `index`.
 fn walk(root: &Path, dir: &Path, reuse: &Reuse<'_>, index: &mut Index, report: &mut ScanReport) {
@@ -204,18 +204,71 @@ fn read_children(
             return None;
         }
     };
-    let mut out = Vec::new();
-    for child in listing.flatten() {
-        let path = child.path();
-        let Some(rel) = RelPath::under(root, &path).filter(is_volume_content) else {
-            continue;
-        };
-        if let Some(entry) = read_entry(&path, &rel, reuse, report) {
-            out.push((rel, entry));
-        }
+    let children: Vec<(PathBuf, RelPath)> = listing
+        .flatten()
+        .filter_map(|child| {
+            let path = child.path();
+            let rel = RelPath::under(root, &path).filter(is_volume_content)?;
+            Some((path, rel))
+        })
+        .collect();
+    let read_all = |children: &[(PathBuf, RelPath)], report: &mut ScanReport| {
+        children
+            .iter()
+            .filter_map(|(path, rel)| {
+                read_entry(path, rel, reuse, report).map(|entry| (rel.clone(), entry))
+            })
+            .collect::<Vec<_>>()
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(4);
+    if children.len() < PARALLEL_LISTING || threads < 2 {
+        return Some(read_all(&children, report));
+    }
+    // A large directory's entries are read (stat, xattrs, and the content of new or
+    // changed files hashed) on several threads: one thread left the other cores idle
+    // while a tree of small files was hashed for the first time.
+    let parts: Vec<(Vec<(RelPath, Entry)>, ScanReport)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = children
+            .chunks(children.len().div_ceil(threads))
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut report = ScanReport::default();
+                    (read_all(part, &mut report), report)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(children.chunks(children.len().div_ceil(threads)))
+            .map(|(handle, part)| {
+                handle.join().unwrap_or_else(|_| {
+                    let failures = part
+                        .iter()
+                        .map(|(_, rel)| (rel.clone(), "reading it failed".to_string()))
+                        .collect();
+                    let report = ScanReport {
+                        failures,
+                        ..Default::default()
+                    };
+                    (Vec::new(), report)
+                })
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(children.len());
+    for (entries, part) in parts {
+        out.extend(entries);
+        report.files_hashed += part.files_hashed;
+        report.bytes_hashed += part.bytes_hashed;
+        report.failures.extend(part.failures);
     }
     Some(out)
 }
+
+/// Fewest entries in a directory read on several threads.
+const PARALLEL_LISTING: usize = 64;
 
 /// The entry at `path` (`rel` under the root); `None` when it is not volume data
 /// (device, fifo, socket) or could not be read (a failure in `report`).

@@ -360,6 +360,7 @@ async fn session(
         })
         .await
         .map_err(|e| e.to_string())?;
+        let scanned_after = round_clock.elapsed();
         let (mut now, report) = match scanned {
             Ok(scanned) => scanned,
             Err(error) => {
@@ -400,6 +401,7 @@ async fn session(
             jobs.max = plan.sync_jobs;
             let (counts, bytes, op_failures) =
                 send_ops((brick, &synced), &ops, &mut call, &mut jobs).await?;
+            let sent_after = round_clock.elapsed();
             // The secondary now has `now`, except where something failed: there, what
             // it had (a failed rename: at and below both its source and destination).
             let mut next = now.clone();
@@ -430,15 +432,18 @@ async fn session(
             }
             save_index(&mut call, &next).await?;
             synced = next;
-            // What a round cost and how the connection carries it (datagram size
-            // found by MTU discovery, packets lost so far): what to look at when a
-            // brick syncs slowly.
+            // What a round cost (seconds in all, and when the scan and the sending
+            // had ended) and how the connection carries it (datagram size found by MTU
+            // discovery, packets lost so far): what to look at when a brick syncs
+            // slowly.
             let path = conn.stats().path;
             tracing::info!(
                 ops = ops.len(),
                 bytes,
                 hashed = report.files_hashed,
                 seconds = round_clock.elapsed().as_secs_f64(),
+                scanned_after = scanned_after.as_secs_f64(),
+                applied_after = sent_after.as_secs_f64(),
                 datagram = path.current_mtu,
                 lost = path.lost_packets,
                 "round synced"

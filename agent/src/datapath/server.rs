@@ -423,35 +423,131 @@ fn record(path: &Path, touched: &[journal::Touched]) -> Result<(), String> {
 
 /// Applies `items` in order; the write of the file `open` (a large file whose chunks
 /// came in `Stage`s) is completed from it. Per item: `None` applied, else why not.
+///
+/// A run of [`PARALLEL_RUN`] or more consecutive operations that each stand alone
+/// (see [`stands_alone`]) on distinct paths (a batch of small files: their
+/// directories came earlier in the batch or in an earlier one) is applied on several
+/// threads: each is a temporary file, a write, an fsync and a rename, or a file's
+/// metadata, independent of the others, and one thread doing them in turn left the
+/// other cores idle while the worker waited. Everything else keeps its order: an entry
+/// operation or a directory's metadata is applied after everything before it and
+/// before everything after it.
 fn apply_batch(
     applier: &Applier,
     mut open: Option<OpenWrite>,
     peer: &str,
     items: Vec<georep_datapath::proto::BatchItem>,
 ) -> Vec<Option<String>> {
-    items
-        .into_iter()
-        .map(|(op, data)| {
-            let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
-            let outcome = match open.take() {
-                Some(OpenWrite::Writing(write)) if write.is_for(&op) => {
-                    write.finish(applier, &data).map_err(|e| e.to_string())
+    let mut results = Vec::with_capacity(items.len());
+    let mut items = items.into_iter().peekable();
+    while let Some((op, data)) = items.next() {
+        if stands_alone(&op, open.as_ref()) {
+            let mut run = vec![(op, data)];
+            let mut paths: std::collections::HashSet<georep_datapath::RelPath> =
+                std::iter::once(run[0].0.path().clone()).collect();
+            while let Some((next, _)) = items.peek() {
+                if !stands_alone(next, open.as_ref()) || paths.contains(next.path()) {
+                    break;
                 }
-                Some(OpenWrite::Failed(path, error)) if *op.path() == path => Err(error),
-                other => {
-                    open = other;
-                    applier.apply(&op, &data).map_err(|e| e.to_string())
-                }
-            };
-            match outcome {
-                Ok(()) => None,
-                Err(error) => {
-                    tracing::warn!(%peer, %error, "data path operation refused");
-                    Some(error)
+                if let Some(item) = items.next() {
+                    paths.insert(item.0.path().clone());
+                    run.push(item);
                 }
             }
-        })
-        .collect()
+            results.extend(apply_writes(applier, peer, run));
+            continue;
+        }
+        let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
+        let outcome = match open.take() {
+            Some(OpenWrite::Writing(write)) if write.is_for(&op) => {
+                write.finish(applier, &data).map_err(|e| e.to_string())
+            }
+            Some(OpenWrite::Failed(path, error)) if *op.path() == path => Err(error),
+            other => {
+                open = other;
+                applier.apply(&op, &data).map_err(|e| e.to_string())
+            }
+        };
+        results.push(refused(peer, outcome));
+    }
+    results
+}
+
+/// Whether `op` changes one file and nothing else: a small file's write (not the
+/// large one `open` completes) or a non-directory's metadata (a directory's mtime must
+/// be set after what is written inside it).
+fn stands_alone(op: &Op, open: Option<&OpenWrite>) -> bool {
+    match op {
+        Op::Write { .. } => match open {
+            Some(OpenWrite::Writing(write)) => !write.is_for(op),
+            Some(OpenWrite::Failed(path, _)) => path != op.path(),
+            None => true,
+        },
+        Op::Meta { entry, .. } => entry.kind != georep_datapath::index::EntryKind::Dir,
+        _ => false,
+    }
+}
+
+/// Fewest consecutive writes applied on several threads (fewer are not worth a
+/// thread's start).
+const PARALLEL_RUN: usize = 16;
+
+/// Applies `run`, operations on distinct files that stand alone, on up to as many threads as there are
+/// cores (4 at most); the outcomes in `run`'s order.
+fn apply_writes(
+    applier: &Applier,
+    peer: &str,
+    run: Vec<georep_datapath::proto::BatchItem>,
+) -> Vec<Option<String>> {
+    let one = |(op, data): georep_datapath::proto::BatchItem| {
+        let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
+        refused(peer, applier.apply(&op, &data).map_err(|e| e.to_string()))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(4);
+    if run.len() < PARALLEL_RUN || threads < 2 {
+        return run.into_iter().map(one).collect();
+    }
+    let per_thread = run.len().div_ceil(threads);
+    let mut parts: Vec<Vec<georep_datapath::proto::BatchItem>> = Vec::new();
+    let mut run = run.into_iter();
+    loop {
+        let part: Vec<_> = run.by_ref().take(per_thread).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                let len = part.len();
+                let handle = scope.spawn(move || part.into_iter().map(one).collect::<Vec<_>>());
+                (len, handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(len, handle)| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| vec![Some("the write's thread failed".to_string()); len])
+            })
+            .collect()
+    })
+}
+
+/// `None` for an operation applied; why not (logged) for one refused.
+fn refused(peer: &str, outcome: Result<(), String>) -> Option<String> {
+    match outcome {
+        Ok(()) => None,
+        Err(error) => {
+            tracing::warn!(%peer, %error, "data path operation refused");
+            Some(error)
+        }
+    }
 }
 
 /// Where the secondary keeps what it has of `session` (an index per replica set): in
@@ -545,4 +641,61 @@ async fn authorize(
         index: std::sync::Mutex::new(None),
         saving: Arc::new(std::sync::Mutex::new(None)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use georep_datapath::proto::{BatchItem, ByteBuf};
+    use georep_datapath::{RelPath, chunk_bytes};
+
+    fn write(path: &str, bytes: &[u8]) -> BatchItem {
+        let (chunks, content) = chunk_bytes(bytes);
+        let data = chunks
+            .iter()
+            .map(|c| {
+                let piece = &bytes[c.offset as usize..][..c.len as usize];
+                (c.hash, ByteBuf::from(piece.to_vec()))
+            })
+            .collect();
+        let op = Op::Write {
+            path: RelPath::new(path).unwrap(),
+            size: bytes.len() as u64,
+            content,
+            chunks,
+        };
+        (op, data)
+    }
+
+    #[test]
+    fn a_batch_applied_on_several_threads_answers_each_item_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let applier = Applier::open(dir.path()).unwrap();
+        let mut items: Vec<BatchItem> = vec![(
+            Op::Mkdir {
+                path: RelPath::new("d").unwrap(),
+            },
+            Vec::new(),
+        )];
+        for i in 0..3 * PARALLEL_RUN {
+            items.push(write(&format!("d/f{i:03}"), format!("file {i}").as_bytes()));
+        }
+        // A write whose data does not match its chunks, in the middle of the run, and
+        // one into a directory that does not exist, after it.
+        let (op, _) = write("d/bad", b"what the chunks say");
+        let (_, wrong) = write("d/other", b"other bytes entirely");
+        items.insert(10, (op, wrong));
+        items.push(write("missing/f", b"no parent"));
+        let results = apply_batch(&applier, None, "n1", items);
+        assert_eq!(results.len(), 3 * PARALLEL_RUN + 3);
+        for (i, result) in results.iter().enumerate() {
+            let expect_refused = i == 10 || i == results.len() - 1;
+            assert_eq!(result.is_some(), expect_refused, "item {i}: {result:?}");
+        }
+        for i in 0..3 * PARALLEL_RUN {
+            let written = std::fs::read(dir.path().join(format!("d/f{i:03}"))).unwrap();
+            assert_eq!(written, format!("file {i}").as_bytes());
+        }
+        assert!(!dir.path().join("d/bad").exists());
+    }
 }
