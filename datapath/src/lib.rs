@@ -22,6 +22,7 @@ pub mod apply;
 pub mod chunk;
 pub mod index;
 pub mod journal;
+pub mod parts;
 pub mod path;
 pub mod proto;
 pub mod scan;

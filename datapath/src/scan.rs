@@ -212,52 +212,20 @@ fn read_children(
             Some((path, rel))
         })
         .collect();
-    let read_all = |children: &[(PathBuf, RelPath)], report: &mut ScanReport| {
-        children
-            .iter()
-            .filter_map(|(path, rel)| {
-                read_entry(path, rel, reuse, report).map(|entry| (rel.clone(), entry))
-            })
-            .collect::<Vec<_>>()
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(4);
-    if children.len() < PARALLEL_LISTING || threads < 2 {
-        return Some(read_all(&children, report));
-    }
     // A large directory's entries are read (stat, xattrs, and the content of new or
     // changed files hashed) on several threads: one thread left the other cores idle
     // while a tree of small files was hashed for the first time.
-    let parts: Vec<(Vec<(RelPath, Entry)>, ScanReport)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = children
-            .chunks(children.len().div_ceil(threads))
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut report = ScanReport::default();
-                    (read_all(part, &mut report), report)
-                })
+    let parts = crate::parts::in_parts(children, PARALLEL_LISTING, |part| {
+        let mut report = ScanReport::default();
+        let entries: Vec<(RelPath, Entry)> = part
+            .into_iter()
+            .filter_map(|(path, rel)| {
+                read_entry(&path, &rel, reuse, &mut report).map(|entry| (rel, entry))
             })
             .collect();
-        handles
-            .into_iter()
-            .zip(children.chunks(children.len().div_ceil(threads)))
-            .map(|(handle, part)| {
-                handle.join().unwrap_or_else(|_| {
-                    let failures = part
-                        .iter()
-                        .map(|(_, rel)| (rel.clone(), "reading it failed".to_string()))
-                        .collect();
-                    let report = ScanReport {
-                        failures,
-                        ..Default::default()
-                    };
-                    (Vec::new(), report)
-                })
-            })
-            .collect()
+        (entries, report)
     });
-    let mut out = Vec::with_capacity(children.len());
+    let mut out = Vec::new();
     for (entries, part) in parts {
         out.extend(entries);
         report.files_hashed += part.files_hashed;

@@ -488,55 +488,26 @@ fn stands_alone(op: &Op, open: Option<&OpenWrite>) -> bool {
     }
 }
 
-/// Fewest consecutive writes applied on several threads (fewer are not worth a
-/// thread's start).
+/// Fewest consecutive operations that stand alone applied on several threads (fewer
+/// are not worth a thread's start).
 const PARALLEL_RUN: usize = 16;
 
-/// Applies `run`, operations on distinct files that stand alone, on up to as many threads as there are
-/// cores (4 at most); the outcomes in `run`'s order.
+/// Applies `run`, operations on distinct files that stand alone, on up to as many
+/// threads as there are cores (4 at most); the outcomes in `run`'s order.
 fn apply_writes(
     applier: &Applier,
     peer: &str,
     run: Vec<georep_datapath::proto::BatchItem>,
 ) -> Vec<Option<String>> {
-    let one = |(op, data): georep_datapath::proto::BatchItem| {
-        let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
-        refused(peer, applier.apply(&op, &data).map_err(|e| e.to_string()))
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(4);
-    if run.len() < PARALLEL_RUN || threads < 2 {
-        return run.into_iter().map(one).collect();
-    }
-    let per_thread = run.len().div_ceil(threads);
-    let mut parts: Vec<Vec<georep_datapath::proto::BatchItem>> = Vec::new();
-    let mut run = run.into_iter();
-    loop {
-        let part: Vec<_> = run.by_ref().take(per_thread).collect();
-        if part.is_empty() {
-            break;
-        }
-        parts.push(part);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| {
-                let len = part.len();
-                let handle = scope.spawn(move || part.into_iter().map(one).collect::<Vec<_>>());
-                (len, handle)
+    georep_datapath::parts::in_parts(run, PARALLEL_RUN, |part| {
+        part.into_iter()
+            .map(|(op, data)| {
+                let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
+                refused(peer, applier.apply(&op, &data).map_err(|e| e.to_string()))
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|(len, handle)| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| vec![Some("the write's thread failed".to_string()); len])
-            })
-            .collect()
+            .collect::<Vec<_>>()
     })
+    .concat()
 }
 
 /// `None` for an operation applied; why not (logged) for one refused.
