@@ -227,16 +227,23 @@ impl Worker {
         let mut active = None;
         let progress = Arc::new(std::sync::Mutex::new(SyncProgress::default()));
         let mut syncing: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
+        let mut first = true;
         loop {
-            // The list is read every poll interval, the first time after one: an agent
-            // that has just heard its first peer may not have every primary's bricks
-            // yet and list its own brick Active for a moment; a worker that started
-            // syncing on that list at once raced the real Active (seen: the other
-            // replica's mtimes ended up on the secondary). An Active worker shows
-            // Initializing... until it has reached a secondary.
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.poll_interval) => {}
+            // A brick the agent already lists as Active starts syncing at once (it shows
+            // Initializing... until it has reached a secondary, as gluster's worker does
+            // until it is connected); otherwise the list is read again every poll
+            // interval. An agent that has just heard its first peer may list its own
+            // brick Active for a moment before it knows the other replica's node: the
+            // secondary admits only the worker its own view calls Active, so such a
+            // worker is refused (and stopped at the next poll), never writes beside
+            // the real one.
+            let at_once = first && self.is_active() == Some(true);
+            first = false;
+            if !at_once {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(self.poll_interval) => {}
+                }
             }
             active = self.is_active().or(active);
             let wanted = if active == Some(true) {

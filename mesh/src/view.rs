@@ -69,7 +69,10 @@ impl NodeInfo {
     }
 
     /// The node's bricks of `volume`.
-    pub fn bricks_of<'a>(&'a self, volume: &'a str) -> impl Iterator<Item = &'a Brick> + 'a {
+    pub fn bricks_of<'a, 'v>(
+        &'a self,
+        volume: &'v str,
+    ) -> impl Iterator<Item = &'a Brick> + use<'a, 'v> {
         self.bricks.iter().filter(move |b| b.volume == volume)
     }
 }
@@ -161,6 +164,22 @@ impl Membership {
     /// set, the lowest (node id, path). Every node computes the same answer from the same
     /// converged membership, so exactly one worker per replica set is Active.
     pub fn active_bricks(&self, volume: &str) -> BTreeSet<(String, String)> {
+        self.active_by_set(volume)
+            .into_values()
+            .map(|(node, path)| (node.to_string(), path.to_string()))
+            .collect()
+    }
+
+    /// The node whose brick is the Active one of `volume`'s replica set `replica_set`
+    /// (as [`Self::active_bricks`] chooses), if a live node hosts one.
+    pub fn active_node<'a>(&'a self, volume: &str, replica_set: u32) -> Option<&'a str> {
+        self.active_by_set(volume)
+            .remove(&replica_set)
+            .map(|(node, _)| node)
+    }
+
+    /// Per replica set of `volume`, the lowest (node id, path) among live nodes' bricks.
+    fn active_by_set<'a>(&'a self, volume: &str) -> BTreeMap<u32, (&'a str, &'a str)> {
         // Borrowed while choosing (this runs over every live node on every reconcile).
         let mut best: BTreeMap<u32, (&str, &str)> = BTreeMap::new();
         for member in self.live() {
@@ -176,9 +195,7 @@ impl Membership {
                     .or_insert(candidate);
             }
         }
-        best.into_values()
-            .map(|(node, path)| (node.to_string(), path.to_string()))
-            .collect()
+        best
     }
 }
 
@@ -327,9 +344,13 @@ mod tests {
             active,
             [("n1".into(), "/b1".into()), ("n2".into(), "/b3".into())].into()
         );
+        assert_eq!(view.active_node("gv0", 0), Some("n1"));
+        assert_eq!(view.active_node("gv0", 1), Some("n2"));
+        assert_eq!(view.active_node("gv0", 2), None);
         view.members.get_mut("n1").unwrap().live = false;
         let active = view.active_bricks("gv0");
         assert!(active.contains(&("n2".into(), "/b2".into())));
+        assert_eq!(view.active_node("gv0", 0), Some("n2"));
         assert!(view.has_bricks("gv0"));
         assert!(view.hosted_by_live_node("gv1"));
         view.members.get_mut("n4").unwrap().live = false;

@@ -163,8 +163,9 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
         "{jobs} sync-job streams:\n{}",
         cluster.logs_tail()
     );
-    // Both workers start at once; one that started on a view not yet converged may
-    // show Active (Initializing...) for a poll interval before it turns Passive.
+    // Both workers may start at once; one that started on a view not yet converged
+    // shows Active (Initializing...) and is refused by the secondary until, at the
+    // next poll, it turns Passive.
     cluster.wait_until(
         WAIT,
         "an Active worker in Changelog Crawl and a Passive one",
@@ -193,6 +194,17 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     let answer = hello_as(&cluster, 2, "gv0_n3_gv1");
     assert!(
         answer.contains("n3 hosts no brick of the primary volume gv0"),
+        "{answer}"
+    );
+    // The Passive node is a primary of the session, but the secondary admits only the
+    // worker its own view calls Active: two workers never write one replica set.
+    let active = active_node(&cluster, 2).unwrap();
+    let passive_i = if active == "n1" { 1 } else { 0 };
+    let answer = hello_as(&cluster, passive_i, "gv0_n3_gv1");
+    assert!(
+        answer.contains(&format!(
+            "is not the Active node of replica set 0 of gv0 as this node sees it ({active} is)"
+        )),
         "{answer}"
     );
     // An unknown session is refused too (n1 is a primary, but of no such session).

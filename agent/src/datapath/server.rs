@@ -90,6 +90,10 @@ struct Grant {
     index: std::sync::Mutex<Option<Arc<Vec<u8>>>>,
     /// The index being saved in parts: its temporary file, until the last part.
     saving: Arc<Saving>,
+    /// The primary volume and replica set the stream writes for (see [`fence`]).
+    primary_volume: String,
+    /// The replica set of `primary_volume` this stream's worker syncs.
+    replica_set: u32,
 }
 
 /// A large file being written on a stream: chunks go straight into its temporary
@@ -118,6 +122,19 @@ async fn serve_stream(
                 return;
             }
         };
+        // Every write is fenced again: a view that changed since the Hello (the peer
+        // no longer the Active node here) ends the stream before anything is applied.
+        if let (
+            Some(granted),
+            Request::Batch(_) | Request::SaveIndex(_) | Request::SaveIndexPart(_),
+        ) = (&grant, &request)
+            && let Err(reason) =
+                fence(&agent, &peer, &granted.primary_volume, granted.replica_set).await
+        {
+            tracing::warn!(%peer, %reason, "data path write refused");
+            let _ = write_msg(&mut send, &Response::Refused(reason)).await;
+            return;
+        }
         let response = match (&grant, request) {
             (
                 _,
@@ -601,6 +618,7 @@ async fn authorize(
             view.id.primary_volume
         ));
     }
+    fence(agent, peer, &view.id.primary_volume, replica_set).await?;
     let applier = Applier::open(&brick.path)
         .map_err(|e| format!("cannot open {}: {e}", brick.path.display()))?;
     let dir = progress_dir(&brick.path, session, &view)?;
@@ -611,7 +629,30 @@ async fn authorize(
         open: Arc::new(std::sync::Mutex::new(None)),
         index: std::sync::Mutex::new(None),
         saving: Arc::new(std::sync::Mutex::new(None)),
+        primary_volume: view.id.primary_volume.clone(),
+        replica_set,
     })
+}
+
+/// Admits only the worker this node's own view calls Active for `replica_set` of
+/// `volume`. Primaries choose their Active worker from their own views, which can
+/// disagree for a moment (an agent that has just started and not yet heard of the
+/// other replica's node) or for as long as a partition separates them; two workers
+/// writing one replica set's files and index at once leave the secondary with a mix of
+/// both replicas. The secondary is the arbiter they both reach (as gluster's meta
+/// volume lock is): the other worker is refused and tries again, and stops once its
+/// own view agrees.
+async fn fence(agent: &Agent, peer: &str, volume: &str, replica_set: u32) -> Result<(), String> {
+    let topology = agent.mesh().topology().await;
+    match topology.active_node(volume, replica_set) {
+        Some(node) if node == peer => Ok(()),
+        Some(node) => Err(format!(
+            "{peer} is not the Active node of replica set {replica_set} of {volume} as this node sees it ({node} is)"
+        )),
+        None => Err(format!(
+            "this node knows no live node hosting replica set {replica_set} of {volume}"
+        )),
+    }
 }
 
 #[cfg(test)]
