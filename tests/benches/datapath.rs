@@ -297,12 +297,6 @@ fn main() {
                 last.exists() && count_files(&p("small-ours")) == SMALL_FILES
             });
             let t = started.elapsed().as_secs_f64();
-            std::thread::sleep(Duration::from_secs(2));
-            let _ = std::process::Command::new("cp")
-                .arg("-r")
-                .arg(cluster.dir.path())
-                .arg("/tmp/keep")
-                .status();
             let cpu = cluster_cpu(&cluster) - cpu;
             row(
                 "20k x 4 KiB initial",
