@@ -1,24 +1,49 @@
-//! Change notifications for a primary brick: inotify (through `notify`) on every
-//! directory of the brick, collected into the set of directories whose listing
+//! Change notifications for a primary brick: inotify on every directory of the brick
+//! (through the `inotify` crate), collected into the set of directories whose listing
 //! changed, which the next round re-reads ([`georep_datapath::rescan`]) instead of
 //! walking the whole brick.
+//!
+//! Only changes are asked for: no `IN_OPEN` (which `notify` always adds), so reading a
+//! brick, ours to hash it or a client's through the volume, queues nothing and cannot
+//! overflow the queue. Gluster's own tree (`.glusterfs`, tens of thousands of
+//! directories) and our temporary files are not watched.
 //!
 //! Never silent: an overflowed inotify queue asks for a full scan; a watch that cannot
 //! be added (the `fs.inotify.max_user_watches` limit, no inotify instance left) turns
 //! live detection off for good (every round is then a full scan, `Hybrid Crawl`) and
 //! says why.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use georep_datapath::RelPath;
 use georep_datapath::index::is_volume_content;
-use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// Most directories remembered between two rounds; past it, a full scan is cheaper.
 const MAX_DIRTY: usize = 100_000;
+
+/// What each directory's watch reports: what changes a listing or an entry's metadata
+/// or content, and the directory itself going away; never opens or reads.
+fn watch_mask() -> WatchMask {
+    WatchMask::ATTRIB
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MODIFY
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::EXCL_UNLINK
+}
 
 /// What the next round must read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +65,20 @@ struct Pending {
     off: Option<String>,
 }
 
+/// Why a watch could not be had.
+enum Trouble {
+    /// Live detection cannot work (why): every round walks the brick.
+    Off(String),
+    /// Something was missed (why): one walk.
+    Missed(String),
+}
+
 /// The inotify watch of one brick.
 pub struct BrickWatch {
-    _watcher: Option<notify::RecommendedWatcher>,
     pending: Arc<Mutex<Pending>>,
+    /// The write end of a pipe the reading thread also polls: dropping it ends that
+    /// thread (which then closes the inotify instance).
+    _stop: Option<OwnedFd>,
 }
 
 impl BrickWatch {
@@ -52,23 +87,16 @@ impl BrickWatch {
     /// full scan.
     pub fn start(brick: &Path) -> BrickWatch {
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let root = brick.to_path_buf();
-        let sink = pending.clone();
-        let handler = move |event: notify::Result<Event>| note(&root, &sink, event);
-        let watcher = notify::recommended_watcher(handler).and_then(|mut watcher| {
-            watcher.watch(brick, RecursiveMode::Recursive)?;
-            Ok(watcher)
-        });
-        let watcher = match watcher {
-            Ok(watcher) => Some(watcher),
-            Err(error) => {
-                note(brick, &pending, Err(error));
+        let stop = match Watching::new(brick, pending.clone()) {
+            Ok(watching) => watching.spawn(),
+            Err(trouble) => {
+                note_trouble(brick, &pending, trouble);
                 None
             }
         };
         BrickWatch {
-            _watcher: watcher,
             pending,
+            _stop: stop,
         }
     }
 
@@ -97,81 +125,257 @@ impl BrickWatch {
     }
 }
 
-/// Records one notification (or watcher error) for the brick `root`.
-fn note(root: &Path, pending: &Mutex<Pending>, event: notify::Result<Event>) {
+/// Records why notifications cannot be trusted (see [`Trouble`]), saying it once.
+fn note_trouble(root: &Path, pending: &Mutex<Pending>, trouble: Trouble) {
     let Ok(mut pending) = pending.lock() else {
         return;
     };
-    let event = match event {
-        Ok(event) => event,
-        Err(error) => {
-            let why = match error.kind {
-                notify::ErrorKind::MaxFilesWatch => Some(
-                    "the inotify watch limit is reached (raise fs.inotify.max_user_watches); \
+    match trouble {
+        Trouble::Off(why) => {
+            if pending.off.is_none() {
+                tracing::warn!(brick = %root.display(), "{why}");
+            }
+            pending.off = Some(why);
+        }
+        Trouble::Missed(why) => {
+            tracing::warn!(brick = %root.display(), "{why}; walking the brick");
+            pending.full = Some(why);
+        }
+    }
+}
+
+/// The inotify instance of one brick and which directory each watch is on.
+struct Watching {
+    root: PathBuf,
+    inotify: Inotify,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Watching {
+    /// An inotify instance watching every directory of the brick `root`.
+    fn new(root: &Path, pending: Arc<Mutex<Pending>>) -> Result<Watching, Trouble> {
+        let inotify = Inotify::init().map_err(|error| {
+            if error.raw_os_error() == Some(Errno::EMFILE as i32) {
+                Trouble::Off(format!(
+                    "no inotify instance left (raise fs.inotify.max_user_instances): {error}; \
                      walking the brick every change-interval"
-                        .to_string(),
-                ),
-                // inotify_init1 fails with EMFILE when `max_user_instances` is reached.
-                notify::ErrorKind::Io(ref io)
-                    if io.raw_os_error() == Some(nix::errno::Errno::EMFILE as i32) =>
+                ))
+            } else {
+                Trouble::Off(format!(
+                    "cannot start inotify: {error}; walking the brick every change-interval"
+                ))
+            }
+        })?;
+        let mut watching = Watching {
+            root: root.to_path_buf(),
+            inotify,
+            dirs: HashMap::new(),
+            pending,
+        };
+        match watching.watch_tree(root) {
+            Err(Trouble::Missed(_)) | Ok(()) => Ok(watching),
+            Err(off) => Err(off),
+        }
+    }
+
+    /// Watches `top` and every directory below it that is volume content (a directory
+    /// watched already keeps its watch, now under this path).
+    fn watch_tree(&mut self, top: &Path) -> Result<(), Trouble> {
+        let mut stack = vec![top.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            match self.inotify.watches().add(&dir, watch_mask()) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, dir.clone());
+                }
+                // Gone, or replaced by a file or symlink, since it was listed: its
+                // parent's listing says so.
+                Err(error)
+                    if matches!(
+                        error.raw_os_error().map(Errno::from_raw),
+                        Some(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP)
+                    ) =>
                 {
-                    Some(format!(
-                        "no inotify instance left (raise fs.inotify.max_user_instances): {io}; \
+                    continue;
+                }
+                Err(error) if error.raw_os_error() == Some(Errno::ENOSPC as i32) => {
+                    return Err(Trouble::Off(
+                        "the inotify watch limit is reached (raise fs.inotify.max_user_watches); \
                          walking the brick every change-interval"
-                    ))
+                            .to_string(),
+                    ));
                 }
-                _ => None,
-            };
-            match why {
-                Some(why) => {
-                    if pending.off.is_none() {
-                        tracing::warn!(brick = %root.display(), "{why}");
-                    }
-                    pending.off = Some(why);
-                }
-                None => {
-                    tracing::warn!(brick = %root.display(), %error, "change notification error; walking the brick");
-                    pending.full = Some(format!("change notification error: {error}"));
+                Err(error) => {
+                    return Err(Trouble::Missed(format!(
+                        "cannot watch {}: {error}",
+                        dir.display()
+                    )));
                 }
             }
+            let Ok(listing) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in listing.flatten() {
+                // The type from the listing: a symlink to a directory is not followed.
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let path = entry.path();
+                    if is_volume_data(&self.root, &path) {
+                        stack.push(path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops watching `top` and every directory below it.
+    fn unwatch_tree(&mut self, top: &Path) {
+        let gone: Vec<WatchDescriptor> = self
+            .dirs
+            .iter()
+            .filter(|(_, dir)| dir.starts_with(top))
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in gone {
+            self.dirs.remove(&wd);
+            let _ = self.inotify.watches().remove(wd);
+        }
+    }
+
+    /// Reads notifications on a thread of its own until the returned pipe end is
+    /// dropped; `None` (and a full walk every round) if the thread cannot start.
+    fn spawn(mut self) -> Option<OwnedFd> {
+        let (wake, stop) = match nix::unistd::pipe() {
+            Ok(pipe) => pipe,
+            Err(error) => {
+                let root = self.root.clone();
+                let pending = self.pending.clone();
+                note_trouble(
+                    &root,
+                    &pending,
+                    Trouble::Off(format!("cannot watch the brick: {error}")),
+                );
+                return None;
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("georep-inotify".into())
+            .spawn(move || self.read_until(&wake));
+        match thread {
+            Ok(_) => Some(stop),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the inotify thread");
+                None
+            }
+        }
+    }
+
+    /// Reads and records notifications until `wake` reports its other end closed.
+    fn read_until(&mut self, wake: &OwnedFd) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let ready = {
+                let mut fds = [
+                    PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => fds[1].any().unwrap_or(true),
+                    Err(Errno::EINTR) => false,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot wait for inotify");
+                        true
+                    }
+                }
+            };
+            if ready {
+                return;
+            }
+            let events: Vec<(WatchDescriptor, EventMask, Option<std::ffi::OsString>)> = match self
+                .inotify
+                .read_events(&mut buffer)
+            {
+                Ok(events) => events
+                    .map(|e| (e.wd, e.mask, e.name.map(OsStr::to_os_string)))
+                    .collect(),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(error) => {
+                    let root = self.root.clone();
+                    let pending = self.pending.clone();
+                    note_trouble(
+                        &root,
+                        &pending,
+                        Trouble::Off(format!(
+                            "cannot read inotify: {error}; walking the brick every change-interval"
+                        )),
+                    );
+                    return;
+                }
+            };
+            for (wd, mask, name) in events {
+                self.record(wd, mask, name.as_deref());
+            }
+        }
+    }
+
+    /// Records one notification: the directory whose listing it changes, and watches
+    /// added or dropped for a directory made, moved in, or moved away.
+    fn record(&mut self, wd: WatchDescriptor, mask: EventMask, name: Option<&OsStr>) {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            let root = self.root.clone();
+            let pending = self.pending.clone();
+            note_trouble(
+                &root,
+                &pending,
+                Trouble::Missed("the inotify queue overflowed".into()),
+            );
             return;
         }
-    };
-    if event.need_rescan() {
-        tracing::warn!(brick = %root.display(), "inotify queue overflowed; walking the brick");
-        pending.full = Some("the inotify queue overflowed".into());
-        return;
-    }
-    if matches!(
-        event.kind,
-        EventKind::Access(
-            AccessKind::Read
-                | AccessKind::Open(_)
-                | AccessKind::Close(AccessMode::Read | AccessMode::Execute | AccessMode::Any)
-        )
-    ) {
-        // Reads (ours among them: hashing opens files) change nothing.
-        return;
-    }
-    for path in &event.paths {
-        if !is_volume_data(root, path) {
-            continue;
+        if mask.contains(EventMask::IGNORED) {
+            // The watch is gone (its directory removed, or unwatched above).
+            self.dirs.remove(&wd);
+            return;
+        }
+        let Some(dir) = self.dirs.get(&wd).cloned() else {
+            return;
+        };
+        let path = match name {
+            Some(name) => dir.join(name),
+            None => dir,
+        };
+        if !is_volume_data(&self.root, &path) {
+            return;
+        }
+        if mask.contains(EventMask::ISDIR) && name.is_some() {
+            if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                let trouble = self.watch_tree(&path).err();
+                if let Some(trouble) = trouble {
+                    let root = self.root.clone();
+                    let pending = self.pending.clone();
+                    note_trouble(&root, &pending, trouble);
+                }
+            } else if mask.contains(EventMask::MOVED_FROM) {
+                self.unwatch_tree(&path);
+            }
         }
         // A change to an entry shows in its directory's listing (its metadata is read
         // from there); a change to the root itself is nothing we sync.
-        let dir = if path == root {
-            root.to_path_buf()
+        let listing = if path == self.root {
+            path
         } else {
             match path.parent() {
                 Some(parent) => parent.to_path_buf(),
-                None => continue,
+                None => return,
             }
         };
-        pending.dirs.insert(dir);
-    }
-    if pending.dirs.len() > MAX_DIRTY {
-        pending.dirs.clear();
-        pending.full = Some(format!("over {MAX_DIRTY} directories changed"));
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        pending.dirs.insert(listing);
+        if pending.dirs.len() > MAX_DIRTY {
+            pending.dirs.clear();
+            pending.full = Some(format!("over {MAX_DIRTY} directories changed"));
+        }
     }
 }
 
@@ -191,7 +395,8 @@ mod tests {
         loop {
             match watch.take() {
                 Changes::Dirs(dirs) => seen.extend(dirs),
-                other => return other,
+                Changes::None => {}
+                full => return full,
             }
             let changes = Changes::Dirs(seen.clone());
             if want(&changes) || Instant::now() > deadline {
@@ -233,13 +438,47 @@ mod tests {
     }
 
     #[test]
+    fn a_renamed_directory_is_watched_under_its_new_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        let watch = BrickWatch::start(&root);
+        std::fs::rename(root.join("a"), root.join("z")).unwrap();
+        let want: BTreeSet<PathBuf> = [root.clone()].into();
+        wait_for(
+            &watch,
+            |c| matches!(c, Changes::Dirs(d) if d.is_superset(&want)),
+        );
+        // A change deep in the moved tree names its directory at the new path.
+        std::fs::write(root.join("z/b/c/f"), b"x").unwrap();
+        let want: BTreeSet<PathBuf> = [root.join("z/b/c")].into();
+        let got = wait_for(
+            &watch,
+            |c| matches!(c, Changes::Dirs(d) if d.is_superset(&want)),
+        );
+        assert_eq!(got, Changes::Dirs(want));
+        // Moved out of the brick: nothing inside it is reported any more.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::rename(root.join("z"), outside.path().join("z")).unwrap();
+        wait_for(
+            &watch,
+            |c| matches!(c, Changes::Dirs(d) if d.contains(&root)),
+        );
+        std::fs::write(outside.path().join("z/b/c/g"), b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(watch.take(), Changes::None);
+    }
+
+    #[test]
     fn a_watch_limit_turns_live_detection_off_and_says_so() {
         let tmp = tempfile::tempdir().unwrap();
         let watch = BrickWatch::start(tmp.path());
-        note(
+        note_trouble(
             tmp.path(),
             &watch.pending,
-            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch)),
+            Trouble::Off(
+                "the inotify watch limit is reached (raise fs.inotify.max_user_watches)".into(),
+            ),
         );
         let off = watch.off().expect("off");
         assert!(off.contains("max_user_watches"), "{off}");
@@ -248,12 +487,21 @@ mod tests {
         assert_eq!(watch.take(), Changes::Full(off));
         // An overflowed queue asks for one full walk.
         let other = tempfile::tempdir().unwrap();
-        let watch = BrickWatch::start(other.path());
-        note(
-            other.path(),
-            &watch.pending,
-            Ok(Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan)),
-        );
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let mut watching = match Watching::new(other.path(), pending.clone()) {
+            Ok(watching) => watching,
+            Err(_) => panic!("cannot watch a temporary directory"),
+        };
+        let wd = watching
+            .inotify
+            .watches()
+            .add(other.path(), watch_mask())
+            .unwrap();
+        watching.record(wd, EventMask::Q_OVERFLOW, None);
+        let watch = BrickWatch {
+            pending,
+            _stop: None,
+        };
         assert!(matches!(watch.take(), Changes::Full(why) if why.contains("overflow")));
         assert_eq!(watch.take(), Changes::None);
     }
