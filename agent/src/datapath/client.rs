@@ -43,6 +43,11 @@ const BATCH_BYTES: usize = 8 << 20;
 const BATCH_OPS: usize = 2000;
 /// Wait before trying the secondaries again after all failed.
 const RETRY: Duration = Duration::from_secs(2);
+/// The first wait after a connection fails, doubled on each failure after it up to
+/// [`RETRY`]: a secondary that refused only because it had not heard of this node yet
+/// (an agent just started: its view is a gossip round behind) is asked again at once,
+/// not a whole [`RETRY`] later.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// How often the brick is walked whole even though inotify reported nothing (what it
 /// cannot see: writes through mmap, changes made while no worker ran).
 pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(300);
@@ -169,6 +174,7 @@ pub async fn run(
         },
     };
     let mut attempt = 0usize;
+    let mut backoff = FIRST_RETRY;
     while !cancel.is_cancelled() {
         let plan = match read_plan(&plan_file) {
             Ok(plan) => plan,
@@ -191,6 +197,7 @@ pub async fn run(
         // Spread bricks over secondaries; on failure try the next one.
         let start = brick_hash(&brick) as usize + attempt;
         let (node, addr) = plan.secondaries[start % plan.secondaries.len()].clone();
+        let began = std::time::Instant::now();
         let outcome = session(
             (&brick, &watch),
             (&plan, &plan_file),
@@ -214,7 +221,12 @@ pub async fn run(
                     }
                     p.crawl = CrawlStatus::NotApplicable;
                 });
-                sleep_or_cancel(&cancel, RETRY).await;
+                if began.elapsed() > SETTLING {
+                    // It ran: this failure is news, not the next of a series.
+                    backoff = FIRST_RETRY;
+                }
+                sleep_or_cancel(&cancel, backoff).await;
+                backoff = (backoff * 2).min(RETRY);
             }
         }
     }
