@@ -435,21 +435,14 @@ impl Applier {
                 size,
                 content,
                 chunks,
-            } => self.write(path, *size, content, chunks, data),
+                meta,
+            } => {
+                let mut write = self.begin_write(path, *size, content, chunks)?;
+                write.set_meta(meta.as_deref().cloned());
+                write.finish(self, data)
+            }
             Op::Meta { path, entry } => self.set_meta(path, entry),
         }
-    }
-
-    fn write(
-        &self,
-        path: &RelPath,
-        size: u64,
-        content: &Hash,
-        chunks: &[ChunkRef],
-        data: &dyn ChunkSource,
-    ) -> Result<(), ApplyError> {
-        self.begin_write(path, size, content, chunks)?
-            .finish(self, data)
     }
 
     /// Starts writing the content of a [`Op::Write`] to `path`: checks the chunk list
@@ -501,6 +494,7 @@ impl Applier {
             at,
             filled: vec![false; chunks.len()],
             hint: None,
+            meta: None,
         })
     }
 
@@ -541,19 +535,26 @@ impl Applier {
             Mode::empty(),
         )
         .map_err(|e| io(path, "open for metadata", e))?;
+        self.set_file_meta(path, &File::from(fd), entry)
+    }
+
+    /// Sets owner (when privileged), mode, xattrs and mtime of the open file `file`
+    /// (the entry at `path`, named in errors): in that order, since a chown clears
+    /// set-id bits and setting xattrs moves the times.
+    fn set_file_meta(&self, path: &RelPath, file: &File, entry: &Entry) -> Result<(), ApplyError> {
         if self.privileged {
             fchown(
-                fd.as_fd(),
+                file.as_fd(),
                 Some(Uid::from_raw(entry.uid)),
                 Some(Gid::from_raw(entry.gid)),
             )
             .map_err(|e| io(path, "chown", e))?;
         }
-        fchmod(fd.as_fd(), Mode::from_bits_truncate(entry.mode))
+        fchmod(file.as_fd(), Mode::from_bits_truncate(entry.mode))
             .map_err(|e| io(path, "chmod", e))?;
-        let file = File::from(fd);
-        self.set_xattrs(path, &file, &entry.xattrs)?;
-        futimens(file.as_fd(), &omit, &mtime).map_err(|e| io(path, "set mtime", e))
+        self.set_xattrs(path, file, &entry.xattrs)?;
+        let mtime = TimeSpec::new(entry.mtime, i64::from(entry.mtime_nsec));
+        futimens(file.as_fd(), &TimeSpec::UTIME_OMIT, &mtime).map_err(|e| io(path, "set mtime", e))
     }
 
     fn set_xattrs(
@@ -601,6 +602,8 @@ pub struct PartialWrite {
     filled: Vec<bool>,
     /// The chunks the current file is taken to have (see [`Applier::lacking`]).
     hint: Option<HashMap<Hash, ChunkRef>>,
+    /// The metadata to set before the rename, if the write carries it.
+    meta: Option<Entry>,
 }
 
 impl PartialWrite {
@@ -612,6 +615,12 @@ impl PartialWrite {
     /// Whether this is the write of `op` (same file, same chunks).
     pub fn is_for(&self, op: &Op) -> bool {
         matches!(op, Op::Write { path, chunks, .. } if *path == self.path && *chunks == self.chunks)
+    }
+
+    /// Sets `meta` (mode, owner, xattrs, mtime) on the new content once it is
+    /// complete, before it is renamed into place.
+    pub fn set_meta(&mut self, meta: Option<Entry>) {
+        self.meta = meta;
     }
 
     /// Takes the current file to have `chunks` when filling in what was not put
@@ -727,6 +736,9 @@ impl PartialWrite {
             // each chunk is checked: with the chunk list checked at the start, the
             // file is then exactly the content named.
             self.put(&chunk.hash, bytes)?;
+        }
+        if let Some(meta) = self.meta.take() {
+            applier.set_file_meta(&self.path, &self.file, &meta)?;
         }
         self.file.sync_all().map_err(|source| ApplyError::Io {
             path: self.path.clone(),

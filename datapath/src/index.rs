@@ -208,6 +208,10 @@ pub enum Op {
         content: Hash,
         /// Its chunks.
         chunks: Vec<ChunkRef>,
+        /// Its metadata, set on the new content before it is renamed into place (a
+        /// worker folds a new file's [`Op::Meta`] into its write: one operation, one
+        /// open, instead of two); `None` from [`diff`].
+        meta: Option<Box<Entry>>,
     },
     /// Set metadata.
     Meta {
@@ -544,6 +548,56 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
     ops
 }
 
+/// `ops` with the [`Op::Meta`] of each file of at most `largest` bytes folded into
+/// its [`Op::Write`] (and
+/// dropped from where it was) when nothing between them touches that path or a
+/// directory above it: the secondary then sets the metadata on the new content before
+/// renaming it into place, one operation and one open instead of two (a new file
+/// always has both; on an initial sync they are half of all operations). Larger files
+/// keep theirs (a worker writes them on streams of their own).
+pub fn fold_meta(ops: &[Op], largest: u64) -> Vec<Op> {
+    let mut out: Vec<Option<Op>> = Vec::with_capacity(ops.len());
+    // Files whose write could still take its metadata: where that write is in `out`.
+    let mut open: BTreeMap<RelPath, usize> = BTreeMap::new();
+    for op in ops {
+        if let Op::Meta { path, entry } = op
+            && entry.kind == EntryKind::File
+            && let Some(at) = open.remove(path)
+            && let Some(Some(Op::Write { meta, .. })) = out.get_mut(at)
+        {
+            *meta = Some(entry.clone());
+            continue;
+        }
+        // Anything else naming a path (or a directory above it) ends its chance.
+        let mut places = op.touches();
+        if let Op::Link { existing, .. } = op {
+            places.push((existing, false));
+        }
+        for (place, below) in places {
+            let below = below || matches!(op, Op::Remove { dir: true, .. });
+            if below {
+                for path in paths_at_and_below(&open, place) {
+                    open.remove(&path);
+                }
+            } else {
+                open.remove(place);
+            }
+        }
+        if let Op::Write {
+            path,
+            size,
+            meta: None,
+            ..
+        } = op
+            && *size <= largest
+        {
+            open.insert(path.clone(), out.len());
+        }
+        out.push(Some(op.clone()));
+    }
+    out.into_iter().flatten().collect()
+}
+
 fn same_kind(a: &Entry, b: &Entry) -> bool {
     matches!(
         (&a.kind, &b.kind),
@@ -559,6 +613,7 @@ fn write_op(path: &RelPath, entry: &Entry) -> Op {
         size: entry.size,
         content: entry.content.unwrap_or(Hash([0; 32])),
         chunks: entry.chunks.clone(),
+        meta: None,
     }
 }
 
@@ -577,4 +632,85 @@ fn remove_subtree_ops(view: &mut View, at: &RelPath, ops: &mut Vec<Op>) {
         ops.push(Op::Remove { path, dir });
     }
     view.remove_tree(at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    fn write(path: &str, size: u64) -> Op {
+        Op::Write {
+            path: p(path),
+            size,
+            content: Hash([0; 32]),
+            chunks: Vec::new(),
+            meta: None,
+        }
+    }
+
+    fn meta(path: &str, kind: EntryKind) -> Op {
+        let mut entry = Entry::unknown(kind == EntryKind::Dir);
+        entry.kind = kind;
+        entry.mode = 0o640;
+        Op::Meta {
+            path: p(path),
+            entry: Box::new(entry),
+        }
+    }
+
+    fn folded(op: &Op) -> Option<(&RelPath, u32)> {
+        match op {
+            Op::Write {
+                path,
+                meta: Some(entry),
+                ..
+            } => Some((path, entry.mode)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_small_file_s_metadata_rides_with_its_write_unless_something_comes_between() {
+        let ops = vec![
+            Op::Mkdir { path: p("d") },
+            write("d/a", 10),
+            write("d/big", 10 << 20),
+            write("e/moved/b", 10),
+            write("e/c", 10),
+            write("f", 10),
+            // The directory above e/moved/b moves: its metadata stays where it was.
+            Op::Rename {
+                from: p("e/moved"),
+                to: p("g"),
+            },
+            // Another name of f: f's metadata stays too.
+            Op::Link {
+                path: p("h"),
+                existing: p("f"),
+            },
+            meta("d/a", EntryKind::File),
+            meta("d/big", EntryKind::File),
+            meta("g/b", EntryKind::File),
+            meta("e/c", EntryKind::File),
+            meta("f", EntryKind::File),
+            meta("d", EntryKind::Dir),
+        ];
+        let out = fold_meta(&ops, 1 << 20);
+        let carried: Vec<_> = out.iter().filter_map(folded).collect();
+        assert_eq!(carried, vec![(&p("d/a"), 0o640), (&p("e/c"), 0o640)]);
+        let metas: Vec<&RelPath> = out
+            .iter()
+            .filter(|op| matches!(op, Op::Meta { .. }))
+            .map(Op::path)
+            .collect();
+        assert_eq!(metas, vec![&p("d/big"), &p("g/b"), &p("f"), &p("d")]);
+        assert_eq!(out.len(), ops.len() - 2);
+        // Order otherwise kept.
+        assert_eq!(out[0], ops[0]);
+        assert_eq!(out[2], ops[2]);
+    }
 }

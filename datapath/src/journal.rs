@@ -73,6 +73,7 @@ mod tests {
                 size: 0,
                 content: Hash([0; 32]),
                 chunks: Vec::new(),
+                meta: None,
             },
             Op::Remove {
                 path: p("gone"),

@@ -13,7 +13,8 @@ use crate::path::RelPath;
 /// ALPN of data-path connections (the mesh's certificates, a connection of its own).
 /// (`/2`: content identities are [`crate::chunk::content_id`]; a `/1` peer is refused
 /// at the handshake rather than every write failing verification.)
-pub const ALPN: &[u8] = b"georep-data/2";
+/// (`/3`: a write may carry its file's metadata.)
+pub const ALPN: &[u8] = b"georep-data/3";
 /// Largest message accepted (a batch of chunk data).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most bytes of a saved index one message carries (an index larger than this is

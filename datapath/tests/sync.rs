@@ -38,6 +38,8 @@ fn sync(primary: &Path, applier: &Applier, old: &Index, ignore_deletes: bool) ->
     if ignore_deletes {
         ops.retain(|op| !matches!(op, Op::Remove { .. }));
     }
+    // As a worker sends them: small files' metadata folded into their writes.
+    let ops = georep_datapath::index::fold_meta(&ops, georep_datapath::proto::SMALL_FILE);
     (new, apply_all(primary, applier, &ops))
 }
 
@@ -314,6 +316,7 @@ fn hostile_operations_are_refused_and_write_nothing_outside() {
         size: data.len() as u64,
         content: chunks.1,
         chunks: chunks.0.clone(),
+        meta: None,
     };
     let sent: FileData = [(chunks.0[0].hash, data.clone())].into();
     // Through a symlink, through a file: refused.

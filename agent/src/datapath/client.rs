@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use georep_api::CrawlStatus;
-use georep_datapath::index::paths_at_and_below;
+use georep_datapath::index::{OpClass, fold_meta, paths_at_and_below};
 use georep_datapath::journal::Touched;
 use georep_datapath::proto::{Request, Response, SMALL_FILE};
 use georep_datapath::{Index, Known, Op, RelPath, diff, rescan, scan};
@@ -600,8 +600,9 @@ impl Channel {
 /// secondary applies the previous one (answers come in order on the stream).
 #[derive(Default)]
 struct InFlight {
-    /// Per batch sent, per operation: its class and the places it changes.
-    batches: std::collections::VecDeque<Vec<(georep_datapath::index::OpClass, Vec<Touched>)>>,
+    /// Per batch sent, per operation: its class, whether it also sets metadata (a
+    /// write with its file's metadata folded in), and the places it changes.
+    batches: std::collections::VecDeque<Vec<(OpClass, bool, Vec<Touched>)>>,
     counts: Counts,
     /// The places changed by operations the secondary refused.
     failed: Vec<Touched>,
@@ -630,7 +631,8 @@ impl InFlight {
             .iter()
             .map(|(op, _)| {
                 let places = op.touches().into_iter().map(|(p, b)| (p.clone(), b));
-                (op.class(), places.collect())
+                let meta = matches!(op, Op::Write { meta: Some(_), .. });
+                (op.class(), meta, places.collect())
             })
             .collect();
         call.send(&Request::Batch(items)).await?;
@@ -654,13 +656,18 @@ impl InFlight {
             Response::Applied(results) => results,
             other => return Err(format!("unexpected answer to a batch: {other:?}")),
         };
-        for ((class, places), result) in classes.into_iter().zip(results) {
+        for ((class, meta, places), result) in classes.into_iter().zip(results) {
             match result {
-                None => match class {
-                    georep_datapath::index::OpClass::Entry => self.counts.0 += 1,
-                    georep_datapath::index::OpClass::Data => self.counts.1 += 1,
-                    georep_datapath::index::OpClass::Meta => self.counts.2 += 1,
-                },
+                None => {
+                    match class {
+                        OpClass::Entry => self.counts.0 += 1,
+                        OpClass::Data => self.counts.1 += 1,
+                        OpClass::Meta => self.counts.2 += 1,
+                    }
+                    if meta {
+                        self.counts.2 += 1;
+                    }
+                }
                 Some(error) => {
                     if let Some((path, _)) = places.last() {
                         tracing::warn!(%path, %error, "the secondary refused; retried next round");
@@ -692,7 +699,7 @@ async fn send_ops(
     let mut failed = Vec::new();
     let mut batch: Vec<georep_datapath::proto::BatchItem> = Vec::new();
     let mut batch_bytes = 0usize;
-    for op in ops {
+    for op in &fold_meta(ops, SMALL_FILE) {
         if jobs.touches(op) {
             jobs.join_all().await?;
         }

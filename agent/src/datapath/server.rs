@@ -194,6 +194,7 @@ async fn serve_stream(
                         size,
                         content,
                         chunks,
+                        ..
                     } = &op
                     else {
                         return Response::Refused("Open names no file write".into());
@@ -476,7 +477,10 @@ fn apply_batch(
         }
         let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
         let outcome = match open.take() {
-            Some(OpenWrite::Writing(write)) if write.is_for(&op) => {
+            Some(OpenWrite::Writing(mut write)) if write.is_for(&op) => {
+                if let Op::Write { meta, .. } = &op {
+                    write.set_meta(meta.as_deref().cloned());
+                }
                 write.finish(applier, &data).map_err(|e| e.to_string())
             }
             Some(OpenWrite::Failed(path, error)) if *op.path() == path => Err(error),
@@ -675,6 +679,7 @@ mod tests {
             size: bytes.len() as u64,
             content,
             chunks,
+            meta: None,
         };
         (op, data)
     }
