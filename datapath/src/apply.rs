@@ -438,7 +438,7 @@ impl Applier {
                 meta,
             } => {
                 let mut write = self.begin_write(path, *size, content, chunks)?;
-                write.set_meta(meta.as_deref().cloned());
+                write.set_meta(meta.clone());
                 write.finish(self, data)
             }
             Op::Meta { path, entry } => self.set_meta(path, entry),
@@ -603,7 +603,7 @@ pub struct PartialWrite {
     /// The chunks the current file is taken to have (see [`Applier::lacking`]).
     hint: Option<HashMap<Hash, ChunkRef>>,
     /// The metadata to set before the rename, if the write carries it.
-    meta: Option<Entry>,
+    meta: Option<Box<Entry>>,
 }
 
 impl PartialWrite {
@@ -619,7 +619,7 @@ impl PartialWrite {
 
     /// Sets `meta` (mode, owner, xattrs, mtime) on the new content once it is
     /// complete, before it is renamed into place.
-    pub fn set_meta(&mut self, meta: Option<Entry>) {
+    pub fn set_meta(&mut self, meta: Option<Box<Entry>>) {
         self.meta = meta;
     }
 

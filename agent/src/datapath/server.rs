@@ -479,7 +479,7 @@ fn apply_batch(
         let outcome = match open.take() {
             Some(OpenWrite::Writing(mut write)) if write.is_for(&op) => {
                 if let Op::Write { meta, .. } = &op {
-                    write.set_meta(meta.as_deref().cloned());
+                    write.set_meta(meta.clone());
                 }
                 write.finish(applier, &data).map_err(|e| e.to_string())
             }
