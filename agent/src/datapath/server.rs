@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use georep_datapath::index::PROGRESS_DIR;
 use georep_datapath::proto::{Request, Response};
@@ -622,7 +623,15 @@ async fn authorize(
             view.id.primary_volume
         ));
     }
-    fence(agent, peer, &view.id.primary_volume, replica_set).await?;
+    // This node's view may be a gossip round behind the worker's (an agent just
+    // started, a session just started): give it that long to agree before refusing.
+    let deadline = tokio::time::Instant::now() + FENCE_PATIENCE;
+    while let Err(reason) = fence(agent, peer, &view.id.primary_volume, replica_set).await {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let applier = Applier::open(&brick.path)
         .map_err(|e| format!("cannot open {}: {e}", brick.path.display()))?;
     let dir = progress_dir(&brick.path, session, &view)?;
@@ -637,6 +646,10 @@ async fn authorize(
         replica_set,
     })
 }
+
+/// How long a Hello the fence refuses waits for this node's view to change its mind
+/// (three gossip rounds at the default interval) before it is refused.
+const FENCE_PATIENCE: Duration = Duration::from_millis(1500);
 
 /// Admits only the worker this node's own view calls Active for `replica_set` of
 /// `volume`. Primaries choose their Active worker from their own views, which can
