@@ -82,6 +82,42 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What a [`Op::Meta`] carries of this entry: all but a file's chunks (not read
+    /// by whoever applies it, and most of an index entry's size).
+    pub fn meta_only(&self) -> Entry {
+        Entry {
+            kind: self.kind.clone(),
+            size: self.size,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            ino: self.ino,
+            xattrs: self.xattrs.clone(),
+            chunks: Vec::new(),
+            content: self.content,
+        }
+    }
+
+    /// How [`diff`] models an entry it has just created: its metadata still to set
+    /// (mode `u32::MAX`, which no entry has), its content not compared again.
+    fn unset_meta(&self) -> Entry {
+        Entry {
+            kind: self.kind.clone(),
+            size: self.size,
+            mode: u32::MAX,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            ino: self.ino,
+            xattrs: Vec::new(),
+            chunks: Vec::new(),
+            content: self.content,
+        }
+    }
+
     /// An entry whose kind is all that is known (what a secondary has at a path an
     /// interrupted worker may have changed): it matches nothing, so a diff against it
     /// sends the primary's entry there again, or removes it.
@@ -365,7 +401,9 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
     let mut view = View::new(&old.entries);
     let mut ops = Vec::new();
     let mut by_depth: Vec<(&RelPath, &Entry)> = new.entries.iter().collect();
-    by_depth.sort_by_key(|(p, _)| (p.depth(), (*p).clone()));
+    // Compared in place: a key holding a copy of the path cost an allocation per
+    // comparison.
+    by_depth.sort_by(|(a, _), (b, _)| a.depth().cmp(&b.depth()).then_with(|| a.cmp(b)));
 
     // Directories, parents first: in place, moved here, or created.
     for (path, entry) in by_depth.iter().filter(|(_, e)| e.kind == EntryKind::Dir) {
@@ -414,9 +452,7 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
                     ops.push(Op::Mkdir {
                         path: (*path).clone(),
                     });
-                    let mut placeholder = (*entry).clone();
-                    placeholder.mode = u32::MAX; // metadata still to set
-                    view.insert((*path).clone(), placeholder);
+                    view.insert((*path).clone(), entry.unset_meta());
                 }
             }
         }
@@ -465,9 +501,7 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
                     }),
                     _ => ops.push(write_op(path, entry)),
                 }
-                let mut written = (*entry).clone();
-                written.mode = u32::MAX; // metadata still to set
-                view.insert((*path).clone(), written);
+                view.insert((*path).clone(), entry.unset_meta());
             }
         }
         placed.entry(entry.ino).or_insert_with(|| (*path).clone());
@@ -533,7 +567,7 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
         if touched_dir || current.mode == u32::MAX || !current.same_meta(entry) {
             let op = Op::Meta {
                 path: path.clone(),
-                entry: Box::new(entry.clone()),
+                entry: Box::new(entry.meta_only()),
             };
             if entry.kind == EntryKind::Dir {
                 meta_dirs.push(op);

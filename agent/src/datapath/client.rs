@@ -608,6 +608,25 @@ struct InFlight {
     failed: Vec<Touched>,
 }
 
+/// Fewest files of a batch read on several threads.
+const PARALLEL_READS: usize = 32;
+
+/// `op` with the chunk bytes it carries: all of a small file's (each distinct chunk
+/// once), nothing for other operations; the path and why if the file cannot be read.
+fn with_data(
+    brick: &Path,
+    op: Op,
+) -> Result<georep_datapath::proto::BatchItem, (RelPath, std::io::Error)> {
+    let Op::Write { path, chunks, .. } = &op else {
+        return Ok((op, Vec::new()));
+    };
+    let all: Vec<georep_datapath::Hash> = chunks.iter().map(|c| c.hash).collect();
+    match read_chunks(brick, path, &unique_wanted(chunks, &all)) {
+        Ok(data) => Ok((op, data)),
+        Err(error) => Err((path.clone(), error)),
+    }
+}
+
 /// Batches in flight at most (each up to [`BATCH_BYTES`]; the stream's receive window
 /// holds two).
 const MAX_IN_FLIGHT: usize = 2;
@@ -638,6 +657,50 @@ impl InFlight {
         call.send(&Request::Batch(items)).await?;
         self.batches.push_back(classes);
         Ok(())
+    }
+
+    /// Reads the small files `ops` write (off the async threads, several at once) and
+    /// sends them with the rest of `ops` as one batch; a file that cannot be read is
+    /// left out and counted failed (retried next round). Returns the chunk bytes sent.
+    async fn read_and_send(
+        &mut self,
+        brick: &Path,
+        ops: &mut Vec<Op>,
+        call: &mut Channel,
+    ) -> Result<u64, String> {
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let ops = std::mem::take(ops);
+        let root = brick.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || {
+            georep_datapath::parts::in_parts(ops, PARALLEL_READS, |part| {
+                part.into_iter()
+                    .map(|op| with_data(&root, op))
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| format!("reading files failed: {e}"))?;
+        let mut batch = Vec::with_capacity(read.len());
+        let mut bytes = 0u64;
+        for item in read {
+            match item {
+                Ok(item) => {
+                    bytes += item.1.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+                    batch.push(item);
+                }
+                Err((path, error)) => {
+                    tracing::warn!(%path, %error, "cannot read; retried next round");
+                    self.failed.push((path, false));
+                }
+            }
+        }
+        self.send(&mut batch, call).await?;
+        Ok(bytes)
     }
 
     /// Collects every outstanding answer (before any other request).
@@ -697,47 +760,30 @@ async fn send_ops(
     let mut flight = InFlight::default();
     let mut bytes_sent = 0u64;
     let mut failed = Vec::new();
-    let mut batch: Vec<georep_datapath::proto::BatchItem> = Vec::new();
-    let mut batch_bytes = 0usize;
-    for op in &fold_meta(ops, SMALL_FILE) {
-        if jobs.touches(op) {
+    // The next batch's operations, their files not read yet, and those files' sizes.
+    let mut batch: Vec<Op> = Vec::new();
+    let mut batch_bytes = 0u64;
+    for op in fold_meta(ops, SMALL_FILE) {
+        if jobs.touches(&op) {
             jobs.join_all().await?;
         }
-        let data = match op {
-            Op::Write {
-                path, size, chunks, ..
-            } => {
-                if *size > SMALL_FILE {
-                    bytes_sent += batch_bytes as u64;
-                    batch_bytes = 0;
-                    flight.send(&mut batch, call).await?;
-                    flight.drain(call).await?;
-                    jobs.start(op.clone(), known(synced, path)).await?;
-                    continue;
-                }
-                let all: Vec<georep_datapath::Hash> = chunks.iter().map(|c| c.hash).collect();
-                match read_chunks(brick, path, &unique_wanted(chunks, &all)) {
-                    Ok(data) => data,
-                    Err(error) => {
-                        tracing::warn!(%path, %error, "cannot read; retried next round");
-                        failed.push((path.clone(), false));
-                        continue;
-                    }
-                }
+        if let Op::Write { path, size, .. } = &op {
+            if *size > SMALL_FILE {
+                batch_bytes = 0;
+                bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
+                flight.drain(call).await?;
+                jobs.start(op.clone(), known(synced, path)).await?;
+                continue;
             }
-            _ => Vec::new(),
-        };
-        let size: usize = data.iter().map(|(_, b)| b.len()).sum();
-        batch_bytes += size;
-        batch.push((op.clone(), data));
-        if batch.len() >= BATCH_OPS || batch_bytes >= BATCH_BYTES {
-            bytes_sent += batch_bytes as u64;
-            flight.send(&mut batch, call).await?;
+            batch_bytes += size;
+        }
+        batch.push(op);
+        if batch.len() >= BATCH_OPS || batch_bytes >= BATCH_BYTES as u64 {
             batch_bytes = 0;
+            bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
         }
     }
-    bytes_sent += batch_bytes as u64;
-    flight.send(&mut batch, call).await?;
+    bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
     flight.drain(call).await?;
     jobs.join_all().await?;
     failed.extend(flight.failed);
