@@ -41,6 +41,8 @@ use super::{WorkerPlan, read_msg, transport_config, write_msg};
 const BATCH_BYTES: usize = 8 << 20;
 /// Most operations per batch.
 const BATCH_OPS: usize = 2000;
+/// A round's first batch is this many halvings of the full size (see `send_ops`).
+const FIRST_BATCH_SHIFT: u32 = 3;
 /// Wait before trying the secondaries again after all failed.
 const RETRY: Duration = Duration::from_secs(2);
 /// The first wait after a connection fails, doubled on each failure after it up to
@@ -763,6 +765,10 @@ async fn send_ops(
     // The next batch's operations, their files not read yet, and those files' sizes.
     let mut batch: Vec<Op> = Vec::new();
     let mut batch_bytes = 0u64;
+    // The first batches are small and each twice the last, up to the full size: the
+    // secondary starts applying while the next is read and sent, instead of waiting
+    // for a whole first batch to cross a connection still in slow start.
+    let mut scale = FIRST_BATCH_SHIFT;
     for op in fold_meta(ops, SMALL_FILE) {
         if jobs.touches(&op) {
             jobs.join_all().await?;
@@ -778,8 +784,9 @@ async fn send_ops(
             batch_bytes += size;
         }
         batch.push(op);
-        if batch.len() >= BATCH_OPS || batch_bytes >= BATCH_BYTES as u64 {
+        if batch.len() >= BATCH_OPS >> scale || batch_bytes >= (BATCH_BYTES >> scale) as u64 {
             batch_bytes = 0;
+            scale = scale.saturating_sub(1);
             bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
         }
     }
