@@ -58,23 +58,54 @@ pub fn content_id(chunks: &[ChunkRef]) -> Hash {
     Hash(*hasher.finalize().as_bytes())
 }
 
-/// The chunks of everything `reader` yields, and its [`content_id`].
+/// The chunks of everything `reader` yields, and its [`content_id`]. Reading and
+/// finding cut points on this thread, hashing on another (each about half of the
+/// work: a large file is chunked in about half the time when a core is free).
 pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
-    let mut chunks = Vec::new();
-    for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-        let chunk = chunk.map_err(|error| match error {
-            fastcdc::v2020::Error::IoError(error) => error,
-            other => io::Error::other(other.to_string()),
-        })?;
-        chunks.push(ChunkRef {
-            offset: chunk.offset,
-            // MAX_CHUNK fits in u32.
-            len: chunk.length as u32,
-            hash: Hash::of(&chunk.data),
+    // Chunks found and not hashed yet, at most (bounds the memory held: 16 MiB).
+    const QUEUED: usize = 64;
+    let (to_hash, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUED);
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            queue
+                .into_iter()
+                .map(|(offset, data)| ChunkRef {
+                    offset,
+                    // MAX_CHUNK fits in u32.
+                    len: data.len() as u32,
+                    hash: Hash::of(&data),
+                })
+                .collect::<Vec<ChunkRef>>()
         });
-    }
-    let content = content_id(&chunks);
-    Ok((chunks, content))
+        let mut failed = None;
+        for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+            match chunk {
+                Ok(chunk) => {
+                    if to_hash.send((chunk.offset, chunk.data)).is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    failed = Some(match error {
+                        fastcdc::v2020::Error::IoError(error) => error,
+                        other => io::Error::other(other.to_string()),
+                    });
+                    break;
+                }
+            }
+        }
+        drop(to_hash);
+        let chunks = hasher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match failed {
+            Some(error) => Err(error),
+            None => {
+                let content = content_id(&chunks);
+                Ok((chunks, content))
+            }
+        }
+    })
 }
 
 /// The file at `path` opened for reading without following a final symlink.
