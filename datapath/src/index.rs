@@ -104,17 +104,9 @@ impl Entry {
     /// (mode `u32::MAX`, which no entry has), its content not compared again.
     fn unset_meta(&self) -> Entry {
         Entry {
-            kind: self.kind.clone(),
-            size: self.size,
             mode: u32::MAX,
-            uid: self.uid,
-            gid: self.gid,
-            mtime: self.mtime,
-            mtime_nsec: self.mtime_nsec,
-            ino: self.ino,
             xattrs: Vec::new(),
-            chunks: Vec::new(),
-            content: self.content,
+            ..self.meta_only()
         }
     }
 
@@ -583,21 +575,20 @@ pub fn diff(old: &Index, new: &Index) -> Vec<Op> {
 }
 
 /// `ops` with the [`Op::Meta`] of each file of at most `largest` bytes folded into
-/// its [`Op::Write`] (and
-/// dropped from where it was) when nothing between them touches that path or a
-/// directory above it: the secondary then sets the metadata on the new content before
+/// its [`Op::Write`] (and dropped from where it was) when nothing between them
+/// touches that path or a directory above it: the secondary then sets the metadata on the new content before
 /// renaming it into place, one operation and one open instead of two (a new file
 /// always has both; on an initial sync they are half of all operations). Larger files
 /// keep theirs (a worker writes them on streams of their own).
 pub fn fold_meta(ops: &[Op], largest: u64) -> Vec<Op> {
-    let mut out: Vec<Option<Op>> = Vec::with_capacity(ops.len());
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
     // Files whose write could still take its metadata: where that write is in `out`.
     let mut open: BTreeMap<RelPath, usize> = BTreeMap::new();
     for op in ops {
         if let Op::Meta { path, entry } = op
             && entry.kind == EntryKind::File
             && let Some(at) = open.remove(path)
-            && let Some(Some(Op::Write { meta, .. })) = out.get_mut(at)
+            && let Some(Op::Write { meta, .. }) = out.get_mut(at)
         {
             *meta = Some(entry.clone());
             continue;
@@ -627,9 +618,9 @@ pub fn fold_meta(ops: &[Op], largest: u64) -> Vec<Op> {
         {
             open.insert(path.clone(), out.len());
         }
-        out.push(Some(op.clone()));
+        out.push(op.clone());
     }
-    out.into_iter().flatten().collect()
+    out
 }
 
 fn same_kind(a: &Entry, b: &Entry) -> bool {

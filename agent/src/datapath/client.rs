@@ -761,7 +761,6 @@ async fn send_ops(
 ) -> Result<(Counts, u64, Vec<Touched>), String> {
     let mut flight = InFlight::default();
     let mut bytes_sent = 0u64;
-    let mut failed = Vec::new();
     // The next batch's operations, their files not read yet, and those files' sizes.
     let mut batch: Vec<Op> = Vec::new();
     let mut batch_bytes = 0u64;
@@ -793,7 +792,7 @@ async fn send_ops(
     bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
     flight.drain(call).await?;
     jobs.join_all().await?;
-    failed.extend(flight.failed);
+    let mut failed = flight.failed;
     failed.extend(jobs.failed.drain(..).map(|path| (path, false)));
     flight.counts.1 += std::mem::take(&mut jobs.written);
     bytes_sent += std::mem::take(&mut jobs.bytes_sent);

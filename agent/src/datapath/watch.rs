@@ -228,6 +228,11 @@ impl Watching {
         Ok(())
     }
 
+    /// Records `trouble` for this brick (see [`note_trouble`]).
+    fn trouble(&self, trouble: Trouble) {
+        note_trouble(&self.root, &self.pending, trouble);
+    }
+
     /// Stops watching `top` and every directory below it.
     fn unwatch_tree(&mut self, top: &Path) {
         let gone: Vec<WatchDescriptor> = self
@@ -248,13 +253,7 @@ impl Watching {
         let (wake, stop) = match nix::unistd::pipe() {
             Ok(pipe) => pipe,
             Err(error) => {
-                let root = self.root.clone();
-                let pending = self.pending.clone();
-                note_trouble(
-                    &root,
-                    &pending,
-                    Trouble::Off(format!("cannot watch the brick: {error}")),
-                );
+                self.trouble(Trouble::Off(format!("cannot watch the brick: {error}")));
                 return None;
             }
         };
@@ -291,27 +290,19 @@ impl Watching {
             if ready {
                 return;
             }
-            let events: Vec<(WatchDescriptor, EventMask, Option<std::ffi::OsString>)> = match self
-                .inotify
-                .read_events(&mut buffer)
-            {
-                Ok(events) => events
-                    .map(|e| (e.wd, e.mask, e.name.map(OsStr::to_os_string)))
-                    .collect(),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(error) => {
-                    let root = self.root.clone();
-                    let pending = self.pending.clone();
-                    note_trouble(
-                        &root,
-                        &pending,
-                        Trouble::Off(format!(
+            let events: Vec<(WatchDescriptor, EventMask, Option<std::ffi::OsString>)> =
+                match self.inotify.read_events(&mut buffer) {
+                    Ok(events) => events
+                        .map(|e| (e.wd, e.mask, e.name.map(OsStr::to_os_string)))
+                        .collect(),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(error) => {
+                        self.trouble(Trouble::Off(format!(
                             "cannot read inotify: {error}; walking the brick every change-interval"
-                        )),
-                    );
-                    return;
-                }
-            };
+                        )));
+                        return;
+                    }
+                };
             for (wd, mask, name) in events {
                 self.record(wd, mask, name.as_deref());
             }
@@ -322,13 +313,7 @@ impl Watching {
     /// added or dropped for a directory made, moved in, or moved away.
     fn record(&mut self, wd: WatchDescriptor, mask: EventMask, name: Option<&OsStr>) {
         if mask.contains(EventMask::Q_OVERFLOW) {
-            let root = self.root.clone();
-            let pending = self.pending.clone();
-            note_trouble(
-                &root,
-                &pending,
-                Trouble::Missed("the inotify queue overflowed".into()),
-            );
+            self.trouble(Trouble::Missed("the inotify queue overflowed".into()));
             return;
         }
         if mask.contains(EventMask::IGNORED) {
@@ -348,11 +333,8 @@ impl Watching {
         }
         if mask.contains(EventMask::ISDIR) && name.is_some() {
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-                let trouble = self.watch_tree(&path).err();
-                if let Some(trouble) = trouble {
-                    let root = self.root.clone();
-                    let pending = self.pending.clone();
-                    note_trouble(&root, &pending, trouble);
+                if let Err(trouble) = self.watch_tree(&path) {
+                    self.trouble(trouble);
                 }
             } else if mask.contains(EventMask::MOVED_FROM) {
                 self.unwatch_tree(&path);
