@@ -472,13 +472,27 @@ impl Applier {
         }
         let (dir, name) = self.parent(path)?;
         let temp = temp_name(name);
-        let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-        let fd = openat(
-            dir.as_fd(),
-            temp.as_os_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
+        let create = || {
+            openat(
+                dir.as_fd(),
+                temp.as_os_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        };
+        // A temporary file of an interrupted write is in the way only rarely: removed
+        // then, not tried before every file (a failing unlink costs a lookup).
+        let fd = match create() {
+            Err(Errno::EEXIST) => {
+                let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                create()
+            }
+            created => created,
+        }
         .map_err(|e| io(path, "create temporary file", e))?;
         let mut at: HashMap<Hash, Vec<usize>> = HashMap::new();
         for (i, chunk) in chunks.iter().enumerate() {

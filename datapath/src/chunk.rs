@@ -124,14 +124,29 @@ pub const READ_WHOLE: u64 = 1 << 20;
 
 /// The chunks of the file at `path` (opened without following a final symlink).
 pub fn chunk_file(path: &std::path::Path) -> io::Result<(Vec<ChunkRef>, Hash)> {
-    let mut file = open_nofollow(path)?;
+    let file = open_nofollow(path)?;
     let size = file.metadata()?.len();
+    chunk_open_file(file, size)
+}
+
+/// [`chunk_file`] for a file whose size a `stat` just gave (`size`): no second one.
+/// A file that has grown past [`READ_WHOLE`] since is streamed, never read whole.
+pub fn chunk_file_of_size(path: &std::path::Path, size: u64) -> io::Result<(Vec<ChunkRef>, Hash)> {
+    chunk_open_file(open_nofollow(path)?, size)
+}
+
+fn chunk_open_file(mut file: std::fs::File, size: u64) -> io::Result<(Vec<ChunkRef>, Hash)> {
+    use std::io::Seek;
     if size <= READ_WHOLE {
         // One byte more than the size, so a file that grew while read is read whole
-        // (its chunks then describe what was read, as the streaming path would).
+        // (its chunks then describe what was read, as the streaming path would), up
+        // to READ_WHOLE: past that it is streamed from the start.
         let mut bytes = Vec::with_capacity(size as usize + 1);
-        file.read_to_end(&mut bytes)?;
-        return Ok(chunk_bytes(&bytes));
+        (&mut file).take(READ_WHOLE + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 <= READ_WHOLE {
+            return Ok(chunk_bytes(&bytes));
+        }
+        file.rewind()?;
     }
     chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))
 }
@@ -181,6 +196,15 @@ mod tests {
                 streamed,
                 "{size} bytes from a file"
             );
+            // A size from an older stat (the file grew, or shrank, since): the chunks
+            // are still those of what the file holds.
+            for stale in [0, size as u64 / 2, READ_WHOLE, size as u64 + 5] {
+                assert_eq!(
+                    chunk_file_of_size(&path, stale).unwrap(),
+                    streamed,
+                    "{size} bytes read as {stale}"
+                );
+            }
         }
     }
 

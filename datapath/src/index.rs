@@ -632,6 +632,40 @@ fn same_kind(a: &Entry, b: &Entry) -> bool {
     )
 }
 
+/// The operation that creates `entry` at `path` where nothing is (what [`diff`] sends
+/// for a new entry), and the entry as it is there afterwards: a file of at most
+/// `largest` bytes with its metadata folded in (as [`fold_meta`] would); anything else
+/// with its metadata unset, left to a later [`Op::Meta`] (a directory's times move
+/// as entries are created in it). `linked`: another name of the same file, already
+/// created (a hard link to it).
+pub fn create_op(
+    path: &RelPath,
+    entry: &Entry,
+    linked: Option<&RelPath>,
+    largest: u64,
+) -> (Op, Entry) {
+    let op = match (&entry.kind, linked) {
+        (EntryKind::Dir, _) => Op::Mkdir { path: path.clone() },
+        (EntryKind::Symlink(target), _) => Op::Symlink {
+            path: path.clone(),
+            target: target.clone(),
+        },
+        (EntryKind::File, Some(existing)) => Op::Link {
+            path: path.clone(),
+            existing: existing.clone(),
+        },
+        (EntryKind::File, None) if entry.size <= largest => {
+            let mut op = write_op(path, entry);
+            if let Op::Write { meta, .. } = &mut op {
+                *meta = Some(Box::new(entry.meta_only()));
+            }
+            return (op, entry.clone());
+        }
+        (EntryKind::File, None) => write_op(path, entry),
+    };
+    (op, entry.unset_meta())
+}
+
 fn write_op(path: &RelPath, entry: &Entry) -> Op {
     Op::Write {
         path: path.clone(),

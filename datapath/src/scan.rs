@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::chunk::chunk_file;
+use crate::chunk::chunk_file_of_size;
 use crate::index::{Entry, EntryKind, Index, is_volume_content, paths_at_and_below, synced_xattr};
 use crate::path::RelPath;
 
@@ -29,12 +29,26 @@ pub struct ScanReport {
 /// index: hashes are never reused by inode alone here, inode numbers of two bricks
 /// mean nothing to each other.)
 pub fn scan(root: &Path, previous: Option<&Index>) -> io::Result<(Index, ScanReport)> {
+    scan_streaming(root, previous, &mut |_| {})
+}
+
+/// What [`scan_streaming`] hands each directory's entries to.
+pub type Listed<'a> = dyn FnMut(&[(RelPath, Entry)]) + 'a;
+
+/// [`scan`], handing each directory's entries to `listed` as soon as they are read: a
+/// directory's own entry before anything in it, so a caller can start creating the
+/// tree elsewhere while the rest is still being read (the worker's initial sync does).
+pub fn scan_streaming(
+    root: &Path,
+    previous: Option<&Index>,
+    listed: &mut Listed<'_>,
+) -> io::Result<(Index, ScanReport)> {
     // Fails only for the root itself: a brick that cannot be read.
     std::fs::read_dir(root)?;
     let mut index = Index::default();
     let mut report = ScanReport::default();
     let reuse = |rel: &RelPath, _: &Entry| previous.and_then(|p| p.entries.get(rel));
-    walk(root, root, &reuse, &mut index, &mut report);
+    walk(root, root, &reuse, (&mut index, &mut report), listed);
     Ok((index, report))
 }
 
@@ -128,8 +142,8 @@ pub fn rescan(
             root,
             &root.join(path.as_path()),
             &reuse,
-            &mut index,
-            &mut report,
+            (&mut index, &mut report),
+            &mut |_| {},
         );
     }
     Ok((index, report))
@@ -169,13 +183,21 @@ fn bury_below(index: &mut Index, at: &RelPath, graveyard: &mut HashMap<u64, Entr
 /// Where a scan may take a file's hashes from: an older entry for `rel`, or `None`.
 type Reuse<'a> = dyn Fn(&RelPath, &Entry) -> Option<&'a Entry> + Sync + 'a;
 
-/// Adds everything below `dir` (recursively) to `index`.
-fn walk(root: &Path, dir: &Path, reuse: &Reuse<'_>, index: &mut Index, report: &mut ScanReport) {
+/// Adds everything below `dir` (recursively) to `index`, each directory's entries
+/// also handed to `listed` as read.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    reuse: &Reuse<'_>,
+    (index, report): (&mut Index, &mut ScanReport),
+    listed: &mut Listed<'_>,
+) {
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Some(children) = read_children(root, &dir, reuse, report) else {
             continue;
         };
+        listed(&children);
         for (rel, entry) in children {
             if entry.kind == EntryKind::Dir {
                 pending.push(root.join(rel.as_path()));
@@ -309,7 +331,7 @@ fn read_entry(
             entry.chunks = old.chunks.clone();
             entry.content = old.content;
         }
-        None => match chunk_file(path) {
+        None => match chunk_file_of_size(path, entry.size) {
             Ok((chunks, content)) => {
                 report.files_hashed += 1;
                 report.bytes_hashed += entry.size;

@@ -24,10 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use georep_api::CrawlStatus;
-use georep_datapath::index::{OpClass, fold_meta, paths_at_and_below};
+use georep_datapath::index::{OpClass, create_op, fold_meta, paths_at_and_below};
 use georep_datapath::journal::Touched;
 use georep_datapath::proto::{Request, Response, SMALL_FILE};
-use georep_datapath::{Index, Known, Op, RelPath, diff, rescan, scan};
+use georep_datapath::{
+    Entry, EntryKind, Index, Known, Op, RelPath, ScanReport, diff, rescan, scan, scan_streaming,
+};
 use georep_mesh::NodeIdentity;
 use tokio_util::sync::CancellationToken;
 
@@ -367,13 +369,25 @@ async fn session(
         // A walk without a scan of ours reuses hashes from what the secondary has
         // (copied only then: most rounds read nothing or a few directories).
         let base = matches!(read, Read::Walk(None, _)).then(|| synced.clone());
-        let scanned = tokio::task::spawn_blocking(move || match read {
-            Read::Nothing(own) => Ok((own, Default::default())),
-            Read::Dirs(own, dirs) => rescan(&root, own, &dirs),
-            Read::Walk(own, _) => scan(&root, own.as_ref().or(base.as_ref())),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        jobs.max = plan.sync_jobs;
+        // The first walk of a brick the secondary has nothing of creates the tree there
+        // as it goes; then, what that sent and the secondary applied (counts, chunk
+        // bytes, the entries as they are there now).
+        let mut created: Option<(Counts, u64, Index)> = None;
+        let scanned = if first && synced.entries.is_empty() && matches!(read, Read::Walk(None, _)) {
+            let (walked, counts, bytes, there) =
+                walk_and_create(brick, &mut call, &mut jobs).await?;
+            created = Some((counts, bytes, there));
+            walked
+        } else {
+            tokio::task::spawn_blocking(move || match read {
+                Read::Nothing(own) => Ok((own, Default::default())),
+                Read::Dirs(own, dirs) => rescan(&root, own, &dirs),
+                Read::Walk(own, _) => scan(&root, own.as_ref().or(base.as_ref())),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        };
         let scanned_after = round_clock.elapsed();
         let (mut now, report) = match scanned {
             Ok(scanned) => scanned,
@@ -393,10 +407,10 @@ async fn session(
             // ours. Same path, same kind and content: the same entry.
             adopt_inodes(&mut synced, &now);
         }
-        let mut ops = if idle {
-            Vec::new()
-        } else {
-            diff(&synced, &now)
+        let mut ops = match &created {
+            _ if idle => Vec::new(),
+            Some((_, _, there)) => diff(there, &now),
+            None => diff(&synced, &now),
         };
         if !idle {
             tracing::debug!(
@@ -411,10 +425,15 @@ async fn session(
         }
         let mut failed: BTreeSet<RelPath> =
             report.failures.iter().map(|(p, _)| p.clone()).collect();
-        if !ops.is_empty() {
-            jobs.max = plan.sync_jobs;
-            let (counts, bytes, op_failures) =
+        if !ops.is_empty() || created.is_some() {
+            let (mut counts, mut bytes, op_failures) =
                 send_ops((brick, &synced), &ops, &mut call, &mut jobs).await?;
+            if let Some(((entry, data, meta), sent, _)) = &created {
+                counts.0 += entry;
+                counts.1 += data;
+                counts.2 += meta;
+                bytes += sent;
+            }
             let sent_after = round_clock.elapsed();
             // The secondary now has `now`, except where something failed: there, what
             // it had (a failed rename: at and below both its source and destination).
@@ -452,6 +471,9 @@ async fn session(
             // slowly.
             let path = conn.stats().path;
             tracing::info!(
+                created = created
+                    .as_ref()
+                    .map_or(0, |(_, _, there)| there.entries.len()),
                 ops = ops.len(),
                 bytes,
                 hashed = report.files_hashed,
@@ -748,55 +770,169 @@ impl InFlight {
 /// Sends `ops` in batches on the main stream, large files on `jobs`' streams; returns
 /// counts by class, chunk bytes sent, and the places changed by operations that
 /// failed.
-///
-/// Order: a large file is handed to a job only once everything before it is applied
-/// (its directory exists), and an operation naming a path a job is still writing, or a
-/// directory above one, waits until the jobs are done (a link to it, its metadata,
-/// its directory's metadata).
 async fn send_ops(
     (brick, synced): (&Path, &Index),
     ops: &[Op],
     call: &mut Channel,
     jobs: &mut Jobs,
 ) -> Result<(Counts, u64, Vec<Touched>), String> {
-    let mut flight = InFlight::default();
-    let mut bytes_sent = 0u64;
-    // The next batch's operations, their files not read yet, and those files' sizes.
-    let mut batch: Vec<Op> = Vec::new();
-    let mut batch_bytes = 0u64;
-    // The first batches are small and each twice the last, up to the full size: the
-    // secondary starts applying while the next is read and sent, instead of waiting
-    // for a whole first batch to cross a connection still in slow start.
-    let mut scale = FIRST_BATCH_SHIFT;
+    let mut sender = Sender::new(brick, synced);
     for op in fold_meta(ops, SMALL_FILE) {
+        sender.push(op, call, jobs).await?;
+    }
+    sender.finish(call, jobs).await
+}
+
+/// Operations on their way to the secondary, handed over one at a time: small ones
+/// gathered into batches (the next read and sent while the secondary applies the
+/// last), large files on `jobs`' streams.
+///
+/// Order: a large file is handed to a job only once everything before it is applied
+/// (its directory exists), and an operation naming a path a job is still writing, or a
+/// directory above one, waits until the jobs are done (a link to it, its metadata,
+/// its directory's metadata).
+struct Sender<'a> {
+    brick: &'a Path,
+    /// What the secondary has, for a large file's job to know which chunks it has.
+    synced: &'a Index,
+    flight: InFlight,
+    bytes_sent: u64,
+    /// The next batch's operations, their files not read yet, and those files' sizes.
+    batch: Vec<Op>,
+    batch_bytes: u64,
+    /// The first batches are small and each twice the last, up to the full size: the
+    /// secondary starts applying while the next is read and sent, instead of waiting
+    /// for a whole first batch to cross a connection still in slow start.
+    scale: u32,
+}
+
+impl<'a> Sender<'a> {
+    fn new(brick: &'a Path, synced: &'a Index) -> Sender<'a> {
+        Sender {
+            brick,
+            synced,
+            flight: InFlight::default(),
+            bytes_sent: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            scale: FIRST_BATCH_SHIFT,
+        }
+    }
+
+    /// Hands `op` over: into the next batch (sent once full), or to a job.
+    async fn push(&mut self, op: Op, call: &mut Channel, jobs: &mut Jobs) -> Result<(), String> {
         if jobs.touches(&op) {
             jobs.join_all().await?;
         }
         if let Op::Write { path, size, .. } = &op {
             if *size > SMALL_FILE {
-                batch_bytes = 0;
-                bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
-                flight.drain(call).await?;
-                jobs.start(op.clone(), known(synced, path)).await?;
-                continue;
+                let known = known(self.synced, path);
+                self.batch_bytes = 0;
+                self.bytes_sent += self
+                    .flight
+                    .read_and_send(self.brick, &mut self.batch, call)
+                    .await?;
+                self.flight.drain(call).await?;
+                return jobs.start(op, known).await;
             }
-            batch_bytes += size;
+            self.batch_bytes += size;
         }
-        batch.push(op);
-        if batch.len() >= BATCH_OPS >> scale || batch_bytes >= (BATCH_BYTES >> scale) as u64 {
-            batch_bytes = 0;
-            scale = scale.saturating_sub(1);
-            bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
+        self.batch.push(op);
+        if self.batch.len() >= BATCH_OPS >> self.scale
+            || self.batch_bytes >= (BATCH_BYTES >> self.scale) as u64
+        {
+            self.batch_bytes = 0;
+            self.scale = self.scale.saturating_sub(1);
+            self.bytes_sent += self
+                .flight
+                .read_and_send(self.brick, &mut self.batch, call)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is gathered and waits for every answer and job: counts by class,
+    /// chunk bytes sent, and the places changed by operations that failed.
+    async fn finish(
+        mut self,
+        call: &mut Channel,
+        jobs: &mut Jobs,
+    ) -> Result<(Counts, u64, Vec<Touched>), String> {
+        self.bytes_sent += self
+            .flight
+            .read_and_send(self.brick, &mut self.batch, call)
+            .await?;
+        self.flight.drain(call).await?;
+        jobs.join_all().await?;
+        let mut failed = self.flight.failed;
+        failed.extend(jobs.failed.drain(..).map(|path| (path, false)));
+        self.flight.counts.1 += std::mem::take(&mut jobs.written);
+        self.bytes_sent += std::mem::take(&mut jobs.bytes_sent);
+        Ok((self.flight.counts, self.bytes_sent, failed))
+    }
+}
+
+/// Directory listings the walk of [`walk_and_create`] may be ahead of the sending by.
+const LISTINGS_QUEUED: usize = 256;
+
+/// The first round of a worker whose secondary has nothing synced from this brick:
+/// walks the brick and, directory by directory as the walk reads them, creates what is
+/// there on the secondary (directories, files, symlinks, hard links), so the secondary
+/// applies while the rest of the brick is still being read and hashed, instead of
+/// waiting for the whole walk (on a brick of millions of files, minutes before the
+/// first byte). Returns the walk, what was sent (counts by class, chunk bytes), and
+/// what the secondary has now: the entries created, their metadata unset where it was
+/// not sent with them (directories, symlinks, large files), so the round's diff
+/// against it sends only what is left. An entry whose creation failed is left out
+/// (and so sent again by that diff).
+async fn walk_and_create(
+    brick: &Path,
+    call: &mut Channel,
+    jobs: &mut Jobs,
+) -> Result<(std::io::Result<(Index, ScanReport)>, Counts, u64, Index), String> {
+    let (listings, mut listed) =
+        tokio::sync::mpsc::channel::<Vec<(RelPath, Entry)>>(LISTINGS_QUEUED);
+    let root = brick.to_path_buf();
+    let walk = tokio::task::spawn_blocking(move || {
+        scan_streaming(&root, None, &mut |entries| {
+            // The receiver gone (the sending failed): the walk still ends, unsent.
+            let _ = listings.blocking_send(entries.to_vec());
+        })
+    });
+    let nothing = Index::default();
+    let mut sender = Sender::new(brick, &nothing);
+    let mut created = Index::default();
+    // The first name of each file created: a second name is a link to it.
+    let mut names: std::collections::HashMap<u64, RelPath> = Default::default();
+    while let Some(entries) = listed.recv().await {
+        for (path, entry) in entries {
+            let linked = match entry.kind {
+                EntryKind::File => match names.entry(entry.ino) {
+                    std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(path.clone());
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let (op, there) = create_op(&path, &entry, linked.as_ref(), SMALL_FILE);
+            sender.push(op, call, jobs).await?;
+            created.entries.insert(path, there);
         }
     }
-    bytes_sent += flight.read_and_send(brick, &mut batch, call).await?;
-    flight.drain(call).await?;
-    jobs.join_all().await?;
-    let mut failed = flight.failed;
-    failed.extend(jobs.failed.drain(..).map(|path| (path, false)));
-    flight.counts.1 += std::mem::take(&mut jobs.written);
-    bytes_sent += std::mem::take(&mut jobs.bytes_sent);
-    Ok((flight.counts, bytes_sent, failed))
+    let walked = walk.await.map_err(|e| e.to_string())?;
+    let (counts, bytes, failed) = sender.finish(call, jobs).await?;
+    for (path, below) in failed {
+        if below {
+            for path in paths_at_and_below(&created.entries, &path) {
+                created.entries.remove(&path);
+            }
+        } else {
+            created.entries.remove(&path);
+        }
+    }
+    Ok((walked, counts, bytes, created))
 }
 
 /// What `synced` says the secondary's file at `path` is (its size, mtime and chunks),
