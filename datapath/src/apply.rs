@@ -549,13 +549,20 @@ impl Applier {
             Mode::empty(),
         )
         .map_err(|e| io(path, "open for metadata", e))?;
-        self.set_file_meta(path, &File::from(fd), entry)
+        self.set_file_meta(path, &File::from(fd), entry, false)
     }
 
     /// Sets owner (when privileged), mode, xattrs and mtime of the open file `file`
     /// (the entry at `path`, named in errors): in that order, since a chown clears
     /// set-id bits and setting xattrs moves the times.
-    fn set_file_meta(&self, path: &RelPath, file: &File, entry: &Entry) -> Result<(), ApplyError> {
+    /// `fresh`: a file this applier has just created, which has no xattrs to remove.
+    fn set_file_meta(
+        &self,
+        path: &RelPath,
+        file: &File,
+        entry: &Entry,
+        fresh: bool,
+    ) -> Result<(), ApplyError> {
         if self.privileged {
             fchown(
                 file.as_fd(),
@@ -566,7 +573,7 @@ impl Applier {
         }
         fchmod(file.as_fd(), Mode::from_bits_truncate(entry.mode))
             .map_err(|e| io(path, "chmod", e))?;
-        self.set_xattrs(path, file, &entry.xattrs)?;
+        self.set_xattrs(path, file, &entry.xattrs, fresh)?;
         let mtime = TimeSpec::new(entry.mtime, i64::from(entry.mtime_nsec));
         futimens(file.as_fd(), &TimeSpec::UTIME_OMIT, &mtime).map_err(|e| io(path, "set mtime", e))
     }
@@ -576,11 +583,12 @@ impl Applier {
         path: &RelPath,
         file: &File,
         wanted: &[(Vec<u8>, Vec<u8>)],
+        fresh: bool,
     ) -> Result<(), ApplyError> {
         use xattr::FileExt;
         let settable =
             |name: &[u8]| synced_xattr(name) && (self.privileged || !name.starts_with(b"trusted."));
-        if let Ok(names) = file.list_xattr() {
+        if !fresh && let Ok(names) = file.list_xattr() {
             for name in names {
                 let bytes = name.as_bytes();
                 if settable(bytes) && !wanted.iter().any(|(n, _)| n == bytes) {
@@ -752,7 +760,8 @@ impl PartialWrite {
             self.put(&chunk.hash, bytes)?;
         }
         if let Some(meta) = self.meta.take() {
-            applier.set_file_meta(&self.path, &self.file, &meta)?;
+            // The temporary file was created here (O_EXCL): no xattrs of its own.
+            applier.set_file_meta(&self.path, &self.file, &meta, true)?;
         }
         self.file.sync_all().map_err(|source| ApplyError::Io {
             path: self.path.clone(),

@@ -126,16 +126,26 @@ pub const READ_WHOLE: u64 = 1 << 20;
 pub fn chunk_file(path: &std::path::Path) -> io::Result<(Vec<ChunkRef>, Hash)> {
     let file = open_nofollow(path)?;
     let size = file.metadata()?.len();
-    chunk_open_file(file, size)
+    let (chunks, content, _) = chunk_open_file(file, size, false)?;
+    Ok((chunks, content))
 }
 
 /// [`chunk_file`] for a file whose size a `stat` just gave (`size`): no second one.
 /// A file that has grown past [`READ_WHOLE`] since is streamed, never read whole.
-pub fn chunk_file_of_size(path: &std::path::Path, size: u64) -> io::Result<(Vec<ChunkRef>, Hash)> {
-    chunk_open_file(open_nofollow(path)?, size)
+/// With `keep`, also the bytes the chunks describe when the file was read whole.
+pub fn chunk_file_of_size(
+    path: &std::path::Path,
+    size: u64,
+    keep: bool,
+) -> io::Result<(Vec<ChunkRef>, Hash, Option<Vec<u8>>)> {
+    chunk_open_file(open_nofollow(path)?, size, keep)
 }
 
-fn chunk_open_file(mut file: std::fs::File, size: u64) -> io::Result<(Vec<ChunkRef>, Hash)> {
+fn chunk_open_file(
+    mut file: std::fs::File,
+    size: u64,
+    keep: bool,
+) -> io::Result<(Vec<ChunkRef>, Hash, Option<Vec<u8>>)> {
     use std::io::Seek;
     if size <= READ_WHOLE {
         // One byte more than the size, so a file that grew while read is read whole
@@ -144,11 +154,13 @@ fn chunk_open_file(mut file: std::fs::File, size: u64) -> io::Result<(Vec<ChunkR
         let mut bytes = Vec::with_capacity(size as usize + 1);
         (&mut file).take(READ_WHOLE + 1).read_to_end(&mut bytes)?;
         if bytes.len() as u64 <= READ_WHOLE {
-            return Ok(chunk_bytes(&bytes));
+            let (chunks, content) = chunk_bytes(&bytes);
+            return Ok((chunks, content, keep.then_some(bytes)));
         }
         file.rewind()?;
     }
-    chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))
+    let (chunks, content) = chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))?;
+    Ok((chunks, content, None))
 }
 
 /// The chunks of `bytes`: the cut points [`chunk_reader`] finds, without its buffer.
@@ -199,11 +211,13 @@ mod tests {
             // A size from an older stat (the file grew, or shrank, since): the chunks
             // are still those of what the file holds.
             for stale in [0, size as u64 / 2, READ_WHOLE, size as u64 + 5] {
-                assert_eq!(
-                    chunk_file_of_size(&path, stale).unwrap(),
-                    streamed,
-                    "{size} bytes read as {stale}"
-                );
+                let (chunks, content, kept) = chunk_file_of_size(&path, stale, true).unwrap();
+                assert_eq!((chunks, content), streamed, "{size} bytes read as {stale}");
+                // Kept bytes are exactly what was chunked; a streamed file keeps none.
+                match kept {
+                    Some(kept) => assert_eq!(kept, data, "{size} bytes read as {stale}"),
+                    None => assert!(size as u64 > READ_WHOLE, "{size} bytes not kept"),
+                }
             }
         }
     }

@@ -31,7 +31,7 @@ pub use apply::{Applier, ApplyError, ChunkSource, FileData, Known, PartialWrite}
 pub use chunk::{ChunkRef, Hash, chunk_bytes, chunk_file};
 pub use index::{Entry, EntryKind, Index, Op, diff};
 pub use path::{PathError, RelPath};
-pub use scan::{ScanReport, rescan, scan, scan_streaming};
+pub use scan::{Keep, ScanReport, rescan, scan, scan_streaming};
 
 /// Deterministic pseudo-random bytes (xorshift64) for tests and benchmarks: content
 /// that does not compress or repeat, the same for the same seed.

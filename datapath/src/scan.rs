@@ -8,6 +8,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::chunk::chunk_file_of_size;
 use crate::index::{Entry, EntryKind, Index, is_volume_content, paths_at_and_below, synced_xattr};
@@ -29,18 +30,63 @@ pub struct ScanReport {
 /// index: hashes are never reused by inode alone here, inode numbers of two bricks
 /// mean nothing to each other.)
 pub fn scan(root: &Path, previous: Option<&Index>) -> io::Result<(Index, ScanReport)> {
-    scan_streaming(root, previous, &mut |_| {})
+    scan_streaming(root, previous, None, &mut |_, _| {})
 }
 
-/// What [`scan_streaming`] hands each directory's entries to.
-pub type Listed<'a> = dyn FnMut(&[(RelPath, Entry)]) + 'a;
+/// What [`scan_streaming`] hands each directory's entries to, with the content it kept
+/// of each (see [`Keep`]).
+pub type Listed<'a> = dyn FnMut(&[(RelPath, Entry)], Vec<Option<Vec<u8>>>) + 'a;
+
+/// The content of small files a [`scan_streaming`] keeps for its caller, so a file to
+/// be sent is read once (for its hashes and for sending), within a budget of bytes
+/// held at once: the caller gives back what it has handed on.
+#[derive(Debug)]
+pub struct Keep {
+    /// Largest file kept.
+    largest: u64,
+    /// Bytes that may still be kept.
+    left: AtomicI64,
+}
+
+impl Keep {
+    /// Keeps files of at most `largest` bytes, `budget` bytes at once.
+    pub fn new(largest: u64, budget: u64) -> Keep {
+        Keep {
+            largest,
+            left: AtomicI64::new(i64::try_from(budget).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// Whether `size` more bytes may be kept (taken from the budget if so).
+    fn take(&self, size: u64) -> bool {
+        let Ok(size) = i64::try_from(size) else {
+            return false;
+        };
+        if size as u64 > self.largest {
+            return false;
+        }
+        if self.left.fetch_sub(size, Ordering::Relaxed) >= size {
+            return true;
+        }
+        self.left.fetch_add(size, Ordering::Relaxed);
+        false
+    }
+
+    /// Returns `size` bytes, kept content no longer held, to the budget.
+    pub fn give_back(&self, size: u64) {
+        self.left
+            .fetch_add(i64::try_from(size).unwrap_or(0), Ordering::Relaxed);
+    }
+}
 
 /// [`scan`], handing each directory's entries to `listed` as soon as they are read: a
 /// directory's own entry before anything in it, so a caller can start creating the
 /// tree elsewhere while the rest is still being read (the worker's initial sync does).
+/// With `keep`, the content of small files read whole comes with them.
 pub fn scan_streaming(
     root: &Path,
     previous: Option<&Index>,
+    keep: Option<&Keep>,
     listed: &mut Listed<'_>,
 ) -> io::Result<(Index, ScanReport)> {
     // Fails only for the root itself: a brick that cannot be read.
@@ -48,7 +94,13 @@ pub fn scan_streaming(
     let mut index = Index::default();
     let mut report = ScanReport::default();
     let reuse = |rel: &RelPath, _: &Entry| previous.and_then(|p| p.entries.get(rel));
-    walk(root, root, &reuse, (&mut index, &mut report), listed);
+    walk(
+        root,
+        root,
+        (&reuse, keep),
+        (&mut index, &mut report),
+        listed,
+    );
     Ok((index, report))
 }
 
@@ -97,17 +149,17 @@ pub fn rescan(
                 .get(rel)
                 .map(|old| (old.kind.clone(), old.ino));
             let reuse = |_: &RelPath, _: &Entry| None;
-            if let Some(entry) = read_entry(dir, rel, &reuse, &mut report)
+            if let Some((entry, _)) = read_entry(dir, rel, (&reuse, None), &mut report)
                 && same == Some((EntryKind::Dir, entry.ino))
             {
                 index.entries.insert(rel.clone(), entry);
             }
         }
         let reuse = |path: &RelPath, _: &Entry| detached.get(path);
-        let Some(children) = read_children(root, dir, &reuse, &mut report) else {
+        let Some(children) = read_children(root, dir, (&reuse, None), &mut report) else {
             continue;
         };
-        for (path, entry) in children {
+        for (path, entry, _) in children {
             if entry.kind == EntryKind::Dir {
                 let same = detached
                     .get(&path)
@@ -141,9 +193,9 @@ pub fn rescan(
         walk(
             root,
             &root.join(path.as_path()),
-            &reuse,
+            (&reuse, None),
             (&mut index, &mut report),
-            &mut |_| {},
+            &mut |_, _| {},
         );
     }
     Ok((index, report))
@@ -180,6 +232,9 @@ fn bury_below(index: &mut Index, at: &RelPath, graveyard: &mut HashMap<u64, Entr
     }
 }
 
+/// An entry as a scan read it, with its content where it was kept (see [`Keep`]).
+type ReadEntry = (RelPath, Entry, Option<Vec<u8>>);
+
 /// Where a scan may take a file's hashes from: an older entry for `rel`, or `None`.
 type Reuse<'a> = dyn Fn(&RelPath, &Entry) -> Option<&'a Entry> + Sync + 'a;
 
@@ -188,16 +243,20 @@ type Reuse<'a> = dyn Fn(&RelPath, &Entry) -> Option<&'a Entry> + Sync + 'a;
 fn walk(
     root: &Path,
     dir: &Path,
-    reuse: &Reuse<'_>,
+    (reuse, keep): (&Reuse<'_>, Option<&Keep>),
     (index, report): (&mut Index, &mut ScanReport),
     listed: &mut Listed<'_>,
 ) {
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let Some(children) = read_children(root, &dir, reuse, report) else {
+        let Some(read) = read_children(root, &dir, (reuse, keep), report) else {
             continue;
         };
-        listed(&children);
+        let (children, kept): (Vec<_>, Vec<_>) = read
+            .into_iter()
+            .map(|(rel, entry, kept)| ((rel, entry), kept))
+            .unzip();
+        listed(&children, kept);
         for (rel, entry) in children {
             if entry.kind == EntryKind::Dir {
                 pending.push(root.join(rel.as_path()));
@@ -212,9 +271,9 @@ fn walk(
 fn read_children(
     root: &Path,
     dir: &Path,
-    reuse: &Reuse<'_>,
+    (reuse, keep): (&Reuse<'_>, Option<&Keep>),
     report: &mut ScanReport,
-) -> Option<Vec<(RelPath, Entry)>> {
+) -> Option<Vec<ReadEntry>> {
     let listing = match std::fs::read_dir(dir) {
         Ok(listing) => listing,
         Err(error) => {
@@ -239,10 +298,11 @@ fn read_children(
     // while a tree of small files was hashed for the first time.
     let parts = crate::parts::in_parts(children, PARALLEL_LISTING, |part| {
         let mut report = ScanReport::default();
-        let entries: Vec<(RelPath, Entry)> = part
+        let entries: Vec<ReadEntry> = part
             .into_iter()
             .filter_map(|(path, rel)| {
-                read_entry(&path, &rel, reuse, &mut report).map(|entry| (rel, entry))
+                read_entry(&path, &rel, (reuse, keep), &mut report)
+                    .map(|(entry, kept)| (rel, entry, kept))
             })
             .collect();
         (entries, report)
@@ -265,9 +325,9 @@ const PARALLEL_LISTING: usize = 64;
 fn read_entry(
     path: &Path,
     rel: &RelPath,
-    reuse: &Reuse<'_>,
+    (reuse, keep): (&Reuse<'_>, Option<&Keep>),
     report: &mut ScanReport,
-) -> Option<Entry> {
+) -> Option<(Entry, Option<Vec<u8>>)> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(error) => {
@@ -316,8 +376,9 @@ fn read_entry(
         content: None,
     };
     if entry.kind != EntryKind::File {
-        return Some(entry);
+        return Some((entry, None));
     }
+    let mut kept = None;
     let reusable = reuse(rel, &entry).filter(|old| {
         old.kind == EntryKind::File
             && old.ino == entry.ino
@@ -331,22 +392,37 @@ fn read_entry(
             entry.chunks = old.chunks.clone();
             entry.content = old.content;
         }
-        None => match chunk_file_of_size(path, entry.size) {
-            Ok((chunks, content)) => {
-                report.files_hashed += 1;
-                report.bytes_hashed += entry.size;
-                entry.chunks = chunks;
-                entry.content = Some(content);
-            }
-            Err(error) => {
-                if error.kind() != io::ErrorKind::NotFound {
-                    report.failures.push((rel.clone(), error.to_string()));
+        None => {
+            let keeping = keep.is_some_and(|keep| keep.take(entry.size));
+            match chunk_file_of_size(path, entry.size, keeping) {
+                Ok((chunks, content, bytes)) => {
+                    report.files_hashed += 1;
+                    report.bytes_hashed += entry.size;
+                    entry.chunks = chunks;
+                    entry.content = Some(content);
+                    // What was taken from the budget is the size the stat gave: a
+                    // file read at another size is not kept.
+                    kept = bytes.filter(|bytes| bytes.len() as u64 == entry.size);
                 }
-                return None;
+                Err(error) => {
+                    if keeping && let Some(keep) = keep {
+                        keep.give_back(entry.size);
+                    }
+                    if error.kind() != io::ErrorKind::NotFound {
+                        report.failures.push((rel.clone(), error.to_string()));
+                    }
+                    return None;
+                }
             }
-        },
+            if keeping
+                && kept.is_none()
+                && let Some(keep) = keep
+            {
+                keep.give_back(entry.size);
+            }
+        }
     }
-    Some(entry)
+    Some((entry, kept))
 }
 
 fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -379,6 +455,50 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_streaming_scan_lists_parents_first_and_keeps_content_within_its_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        for (i, name) in ["a/one", "a/two", "a/b/three", "a/b/c/four"]
+            .iter()
+            .enumerate()
+        {
+            fs::write(root.join(name), vec![i as u8; 100]).unwrap();
+        }
+        fs::write(root.join("a/large"), vec![9u8; 5000]).unwrap();
+        // Files of at most 4096 bytes, 250 bytes at once, none given back: two kept.
+        let keep = Keep::new(4096, 250);
+        let mut seen: Vec<RelPath> = Vec::new();
+        let mut kept = 0;
+        let (index, report) = scan_streaming(root, None, Some(&keep), &mut |entries, contents| {
+            assert_eq!(entries.len(), contents.len());
+            for ((path, entry), content) in entries.iter().zip(contents) {
+                if let Some(parent) = path.parent() {
+                    assert!(seen.contains(&parent), "{path} listed before {parent}");
+                }
+                seen.push(path.clone());
+                if let Some(content) = content {
+                    kept += 1;
+                    assert_eq!(content, fs::read(root.join(path.as_path())).unwrap());
+                    assert_eq!(content.len() as u64, entry.size);
+                }
+            }
+        })
+        .unwrap();
+        assert_eq!(kept, 2, "kept beyond the budget, or nothing");
+        assert!(report.failures.is_empty());
+        assert_eq!(
+            index,
+            scan(root, None).unwrap().0,
+            "streaming changed the index"
+        );
+        assert_eq!(seen.len(), index.entries.len());
+        // Given back, the budget holds two more.
+        keep.give_back(200);
+        assert!(keep.take(100) && keep.take(100) && !keep.take(100));
     }
 
     #[test]

@@ -26,9 +26,10 @@ use std::time::Duration;
 use georep_api::CrawlStatus;
 use georep_datapath::index::{OpClass, create_op, fold_meta, paths_at_and_below};
 use georep_datapath::journal::Touched;
-use georep_datapath::proto::{Request, Response, SMALL_FILE};
+use georep_datapath::proto::{ChunkData, Request, Response, SMALL_FILE};
 use georep_datapath::{
-    Entry, EntryKind, Index, Known, Op, RelPath, ScanReport, diff, rescan, scan, scan_streaming,
+    Entry, EntryKind, Index, Keep, Known, Op, RelPath, ScanReport, diff, rescan, scan,
+    scan_streaming,
 };
 use georep_mesh::NodeIdentity;
 use tokio_util::sync::CancellationToken;
@@ -683,13 +684,14 @@ impl InFlight {
         Ok(())
     }
 
-    /// Reads the small files `ops` write (off the async threads, several at once) and
+    /// Reads the small files `ops` write (off the async threads, several at once; not
+    /// those whose chunks came with them) and
     /// sends them with the rest of `ops` as one batch; a file that cannot be read is
     /// left out and counted failed (retried next round). Returns the chunk bytes sent.
     async fn read_and_send(
         &mut self,
         brick: &Path,
-        ops: &mut Vec<Op>,
+        ops: &mut Vec<(Op, Option<Vec<ChunkData>>)>,
         call: &mut Channel,
     ) -> Result<u64, String> {
         if ops.is_empty() {
@@ -700,7 +702,10 @@ impl InFlight {
         let read = tokio::task::spawn_blocking(move || {
             georep_datapath::parts::in_parts(ops, PARALLEL_READS, |part| {
                 part.into_iter()
-                    .map(|op| with_data(&root, op))
+                    .map(|(op, data)| match data {
+                        Some(data) => Ok((op, data)),
+                        None => with_data(&root, op),
+                    })
                     .collect::<Vec<_>>()
             })
             .into_iter()
@@ -797,8 +802,9 @@ struct Sender<'a> {
     synced: &'a Index,
     flight: InFlight,
     bytes_sent: u64,
-    /// The next batch's operations, their files not read yet, and those files' sizes.
-    batch: Vec<Op>,
+    /// The next batch's operations, with their files' chunks where the caller had them
+    /// (the others are read when the batch is sent), and those files' sizes.
+    batch: Vec<(Op, Option<Vec<ChunkData>>)>,
     batch_bytes: u64,
     /// The first batches are small and each twice the last, up to the full size: the
     /// secondary starts applying while the next is read and sent, instead of waiting
@@ -821,6 +827,18 @@ impl<'a> Sender<'a> {
 
     /// Hands `op` over: into the next batch (sent once full), or to a job.
     async fn push(&mut self, op: Op, call: &mut Channel, jobs: &mut Jobs) -> Result<(), String> {
+        self.push_with(op, None, call, jobs).await
+    }
+
+    /// [`Sender::push`], with the chunks a small file's write carries when the caller
+    /// has them (`data`: then the file is not read again).
+    async fn push_with(
+        &mut self,
+        op: Op,
+        data: Option<Vec<ChunkData>>,
+        call: &mut Channel,
+        jobs: &mut Jobs,
+    ) -> Result<(), String> {
         if jobs.touches(&op) {
             jobs.join_all().await?;
         }
@@ -837,7 +855,7 @@ impl<'a> Sender<'a> {
             }
             self.batch_bytes += size;
         }
-        self.batch.push(op);
+        self.batch.push((op, data));
         if self.batch.len() >= BATCH_OPS >> self.scale
             || self.batch_bytes >= (BATCH_BYTES >> self.scale) as u64
         {
@@ -875,6 +893,30 @@ impl<'a> Sender<'a> {
 /// Directory listings the walk of [`walk_and_create`] may be ahead of the sending by.
 const LISTINGS_QUEUED: usize = 256;
 
+/// Bytes of small files' content the walk of [`walk_and_create`] holds for sending at
+/// once (beyond that, files are read again when sent).
+const KEPT_BYTES: u64 = 32 << 20;
+
+/// The distinct chunks of a file whose content is `bytes` (each hash once, in file
+/// order), as a write carries them.
+fn chunk_data(chunks: &[georep_datapath::ChunkRef], bytes: Vec<u8>) -> Vec<ChunkData> {
+    if let [only] = chunks
+        && only.offset == 0
+        && only.len as usize == bytes.len()
+    {
+        return vec![(only.hash, bytes.into())];
+    }
+    let all: Vec<georep_datapath::Hash> = chunks.iter().map(|c| c.hash).collect();
+    unique_wanted(chunks, &all)
+        .into_iter()
+        .filter_map(|c| {
+            let at = usize::try_from(c.offset).ok()?;
+            let piece = bytes.get(at..at.checked_add(c.len as usize)?)?;
+            Some((c.hash, piece.to_vec().into()))
+        })
+        .collect()
+}
+
 /// The first round of a worker whose secondary has nothing synced from this brick:
 /// walks the brick and, directory by directory as the walk reads them, creates what is
 /// there on the secondary (directories, files, symlinks, hard links), so the secondary
@@ -890,13 +932,16 @@ async fn walk_and_create(
     call: &mut Channel,
     jobs: &mut Jobs,
 ) -> Result<(std::io::Result<(Index, ScanReport)>, Counts, u64, Index), String> {
-    let (listings, mut listed) =
-        tokio::sync::mpsc::channel::<Vec<(RelPath, Entry)>>(LISTINGS_QUEUED);
+    type Listing = (Vec<(RelPath, Entry)>, Vec<Option<Vec<u8>>>);
+    let (listings, mut listed) = tokio::sync::mpsc::channel::<Listing>(LISTINGS_QUEUED);
     let root = brick.to_path_buf();
+    // Small files' content read by the walk is sent from memory, not read again.
+    let keep = Arc::new(Keep::new(SMALL_FILE, KEPT_BYTES));
+    let kept_by_walk = keep.clone();
     let walk = tokio::task::spawn_blocking(move || {
-        scan_streaming(&root, None, &mut |entries| {
+        scan_streaming(&root, None, Some(&kept_by_walk), &mut |entries, kept| {
             // The receiver gone (the sending failed): the walk still ends, unsent.
-            let _ = listings.blocking_send(entries.to_vec());
+            let _ = listings.blocking_send((entries.to_vec(), kept));
         })
     });
     let nothing = Index::default();
@@ -904,8 +949,8 @@ async fn walk_and_create(
     let mut created = Index::default();
     // The first name of each file created: a second name is a link to it.
     let mut names: std::collections::HashMap<u64, RelPath> = Default::default();
-    while let Some(entries) = listed.recv().await {
-        for (path, entry) in entries {
+    while let Some((entries, kept)) = listed.recv().await {
+        for ((path, entry), kept) in entries.into_iter().zip(kept) {
             let linked = match entry.kind {
                 EntryKind::File => match names.entry(entry.ino) {
                     std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
@@ -917,7 +962,11 @@ async fn walk_and_create(
                 _ => None,
             };
             let (op, there) = create_op(&path, &entry, linked.as_ref(), SMALL_FILE);
-            sender.push(op, call, jobs).await?;
+            let data = kept.and_then(|bytes| {
+                keep.give_back(bytes.len() as u64);
+                matches!(op, Op::Write { .. }).then(|| chunk_data(&entry.chunks, bytes))
+            });
+            sender.push_with(op, data, call, jobs).await?;
             created.entries.insert(path, there);
         }
     }
