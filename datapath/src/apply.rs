@@ -608,6 +608,9 @@ impl Applier {
     }
 }
 
+/// Fewest chunks of a staged piece whose hashes are checked on several threads.
+const PARALLEL_CHECKS: usize = 8;
+
 /// A file being written: its temporary copy beside the destination, filled chunk by
 /// chunk (see [`Applier::begin_write`]).
 #[derive(Debug)]
@@ -656,17 +659,47 @@ impl PartialWrite {
     /// against the hash; a chunk the file does not have is refused.
     pub fn put(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), ApplyError> {
         if !self.fits(hash, bytes)? {
-            let offset = self
-                .at
-                .get(hash)
-                .and_then(|p| p.first())
-                .map_or(0, |i| self.chunks[*i].offset);
-            return Err(ApplyError::HashMismatch {
-                path: self.path.clone(),
-                offset,
-            });
+            return Err(self.mismatch(hash));
         }
         self.place(hash, bytes)
+    }
+
+    /// [`PartialWrite::put`] for each of `chunks`, in order, their hashes checked on
+    /// several threads first (a large file's staged piece: hashing is most of the
+    /// work of taking it). Stops at the first refused, as `put` would.
+    pub fn put_all<B: AsRef<[u8]> + Send + Sync>(
+        &mut self,
+        chunks: &[(Hash, B)],
+    ) -> Result<(), ApplyError> {
+        let this = &*self;
+        let checked: Vec<Result<bool, ApplyError>> =
+            crate::parts::in_parts(chunks.iter().collect(), PARALLEL_CHECKS, |part| {
+                part.into_iter()
+                    .map(|(hash, bytes)| this.fits(hash, bytes.as_ref()))
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        for ((hash, bytes), fits) in chunks.iter().zip(checked) {
+            if !fits? {
+                return Err(self.mismatch(hash));
+            }
+            self.place(hash, bytes.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn mismatch(&self, hash: &Hash) -> ApplyError {
+        let offset = self
+            .at
+            .get(hash)
+            .and_then(|p| p.first())
+            .map_or(0, |i| self.chunks[*i].offset);
+        ApplyError::HashMismatch {
+            path: self.path.clone(),
+            offset,
+        }
     }
 
     /// Whether `bytes` are the chunk `hash` of this file (an error if the file has no

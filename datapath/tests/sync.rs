@@ -441,10 +441,31 @@ fn a_file_written_in_pieces_is_checked_piece_by_piece() {
     drop(write);
     assert!(listing().is_empty(), "left behind: {:?}", listing());
 
+    // A piece (checked on several threads) with one forged chunk among good ones.
     let mut write = applier.begin_write(&path, size, &id, &chunks).unwrap();
-    for chunk in chunks.iter().rev() {
+    let mut piece: Vec<(Hash, Vec<u8>)> = chunks.iter().map(|c| (c.hash, bytes_of(c))).collect();
+    assert!(piece.len() >= 8, "a piece checked on one thread only");
+    let forged = piece.len() - 3;
+    piece[forged].1[0] ^= 1;
+    assert!(matches!(
+        write.put_all(&piece),
+        Err(ApplyError::HashMismatch { .. })
+    ));
+    drop(write);
+    assert!(listing().is_empty(), "left behind: {:?}", listing());
+
+    // Put in pieces, in any order.
+    let mut write = applier.begin_write(&path, size, &id, &chunks).unwrap();
+    for chunk in chunks.iter().rev().take(2) {
         write.put(&chunk.hash, &bytes_of(chunk)).unwrap();
     }
+    let rest: Vec<(Hash, Vec<u8>)> = chunks
+        .iter()
+        .rev()
+        .skip(2)
+        .map(|c| (c.hash, bytes_of(c)))
+        .collect();
+    write.put_all(&rest).unwrap();
     write.finish(&applier, &FileData::new()).unwrap();
     assert_eq!(fs::read(secondary.path().join("big.bin")).unwrap(), content);
     assert_eq!(listing(), vec!["big.bin".to_string()]);

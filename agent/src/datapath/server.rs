@@ -114,14 +114,45 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     let mut grant: Option<Grant> = None;
+    // A large file's piece being stored while the next request is read (its answer
+    // goes out when stored, before anything else is answered).
+    let mut storing: Option<tokio::task::JoinHandle<Response>> = None;
     loop {
-        let request: Request = match read_msg(&mut recv).await {
+        let read = read_msg::<Request>(&mut recv);
+        tokio::pin!(read);
+        let mut read_first = None;
+        if let Some(mut pending) = storing.take() {
+            let stored = tokio::select! {
+                stored = &mut pending => stored,
+                request = &mut read => {
+                    read_first = Some(request);
+                    pending.await
+                }
+            };
+            let response = stored.unwrap_or_else(|e| Response::Refused(e.to_string()));
+            if let Err(error) = write_msg(&mut send, &response).await {
+                tracing::debug!(%peer, %error, "data path response not sent");
+                return;
+            }
+        }
+        let read = match read_first {
+            Some(read) => read,
+            None => read.await,
+        };
+        let request: Request = match read {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(error) => {
                 tracing::warn!(%peer, %error, "data path stream dropped");
                 return;
             }
+        };
+        let request = match (&grant, request) {
+            (Some(granted), Request::Stage(chunks)) => {
+                storing = Some(stage(granted, &peer, chunks));
+                continue;
+            }
+            (_, request) => request,
         };
         // Every write is fenced again: a view that changed since the Hello (the peer
         // no longer the Active node here) ends the stream before anything is applied.
@@ -222,32 +253,8 @@ async fn serve_stream(
                 .await
                 .unwrap_or_else(|e| Response::Refused(e.to_string()))
             }
-            (Some(granted), Request::Stage(chunks)) => {
-                let open = granted.open.clone();
-                let who = peer.clone();
-                tokio::task::spawn_blocking(move || {
-                    let Ok(mut open) = open.lock() else {
-                        return Response::Refused("stream state unusable".into());
-                    };
-                    match open.as_mut() {
-                        None => Response::Refused("Stage without an open write".into()),
-                        Some(OpenWrite::Failed(..)) => Response::Staged,
-                        Some(OpenWrite::Writing(write)) => {
-                            let put = chunks
-                                .iter()
-                                .try_for_each(|(hash, bytes)| write.put(hash, bytes));
-                            if let Err(error) = put {
-                                tracing::warn!(peer = %who, %error, "data path chunk refused");
-                                let path = write.path().clone();
-                                *open = Some(OpenWrite::Failed(path, error.to_string()));
-                            }
-                            Response::Staged
-                        }
-                    }
-                })
-                .await
-                .unwrap_or_else(|e| Response::Refused(e.to_string()))
-            }
+            // Granted streams' pieces are stored above, while the next request is read.
+            (Some(_), Request::Stage(_)) => Response::Refused("Stage out of order".into()),
             (Some(granted), Request::Batch(items)) => {
                 let applier = granted.applier.clone();
                 let open = granted.open.clone();
@@ -323,6 +330,34 @@ async fn serve_stream(
             return;
         }
     }
+}
+
+/// Stores a staged piece of the stream's open write, off the async threads; the
+/// answer to send once stored.
+fn stage(
+    granted: &Grant,
+    peer: &str,
+    chunks: Vec<georep_datapath::proto::ChunkData>,
+) -> tokio::task::JoinHandle<Response> {
+    let open = granted.open.clone();
+    let who = peer.to_string();
+    tokio::task::spawn_blocking(move || {
+        let Ok(mut open) = open.lock() else {
+            return Response::Refused("stream state unusable".into());
+        };
+        match open.as_mut() {
+            None => Response::Refused("Stage without an open write".into()),
+            Some(OpenWrite::Failed(..)) => Response::Staged,
+            Some(OpenWrite::Writing(write)) => {
+                if let Err(error) = write.put_all(&chunks) {
+                    tracing::warn!(peer = %who, %error, "data path chunk refused");
+                    let path = write.path().clone();
+                    *open = Some(OpenWrite::Failed(path, error.to_string()));
+                }
+                Response::Staged
+            }
+        }
+    })
 }
 
 /// Most entries a Hello answers as possibly changed since the index was saved (a
