@@ -62,6 +62,19 @@ pub fn content_id(chunks: &[ChunkRef]) -> Hash {
 /// finding cut points on this thread, hashing on another (each about half of the
 /// work: a large file is chunked in about half the time when a core is free).
 pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
+    let (chunks, _) = chunk_until(reader, 0, |_| false)?;
+    let content = content_id(&chunks);
+    Ok((chunks, content))
+}
+
+/// The chunks of what `reader` yields, at offsets from `base`, hashed on another
+/// thread; stops before the first chunk whose offset `stop` accepts, and returns that
+/// offset too (`None`: read to the end).
+fn chunk_until(
+    reader: impl Read,
+    base: u64,
+    mut stop: impl FnMut(u64) -> bool,
+) -> io::Result<(Vec<ChunkRef>, Option<u64>)> {
     // Chunks found and not hashed yet, at most (bounds the memory held: 16 MiB).
     const QUEUED: usize = 64;
     let (to_hash, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUED);
@@ -78,10 +91,16 @@ pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
                 .collect::<Vec<ChunkRef>>()
         });
         let mut failed = None;
+        let mut stopped = None;
         for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
             match chunk {
                 Ok(chunk) => {
-                    if to_hash.send((chunk.offset, chunk.data)).is_err() {
+                    let offset = base + chunk.offset;
+                    if stop(offset) {
+                        stopped = Some(offset);
+                        break;
+                    }
+                    if to_hash.send((offset, chunk.data)).is_err() {
                         break;
                     }
                 }
@@ -100,11 +119,67 @@ pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         match failed {
             Some(error) => Err(error),
-            None => {
-                let content = content_id(&chunks);
-                Ok((chunks, content))
-            }
+            None => Ok((chunks, stopped)),
         }
+    })
+}
+
+/// Files of at least this size are cut from both ends at once
+/// ([`chunk_in_halves`]) when there is more than one core.
+pub const CUT_IN_HALVES: u64 = 64 << 20;
+
+/// A reader of `file` from `at` on, by positioned reads (its own position: two of
+/// them read one file at once).
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let read = self.file.read_at(buf, self.at)?;
+        self.at += read as u64;
+        Ok(read)
+    }
+}
+
+/// The chunks of `file`, exactly those [`chunk_reader`] finds, in about half the
+/// time on two cores: the second half is cut from `middle` on, as if a chunk began
+/// there, while the first is cut from the start; the first goes on past `middle` until
+/// one of its cut points is also one of the second half's (from a common cut point on,
+/// both cut the same) and the second half's chunks from there are taken. Without a
+/// common point the first is cut to the end alone (still exact).
+fn chunk_in_halves(file: &std::fs::File, middle: u64) -> io::Result<(Vec<ChunkRef>, Hash)> {
+    let reader = |at| io::BufReader::with_capacity(MAX_CHUNK, ReadAt { file, at });
+    std::thread::scope(|scope| {
+        let second = scope.spawn(move || chunk_until(reader(middle), middle, |_| false));
+        let mut second = Some(second);
+        // The second half's chunks, once the first has reached `middle`.
+        let mut found: Option<(Vec<ChunkRef>, std::collections::HashSet<u64>)> = None;
+        let (mut chunks, common) = chunk_until(reader(0), 0, |offset| {
+            if offset < middle {
+                return false;
+            }
+            if let Some(handle) = second.take() {
+                let joined = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                // A second half that failed to read: the first is cut to the end.
+                if let Ok((chunks, _)) = joined {
+                    let starts = chunks.iter().map(|c| c.offset).collect();
+                    found = Some((chunks, starts));
+                }
+            }
+            found
+                .as_ref()
+                .is_some_and(|(_, starts)| starts.contains(&offset))
+        })?;
+        if let (Some(common), Some((rest, _))) = (common, found) {
+            chunks.extend(rest.into_iter().filter(|c| c.offset >= common));
+        }
+        let content = content_id(&chunks);
+        Ok((chunks, content))
     })
 }
 
@@ -159,7 +234,12 @@ fn chunk_open_file(
         }
         file.rewind()?;
     }
-    let (chunks, content) = chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (chunks, content) = if size >= CUT_IN_HALVES && cores > 1 {
+        chunk_in_halves(&file, size / 2)?
+    } else {
+        chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))?
+    };
     Ok((chunks, content, None))
 }
 
@@ -220,6 +300,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cutting_from_both_ends_finds_the_cut_points_of_one_pass() {
+        let data = noise(6 << 20, 61);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let whole = chunk_bytes(&data);
+        let len = data.len() as u64;
+        // Anywhere, including on a cut point, before the start and past the end.
+        let on_a_cut = whole.0[whole.0.len() / 2].offset;
+        for middle in [
+            0,
+            1,
+            MIN_CHUNK as u64,
+            len / 3,
+            on_a_cut,
+            len / 2 + 12345,
+            len - 10,
+            len,
+            len + 1,
+        ] {
+            assert_eq!(
+                chunk_in_halves(&file, middle).unwrap(),
+                whole,
+                "split at {middle}"
+            );
+        }
+        // Small data: the second half is one short chunk, never a common point.
+        let small = noise(MAX_CHUNK + 100, 62);
+        std::fs::write(&path, &small).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(chunk_in_halves(&file, 50_000).unwrap(), chunk_bytes(&small));
     }
 
     #[test]
