@@ -68,20 +68,20 @@ pub enum WireError {
     Decode(String),
 }
 
-/// Writes one length-prefixed postcard message.
+/// Writes one length-prefixed postcard message, handed to quinn as one buffer it
+/// keeps (a staged piece is 8 MiB: not copied again on its way out).
 pub async fn write_msg<T: Serialize>(
     send: &mut quinn::SendStream,
     message: &T,
 ) -> Result<(), WireError> {
-    let body = postcard::to_stdvec(message).map_err(|e| WireError::Decode(e.to_string()))?;
-    if body.len() > MAX_MESSAGE {
-        return Err(WireError::TooLarge(body.len()));
+    let mut framed =
+        postcard::to_extend(message, vec![0u8; 4]).map_err(|e| WireError::Decode(e.to_string()))?;
+    let len = framed.len() - 4;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge(len));
     }
-    let len = (body.len() as u32).to_le_bytes();
-    send.write_all(&len)
-        .await
-        .map_err(|e| WireError::Stream(e.to_string()))?;
-    send.write_all(&body)
+    framed[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    send.write_chunk(bytes::Bytes::from(framed))
         .await
         .map_err(|e| WireError::Stream(e.to_string()))
 }
