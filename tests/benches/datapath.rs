@@ -12,6 +12,9 @@
 //! Our times run from `georep start` (or the edit) until the destination shows the
 //! result; they include up to one `change-interval` (1 s) of waiting for the next scan.
 //! Bytes are the chunk bytes the worker sent (its status file's `bytes_sent`).
+//! Memory: every run writes into memory the host already backs (free page reporting
+//! off for the run where the VM has it, and each run's writes warmed first: see
+//! [`NoPageReporting`] and [`warm`]), so no tool pays a hypervisor's first touch.
 //! Run: `cargo build --release --workspace && cargo bench -p georep-tests --bench datapath`
 //! (add `-- small` or `-- big` for one group of cases). Prints a table; nothing is
 //! asserted.
