@@ -685,9 +685,9 @@ impl InFlight {
     }
 
     /// Reads the small files `ops` write (off the async threads, several at once; not
-    /// those whose chunks came with them) and
-    /// sends them with the rest of `ops` as one batch; a file that cannot be read is
-    /// left out and counted failed (retried next round). Returns the chunk bytes sent.
+    /// those whose chunks came with them) and sends them with the rest of `ops` as one
+    /// batch; a file that cannot be read is left out and counted failed (retried next
+    /// round). Returns the chunk bytes sent.
     async fn read_and_send(
         &mut self,
         brick: &Path,
