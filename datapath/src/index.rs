@@ -71,7 +71,9 @@ pub struct Entry {
     pub mtime: i64,
     /// Its nanoseconds.
     pub mtime_nsec: u32,
-    /// Inode on the brick (moves and hard links are recognised by it).
+    /// Which file or directory on the brick this is ([`crate::scan::identity`]: the
+    /// inode number mixed with the birth time); moves and hard links are recognised by
+    /// it.
     pub ino: u64,
     /// Extended attributes synced (`user.*`, and `trusted.*` but gluster's own).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,

@@ -317,6 +317,30 @@ fn read_children(
     Some(out)
 }
 
+/// What tells one file or directory from another on a brick: its inode number, mixed
+/// with its birth time where the filesystem records one (ext4, XFS, btrfs do). ext4
+/// gives a freed inode number to the next file created, often in the same second: by
+/// number alone, "remove a, create b" looked like "a renamed to b", and with
+/// `ignore-deletes` the secondary lost `a`. Hard links share an inode, so they share
+/// this too.
+pub fn identity(meta: &std::fs::Metadata) -> u64 {
+    let Some(born) = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    else {
+        return meta.ino();
+    };
+    // splitmix64's finalizer: every bit of the birth time moves every bit of the mix.
+    let mut z = born
+        .as_secs()
+        .wrapping_mul(1_000_000_007)
+        .wrapping_add(u64::from(born.subsec_nanos()));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    meta.ino() ^ z ^ (z >> 31)
+}
+
 /// Fewest entries in a directory read on several threads.
 const PARALLEL_LISTING: usize = 64;
 
@@ -366,7 +390,7 @@ fn read_entry(
         gid: meta.gid(),
         mtime: meta.mtime(),
         mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
-        ino: meta.ino(),
+        ino: identity(&meta),
         xattrs: if file_type.is_symlink() {
             Vec::new()
         } else {

@@ -229,12 +229,30 @@ fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
     });
     let other_i = if other == "s1" { 4 } else { 5 };
 
-    // ignore-deletes: what the primary deletes stays on the secondary.
+    // ignore-deletes: what the primary deletes stays on the secondary, also when the
+    // next file created takes its inode number (ext4 gives it at once). Set on a
+    // secondary node; set 0's worker reads it at the start of each round from the plan
+    // its agent writes: once the plan says so, the round after the one that delivers
+    // `before` began later.
     cluster.ok(
         other_i,
         &["config", "gv0", SECONDARY, "ignore-deletes", "true"],
     );
-    std::thread::sleep(Duration::from_secs(3));
+    let plan = cluster.nodes[alive0]
+        .data()
+        .sessions_root()
+        .join("gv0_s1_gv1")
+        .join("datapath.json");
+    cluster.wait_until(WAIT, "ignore-deletes in the survivor's plan", || {
+        fs::read(&plan)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|plan| plan["ignore_deletes"] == true)
+    });
+    fs::write(alive_set0.join("set0/before"), b"a round began").unwrap();
+    cluster.wait_until(WAIT, "the round before the delete", || {
+        secondary.join("set0/before").exists()
+    });
     let kept = "shared/d04/e0/s0-00004";
     fs::remove_file(alive_set0.join(kept)).unwrap();
     fs::write(alive_set0.join("set0/marker"), b"a round ran").unwrap();

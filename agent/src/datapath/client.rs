@@ -331,6 +331,7 @@ async fn session(
         p.crawl = CrawlStatus::Hybrid;
     });
     let mut first = true;
+    let mut live = plan.clone();
     let mut cache: Option<Index> = None;
     let mut last_full = std::time::Instant::now();
     // Directories to read again next round: where something failed.
@@ -340,8 +341,10 @@ async fn session(
             return Err(format!("connection lost: {reason}"));
         }
         // Live settings (ignore-deletes, change-interval, checkpoint) apply from the
-        // next round on.
-        let live = read_plan(plan_file).unwrap_or_else(|_| plan.clone());
+        // next round on; an unreadable plan file keeps the last one read.
+        if let Ok(read) = read_plan(plan_file) {
+            live = read;
+        }
         let plan = &live;
         let round_started = now_s();
         let round_clock = std::time::Instant::now();
