@@ -418,31 +418,31 @@ fn read_entry(
         }
         None => {
             let keeping = keep.is_some_and(|keep| keep.take(entry.size));
-            match chunk_file_of_size(path, entry.size, keeping) {
+            // What was taken from the budget is the size the stat gave: a file read at
+            // another size is not kept; what is not kept goes back to the budget.
+            let read = chunk_file_of_size(path, entry.size, keeping).map(|(c, h, bytes)| {
+                (c, h, bytes.filter(|bytes| bytes.len() as u64 == entry.size))
+            });
+            if keeping
+                && !matches!(read, Ok((_, _, Some(_))))
+                && let Some(keep) = keep
+            {
+                keep.give_back(entry.size);
+            }
+            match read {
                 Ok((chunks, content, bytes)) => {
                     report.files_hashed += 1;
                     report.bytes_hashed += entry.size;
                     entry.chunks = chunks;
                     entry.content = Some(content);
-                    // What was taken from the budget is the size the stat gave: a
-                    // file read at another size is not kept.
-                    kept = bytes.filter(|bytes| bytes.len() as u64 == entry.size);
+                    kept = bytes;
                 }
                 Err(error) => {
-                    if keeping && let Some(keep) = keep {
-                        keep.give_back(entry.size);
-                    }
                     if error.kind() != io::ErrorKind::NotFound {
                         report.failures.push((rel.clone(), error.to_string()));
                     }
                     return None;
                 }
-            }
-            if keeping
-                && kept.is_none()
-                && let Some(keep) = keep
-            {
-                keep.give_back(entry.size);
             }
         }
     }

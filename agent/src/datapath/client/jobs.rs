@@ -8,7 +8,8 @@ use georep_datapath::index::paths_at_and_below;
 use georep_datapath::proto::{Request, Response};
 use georep_datapath::{Known, Op, RelPath};
 
-use super::{BATCH_BYTES, Channel, MAX_IN_FLIGHT, read_chunks, unique_wanted};
+use super::send::{MAX_IN_FLIGHT, read_chunks, unique_wanted};
+use super::{BATCH_BYTES, Channel};
 
 /// Large files in flight, each on a stream of its own (up to `sync-jobs` of them, the
 /// streams kept for the connection's life): a job asks the secondary which chunks of
