@@ -470,6 +470,56 @@ impl Applier {
         if content_id(chunks) != *content || end != size {
             return Err(ApplyError::ContentMismatch { path: path.clone() });
         }
+        let (dir, name, temp, file) = self.create_temp(path)?;
+        let mut at: HashMap<Hash, Vec<usize>> = HashMap::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            at.entry(chunk.hash).or_default().push(i);
+        }
+        Ok(PartialWrite {
+            path: path.clone(),
+            name,
+            dir,
+            temp: Some(temp),
+            file,
+            chunks: chunks.to_vec(),
+            at,
+            filled: vec![false; chunks.len()],
+            hint: None,
+            meta: None,
+            streamed: false,
+        })
+    }
+
+    /// Starts writing a file at `path` whose chunks are not known yet (a new file
+    /// sent while it is read and chunked): each piece is appended to the temporary
+    /// file in order once its hashes are checked ([`PartialWrite::put_all`]), and the
+    /// write that completes it must name exactly the chunks appended.
+    pub fn begin_stream(&self, path: &RelPath) -> Result<PartialWrite, ApplyError> {
+        if under_reserved_top_level(path) {
+            return Err(ApplyError::Reserved { path: path.clone() });
+        }
+        let (dir, name, temp, file) = self.create_temp(path)?;
+        Ok(PartialWrite {
+            path: path.clone(),
+            name,
+            dir,
+            temp: Some(temp),
+            file,
+            chunks: Vec::new(),
+            at: HashMap::new(),
+            filled: Vec::new(),
+            hint: None,
+            meta: None,
+            streamed: true,
+        })
+    }
+
+    /// Creates the temporary file beside `path`: its directory, the final name, the
+    /// temporary name and the file.
+    fn create_temp(
+        &self,
+        path: &RelPath,
+    ) -> Result<(OwnedFd, std::ffi::OsString, std::ffi::OsString, File), ApplyError> {
         let (dir, name) = self.parent(path)?;
         let temp = temp_name(name);
         let create = || {
@@ -494,22 +544,8 @@ impl Applier {
             created => created,
         }
         .map_err(|e| io(path, "create temporary file", e))?;
-        let mut at: HashMap<Hash, Vec<usize>> = HashMap::new();
-        for (i, chunk) in chunks.iter().enumerate() {
-            at.entry(chunk.hash).or_default().push(i);
-        }
-        Ok(PartialWrite {
-            path: path.clone(),
-            name: name.to_os_string(),
-            dir,
-            temp: Some(temp),
-            file: File::from(fd),
-            chunks: chunks.to_vec(),
-            at,
-            filled: vec![false; chunks.len()],
-            hint: None,
-            meta: None,
-        })
+        let name = name.to_os_string();
+        Ok((dir, name, temp, File::from(fd)))
     }
 
     fn set_meta(&self, path: &RelPath, entry: &Entry) -> Result<(), ApplyError> {
@@ -629,6 +665,8 @@ pub struct PartialWrite {
     hint: Option<HashMap<Hash, ChunkRef>>,
     /// The metadata to set before the rename, if the write carries it.
     meta: Option<Box<Entry>>,
+    /// Begun without a chunk list ([`Applier::begin_stream`]): chunks are appended.
+    streamed: bool,
 }
 
 impl PartialWrite {
@@ -638,8 +676,28 @@ impl PartialWrite {
     }
 
     /// Whether this is the write of `op` (same file, same chunks).
+    /// (A streamed write's chunk list was never checked against a size and content
+    /// identity: the write that completes it must agree with what was appended.)
     pub fn is_for(&self, op: &Op) -> bool {
-        matches!(op, Op::Write { path, chunks, .. } if *path == self.path && *chunks == self.chunks)
+        let Op::Write {
+            path,
+            chunks,
+            size,
+            content,
+            ..
+        } = op
+        else {
+            return false;
+        };
+        *path == self.path
+            && *chunks == self.chunks
+            && (!self.streamed
+                || (self
+                    .chunks
+                    .last()
+                    .map_or(0, |c| c.offset + u64::from(c.len))
+                    == *size
+                    && content_id(chunks) == *content))
     }
 
     /// Sets `meta` (mode, owner, xattrs, mtime) on the new content once it is
@@ -667,10 +725,14 @@ impl PartialWrite {
     /// [`PartialWrite::put`] for each of `chunks`, in order, their hashes checked on
     /// several threads first (a large file's staged piece: hashing is most of the
     /// work of taking it). Stops at the first refused, as `put` would.
+    /// A streamed write appends them instead, each after the last.
     pub fn put_all<B: AsRef<[u8]> + Send + Sync>(
         &mut self,
         chunks: &[(Hash, B)],
     ) -> Result<(), ApplyError> {
+        if self.streamed {
+            return self.append(chunks);
+        }
         let this = &*self;
         let checked: Vec<Result<bool, ApplyError>> =
             crate::parts::in_parts(chunks.iter().collect(), PARALLEL_CHECKS, |part| {
@@ -686,6 +748,57 @@ impl PartialWrite {
                 return Err(self.mismatch(hash));
             }
             self.place(hash, bytes.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Appends `chunks` to a streamed write, their hashes checked on several threads
+    /// first; stops at the first whose bytes are not its hash (or that is larger than
+    /// any chunk).
+    fn append<B: AsRef<[u8]> + Send + Sync>(
+        &mut self,
+        chunks: &[(Hash, B)],
+    ) -> Result<(), ApplyError> {
+        use std::os::unix::fs::FileExt;
+        let checked: Vec<bool> =
+            crate::parts::in_parts(chunks.iter().collect(), PARALLEL_CHECKS, |part| {
+                part.into_iter()
+                    .map(|(hash, bytes)| {
+                        let bytes = bytes.as_ref();
+                        bytes.len() <= crate::chunk::MAX_CHUNK && Hash::of(bytes) == *hash
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        for ((hash, bytes), fits) in chunks.iter().zip(checked) {
+            let offset = self
+                .chunks
+                .last()
+                .map_or(0, |c| c.offset + u64::from(c.len));
+            if !fits {
+                return Err(ApplyError::HashMismatch {
+                    path: self.path.clone(),
+                    offset,
+                });
+            }
+            let bytes = bytes.as_ref();
+            self.file
+                .write_all_at(bytes, offset)
+                .map_err(|source| ApplyError::Io {
+                    path: self.path.clone(),
+                    what: "write",
+                    source,
+                })?;
+            self.at.entry(*hash).or_default().push(self.chunks.len());
+            self.chunks.push(ChunkRef {
+                offset,
+                // At most MAX_CHUNK (checked above).
+                len: bytes.len() as u32,
+                hash: *hash,
+            });
+            self.filled.push(true);
         }
         Ok(())
     }

@@ -73,10 +73,8 @@ pub fn chunk_reader(reader: impl Read) -> io::Result<(Vec<ChunkRef>, Hash)> {
 fn chunk_until(
     reader: impl Read,
     base: u64,
-    mut stop: impl FnMut(u64) -> bool,
+    stop: impl FnMut(u64) -> bool,
 ) -> io::Result<(Vec<ChunkRef>, Option<u64>)> {
-    // Chunks found and not hashed yet, at most (bounds the memory held: 16 MiB).
-    const QUEUED: usize = 64;
     let (to_hash, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUED);
     std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
@@ -90,36 +88,96 @@ fn chunk_until(
                 })
                 .collect::<Vec<ChunkRef>>()
         });
-        let mut failed = None;
-        let mut stopped = None;
-        for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-            match chunk {
-                Ok(chunk) => {
-                    let offset = base + chunk.offset;
-                    if stop(offset) {
-                        stopped = Some(offset);
-                        break;
-                    }
-                    if to_hash.send((offset, chunk.data)).is_err() {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    failed = Some(match error {
-                        fastcdc::v2020::Error::IoError(error) => error,
-                        other => io::Error::other(other.to_string()),
-                    });
-                    break;
-                }
-            }
-        }
-        drop(to_hash);
+        let (failed, stopped) = cut(reader, base, stop, to_hash);
         let chunks = hasher
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         match failed {
             Some(error) => Err(error),
             None => Ok((chunks, stopped)),
+        }
+    })
+}
+
+/// Chunks found and not hashed yet, at most (bounds the memory held: 16 MiB).
+const QUEUED: usize = 64;
+
+/// Finds the cut points of what `reader` yields (offsets from `base`) and hands each
+/// chunk with its bytes to `to_hash`, until `stop` accepts an offset (returned), the
+/// receiver is gone, or reading fails (the error returned).
+fn cut(
+    reader: impl Read,
+    base: u64,
+    mut stop: impl FnMut(u64) -> bool,
+    to_hash: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+) -> (Option<io::Error>, Option<u64>) {
+    for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+        match chunk {
+            Ok(chunk) => {
+                let offset = base + chunk.offset;
+                if stop(offset) {
+                    return (None, Some(offset));
+                }
+                if to_hash.send((offset, chunk.data)).is_err() {
+                    break;
+                }
+            }
+            Err(fastcdc::v2020::Error::IoError(error)) => return (Some(error), None),
+            Err(other) => return (Some(io::Error::other(other.to_string())), None),
+        }
+    }
+    (None, None)
+}
+
+/// Chunks what `reader` yields exactly as [`chunk_reader`] does (reading and cutting
+/// on this thread, hashing on another) and hands the chunks with their bytes to
+/// `piece`, in file order, in pieces of at least `piece_bytes` (the last may be
+/// smaller) as soon as they are hashed: a file is sent while it is read, in one pass.
+/// `Ok(None)` when `piece` returned false (it is not called again); else the chunks
+/// and the content identity.
+pub fn chunk_pieces(
+    reader: impl Read,
+    piece_bytes: usize,
+    mut piece: impl FnMut(Vec<(Hash, Vec<u8>)>) -> bool + Send,
+) -> io::Result<Option<(Vec<ChunkRef>, Hash)>> {
+    let (to_hash, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUED);
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            let mut chunks = Vec::new();
+            let mut pending = Vec::new();
+            let mut pending_bytes = 0;
+            for (offset, data) in queue {
+                let hash = Hash::of(&data);
+                // MAX_CHUNK fits in u32.
+                chunks.push(ChunkRef {
+                    offset,
+                    len: data.len() as u32,
+                    hash,
+                });
+                pending_bytes += data.len();
+                pending.push((hash, data));
+                if pending_bytes >= piece_bytes {
+                    pending_bytes = 0;
+                    if !piece(std::mem::take(&mut pending)) {
+                        return None;
+                    }
+                }
+            }
+            if !pending.is_empty() && !piece(pending) {
+                return None;
+            }
+            Some(chunks)
+        });
+        let (failed, _) = cut(reader, 0, |_| false, to_hash);
+        let chunks = hasher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(chunks.map(|chunks| {
+                let content = content_id(&chunks);
+                (chunks, content)
+            })),
         }
     })
 }
@@ -262,6 +320,44 @@ pub fn chunk_bytes(bytes: &[u8]) -> (Vec<ChunkRef>, Hash) {
 mod tests {
     use super::*;
     use crate::noise;
+
+    #[test]
+    fn pieces_carry_the_chunks_of_one_pass_in_order() {
+        for (i, size) in [0, 1, MIN_CHUNK, 3 << 20].into_iter().enumerate() {
+            let data = noise(size, 70 + i as u64);
+            let mut pieces: Vec<Vec<(Hash, Vec<u8>)>> = Vec::new();
+            let streamed = chunk_pieces(&data[..], 1 << 20, |piece| {
+                pieces.push(piece);
+                true
+            })
+            .unwrap();
+            assert_eq!(streamed, Some(chunk_bytes(&data)), "{size} bytes");
+            let (chunks, _) = chunk_bytes(&data);
+            let carried: Vec<&(Hash, Vec<u8>)> = pieces.iter().flatten().collect();
+            assert_eq!(carried.len(), chunks.len());
+            for (chunk, (hash, bytes)) in chunks.iter().zip(carried) {
+                assert_eq!(*hash, chunk.hash);
+                assert_eq!(
+                    &bytes[..],
+                    &data[chunk.offset as usize..][..chunk.len as usize]
+                );
+            }
+            if let Some((_, all_but_last)) = pieces.split_last() {
+                for piece in all_but_last {
+                    assert!(piece.iter().map(|(_, b)| b.len()).sum::<usize>() >= 1 << 20);
+                }
+            }
+        }
+        // Refused after the first piece: no more pieces, and no result.
+        let data = noise(3 << 20, 9);
+        let mut calls = 0;
+        let stopped = chunk_pieces(&data[..], 1 << 20, |_| {
+            calls += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!((stopped, calls), (None, 1));
+    }
 
     #[test]
     fn cutting_in_memory_finds_the_streaming_cut_points() {

@@ -104,7 +104,7 @@ impl Entry {
 
     /// How [`diff`] models an entry it has just created: its metadata still to set
     /// (mode `u32::MAX`, which no entry has), its content not compared again.
-    fn unset_meta(&self) -> Entry {
+    pub fn unset_meta(&self) -> Entry {
         Entry {
             mode: u32::MAX,
             xattrs: Vec::new(),

@@ -14,7 +14,8 @@ use crate::path::RelPath;
 /// (`/2`: content identities are [`crate::chunk::content_id`]; a `/1` peer is refused
 /// at the handshake rather than every write failing verification.)
 /// (`/3`: a write may carry its file's metadata.)
-pub const ALPN: &[u8] = b"georep-data/3";
+/// (`/4`: a new file may be sent while it is read, [`Request::OpenNew`].)
+pub const ALPN: &[u8] = b"georep-data/4";
 /// Largest message accepted (a batch of chunk data).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most bytes of a saved index one message carries (an index larger than this is
@@ -56,6 +57,15 @@ pub enum Request {
         write: Op,
         /// What the saved index says the file there is now, if it has it.
         known: Option<Known>,
+    },
+    /// Begins writing a large file the secondary has nothing of, whose chunks are
+    /// found as it is read (a first sync's file): answered [`Response::Opened`];
+    /// `Stage`s then carry all its chunks in file order, each appended to the
+    /// temporary copy once its hash is checked, and the file's write in the next batch
+    /// completes it: its chunk list must be exactly the chunks staged.
+    OpenNew {
+        /// The file.
+        path: RelPath,
     },
     /// Chunk bytes of the file opened, in pieces (a large file does not fit one
     /// message).
@@ -107,4 +117,7 @@ pub enum Response {
     /// The chunks are written (or, after one was refused, dropped: the file's write
     /// then fails).
     Staged,
+    /// `OpenNew` taken (if the file cannot be written, its `Stage`s are dropped and
+    /// its write fails with why).
+    Opened,
 }

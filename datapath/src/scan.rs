@@ -46,6 +46,9 @@ pub struct Keep {
     largest: u64,
     /// Bytes that may still be kept.
     left: AtomicI64,
+    /// Files larger than this are listed unread: no chunks, no content identity (the
+    /// caller reads them as it sends them, see [`crate::chunk::chunk_pieces`]).
+    defer_above: Option<u64>,
 }
 
 impl Keep {
@@ -54,7 +57,19 @@ impl Keep {
         Keep {
             largest,
             left: AtomicI64::new(i64::try_from(budget).unwrap_or(i64::MAX)),
+            defer_above: None,
         }
+    }
+
+    /// Also lists files larger than `size` unread (see [`Keep`]'s `defer_above`).
+    pub fn deferring_above(mut self, size: u64) -> Keep {
+        self.defer_above = Some(size);
+        self
+    }
+
+    /// Whether a file of `size` bytes is listed unread.
+    fn defers(&self, size: u64) -> bool {
+        self.defer_above.is_some_and(|above| size > above)
     }
 
     /// Whether `size` more bytes may be kept (taken from the budget if so).
@@ -82,7 +97,8 @@ impl Keep {
 /// [`scan`], handing each directory's entries to `listed` as soon as they are read: a
 /// directory's own entry before anything in it, so a caller can start creating the
 /// tree elsewhere while the rest is still being read (the worker's initial sync does).
-/// With `keep`, the content of small files read whole comes with them.
+/// With `keep`, the content of small files read whole comes with them (and files over
+/// its deferral size come unread).
 pub fn scan_streaming(
     root: &Path,
     previous: Option<&Index>,
@@ -416,6 +432,7 @@ fn read_entry(
             entry.chunks = old.chunks.clone();
             entry.content = old.content;
         }
+        None if keep.is_some_and(|keep| keep.defers(entry.size)) => {}
         None => {
             let keeping = keep.is_some_and(|keep| keep.take(entry.size));
             // What was taken from the budget is the size the stat gave: a file read at

@@ -530,6 +530,66 @@ fn a_file_written_in_pieces_is_checked_piece_by_piece() {
     assert_eq!(fs::read(secondary.path().join("big.bin")).unwrap(), changed);
 }
 
+/// A new file sent while it is read (no chunk list up front): pieces are appended in
+/// order once their hashes check; a forged chunk is refused; the write that completes
+/// it must name exactly the chunks appended, with their size and content identity;
+/// dropped unfinished it leaves nothing behind.
+#[test]
+fn a_file_streamed_without_a_chunk_list_is_exactly_what_was_appended() {
+    let secondary = tempfile::tempdir().unwrap();
+    let applier = Applier::open(secondary.path()).unwrap();
+    let content = noise(5 << 20, 31);
+    let (chunks, id) = georep_datapath::chunk_bytes(&content);
+    let path = RelPath::new("streamed.bin").unwrap();
+    let size = content.len() as u64;
+    let piece = |from: usize, to: usize| -> Vec<(Hash, Vec<u8>)> {
+        chunks[from..to]
+            .iter()
+            .map(|c| {
+                (
+                    c.hash,
+                    content[c.offset as usize..][..c.len as usize].to_vec(),
+                )
+            })
+            .collect()
+    };
+    let write_op = |chunks: Vec<georep_datapath::ChunkRef>, size: u64, content: Hash| Op::Write {
+        path: path.clone(),
+        size,
+        content,
+        chunks,
+        meta: None,
+    };
+    let half = chunks.len() / 2;
+    let listing = || fs::read_dir(secondary.path()).unwrap().count();
+
+    // A forged chunk among good ones is refused.
+    let mut write = applier.begin_stream(&path).unwrap();
+    let mut forged = piece(0, half);
+    forged[half / 2].1[0] ^= 1;
+    assert!(matches!(
+        write.put_all(&forged),
+        Err(ApplyError::HashMismatch { .. })
+    ));
+    drop(write);
+    assert_eq!(listing(), 0);
+
+    // The completing write must agree with what was appended.
+    let mut write = applier.begin_stream(&path).unwrap();
+    write.put_all(&piece(0, half)).unwrap();
+    write.put_all(&piece(half, chunks.len())).unwrap();
+    assert!(!write.is_for(&write_op(chunks[..half].to_vec(), size, id)));
+    assert!(!write.is_for(&write_op(chunks.clone(), size - 1, id)));
+    assert!(!write.is_for(&write_op(chunks.clone(), size, Hash::of(b"other"))));
+    assert!(write.is_for(&write_op(chunks.clone(), size, id)));
+    write.finish(&applier, &FileData::new()).unwrap();
+    assert_eq!(
+        fs::read(secondary.path().join("streamed.bin")).unwrap(),
+        content
+    );
+    assert_eq!(listing(), 1);
+}
+
 /// Which chunks a file lacks, taken from what the sender's index says it is when its
 /// size and mtime still match (nothing read); a wrong claim with the right size and
 /// mtime is caught by the chunk hashes when copying, the write fails, and the next

@@ -253,6 +253,28 @@ async fn serve_stream(
                 .await
                 .unwrap_or_else(|e| Response::Refused(e.to_string()))
             }
+            (Some(granted), Request::OpenNew { path }) => {
+                let applier = granted.applier.clone();
+                let open = granted.open.clone();
+                let who = peer.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Ok(mut open) = open.lock() else {
+                        return Response::Refused("stream state unusable".into());
+                    };
+                    *open = Some(match applier.begin_stream(&path) {
+                        Ok(write) => OpenWrite::Writing(write),
+                        Err(error) => {
+                            // Its pieces are dropped; the write in the batch fails with
+                            // this, counted and retried like any other.
+                            tracing::warn!(peer = %who, %error, "data path write refused");
+                            OpenWrite::Failed(path, error.to_string())
+                        }
+                    });
+                    Response::Opened
+                })
+                .await
+                .unwrap_or_else(|e| Response::Refused(e.to_string()))
+            }
             // Granted streams' pieces are stored above, while the next request is read.
             (Some(_), Request::Stage(_)) => Response::Refused("Stage out of order".into()),
             (Some(granted), Request::Batch(items)) => {

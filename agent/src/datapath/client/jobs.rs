@@ -1,12 +1,14 @@
 //! Large files in flight, each on a QUIC stream of its own (`sync-jobs`): a job opens
 //! the file's write on the secondary (which answers what chunks it lacks), sends those
-//! in pieces and has the file written, while the worker's main stream goes on.
+//! in pieces and has the file written, while the worker's main stream goes on. A file
+//! the secondary has nothing of (a first sync's) is sent while it is read and chunked
+//! instead ([`Jobs::start_new`]).
 
 use std::path::{Path, PathBuf};
 
 use georep_datapath::index::paths_at_and_below;
-use georep_datapath::proto::{Request, Response};
-use georep_datapath::{Known, Op, RelPath};
+use georep_datapath::proto::{ChunkData, Request, Response};
+use georep_datapath::{ChunkRef, Hash, Known, Op, RelPath};
 
 use super::send::{MAX_IN_FLIGHT, read_chunks, unique_wanted};
 use super::{BATCH_BYTES, Channel};
@@ -31,7 +33,14 @@ pub(super) struct Jobs {
     pub(super) written: u64,
     pub(super) bytes_sent: u64,
     pub(super) failed: Vec<RelPath>,
+    /// Files sent while read ([`Jobs::start_new`]) and written, with what they were
+    /// found to be: chunks, content identity, size.
+    pub(super) streamed: Vec<(RelPath, Streamed)>,
 }
+
+/// What a file sent while it was read turned out to be: its chunks, content identity
+/// and size.
+pub(super) type Streamed = (Vec<ChunkRef>, Hash, u64);
 
 /// A finished job: its stream (to use again), its file, and its outcome (chunk bytes
 /// sent and `Some(why)` if the file was not written; an error if the stream failed).
@@ -39,6 +48,8 @@ struct JobDone {
     channel: Channel,
     path: RelPath,
     outcome: Result<(u64, Option<String>), String>,
+    /// A file sent while read: what it was.
+    streamed: Option<Streamed>,
 }
 
 impl Jobs {
@@ -60,6 +71,7 @@ impl Jobs {
             written: 0,
             bytes_sent: 0,
             failed: Vec::new(),
+            streamed: Vec::new(),
         }
     }
 
@@ -79,10 +91,51 @@ impl Jobs {
 
     /// Starts writing the large file `op` writes, once fewer than `max` jobs run.
     pub(super) async fn start(&mut self, op: Op, known: Option<Known>) -> Result<(), String> {
+        let mut channel = self.channel().await?;
+        let path = op.path().clone();
+        self.pending.insert(path.clone(), ());
+        let brick = self.brick.clone();
+        self.running.spawn(async move {
+            let outcome = write_large(&brick, (&op, known), &mut channel).await;
+            JobDone {
+                channel,
+                path,
+                outcome,
+                streamed: None,
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts sending the file at `path`, which the secondary has nothing of, while
+    /// reading and chunking it (one pass over it instead of two), once fewer than
+    /// `max` jobs run. What it was found to be is in `streamed` once written.
+    pub(super) async fn start_new(&mut self, path: RelPath) -> Result<(), String> {
+        let mut channel = self.channel().await?;
+        self.pending.insert(path.clone(), ());
+        let brick = self.brick.clone();
+        self.running.spawn(async move {
+            let (outcome, streamed) = match stream_new(&brick, &path, &mut channel).await {
+                Ok((sent, Ok(streamed))) => (Ok((sent, None)), Some(streamed)),
+                Ok((sent, Err(why))) => (Ok((sent, Some(why))), None),
+                Err(error) => (Err(error), None),
+            };
+            JobDone {
+                channel,
+                path,
+                outcome,
+                streamed,
+            }
+        });
+        Ok(())
+    }
+
+    /// A stream for the next job, once fewer than `max` run.
+    async fn channel(&mut self) -> Result<Channel, String> {
         while self.running.len() >= self.max.max(1) {
             self.join_one().await?;
         }
-        let mut channel = match self.idle.pop() {
+        Ok(match self.idle.pop() {
             Some(channel) => channel,
             None => {
                 let (send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -98,19 +151,7 @@ impl Jobs {
                 }
                 channel
             }
-        };
-        let path = op.path().clone();
-        self.pending.insert(path.clone(), ());
-        let brick = self.brick.clone();
-        self.running.spawn(async move {
-            let outcome = write_large(&brick, (&op, known), &mut channel).await;
-            JobDone {
-                channel,
-                path,
-                outcome,
-            }
-        });
-        Ok(())
+        })
     }
 
     /// Waits for one job to finish.
@@ -123,7 +164,12 @@ impl Jobs {
         let (sent, refused) = done.outcome?;
         self.bytes_sent += sent;
         match refused {
-            None => self.written += 1,
+            None => {
+                self.written += 1;
+                if let Some(streamed) = done.streamed {
+                    self.streamed.push((done.path.clone(), streamed));
+                }
+            }
             Some(error) => {
                 tracing::warn!(path = %done.path, %error, "not written; retried next round");
                 self.failed.push(done.path);
@@ -180,6 +226,93 @@ async fn write_large(
         Response::Applied(results) => Ok((sent, results.into_iter().next().flatten())),
         other => Err(format!("unexpected answer to a batch: {other:?}")),
     }
+}
+
+/// Sends the file `path` under `brick`, new to the secondary, while reading it: opens
+/// its write (`OpenNew`), hands its chunks over as the chunker finds and hashes them
+/// (a thread reading and cutting, one hashing; [`MAX_IN_FLIGHT`] pieces unanswered),
+/// and has the file written with the chunk list found. Chunk bytes sent, and what the
+/// file was (or why it was not written).
+async fn stream_new(
+    brick: &Path,
+    path: &RelPath,
+    call: &mut Channel,
+) -> Result<(u64, Result<Streamed, String>), String> {
+    match call.call(&Request::OpenNew { path: path.clone() }).await? {
+        Response::Opened => {}
+        other => return Err(format!("unexpected answer to open: {other:?}")),
+    }
+    let file = match georep_datapath::chunk::open_nofollow(&brick.join(path.as_path())) {
+        Ok(file) => file,
+        // Nothing staged: the write fails on the secondary, as it would here.
+        Err(error) => return Ok((0, Err(format!("cannot read: {error}")))),
+    };
+    let (pieces, mut found) = tokio::sync::mpsc::channel::<Vec<ChunkData>>(1);
+    let chunker = tokio::task::spawn_blocking(move || {
+        let reader = std::io::BufReader::with_capacity(georep_datapath::chunk::MAX_CHUNK, file);
+        georep_datapath::chunk::chunk_pieces(reader, BATCH_BYTES, |piece| {
+            let piece = piece.into_iter().map(|(h, b)| (h, b.into())).collect();
+            pieces.blocking_send(piece).is_ok()
+        })
+    });
+    let mut sent = 0u64;
+    let mut unanswered = 0usize;
+    let mut wire = Ok(());
+    while let Some(piece) = found.recv().await {
+        if unanswered >= MAX_IN_FLIGHT {
+            if let Err(StageError::Wire(error)) = staged(call).await {
+                wire = Err(error);
+                break;
+            }
+            unanswered -= 1;
+        }
+        sent += piece.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        if let Err(error) = call.send(&Request::Stage(piece)).await {
+            wire = Err(error);
+            break;
+        }
+        unanswered += 1;
+    }
+    // The chunker stops at its next piece once this end is gone.
+    drop(found);
+    let chunked = chunker.await.map_err(|e| e.to_string())?;
+    wire?;
+    for _ in 0..unanswered {
+        if let Err(StageError::Wire(error)) = staged(call).await {
+            return Err(error);
+        }
+    }
+    let (chunks, content) = match chunked {
+        Ok(Some(found)) => found,
+        Ok(None) => return Err("the chunker stopped".into()),
+        // What was staged is dropped with the open write (the next one replaces it).
+        Err(error) => return Ok((sent, Err(format!("cannot read: {error}")))),
+    };
+    let size = chunks.last().map_or(0, |c| c.offset + u64::from(c.len));
+    let op = Op::Write {
+        path: path.clone(),
+        size,
+        content,
+        chunks,
+        meta: None,
+    };
+    let applied = match call
+        .call(&Request::Batch(vec![(op.clone(), Vec::new())]))
+        .await?
+    {
+        Response::Applied(results) => results.into_iter().next().flatten(),
+        other => return Err(format!("unexpected answer to a batch: {other:?}")),
+    };
+    let Op::Write { chunks, .. } = op else {
+        return Err("not a write".into());
+    };
+    Ok((
+        sent,
+        match applied {
+            None => Ok((chunks, content, size)),
+            Some(why) => Err(why),
+        },
+    ))
 }
 
 /// Why staging a large file's chunks stopped.

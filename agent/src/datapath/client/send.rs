@@ -264,6 +264,23 @@ impl<'a> Sender<'a> {
         Ok(())
     }
 
+    /// Hands the new large file at `path` (listed unread) to a job that sends it while
+    /// reading it, once everything before it is applied (its directory exists).
+    async fn push_new(
+        &mut self,
+        path: RelPath,
+        call: &mut Channel,
+        jobs: &mut Jobs,
+    ) -> Result<(), String> {
+        self.batch_bytes = 0;
+        self.bytes_sent += self
+            .flight
+            .read_and_send(self.brick, &mut self.batch, call)
+            .await?;
+        self.flight.drain(call).await?;
+        jobs.start_new(path).await
+    }
+
     /// Sends what is gathered and waits for every answer and job: counts by class,
     /// chunk bytes sent, and the places changed by operations that failed.
     async fn finish(
@@ -314,7 +331,8 @@ fn chunk_data(chunks: &[georep_datapath::ChunkRef], bytes: Vec<u8>) -> Vec<Chunk
 
 /// The first round of a worker whose secondary has nothing synced from this brick:
 /// walks the brick and, directory by directory as the walk reads them, creates what is
-/// there on the secondary (directories, files, symlinks, hard links), so the secondary
+/// there on the secondary (directories, files, symlinks, hard links; large files are
+/// listed unread and sent by jobs while they read them, one pass each), so the secondary
 /// applies while the rest of the brick is still being read and hashed, instead of
 /// waiting for the whole walk (on a brick of millions of files, minutes before the
 /// first byte). Returns the walk, what was sent (counts by class, chunk bytes), and
@@ -331,7 +349,8 @@ pub(super) async fn walk_and_create(
     let (listings, mut listed) = tokio::sync::mpsc::channel::<Listing>(LISTINGS_QUEUED);
     let root = brick.to_path_buf();
     // Small files' content read by the walk is sent from memory, not read again.
-    let keep = Arc::new(Keep::new(SMALL_FILE, KEPT_BYTES));
+    // Large files are listed unread: each is read once, by the job that sends it.
+    let keep = Arc::new(Keep::new(SMALL_FILE, KEPT_BYTES).deferring_above(SMALL_FILE));
     let kept_by_walk = keep.clone();
     let walk = tokio::task::spawn_blocking(move || {
         scan_streaming(&root, None, Some(&kept_by_walk), &mut |entries, kept| {
@@ -356,6 +375,12 @@ pub(super) async fn walk_and_create(
                 },
                 _ => None,
             };
+            if linked.is_none() && entry.kind == EntryKind::File && entry.content.is_none() {
+                // Listed unread: what it is comes back from its job.
+                sender.push_new(path.clone(), call, jobs).await?;
+                created.entries.insert(path, entry.unset_meta());
+                continue;
+            }
             let (op, there) = create_op(&path, &entry, linked.as_ref(), SMALL_FILE);
             let data = kept.and_then(|bytes| {
                 keep.give_back(bytes.len() as u64);
@@ -365,9 +390,46 @@ pub(super) async fn walk_and_create(
             created.entries.insert(path, there);
         }
     }
-    let walked = walk.await.map_err(|e| e.to_string())?;
+    let mut walked = walk.await.map_err(|e| e.to_string())?;
     let (counts, bytes, failed) = sender.finish(call, jobs).await?;
     restore_failed(&mut created, &nothing, failed);
+    // Files sent while read: as they were read, in the walk and on the secondary.
+    for (path, (chunks, content, size)) in jobs.streamed.drain(..) {
+        if let Ok((index, report)) = &mut walked
+            && let Some(entry) = index.entries.get_mut(&path)
+        {
+            report.files_hashed += 1;
+            report.bytes_hashed += size;
+            *entry = Entry {
+                chunks: chunks.clone(),
+                content: Some(content),
+                size,
+                ..entry.clone()
+            };
+        }
+        if let Some(entry) = created.entries.get_mut(&path) {
+            entry.chunks = chunks;
+            entry.content = Some(content);
+            entry.size = size;
+        }
+    }
+    // Those not written stay unread: left out of the walk (and counted as not read)
+    // so the next round reads their directories again and sends them then.
+    if let Ok((index, report)) = &mut walked {
+        let unread: Vec<RelPath> = index
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kind == EntryKind::File && e.content.is_none())
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in unread {
+            index.entries.remove(&path);
+            created.entries.remove(&path);
+            report
+                .failures
+                .push((path, "not sent while read; read again".into()));
+        }
+    }
     Ok((walked, counts, bytes, created))
 }
 
