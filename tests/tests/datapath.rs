@@ -35,6 +35,8 @@ fn populate(bricks: &[&Path]) {
         }
         fs::write(root.join("doc.txt"), b"document").unwrap();
         fs::hard_link(root.join("doc.txt"), root.join("doc.link")).unwrap();
+        // A large file with two names: sent once while read, its other name a link.
+        fs::hard_link(root.join("big0.bin"), root.join("big0.link")).unwrap();
         symlink("large.bin", root.join("large.lnk")).unwrap();
         fs::set_permissions(root.join("doc.txt"), fs::Permissions::from_mode(0o640)).unwrap();
         xattr::set(root.join("doc.txt"), "user.tag", b"v1").unwrap();
@@ -151,6 +153,17 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     cluster.ok(0, &["config", "gv0", SECONDARY, "change-interval", "1"]);
     cluster.ok(0, &["start", "gv0", SECONDARY]);
     wait_same(&cluster, &bricks[0], &secondary, "the initial sync");
+    // Large files were sent while read, each once, also the one with two names.
+    for i in 0..2 {
+        let dir = cluster.nodes[i].data().sessions_root().join("gv0_n3_gv1");
+        let log = fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
+        assert!(
+            !log.contains("not sent while read"),
+            "n{}: {}",
+            i + 1,
+            cluster.logs_tail()
+        );
+    }
     // The large files were in flight together: the Active worker opened more than one
     // sync-job stream (a new one opens only while every open one is busy).
     let log = fs::read_to_string(cluster.nodes[2].data_dir.join("georepd.log")).unwrap();

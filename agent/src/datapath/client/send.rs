@@ -13,7 +13,7 @@ use georep_datapath::proto::{ChunkData, Request, Response, SMALL_FILE};
 use georep_datapath::scan::{Keep, ScanReport, scan_streaming};
 use georep_datapath::{Entry, EntryKind, Index, Known, Op, RelPath};
 
-use super::jobs::Jobs;
+use super::jobs::{Jobs, Streamed};
 use super::{BATCH_BYTES, BATCH_OPS, Channel, Counts, FIRST_BATCH_SHIFT, restore_failed};
 
 /// Batches sent and not answered yet: the next batch is built and sent while the
@@ -363,6 +363,8 @@ pub(super) async fn walk_and_create(
     let mut created = Index::default();
     // The first name of each file created: a second name is a link to it.
     let mut names: std::collections::HashMap<u64, RelPath> = Default::default();
+    // Files listed unread and handed to jobs, by path: their identities.
+    let mut streaming: std::collections::HashMap<RelPath, u64> = Default::default();
     while let Some((entries, kept)) = listed.recv().await {
         for ((path, entry), kept) in entries.into_iter().zip(kept) {
             let linked = match entry.kind {
@@ -378,6 +380,7 @@ pub(super) async fn walk_and_create(
             if linked.is_none() && entry.kind == EntryKind::File && entry.content.is_none() {
                 // Listed unread: what it is comes back from its job.
                 sender.push_new(path.clone(), call, jobs).await?;
+                streaming.insert(path.clone(), entry.ino);
                 created.entries.insert(path, entry.unset_meta());
                 continue;
             }
@@ -393,24 +396,31 @@ pub(super) async fn walk_and_create(
     let mut walked = walk.await.map_err(|e| e.to_string())?;
     let (counts, bytes, failed) = sender.finish(call, jobs).await?;
     restore_failed(&mut created, &nothing, failed);
-    // Files sent while read: as they were read, in the walk and on the secondary.
-    for (path, (chunks, content, size)) in jobs.streamed.drain(..) {
-        if let Ok((index, report)) = &mut walked
-            && let Some(entry) = index.entries.get_mut(&path)
-        {
-            report.files_hashed += 1;
-            report.bytes_hashed += size;
-            *entry = Entry {
-                chunks: chunks.clone(),
-                content: Some(content),
-                size,
-                ..entry.clone()
-            };
+    // Files sent while read: as they were read, in the walk and on the secondary (with
+    // their other names, hard links to them).
+    let mut found: std::collections::HashMap<u64, Streamed> = Default::default();
+    for (path, streamed) in jobs.streamed.drain(..) {
+        if let Some(ino) = streaming.get(&path) {
+            if let Ok((_, report)) = &mut walked {
+                report.files_hashed += 1;
+                report.bytes_hashed += streamed.2;
+            }
+            found.insert(*ino, streamed);
         }
-        if let Some(entry) = created.entries.get_mut(&path) {
-            entry.chunks = chunks;
-            entry.content = Some(content);
-            entry.size = size;
+    }
+    let unread = |e: &Entry| e.kind == EntryKind::File && e.content.is_none();
+    let index = walked.as_mut().ok().map(|(index, _)| index);
+    for entry in index
+        .into_iter()
+        .chain([&mut created])
+        .flat_map(|index| index.entries.values_mut())
+    {
+        if unread(entry)
+            && let Some((chunks, content, size)) = found.get(&entry.ino)
+        {
+            entry.chunks.clone_from(chunks);
+            entry.content = Some(*content);
+            entry.size = *size;
         }
     }
     // Those not written stay unread: left out of the walk (and counted as not read)
@@ -419,10 +429,11 @@ pub(super) async fn walk_and_create(
         let unread: Vec<RelPath> = index
             .entries
             .iter()
-            .filter(|(_, e)| e.kind == EntryKind::File && e.content.is_none())
+            .filter(|(_, e)| unread(e))
             .map(|(path, _)| path.clone())
             .collect();
         for path in unread {
+            tracing::warn!(%path, "not sent while read; read again next round");
             index.entries.remove(&path);
             created.entries.remove(&path);
             report
