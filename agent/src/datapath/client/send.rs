@@ -240,12 +240,7 @@ impl<'a> Sender<'a> {
         if let Op::Write { path, size, .. } = &op {
             if *size > SMALL_FILE {
                 let known = known(self.synced, path);
-                self.batch_bytes = 0;
-                self.bytes_sent += self
-                    .flight
-                    .read_and_send(self.brick, &mut self.batch, call)
-                    .await?;
-                self.flight.drain(call).await?;
+                self.settle(call).await?;
                 return jobs.start(op, known).await;
             }
             self.batch_bytes += size;
@@ -272,13 +267,19 @@ impl<'a> Sender<'a> {
         call: &mut Channel,
         jobs: &mut Jobs,
     ) -> Result<(), String> {
+        self.settle(call).await?;
+        jobs.start_new(path).await
+    }
+
+    /// Sends what is gathered and waits until the secondary has applied everything
+    /// sent (before a large file's job starts: its directory must exist).
+    async fn settle(&mut self, call: &mut Channel) -> Result<(), String> {
         self.batch_bytes = 0;
         self.bytes_sent += self
             .flight
             .read_and_send(self.brick, &mut self.batch, call)
             .await?;
-        self.flight.drain(call).await?;
-        jobs.start_new(path).await
+        self.flight.drain(call).await
     }
 
     /// Sends what is gathered and waits for every answer and job: counts by class,
@@ -288,11 +289,7 @@ impl<'a> Sender<'a> {
         call: &mut Channel,
         jobs: &mut Jobs,
     ) -> Result<(Counts, u64, Vec<Touched>), String> {
-        self.bytes_sent += self
-            .flight
-            .read_and_send(self.brick, &mut self.batch, call)
-            .await?;
-        self.flight.drain(call).await?;
+        self.settle(call).await?;
         jobs.join_all().await?;
         let mut failed = self.flight.failed;
         failed.extend(jobs.failed.drain(..).map(|path| (path, false)));
