@@ -289,6 +289,7 @@ async fn stream_new(
         Err(error) => return Ok((sent, Err(format!("cannot read: {error}")))),
     };
     let size = chunks.last().map_or(0, |c| c.offset + u64::from(c.len));
+    let found = (chunks.clone(), content, size);
     let op = Op::Write {
         path: path.clone(),
         size,
@@ -296,23 +297,16 @@ async fn stream_new(
         chunks,
         meta: None,
     };
-    let applied = match call
-        .call(&Request::Batch(vec![(op.clone(), Vec::new())]))
-        .await?
-    {
-        Response::Applied(results) => results.into_iter().next().flatten(),
-        other => return Err(format!("unexpected answer to a batch: {other:?}")),
-    };
-    let Op::Write { chunks, .. } = op else {
-        return Err("not a write".into());
-    };
-    Ok((
-        sent,
-        match applied {
-            None => Ok((chunks, content, size)),
-            Some(why) => Err(why),
-        },
-    ))
+    match call.call(&Request::Batch(vec![(op, Vec::new())])).await? {
+        Response::Applied(results) => Ok((
+            sent,
+            match results.into_iter().next().flatten() {
+                None => Ok(found),
+                Some(why) => Err(why),
+            },
+        )),
+        other => Err(format!("unexpected answer to a batch: {other:?}")),
+    }
 }
 
 /// Why staging a large file's chunks stopped.

@@ -360,8 +360,6 @@ pub(super) async fn walk_and_create(
     let mut created = Index::default();
     // The first name of each file created: a second name is a link to it.
     let mut names: std::collections::HashMap<u64, RelPath> = Default::default();
-    // Files listed unread and handed to jobs, by path: their identities.
-    let mut streaming: std::collections::HashMap<RelPath, u64> = Default::default();
     while let Some((entries, kept)) = listed.recv().await {
         for ((path, entry), kept) in entries.into_iter().zip(kept) {
             let linked = match entry.kind {
@@ -377,7 +375,6 @@ pub(super) async fn walk_and_create(
             if linked.is_none() && entry.kind == EntryKind::File && entry.content.is_none() {
                 // Listed unread: what it is comes back from its job.
                 sender.push_new(path.clone(), call, jobs).await?;
-                streaming.insert(path.clone(), entry.ino);
                 created.entries.insert(path, entry.unset_meta());
                 continue;
             }
@@ -397,12 +394,12 @@ pub(super) async fn walk_and_create(
     // their other names, hard links to them).
     let mut found: std::collections::HashMap<u64, Streamed> = Default::default();
     for (path, streamed) in jobs.streamed.drain(..) {
-        if let Some(ino) = streaming.get(&path) {
+        if let Some(ino) = created.entries.get(&path).map(|e| e.ino) {
             if let Ok((_, report)) = &mut walked {
                 report.files_hashed += 1;
                 report.bytes_hashed += streamed.2;
             }
-            found.insert(*ino, streamed);
+            found.insert(ino, streamed);
         }
     }
     let unread = |e: &Entry| e.kind == EntryKind::File && e.content.is_none();
