@@ -98,6 +98,19 @@ pub enum ApplyError {
         /// The chunk's offset.
         offset: u64,
     },
+    /// Bytes appended to a file being sent while read that cannot be one chunk, or
+    /// appended to a file that is not sent so.
+    #[error(
+        "{path}: {len} bytes appended at offset {offset}: not a chunk of a file sent while read"
+    )]
+    NotAChunk {
+        /// The file.
+        path: RelPath,
+        /// Where they would go.
+        offset: u64,
+        /// How many bytes.
+        len: usize,
+    },
     /// A system call failed.
     #[error("{path}: {what}: {source}")]
     Io {
@@ -476,9 +489,9 @@ impl Applier {
     }
 
     /// Starts writing a file at `path` whose chunks are not known yet (a new file
-    /// sent while it is read and chunked): each piece is appended to the temporary
-    /// file in order once its hashes are checked ([`PartialWrite::put_all`]), and the
-    /// write that completes it must name exactly the chunks appended.
+    /// sent while it is read and chunked): each chunk is appended to the temporary
+    /// file in order and hashed here ([`PartialWrite::append`]), and the write that
+    /// completes it must name exactly the chunks appended.
     pub fn begin_stream(&self, path: &RelPath) -> Result<PartialWrite, ApplyError> {
         if under_reserved_top_level(path) {
             return Err(ApplyError::Reserved { path: path.clone() });

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io::{self, Read};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Smallest chunk (bytes), except a file's last.
@@ -75,7 +76,7 @@ fn chunk_until(
     base: u64,
     stop: impl FnMut(u64) -> bool,
 ) -> io::Result<(Vec<ChunkRef>, Option<u64>)> {
-    let (to_hash, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUED);
+    let (to_hash, queue) = std::sync::mpsc::sync_channel::<(u64, Bytes)>(QUEUED);
     std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
             queue
@@ -88,7 +89,11 @@ fn chunk_until(
                 })
                 .collect::<Vec<ChunkRef>>()
         });
-        let (failed, stopped) = cut(reader, base, stop, to_hash);
+        // The sender moves into the closure: dropped when cutting ends, which ends
+        // the hasher's queue.
+        let (failed, stopped) = cut(reader, base, stop, move |at, bytes| {
+            to_hash.send((at, bytes)).is_ok()
+        });
         let chunks = hasher
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -102,84 +107,110 @@ fn chunk_until(
 /// Chunks found and not hashed yet, at most (bounds the memory held: 16 MiB).
 const QUEUED: usize = 64;
 
+/// Bytes read at once by the streaming chunker. Its chunks are slices of these
+/// blocks (shared, not copied: a chunk goes from the read to the hasher and onto the
+/// wire without a copy of its own); only a block's last bytes short of a whole
+/// [`MAX_CHUNK`] are copied, to the start of the next block.
+const BLOCK: usize = 4 << 20;
+
 /// Finds the cut points of what `reader` yields (offsets from `base`) and hands each
-/// chunk with its bytes to `to_hash`, until `stop` accepts an offset (returned), the
-/// receiver is gone, or reading fails (the error returned).
+/// chunk with its bytes to `take`, until `stop` accepts an offset (returned), `take`
+/// returns false, or reading fails (the error returned).
 fn cut(
     reader: impl Read,
     base: u64,
-    mut stop: impl FnMut(u64) -> bool,
-    to_hash: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+    stop: impl FnMut(u64) -> bool,
+    take: impl FnMut(u64, Bytes) -> bool,
 ) -> (Option<io::Error>, Option<u64>) {
-    for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-        match chunk {
-            Ok(chunk) => {
-                let offset = base + chunk.offset;
-                if stop(offset) {
-                    return (None, Some(offset));
-                }
-                if to_hash.send((offset, chunk.data)).is_err() {
-                    break;
-                }
-            }
-            Err(fastcdc::v2020::Error::IoError(error)) => return (Some(error), None),
-            Err(other) => return (Some(io::Error::other(other.to_string())), None),
-        }
-    }
-    (None, None)
+    cut_blocks(reader, BLOCK, base, stop, take)
 }
 
-/// Chunks what `reader` yields exactly as [`chunk_reader`] does (reading and cutting
-/// on this thread, hashing on another) and hands the chunks with their bytes to
-/// `piece`, in file order, in pieces of at least `piece_bytes` (the last may be
-/// smaller) as soon as they are hashed: a file is sent while it is read, in one pass.
-/// `Ok(None)` when `piece` returned false (it is not called again); else the chunks
-/// and the content identity.
-pub fn chunk_pieces(
+/// [`cut`], reading `block` bytes at a time. The cut points are those of fastcdc's
+/// own `StreamCDC` (which saved indexes hold): each is looked for in at least
+/// [`MAX_CHUNK`] bytes, or in what is left before the end, exactly as there; only the
+/// copies differ (`StreamCDC` copies each chunk out of its buffer and moves the rest
+/// of the buffer down, about three times the file's bytes in copies).
+fn cut_blocks(
+    mut reader: impl Read,
+    block: usize,
+    base: u64,
+    mut stop: impl FnMut(u64) -> bool,
+    mut take: impl FnMut(u64, Bytes) -> bool,
+) -> (Option<io::Error>, Option<u64>) {
+    let block = block.max(MAX_CHUNK);
+    let mut carried: Vec<u8> = Vec::new();
+    let mut offset = base;
+    loop {
+        let mut bytes = Vec::with_capacity(block);
+        bytes.extend_from_slice(&carried);
+        let wanted = block - bytes.len();
+        let read = match (&mut reader).take(wanted as u64).read_to_end(&mut bytes) {
+            Ok(read) => read,
+            Err(error) => return (Some(error), None),
+        };
+        let ended = read < wanted;
+        let bytes = Bytes::from(bytes);
+        let cdc = fastcdc::v2020::FastCDC::new(&bytes, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
+        let mut start = 0;
+        while start < bytes.len() {
+            let left = bytes.len() - start;
+            if left < MAX_CHUNK && !ended {
+                break;
+            }
+            let (_, end) = cdc.cut(start, left.min(MAX_CHUNK));
+            let at = offset + start as u64;
+            if stop(at) {
+                return (None, Some(at));
+            }
+            if !take(at, bytes.slice(start..end)) {
+                return (None, None);
+            }
+            start = end;
+        }
+        if ended {
+            return (None, None);
+        }
+        carried = bytes[start..].to_vec();
+        offset += start as u64;
+    }
+}
+
+/// Cuts what `reader` yields exactly as [`chunk_reader`] does, without hashing, and
+/// hands the chunks (offset, bytes) to `piece` in file order, in pieces of at least
+/// `piece_bytes` (the last may be smaller): a file is sent while it is read, in one
+/// pass, and hashed where it is written. `Ok(None)` when `piece` returned false (it
+/// is not called again); else the file's size.
+pub fn cut_pieces(
     reader: impl Read,
     piece_bytes: usize,
-    mut piece: impl FnMut(Vec<(Hash, Vec<u8>)>) -> bool + Send,
-) -> io::Result<Option<(Vec<ChunkRef>, Hash)>> {
-    let (to_hash, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUED);
-    std::thread::scope(|scope| {
-        let hasher = scope.spawn(move || {
-            let mut chunks = Vec::new();
-            let mut pending = Vec::new();
-            let mut pending_bytes = 0;
-            for (offset, data) in queue {
-                let hash = Hash::of(&data);
-                // MAX_CHUNK fits in u32.
-                chunks.push(ChunkRef {
-                    offset,
-                    len: data.len() as u32,
-                    hash,
-                });
-                pending_bytes += data.len();
-                pending.push((hash, data));
-                if pending_bytes >= piece_bytes {
-                    pending_bytes = 0;
-                    if !piece(std::mem::take(&mut pending)) {
-                        return None;
-                    }
-                }
+    mut piece: impl FnMut(Vec<(u64, Bytes)>) -> bool,
+) -> io::Result<Option<u64>> {
+    let mut pending = Vec::new();
+    let mut pending_bytes = 0;
+    let mut size = 0;
+    let mut stopped = false;
+    let (failed, _) = cut(
+        reader,
+        0,
+        |_| false,
+        |offset, data| {
+            size = offset + data.len() as u64;
+            pending_bytes += data.len();
+            pending.push((offset, data));
+            if pending_bytes >= piece_bytes {
+                pending_bytes = 0;
+                stopped = !piece(std::mem::take(&mut pending));
             }
-            if !pending.is_empty() && !piece(pending) {
-                return None;
-            }
-            Some(chunks)
-        });
-        let (failed, _) = cut(reader, 0, |_| false, to_hash);
-        let chunks = hasher
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        match failed {
-            Some(error) => Err(error),
-            None => Ok(chunks.map(|chunks| {
-                let content = content_id(&chunks);
-                (chunks, content)
-            })),
-        }
-    })
+            !stopped
+        },
+    );
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    if stopped || (!pending.is_empty() && !piece(pending)) {
+        return Ok(None);
+    }
+    Ok(Some(size))
 }
 
 /// Files of at least this size are cut from both ends at once
@@ -209,7 +240,7 @@ impl Read for ReadAt<'_> {
 /// both cut the same) and the second half's chunks from there are taken. Without a
 /// common point the first is cut to the end alone (still exact).
 fn chunk_in_halves(file: &std::fs::File, middle: u64) -> io::Result<(Vec<ChunkRef>, Hash)> {
-    let reader = |at| io::BufReader::with_capacity(MAX_CHUNK, ReadAt { file, at });
+    let reader = |at| ReadAt { file, at };
     std::thread::scope(|scope| {
         let second = scope.spawn(move || chunk_until(reader(middle), middle, |_| false));
         let mut second = Some(second);
@@ -296,7 +327,7 @@ fn chunk_open_file(
     let (chunks, content) = if size >= CUT_IN_HALVES && cores > 1 {
         chunk_in_halves(&file, size / 2)?
     } else {
-        chunk_reader(io::BufReader::with_capacity(MAX_CHUNK, file))?
+        chunk_reader(file)?
     };
     Ok((chunks, content, None))
 }
@@ -323,24 +354,24 @@ mod tests {
 
     #[test]
     fn pieces_carry_the_chunks_of_one_pass_in_order() {
-        for (i, size) in [0, 1, MIN_CHUNK, 3 << 20].into_iter().enumerate() {
+        for (i, size) in [0, 1, MIN_CHUNK, 3 << 20, BLOCK + 5]
+            .into_iter()
+            .enumerate()
+        {
             let data = noise(size, 70 + i as u64);
-            let mut pieces: Vec<Vec<(Hash, Vec<u8>)>> = Vec::new();
-            let streamed = chunk_pieces(&data[..], 1 << 20, |piece| {
+            let mut pieces: Vec<Vec<(u64, Bytes)>> = Vec::new();
+            let cut = cut_pieces(&data[..], 1 << 20, |piece| {
                 pieces.push(piece);
                 true
             })
             .unwrap();
-            assert_eq!(streamed, Some(chunk_bytes(&data)), "{size} bytes");
+            assert_eq!(cut, Some(size as u64), "{size} bytes");
             let (chunks, _) = chunk_bytes(&data);
-            let carried: Vec<&(Hash, Vec<u8>)> = pieces.iter().flatten().collect();
+            let carried: Vec<&(u64, Bytes)> = pieces.iter().flatten().collect();
             assert_eq!(carried.len(), chunks.len());
-            for (chunk, (hash, bytes)) in chunks.iter().zip(carried) {
-                assert_eq!(*hash, chunk.hash);
-                assert_eq!(
-                    &bytes[..],
-                    &data[chunk.offset as usize..][..chunk.len as usize]
-                );
+            for (chunk, (offset, bytes)) in chunks.iter().zip(carried) {
+                assert_eq!((*offset, bytes.len()), (chunk.offset, chunk.len as usize));
+                assert_eq!(Hash::of(bytes), chunk.hash);
             }
             if let Some((_, all_but_last)) = pieces.split_last() {
                 for piece in all_but_last {
@@ -351,12 +382,27 @@ mod tests {
         // Refused after the first piece: no more pieces, and no result.
         let data = noise(3 << 20, 9);
         let mut calls = 0;
-        let stopped = chunk_pieces(&data[..], 1 << 20, |_| {
+        let stopped = cut_pieces(&data[..], 1 << 20, |_| {
             calls += 1;
             false
         })
         .unwrap();
         assert_eq!((stopped, calls), (None, 1));
+        // A read that fails is the error, not a short file.
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("disk gone"));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(7);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let failed = cut_pieces(Failing(5 << 20), 1 << 20, |_| true);
+        assert_eq!(failed.unwrap_err().to_string(), "disk gone");
     }
 
     #[test]
@@ -394,6 +440,45 @@ mod tests {
                     Some(kept) => assert_eq!(kept, data, "{size} bytes read as {stale}"),
                     None => assert!(size as u64 > READ_WHOLE, "{size} bytes not kept"),
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn reading_in_blocks_finds_the_cut_points_of_fastcdcs_stream_chunker() {
+        // Saved indexes hold the chunks fastcdc's StreamCDC found: reading in blocks
+        // must find exactly those, wherever a block ends (mid-chunk, on a cut point,
+        // with less than a whole largest chunk left in it).
+        let data = noise(3 << 20, 63);
+        let theirs: Vec<(u64, usize)> =
+            fastcdc::v2020::StreamCDC::new(&data[..], MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+                .map(|c| {
+                    let c = c.unwrap();
+                    (c.offset, c.length)
+                })
+                .collect();
+        assert!(theirs.len() > 20);
+        for block in [MAX_CHUNK, MAX_CHUNK + 1, 300_001, 1 << 20, BLOCK, 3 << 20] {
+            for len in [data.len(), data.len() - 1, 2 * MAX_CHUNK + 7] {
+                let data = &data[..len];
+                let expected: Vec<(u64, usize)> =
+                    fastcdc::v2020::StreamCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+                        .map(|c| c.map(|c| (c.offset, c.length)).unwrap())
+                        .collect();
+                let mut ours: Vec<(u64, usize)> = Vec::new();
+                let (failed, stopped) = cut_blocks(
+                    data,
+                    block,
+                    7,
+                    |_| false,
+                    |at, bytes| {
+                        assert_eq!(&bytes[..], &data[(at - 7) as usize..][..bytes.len()]);
+                        ours.push((at - 7, bytes.len()));
+                        true
+                    },
+                );
+                assert!(failed.is_none() && stopped.is_none());
+                assert_eq!(ours, expected, "{len} bytes in blocks of {block}");
             }
         }
     }

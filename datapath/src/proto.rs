@@ -15,7 +15,9 @@ use crate::path::RelPath;
 /// at the handshake rather than every write failing verification.)
 /// (`/3`: a write may carry its file's metadata.)
 /// (`/4`: a new file may be sent while it is read, [`Request::OpenNew`].)
-pub const ALPN: &[u8] = b"georep-data/4";
+/// (`/5`: a [`Request::Stage`]'s chunk bytes follow it raw; a file opened with
+/// `OpenNew` is sent in [`Request::Append`]s, hashed by the secondary.)
+pub const ALPN: &[u8] = b"georep-data/5";
 /// Largest message accepted (a batch of chunk data).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most bytes of a saved index one message carries (an index larger than this is
@@ -60,16 +62,25 @@ pub enum Request {
     },
     /// Begins writing a large file the secondary has nothing of, whose chunks are
     /// found as it is read (a first sync's file): answered [`Response::Opened`];
-    /// `Stage`s then carry all its chunks in file order, each appended to the
-    /// temporary copy once its hash is checked, and the file's write in the next batch
-    /// completes it: its chunk list must be exactly the chunks staged.
+    /// `Append`s then carry all its chunks in file order, each appended to the
+    /// temporary copy and hashed there, and the file's write in the next batch
+    /// completes it: its chunk list must be exactly the chunks appended, with the
+    /// hashes the secondary answered.
     OpenNew {
         /// The file.
         path: RelPath,
     },
     /// Chunk bytes of the file opened, in pieces (a large file does not fit one
-    /// message).
-    Stage(Vec<ChunkData>),
+    /// message): each chunk's hash and length; their bytes follow this message on the
+    /// stream, raw and in the same order, [`MAX_MESSAGE`] at most in all (outside the
+    /// encoding, so that neither end copies them into or out of it).
+    Stage(Vec<(Hash, u32)>),
+    /// Chunks of the file opened with `OpenNew`, in file order: each one's length;
+    /// their bytes follow this message on the stream, raw and in the same order,
+    /// [`MAX_MESSAGE`] at most in all. Answered [`Response::Appended`]. (The primary
+    /// does not hash them: the secondary does, as it would to check them, and the
+    /// QUIC connection's AEAD already guards them on the way.)
+    Append(Vec<u32>),
     /// Operations to apply in order, each with the chunk bytes it needs (the write of
     /// a file opened with `Open` is completed from what its `Stage`s carried).
     Batch(Vec<BatchItem>),
@@ -117,7 +128,10 @@ pub enum Response {
     /// The chunks are written (or, after one was refused, dropped: the file's write
     /// then fails).
     Staged,
-    /// `OpenNew` taken (if the file cannot be written, its `Stage`s are dropped and
+    /// The hashes of an `Append`'s chunks, in order (none: the file's write had
+    /// already failed, or failed now; its completing write says why).
+    Appended(Vec<Hash>),
+    /// `OpenNew` taken (if the file cannot be written, its `Append`s are dropped and
     /// its write fails with why).
     Opened,
 }

@@ -542,15 +542,10 @@ fn a_file_streamed_without_a_chunk_list_is_exactly_what_was_appended() {
     let (chunks, id) = georep_datapath::chunk_bytes(&content);
     let path = RelPath::new("streamed.bin").unwrap();
     let size = content.len() as u64;
-    let piece = |from: usize, to: usize| -> Vec<(Hash, Vec<u8>)> {
+    let piece = |from: usize, to: usize| -> Vec<&[u8]> {
         chunks[from..to]
             .iter()
-            .map(|c| {
-                (
-                    c.hash,
-                    content[c.offset as usize..][..c.len as usize].to_vec(),
-                )
-            })
+            .map(|c| &content[c.offset as usize..][..c.len as usize])
             .collect()
     };
     let write_op = |chunks: Vec<georep_datapath::ChunkRef>, size: u64, content: Hash| Op::Write {
@@ -563,21 +558,40 @@ fn a_file_streamed_without_a_chunk_list_is_exactly_what_was_appended() {
     let half = chunks.len() / 2;
     let listing = || fs::read_dir(secondary.path()).unwrap().count();
 
-    // A forged chunk among good ones is refused.
+    // Something that cannot be one chunk is refused, and nothing of it is appended:
+    // empty, or larger than any chunk.
     let mut write = applier.begin_stream(&path).unwrap();
-    let mut forged = piece(0, half);
-    forged[half / 2].1[0] ^= 1;
+    let too_large = vec![7u8; georep_datapath::chunk::MAX_CHUNK + 1];
+    for odd in [&[][..], &too_large[..]] {
+        let mut pieces = piece(0, 2);
+        pieces.push(odd);
+        assert!(matches!(
+            write.append(&pieces),
+            Err(ApplyError::NotAChunk { offset: 0, .. })
+        ));
+    }
+    // A chunk it was not sent cannot be put into it by hash.
     assert!(matches!(
-        write.put_all(&forged),
-        Err(ApplyError::HashMismatch { .. })
+        write.put_all(&[(chunks[0].hash, piece(0, 1)[0])]),
+        Err(ApplyError::MissingChunk { .. })
     ));
     drop(write);
     assert_eq!(listing(), 0);
+    // A write begun with a chunk list is not appended to.
+    let mut listed = applier.begin_write(&path, size, &id, &chunks).unwrap();
+    assert!(matches!(
+        listed.append(&piece(0, 1)),
+        Err(ApplyError::NotAChunk { .. })
+    ));
+    drop(listed);
+    assert_eq!(listing(), 0);
 
-    // The completing write must agree with what was appended.
+    // The hashes answered are the chunks' own, and the completing write must agree
+    // with what was appended.
     let mut write = applier.begin_stream(&path).unwrap();
-    write.put_all(&piece(0, half)).unwrap();
-    write.put_all(&piece(half, chunks.len())).unwrap();
+    let mut hashes = write.append(&piece(0, half)).unwrap();
+    hashes.extend(write.append(&piece(half, chunks.len())).unwrap());
+    assert_eq!(hashes, chunks.iter().map(|c| c.hash).collect::<Vec<_>>());
     assert!(!write.is_for(&write_op(chunks[..half].to_vec(), size, id)));
     assert!(!write.is_for(&write_op(chunks.clone(), size - 1, id)));
     assert!(!write.is_for(&write_op(chunks.clone(), size, Hash::of(b"other"))));

@@ -27,7 +27,7 @@ use georep_api::CrawlStatus;
 use georep_datapath::index::paths_at_and_below;
 use georep_datapath::journal::Touched;
 use georep_datapath::proto::{Request, Response};
-use georep_datapath::{Index, Op, RelPath, diff, rescan, scan};
+use georep_datapath::{Hash, Index, Op, RelPath, diff, rescan, scan};
 use georep_mesh::NodeIdentity;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +37,7 @@ use send::{send_ops, walk_and_create};
 
 mod jobs;
 mod send;
-use super::{WorkerPlan, read_msg, transport_config, write_msg};
+use super::{WorkerPlan, read_msg, transport_config, write_msg, write_msg_and_data};
 
 /// Largest batch of chunk data sent at once.
 const BATCH_BYTES: usize = 8 << 20;
@@ -617,6 +617,30 @@ impl Channel {
     /// Sends a request without waiting for its answer (answers come in order).
     async fn send(&mut self, request: &Request) -> Result<(), String> {
         write_msg(&mut self.send, request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends a `Stage` of `chunks` without waiting for its answer.
+    async fn stage(&mut self, chunks: Vec<(Hash, bytes::Bytes)>) -> Result<(), String> {
+        let (heads, data): (Vec<(Hash, u32)>, Vec<bytes::Bytes>) = chunks
+            .into_iter()
+            // A chunk is at most MAX_CHUNK: fits in u32.
+            .map(|(hash, bytes)| ((hash, bytes.len() as u32), bytes))
+            .unzip();
+        write_msg_and_data(&mut self.send, &Request::Stage(heads), data)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends an `Append` of `chunks` (offset, bytes) without waiting for its answer.
+    async fn append(&mut self, chunks: Vec<(u64, bytes::Bytes)>) -> Result<(), String> {
+        let (lens, data): (Vec<u32>, Vec<bytes::Bytes>) = chunks
+            .into_iter()
+            // A chunk is at most MAX_CHUNK: fits in u32.
+            .map(|(_, bytes)| (bytes.len() as u32, bytes))
+            .unzip();
+        write_msg_and_data(&mut self.send, &Request::Append(lens), data)
             .await
             .map_err(|e| e.to_string())
     }

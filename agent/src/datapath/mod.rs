@@ -2,7 +2,7 @@
 //! operations and the applier): the secondary agent's server ([`server`]) and the
 //! primary worker's client ([`client`]), one connection per worker on an endpoint of
 //! its own (the mesh's endpoint has windows sized for gossip; bulk data must not
-//! starve it), authenticated with the mesh's certificates under ALPN `georep-data/4`
+//! starve it), authenticated with the mesh's certificates under ALPN `georep-data/5`
 //! ([`georep_datapath::proto::ALPN`]).
 //!
 //! Each agent publishes the address of its data endpoint under the mesh key
@@ -84,6 +84,41 @@ pub async fn write_msg<T: Serialize>(
     send.write_chunk(bytes::Bytes::from(framed))
         .await
         .map_err(|e| WireError::Stream(e.to_string()))
+}
+
+/// [`write_msg`], then `data` raw right after it (a `Stage`'s chunk bytes, each handed
+/// to quinn as it is: no copy).
+pub async fn write_msg_and_data<T: Serialize>(
+    send: &mut quinn::SendStream,
+    message: &T,
+    mut data: Vec<bytes::Bytes>,
+) -> Result<(), WireError> {
+    write_msg(send, message).await?;
+    send.write_all_chunks(&mut data)
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))
+}
+
+/// The `len` raw bytes that follow a message (a `Stage`'s chunk bytes), in one buffer
+/// (copied once out of quinn's, never zeroed first).
+pub async fn read_data(recv: &mut quinn::RecvStream, len: u64) -> Result<Vec<u8>, WireError> {
+    if len > MAX_MESSAGE as u64 {
+        return Err(WireError::TooLarge(len as usize));
+    }
+    let len = len as usize;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        match recv.read_chunk(len - data.len(), true).await {
+            Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(WireError::Stream(
+                    "the stream ended inside a message".into(),
+                ));
+            }
+            Err(e) => return Err(WireError::Stream(e.to_string())),
+        }
+    }
+    Ok(data)
 }
 
 /// Reads one length-prefixed postcard message; `Ok(None)` at a clean end of stream.

@@ -17,7 +17,7 @@ use georep_datapath::{Applier, FileData, Op, journal, proto};
 use georep_mesh::{NodeIdentity, SessionView};
 use tokio_util::sync::CancellationToken;
 
-use super::{read_msg, transport_config, write_msg};
+use super::{read_data, read_msg, transport_config, write_msg};
 use crate::agent::Agent;
 
 /// Binds the data endpoint on `addr`.
@@ -118,29 +118,31 @@ async fn serve_stream(
     // goes out when stored, before anything else is answered).
     let mut storing: Option<tokio::task::JoinHandle<Response>> = None;
     loop {
-        let read = read_msg::<Request>(&mut recv);
-        tokio::pin!(read);
-        let mut read_first = None;
-        if let Some(mut pending) = storing.take() {
-            let stored = tokio::select! {
-                stored = &mut pending => stored,
-                request = &mut read => {
-                    read_first = Some(request);
-                    pending.await
+        let read = {
+            let read = read_request(&mut recv);
+            tokio::pin!(read);
+            let mut read_first = None;
+            if let Some(mut pending) = storing.take() {
+                let stored = tokio::select! {
+                    stored = &mut pending => stored,
+                    request = &mut read => {
+                        read_first = Some(request);
+                        pending.await
+                    }
+                };
+                let response = stored.unwrap_or_else(|e| Response::Refused(e.to_string()));
+                if let Err(error) = write_msg(&mut send, &response).await {
+                    tracing::debug!(%peer, %error, "data path response not sent");
+                    return;
                 }
-            };
-            let response = stored.unwrap_or_else(|e| Response::Refused(e.to_string()));
-            if let Err(error) = write_msg(&mut send, &response).await {
-                tracing::debug!(%peer, %error, "data path response not sent");
-                return;
             }
-        }
-        let read = match read_first {
-            Some(read) => read,
-            None => read.await,
+            match read_first {
+                Some(read) => read,
+                None => read.await,
+            }
         };
-        let request: Request = match read {
-            Ok(Some(request)) => request,
+        let (request, data) = match read {
+            Ok(Some(read)) => read,
             Ok(None) => return,
             Err(error) => {
                 tracing::warn!(%peer, %error, "data path stream dropped");
@@ -148,8 +150,8 @@ async fn serve_stream(
             }
         };
         let request = match (&grant, request) {
-            (Some(granted), Request::Stage(chunks)) => {
-                storing = Some(stage(granted, &peer, chunks));
+            (Some(granted), request @ (Request::Stage(_) | Request::Append(_))) => {
+                storing = Some(store(granted, &peer, request, data));
                 continue;
             }
             (_, request) => request,
@@ -276,7 +278,9 @@ async fn serve_stream(
                 .unwrap_or_else(|e| Response::Refused(e.to_string()))
             }
             // Granted streams' pieces are stored above, while the next request is read.
-            (Some(_), Request::Stage(_)) => Response::Refused("Stage out of order".into()),
+            (Some(_), Request::Stage(_) | Request::Append(_)) => {
+                Response::Refused("Stage out of order".into())
+            }
             (Some(granted), Request::Batch(items)) => {
                 let applier = granted.applier.clone();
                 let open = granted.open.clone();
@@ -354,31 +358,79 @@ async fn serve_stream(
     }
 }
 
-/// Stores a staged piece of the stream's open write, off the async threads; the
+/// The next request on a stream, with the raw bytes that follow it (a `Stage`'s
+/// chunks; none for other requests); `Ok(None)` at a clean end of stream.
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<(Request, Vec<u8>)>, super::WireError> {
+    let Some(request) = read_msg::<Request>(recv).await? else {
+        return Ok(None);
+    };
+    let data = match &request {
+        Request::Stage(heads) => {
+            read_data(recv, heads.iter().map(|(_, len)| u64::from(*len)).sum()).await?
+        }
+        Request::Append(lens) => read_data(recv, lens.iter().copied().map(u64::from).sum()).await?,
+        _ => Vec::new(),
+    };
+    Ok(Some((request, data)))
+}
+
+/// Stores a piece of the stream's open write, a `Stage` or an `Append` (`request`)
+/// whose chunk bytes are `data` one after the other, off the async threads; the
 /// answer to send once stored.
-fn stage(
+fn store(
     granted: &Grant,
     peer: &str,
-    chunks: Vec<georep_datapath::proto::ChunkData>,
+    request: Request,
+    data: Vec<u8>,
 ) -> tokio::task::JoinHandle<Response> {
     let open = granted.open.clone();
     let who = peer.to_string();
     tokio::task::spawn_blocking(move || {
+        let (lens, hashes): (Vec<u32>, Option<Vec<georep_datapath::Hash>>) = match request {
+            Request::Stage(heads) => {
+                let (hashes, lens) = heads.into_iter().unzip();
+                (lens, Some(hashes))
+            }
+            Request::Append(lens) => (lens, None),
+            _ => return Response::Refused("not a piece of a file".into()),
+        };
+        // `data` is exactly as long as `lens` add up to (read so).
+        let mut at = 0usize;
+        let pieces: Vec<&[u8]> = lens
+            .iter()
+            .map(|len| {
+                let bytes = &data[at..at + *len as usize];
+                at += *len as usize;
+                bytes
+            })
+            .collect();
+        let dropped = if hashes.is_some() {
+            Response::Staged
+        } else {
+            Response::Appended(Vec::new())
+        };
         let Ok(mut open) = open.lock() else {
             return Response::Refused("stream state unusable".into());
         };
-        match open.as_mut() {
-            None => Response::Refused("Stage without an open write".into()),
-            Some(OpenWrite::Failed(..)) => Response::Staged,
-            Some(OpenWrite::Writing(write)) => {
-                if let Err(error) = write.put_all(&chunks) {
-                    tracing::warn!(peer = %who, %error, "data path chunk refused");
-                    let path = write.path().clone();
-                    *open = Some(OpenWrite::Failed(path, error.to_string()));
+        let stored = match open.as_mut() {
+            None => return Response::Refused("a piece without an open write".into()),
+            Some(OpenWrite::Failed(..)) => return dropped,
+            Some(OpenWrite::Writing(write)) => match hashes {
+                Some(hashes) => {
+                    let chunks: Vec<_> = hashes.into_iter().zip(pieces).collect();
+                    write.put_all(&chunks).map(|()| Response::Staged)
                 }
-                Response::Staged
+                None => write.append(&pieces).map(Response::Appended),
             }
-        }
+            .map_err(|error| (write.path().clone(), error)),
+        };
+        stored.unwrap_or_else(|(path, error)| {
+            tracing::warn!(peer = %who, %error, "data path chunk refused");
+            *open = Some(OpenWrite::Failed(path, error.to_string()));
+            dropped
+        })
     })
 }
 

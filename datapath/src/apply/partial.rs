@@ -1,6 +1,7 @@
 //! A large file being written on the secondary: its temporary copy beside the
 //! destination, filled chunk by chunk as pieces arrive (or appended to, when streamed),
-//! each chunk checked against its hash, then completed and renamed into place.
+//! each chunk checked against its hash (or hashed here, when appended), then completed
+//! and renamed into place.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -38,7 +39,8 @@ pub struct PartialWrite {
     hint: Option<HashMap<Hash, ChunkRef>>,
     /// The metadata to set before the rename, if the write carries it.
     meta: Option<Box<Entry>>,
-    /// Begun without a chunk list ([`Applier::begin_stream`]): chunks are appended.
+    /// Begun without a chunk list ([`Applier::begin_stream`]): chunks are appended
+    /// ([`PartialWrite::append`]), hashed here.
     streamed: bool,
 }
 
@@ -149,14 +151,10 @@ impl PartialWrite {
     /// [`PartialWrite::put`] for each of `chunks`, in order, their hashes checked on
     /// several threads first (a large file's staged piece: hashing is most of the
     /// work of taking it). Stops at the first refused, as `put` would.
-    /// A streamed write appends them instead, each after the last.
     pub fn put_all<B: AsRef<[u8]> + Send + Sync>(
         &mut self,
         chunks: &[(Hash, B)],
     ) -> Result<(), ApplyError> {
-        if self.streamed {
-            return self.append(chunks);
-        }
         let this = &*self;
         let checked: Vec<Result<bool, ApplyError>> =
             crate::parts::in_parts(chunks.iter().collect(), PARALLEL_CHECKS, |part| {
@@ -176,37 +174,41 @@ impl PartialWrite {
         Ok(())
     }
 
-    /// Appends `chunks` to a streamed write, their hashes checked on several threads
-    /// first; stops at the first whose bytes are not its hash (or that is larger than
-    /// any chunk).
-    fn append<B: AsRef<[u8]> + Send + Sync>(
+    /// Appends `pieces`, each one chunk, to a write begun without a chunk list
+    /// ([`Applier::begin_stream`]), hashed here on several threads: the hashes, in
+    /// order (the chunk list the write that completes the file must give). Refused for
+    /// a write begun with a chunk list, and for a piece empty or larger than any chunk
+    /// (nothing of this call appended then).
+    pub fn append<B: AsRef<[u8]> + Send + Sync>(
         &mut self,
-        chunks: &[(Hash, B)],
-    ) -> Result<(), ApplyError> {
+        pieces: &[B],
+    ) -> Result<Vec<Hash>, ApplyError> {
         use std::os::unix::fs::FileExt;
-        let checked: Vec<bool> =
-            crate::parts::in_parts(chunks.iter().collect(), PARALLEL_CHECKS, |part| {
+        let mut offset = self
+            .chunks
+            .last()
+            .map_or(0, |c| c.offset + u64::from(c.len));
+        let odd = pieces
+            .iter()
+            .map(|p| p.as_ref().len())
+            .find(|len| *len == 0 || *len > crate::chunk::MAX_CHUNK);
+        if let Some(len) = odd.or(if self.streamed { None } else { Some(0) }) {
+            return Err(ApplyError::NotAChunk {
+                path: self.path.clone(),
+                offset,
+                len,
+            });
+        }
+        let hashes: Vec<Hash> =
+            crate::parts::in_parts(pieces.iter().collect(), PARALLEL_CHECKS, |part| {
                 part.into_iter()
-                    .map(|(hash, bytes)| {
-                        let bytes = bytes.as_ref();
-                        bytes.len() <= crate::chunk::MAX_CHUNK && Hash::of(bytes) == *hash
-                    })
+                    .map(|bytes| Hash::of(bytes.as_ref()))
                     .collect::<Vec<_>>()
             })
             .into_iter()
             .flatten()
             .collect();
-        for ((hash, bytes), fits) in chunks.iter().zip(checked) {
-            let offset = self
-                .chunks
-                .last()
-                .map_or(0, |c| c.offset + u64::from(c.len));
-            if !fits {
-                return Err(ApplyError::HashMismatch {
-                    path: self.path.clone(),
-                    offset,
-                });
-            }
+        for (bytes, hash) in pieces.iter().zip(&hashes) {
             let bytes = bytes.as_ref();
             self.file
                 .write_all_at(bytes, offset)
@@ -223,8 +225,9 @@ impl PartialWrite {
                 hash: *hash,
             });
             self.filled.push(true);
+            offset += bytes.len() as u64;
         }
-        Ok(())
+        Ok(hashes)
     }
 
     fn mismatch(&self, hash: &Hash) -> ApplyError {

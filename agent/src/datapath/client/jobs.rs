@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use georep_datapath::index::paths_at_and_below;
-use georep_datapath::proto::{ChunkData, Request, Response};
+use georep_datapath::proto::{Request, Response};
 use georep_datapath::{ChunkRef, Hash, Known, Op, RelPath};
 
 use super::send::{MAX_IN_FLIGHT, read_chunks, unique_wanted};
@@ -229,10 +230,10 @@ async fn write_large(
 }
 
 /// Sends the file `path` under `brick`, new to the secondary, while reading it: opens
-/// its write (`OpenNew`), hands its chunks over as the chunker finds and hashes them
-/// (a thread reading and cutting, one hashing; [`MAX_IN_FLIGHT`] pieces unanswered),
-/// and has the file written with the chunk list found. Chunk bytes sent, and what the
-/// file was (or why it was not written).
+/// its write (`OpenNew`), hands its chunks over as the chunker finds them (`Append`,
+/// [`MAX_IN_FLIGHT`] pieces unanswered; the secondary hashes them as it writes them
+/// and answers the hashes), and has the file written with the chunk list so found.
+/// Chunk bytes sent, and what the file was (or why it was not written).
 async fn stream_new(
     brick: &Path,
     path: &RelPath,
@@ -244,69 +245,92 @@ async fn stream_new(
     }
     let file = match georep_datapath::chunk::open_nofollow(&brick.join(path.as_path())) {
         Ok(file) => file,
-        // Nothing staged: the write fails on the secondary, as it would here.
+        // Nothing appended: the write fails on the secondary, as it would here.
         Err(error) => return Ok((0, Err(format!("cannot read: {error}")))),
     };
-    let (pieces, mut found) = tokio::sync::mpsc::channel::<Vec<ChunkData>>(1);
+    let (pieces, mut found) = tokio::sync::mpsc::channel::<Vec<(u64, Bytes)>>(1);
     let chunker = tokio::task::spawn_blocking(move || {
-        let reader = std::io::BufReader::with_capacity(georep_datapath::chunk::MAX_CHUNK, file);
-        georep_datapath::chunk::chunk_pieces(reader, BATCH_BYTES, |piece| {
-            let piece = piece.into_iter().map(|(h, b)| (h, b.into())).collect();
+        georep_datapath::chunk::cut_pieces(file, BATCH_BYTES, |piece| {
             pieces.blocking_send(piece).is_ok()
         })
     });
     let mut sent = 0u64;
-    let mut unanswered = 0usize;
+    // Where the chunks of each piece not answered yet are, oldest first.
+    let mut unanswered: std::collections::VecDeque<Vec<(u64, u32)>> = Default::default();
+    let mut chunks = Vec::new();
     let mut wire = Ok(());
     while let Some(piece) = found.recv().await {
-        if unanswered >= MAX_IN_FLIGHT {
-            if let Err(StageError::Wire(error)) = staged(call).await {
+        if unanswered.len() >= MAX_IN_FLIGHT {
+            if let Err(error) = appended(call, &mut unanswered, &mut chunks).await {
                 wire = Err(error);
                 break;
             }
-            unanswered -= 1;
         }
+        // A chunk is at most MAX_CHUNK: fits in u32.
+        let places = piece.iter().map(|(at, b)| (*at, b.len() as u32)).collect();
         sent += piece.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        if let Err(error) = call.send(&Request::Stage(piece)).await {
+        if let Err(error) = call.append(piece).await {
             wire = Err(error);
             break;
         }
-        unanswered += 1;
+        unanswered.push_back(places);
     }
     // The chunker stops at its next piece once this end is gone.
     drop(found);
-    let chunked = chunker.await.map_err(|e| e.to_string())?;
+    let cut = chunker.await.map_err(|e| e.to_string())?;
     wire?;
-    for _ in 0..unanswered {
-        if let Err(StageError::Wire(error)) = staged(call).await {
-            return Err(error);
-        }
+    while !unanswered.is_empty() {
+        appended(call, &mut unanswered, &mut chunks).await?;
     }
-    let (chunks, content) = match chunked {
-        Ok(Some(found)) => found,
+    let size = match cut {
+        Ok(Some(size)) => size,
         Ok(None) => return Err("the chunker stopped".into()),
-        // What was staged is dropped with the open write (the next one replaces it).
+        // What was appended is dropped with the open write (the next one replaces it).
         Err(error) => return Ok((sent, Err(format!("cannot read: {error}")))),
     };
-    let size = chunks.last().map_or(0, |c| c.offset + u64::from(c.len));
-    let found = (chunks.clone(), content, size);
+    // If the secondary dropped the write, `chunks` falls short and the write below
+    // fails with why.
+    let content = georep_datapath::chunk::content_id(&chunks);
     let op = Op::Write {
         path: path.clone(),
         size,
         content,
-        chunks,
+        chunks: chunks.clone(),
         meta: None,
     };
     match call.call(&Request::Batch(vec![(op, Vec::new())])).await? {
         Response::Applied(results) => Ok((
             sent,
             match results.into_iter().next().flatten() {
-                None => Ok(found),
+                None => Ok((chunks, content, size)),
                 Some(why) => Err(why),
             },
         )),
         other => Err(format!("unexpected answer to a batch: {other:?}")),
     }
+}
+
+/// The answer to the oldest `Append` unanswered: its chunks, with the hashes the
+/// secondary found, join `chunks` (none when it dropped the write).
+async fn appended(
+    call: &mut Channel,
+    unanswered: &mut std::collections::VecDeque<Vec<(u64, u32)>>,
+    chunks: &mut Vec<ChunkRef>,
+) -> Result<(), String> {
+    let hashes = match call.receive().await? {
+        Response::Appended(hashes) => hashes,
+        other => return Err(format!("unexpected answer to append: {other:?}")),
+    };
+    let places = unanswered.pop_front().unwrap_or_default();
+    if hashes.len() == places.len() {
+        chunks.extend(
+            places
+                .into_iter()
+                .zip(hashes)
+                .map(|((offset, len), hash)| ChunkRef { offset, len, hash }),
+        );
+    }
+    Ok(())
 }
 
 /// Why staging a large file's chunks stopped.
@@ -330,7 +354,7 @@ async fn stage_chunks(
     use std::os::unix::fs::FileExt;
     let file = georep_datapath::chunk::open_nofollow(&brick.join(path.as_path()))
         .map_err(StageError::Read)?;
-    let mut piece: Vec<georep_datapath::proto::ChunkData> = Vec::new();
+    let mut piece: Vec<(Hash, Bytes)> = Vec::new();
     let mut piece_bytes = 0usize;
     let mut sent = 0u64;
     let mut unanswered = 0usize;
@@ -351,7 +375,7 @@ async fn stage_chunks(
                 unanswered -= 1;
             }
             sent += piece_bytes as u64;
-            call.send(&Request::Stage(std::mem::take(&mut piece)))
+            call.stage(std::mem::take(&mut piece))
                 .await
                 .map_err(StageError::Wire)?;
             unanswered += 1;
