@@ -47,7 +47,7 @@ pub struct Keep {
     /// Bytes that may still be kept.
     left: AtomicI64,
     /// Files larger than this are listed unread: no chunks, no content identity (the
-    /// caller reads them as it sends them, see [`crate::chunk::chunk_pieces`]).
+    /// caller reads them as it sends them, see [`crate::chunk::cut_pieces`]).
     defer_above: Option<u64>,
 }
 

@@ -530,10 +530,11 @@ fn a_file_written_in_pieces_is_checked_piece_by_piece() {
     assert_eq!(fs::read(secondary.path().join("big.bin")).unwrap(), changed);
 }
 
-/// A new file sent while it is read (no chunk list up front): pieces are appended in
-/// order once their hashes check; a forged chunk is refused; the write that completes
-/// it must name exactly the chunks appended, with their size and content identity;
-/// dropped unfinished it leaves nothing behind.
+/// A new file sent while it is read (no chunk list up front): chunks are appended in
+/// order and hashed on the secondary, the hashes answered are theirs; what cannot be
+/// a chunk is refused whole; the write that completes it must name exactly the chunks
+/// appended, with their size and content identity; dropped unfinished it leaves
+/// nothing behind.
 #[test]
 fn a_file_streamed_without_a_chunk_list_is_exactly_what_was_appended() {
     let secondary = tempfile::tempdir().unwrap();

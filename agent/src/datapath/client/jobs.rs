@@ -260,11 +260,11 @@ async fn stream_new(
     let mut chunks = Vec::new();
     let mut wire = Ok(());
     while let Some(piece) = found.recv().await {
-        if unanswered.len() >= MAX_IN_FLIGHT {
-            if let Err(error) = appended(call, &mut unanswered, &mut chunks).await {
-                wire = Err(error);
-                break;
-            }
+        if unanswered.len() >= MAX_IN_FLIGHT
+            && let Err(error) = appended(call, &mut unanswered, &mut chunks).await
+        {
+            wire = Err(error);
+            break;
         }
         // A chunk is at most MAX_CHUNK: fits in u32.
         let places = piece.iter().map(|(at, b)| (*at, b.len() as u32)).collect();
