@@ -12,11 +12,13 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use georep_datapath::noise;
 use georep_tests::trees::{self, brick_of};
 use georep_tests::{Cluster, NodeSpec};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const SECONDARY: &str = "s1::gv1";
 const WAIT: Duration = Duration::from_secs(180);
@@ -130,6 +132,35 @@ fn wait_union(cluster: &Cluster, sets: &[&Path], secondary: &Path, what: &str) {
     trees::wait_equal(cluster, sets, secondary, false, WAIT, what);
 }
 
+/// Waits (polling every 2 ms) until `path` exists, then SIGSTOPs the agents `nodes`;
+/// returns their pids for [`thaw`].
+fn freeze_when(cluster: &Cluster, nodes: &[usize], path: &Path) -> Vec<Pid> {
+    let deadline = Instant::now() + WAIT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pids: Vec<Pid> = nodes
+        .iter()
+        .map(|i| Pid::from_raw(cluster.nodes[*i].pid().expect("agent running") as i32))
+        .collect();
+    for pid in &pids {
+        kill(*pid, Signal::SIGSTOP).expect("SIGSTOP an agent");
+    }
+    pids
+}
+
+/// SIGCONTs agents frozen by [`freeze_when`].
+fn thaw(pids: &[Pid]) {
+    for pid in pids {
+        kill(*pid, Signal::SIGCONT).expect("SIGCONT an agent");
+    }
+}
+
 #[test]
 fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
     let mut cluster = Cluster::start(
@@ -156,20 +187,28 @@ fn two_replica_sets_replicate_a_large_tree_through_failures_on_both_sides() {
     cluster.ok(0, &["start", "gv0", SECONDARY]);
 
     // Mid-sync (the secondary has part of the tree), replica set 0's Active node dies.
+    // The whole initial sync takes about a second, less than a few status polls, so the
+    // secondary's agents (they serve the data path) are frozen the moment its first
+    // directory appears and thawed after the kill: the secondary then holds part of the
+    // tree however fast the sync, and the Passive has to finish it.
+    let frozen = freeze_when(&cluster, &[4, 5], &secondary.join("shared"));
     let set0 = [bricks[0].clone(), bricks[1].clone()];
     let mut first_active = None;
     cluster.wait_until(WAIT, "set 0 Active and syncing", || {
         first_active = workers(&cluster, 2).into_iter().find(|w| {
             w["status"] == "Active" && set0.iter().any(|b| w["brick"] == b.display().to_string())
         });
-        first_active.is_some() && fs::read_dir(secondary.join("shared")).is_ok()
+        first_active.is_some()
     });
     let dead = first_active.unwrap()["node"].as_str().unwrap().to_string();
     let (dead_i, alive0) = if dead == "p1" { (0, 1) } else { (1, 0) };
     cluster.kill9_node(dead_i);
+    let synced_at_kill = trees::shape(&secondary, false).0.len();
+    thaw(&frozen);
+    eprintln!("the secondary had {synced_at_kill} entries when the Active was killed");
     assert!(
-        trees::shape(&secondary, false).0.len() < 2 * SMALL_PER_SET,
-        "the kill came after the initial sync ended: the test shows no failover mid-sync"
+        synced_at_kill < 2 * SMALL_PER_SET,
+        "the secondary had {synced_at_kill} entries at the kill: the test shows no failover mid-sync"
     );
     let alive_set0 = bricks[alive0].clone();
     wait_union(
