@@ -40,8 +40,8 @@ use crate::path::{PathError, RelPath};
 mod partial;
 pub use partial::PartialWrite;
 
-/// Chunk bytes sent for a write, by hash.
-pub type FileData = HashMap<Hash, Vec<u8>>;
+/// Chunk bytes sent for a write, by hash (shared slices of what was received).
+pub type FileData = HashMap<Hash, bytes::Bytes>;
 
 /// Where the bytes of chunks that were sent come from (a batch's own data, or chunks
 /// staged on disk ahead of it for files too large for one message).
@@ -53,7 +53,7 @@ pub trait ChunkSource {
 impl ChunkSource for FileData {
     fn chunk(&self, hash: &Hash) -> Option<std::borrow::Cow<'_, [u8]>> {
         self.get(hash)
-            .map(|b| std::borrow::Cow::Borrowed(b.as_slice()))
+            .map(|b| std::borrow::Cow::Borrowed(b.as_ref()))
     }
 }
 

@@ -2,6 +2,7 @@
 //! bidirectional stream (ALPN [`ALPN`]): each message is a 4-byte little-endian length
 //! and its postcard encoding, requests from the worker, one response each.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 pub use serde_bytes::ByteBuf;
 
@@ -17,7 +18,8 @@ use crate::path::RelPath;
 /// (`/4`: a new file may be sent while it is read, [`Request::OpenNew`].)
 /// (`/5`: a [`Request::Stage`]'s chunk bytes follow it raw; a file opened with
 /// `OpenNew` is sent in [`Request::Append`]s, hashed by the secondary.)
-pub const ALPN: &[u8] = b"georep-data/5";
+/// (`/6`: a [`Request::Batch`]'s chunk bytes follow it raw too.)
+pub const ALPN: &[u8] = b"georep-data/6";
 /// Largest message accepted (a batch of chunk data).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most bytes of a saved index one message carries (an index larger than this is
@@ -31,11 +33,69 @@ pub const INDEX_PART: usize = if cfg!(debug_assertions) {
 /// Writes of files up to this size carry their data without asking what is missing.
 pub const SMALL_FILE: u64 = 256 * 1024;
 
-/// A chunk's hash and its bytes (one byte string on the wire, not a sequence of bytes).
-pub type ChunkData = (Hash, ByteBuf);
+/// A chunk's hash and its bytes (a shared slice: of the file read, or of the bytes that
+/// followed a batch).
+pub type ChunkData = (Hash, Bytes);
 
 /// One operation of a batch and the chunk bytes it needs.
 pub type BatchItem = (Op, Vec<ChunkData>);
+
+/// One operation of a batch as [`Request::Batch`] carries it: its chunks' hashes and
+/// lengths (their bytes follow the message).
+pub type BatchHead = (Op, Vec<(Hash, u32)>);
+
+/// A batch as it goes on the wire: the [`Request::Batch`] and the chunk bytes that
+/// follow it, in order.
+pub fn batch_request(items: Vec<BatchItem>) -> (Request, Vec<Bytes>) {
+    let mut data = Vec::new();
+    let heads = items
+        .into_iter()
+        .map(|(op, chunks)| {
+            let heads = chunks
+                .into_iter()
+                .map(|(hash, bytes)| {
+                    // A chunk is at most MAX_CHUNK: fits in u32.
+                    let head = (hash, bytes.len() as u32);
+                    data.push(bytes);
+                    head
+                })
+                .collect();
+            (op, heads)
+        })
+        .collect();
+    (Request::Batch(heads), data)
+}
+
+/// The operations of a [`Request::Batch`] with their chunk bytes, sliced out of `data`
+/// (the bytes that followed it, shared, not copied); `None` if `data` is not exactly
+/// as long as the chunk lengths add up to.
+pub fn batch_items(heads: Vec<BatchHead>, data: Bytes) -> Option<Vec<BatchItem>> {
+    let mut at = 0usize;
+    let items = heads
+        .into_iter()
+        .map(|(op, chunks)| {
+            let chunks = chunks
+                .into_iter()
+                .map(|(hash, len)| {
+                    let end = at.checked_add(len as usize)?;
+                    let bytes = data.get(at..end).map(|_| data.slice(at..end))?;
+                    at = end;
+                    Some((hash, bytes))
+                })
+                .collect::<Option<Vec<ChunkData>>>()?;
+            Some((op, chunks))
+        })
+        .collect::<Option<Vec<BatchItem>>>()?;
+    (at == data.len()).then_some(items)
+}
+
+/// Chunk bytes a [`Request::Batch`] says follow it (an untrusted sum: saturating).
+pub fn batch_data_len(heads: &[BatchHead]) -> u64 {
+    heads
+        .iter()
+        .flat_map(|(_, chunks)| chunks)
+        .fold(0u64, |sum, (_, len)| sum.saturating_add(u64::from(*len)))
+}
 
 /// From a primary worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,9 +141,12 @@ pub enum Request {
     /// does not hash them: the secondary does, as it would to check them, and the
     /// QUIC connection's AEAD already guards them on the way.)
     Append(Vec<u32>),
-    /// Operations to apply in order, each with the chunk bytes it needs (the write of
-    /// a file opened with `Open` is completed from what its `Stage`s carried).
-    Batch(Vec<BatchItem>),
+    /// Operations to apply in order, each with the hashes and lengths of the chunks it
+    /// needs; their bytes follow this message on the stream, raw and in the same
+    /// order, [`MAX_MESSAGE`] at most in all (see [`batch_request`], [`batch_items`]).
+    /// The write of a file opened with `Open` is completed from what its `Stage`s
+    /// carried.
+    Batch(Vec<BatchHead>),
     /// Up to [`INDEX_PART`] bytes of the saved index from `offset` (after a Ready
     /// that said how long it is).
     ReadIndex {
@@ -134,4 +197,55 @@ pub enum Response {
     /// `OpenNew` taken (if the file cannot be written, its `Append`s are dropped and
     /// its write fails with why).
     Opened,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkdir(path: &str) -> Op {
+        Op::Mkdir {
+            path: RelPath::new(path).unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    #[test]
+    fn a_batch_sent_with_its_bytes_raw_is_read_back_item_by_item() {
+        let (a, b, c) = (Hash::of(b"a"), Hash::of(b"bb"), Hash::of(b"ccc"));
+        let items: Vec<BatchItem> = vec![
+            (
+                mkdir("x"),
+                vec![
+                    (a, Bytes::from_static(b"a")),
+                    (b, Bytes::from_static(b"bb")),
+                ],
+            ),
+            (mkdir("y"), Vec::new()),
+            (mkdir("z"), vec![(c, Bytes::from_static(b"ccc"))]),
+        ];
+        let (request, data) = batch_request(items.clone());
+        let Request::Batch(heads) = request else {
+            panic!("not a batch: {request:?}");
+        };
+        assert_eq!(heads[0].1, vec![(a, 1), (b, 2)]);
+        assert_eq!(batch_data_len(&heads), 6);
+        let wire: Vec<u8> = data.concat();
+        assert_eq!(wire, b"abbccc");
+        assert_eq!(batch_items(heads.clone(), Bytes::from(wire)), Some(items));
+        // Bytes that do not add up to the lengths are refused, short or long.
+        assert_eq!(
+            batch_items(heads.clone(), Bytes::from_static(b"abbcc")),
+            None
+        );
+        assert_eq!(batch_items(heads, Bytes::from_static(b"abbcccd")), None);
+    }
+
+    #[test]
+    fn a_batch_claiming_more_bytes_than_follow_is_refused() {
+        let heads: Vec<BatchHead> = (0..3)
+            .map(|_| (mkdir("x"), vec![(Hash::of(b""), u32::MAX); 4]))
+            .collect();
+        assert_eq!(batch_data_len(&heads), 12 * u64::from(u32::MAX));
+        assert_eq!(batch_items(heads, Bytes::new()), None);
+    }
 }

@@ -24,7 +24,7 @@ fn chunk_data(root: &Path, path: &RelPath, op: &Op, wanted: &[Hash]) -> FileData
         let mut bytes = vec![0; chunk.len as usize];
         file.seek(SeekFrom::Start(chunk.offset)).unwrap();
         file.read_exact(&mut bytes).unwrap();
-        out.insert(chunk.hash, bytes);
+        out.insert(chunk.hash, bytes.into());
     }
     out
 }
@@ -364,7 +364,7 @@ fn hostile_operations_are_refused_and_write_nothing_outside() {
         chunks: chunks.0.clone(),
         meta: None,
     };
-    let sent: FileData = [(chunks.0[0].hash, data.clone())].into();
+    let sent: FileData = [(chunks.0[0].hash, data.clone().into())].into();
     // Through a symlink, through a file: refused.
     for op in [
         write("escape/owned"),
@@ -410,7 +410,7 @@ fn hostile_operations_are_refused_and_write_nothing_outside() {
         );
     }
     // A chunk that does not match its hash.
-    let forged: FileData = [(chunks.0[0].hash, b"forged".to_vec())].into();
+    let forged: FileData = [(chunks.0[0].hash, b"forged".to_vec().into())].into();
     assert!(matches!(
         applier.apply(&write("new"), &forged),
         Err(ApplyError::HashMismatch { .. })

@@ -254,13 +254,19 @@ fn bytes_sent(cluster: &Cluster) -> u64 {
     cluster.worker_bytes_sent(&[0])
 }
 
-fn wait(what: &str, mut done: impl FnMut() -> bool) -> f64 {
+/// Polls `done` every 5 ms until true; returns when the poll that saw it done began,
+/// as an instant and as seconds since the wait began (what the check itself takes,
+/// such as counting 20 000 files, is not the sync's time).
+fn wait(what: &str, mut done: impl FnMut() -> bool) -> (Instant, f64) {
     let started = Instant::now();
-    while !done() {
+    loop {
+        let polled = Instant::now();
+        if done() {
+            return (polled, (polled - started).as_secs_f64());
+        }
         assert!(started.elapsed() < WAIT, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
-    started.elapsed().as_secs_f64()
 }
 
 /// A primary with `src` as its brick, a secondary with `dst`; the session started
@@ -369,10 +375,10 @@ fn main() {
             // count runs once the last file of the tree (in the order the worker
             // sends) is there.
             let last = p(&format!("small-ours/d199/f{:05}", SMALL_FILES - 1));
-            wait("small files", || {
+            let (done, _) = wait("small files", || {
                 last.exists() && count_files(&p("small-ours")) == SMALL_FILES
             });
-            let t = started.elapsed().as_secs_f64();
+            let t = (done - started).as_secs_f64();
             let cpu = cluster_cpu(&cluster) - cpu;
             row(
                 "20k x 4 KiB initial",
@@ -431,7 +437,7 @@ fn main() {
                 )
                 .unwrap();
             }
-            let t = wait("renames", || {
+            let (_, t) = wait("renames", || {
                 p("small-ours/d099/renamed00099").exists() && !p("small-ours/d099/f00099").exists()
             });
             let cpu = cluster_cpu(&cluster) - cpu;
@@ -500,10 +506,10 @@ fn main() {
         fs::create_dir_all(p("big-ours")).unwrap();
         let (cluster, started, cpu) = ours(&p("big"), &p("big-ours"), BIG_WARM);
         let target = p("big-ours/big.bin");
-        wait("the big file", || {
+        let (done, _) = wait("the big file", || {
             fs::metadata(&target).is_ok_and(|m| m.len() == BIG_SIZE as u64)
         });
-        let t = started.elapsed().as_secs_f64();
+        let t = (done - started).as_secs_f64();
         let cpu = cluster_cpu(&cluster) - cpu;
         row(
             "1 GiB initial",
@@ -526,7 +532,7 @@ fn main() {
         file.seek(SeekFrom::Start(offset)).unwrap();
         file.write_all(&patch).unwrap();
         drop(file);
-        let t = wait("the 1 MiB change", || {
+        let (_, t) = wait("the 1 MiB change", || {
             read_at(&target, offset, patch.len()) == patch
         });
         let cpu = cluster_cpu(&cluster) - cpu;

@@ -633,6 +633,15 @@ impl Channel {
             .map_err(|e| e.to_string())
     }
 
+    /// Sends a `Batch` of `items` (their chunk bytes raw after it) without waiting for
+    /// its answer.
+    async fn batch(&mut self, items: Vec<georep_datapath::proto::BatchItem>) -> Result<(), String> {
+        let (request, data) = georep_datapath::proto::batch_request(items);
+        write_msg_and_data(&mut self.send, &request, data)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Sends an `Append` of `chunks` (offset, bytes) without waiting for its answer.
     async fn append(&mut self, chunks: Vec<(u64, bytes::Bytes)>) -> Result<(), String> {
         let (lens, data): (Vec<u32>, Vec<bytes::Bytes>) = chunks

@@ -279,9 +279,16 @@ async fn serve_stream(
             }
             // Granted streams' pieces are stored above, while the next request is read.
             (Some(_), Request::Stage(_) | Request::Append(_)) => {
-                Response::Refused("Stage out of order".into())
+                Response::Refused("a piece of a file out of order".into())
             }
-            (Some(granted), Request::Batch(items)) => {
+            (Some(granted), Request::Batch(heads)) => {
+                // `data` is exactly as long as the chunk lengths add up to (read so).
+                let Some(items) = proto::batch_items(heads, data.into()) else {
+                    let reason = "a batch's chunk bytes do not match its chunk lengths";
+                    tracing::warn!(%peer, reason, "data path stream ended");
+                    let _ = write_msg(&mut send, &Response::Refused(reason.into())).await;
+                    return;
+                };
                 let applier = granted.applier.clone();
                 let open = granted.open.clone();
                 let journal = granted.journal_file.clone();
@@ -358,8 +365,9 @@ async fn serve_stream(
     }
 }
 
-/// The next request on a stream, with the raw bytes that follow it (a `Stage`'s
-/// chunks; none for other requests); `Ok(None)` at a clean end of stream.
+/// The next request on a stream, with the raw bytes that follow it (the chunks of a
+/// `Stage`, an `Append` or a `Batch`; none for other requests); `Ok(None)` at a clean
+/// end of stream.
 async fn read_request(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<(Request, Vec<u8>)>, super::WireError> {
@@ -371,6 +379,7 @@ async fn read_request(
             read_data(recv, heads.iter().map(|(_, len)| u64::from(*len)).sum()).await?
         }
         Request::Append(lens) => read_data(recv, lens.iter().copied().map(u64::from).sum()).await?,
+        Request::Batch(heads) => read_data(recv, proto::batch_data_len(heads)).await?,
         _ => Vec::new(),
     };
     Ok(Some((request, data)))
@@ -585,7 +594,7 @@ fn apply_batch(
             results.extend(apply_writes(applier, peer, run));
             continue;
         }
-        let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
+        let data: FileData = data.into_iter().collect();
         let outcome = match open.take() {
             Some(OpenWrite::Writing(mut write)) if write.is_for(&op) => {
                 if let Op::Write { meta, .. } = &op {
@@ -633,7 +642,7 @@ fn apply_writes(
     georep_datapath::parts::in_parts(run, PARALLEL_RUN, |part| {
         part.into_iter()
             .map(|(op, data)| {
-                let data: FileData = data.into_iter().map(|(h, b)| (h, b.into_vec())).collect();
+                let data: FileData = data.into_iter().collect();
                 refused(peer, applier.apply(&op, &data).map_err(|e| e.to_string()))
             })
             .collect::<Vec<_>>()
@@ -784,7 +793,7 @@ async fn fence(agent: &Agent, peer: &str, volume: &str, replica_set: u32) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use georep_datapath::proto::{BatchItem, ByteBuf};
+    use georep_datapath::proto::BatchItem;
     use georep_datapath::{RelPath, chunk_bytes};
 
     fn write(path: &str, bytes: &[u8]) -> BatchItem {
@@ -793,7 +802,7 @@ mod tests {
             .iter()
             .map(|c| {
                 let piece = &bytes[c.offset as usize..][..c.len as usize];
-                (c.hash, ByteBuf::from(piece.to_vec()))
+                (c.hash, bytes::Bytes::copy_from_slice(piece))
             })
             .collect();
         let op = Op::Write {

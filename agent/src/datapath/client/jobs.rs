@@ -223,7 +223,8 @@ async fn write_large(
             Err(error) => return Ok((0, Some(format!("cannot read: {error}")))),
         }
     };
-    match call.call(&Request::Batch(vec![(op.clone(), data)])).await? {
+    call.batch(vec![(op.clone(), data)]).await?;
+    match call.receive().await? {
         Response::Applied(results) => Ok((sent, results.into_iter().next().flatten())),
         other => Err(format!("unexpected answer to a batch: {other:?}")),
     }
@@ -298,7 +299,8 @@ async fn stream_new(
         chunks: chunks.clone(),
         meta: None,
     };
-    match call.call(&Request::Batch(vec![(op, Vec::new())])).await? {
+    call.batch(vec![(op, Vec::new())]).await?;
+    match call.receive().await? {
         Response::Applied(results) => Ok((
             sent,
             match results.into_iter().next().flatten() {

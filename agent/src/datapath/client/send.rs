@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use georep_datapath::index::{OpClass, create_op, fold_meta};
 use georep_datapath::journal::Touched;
-use georep_datapath::proto::{ChunkData, Request, Response, SMALL_FILE};
+use georep_datapath::proto::{ChunkData, Response, SMALL_FILE};
 use georep_datapath::scan::{Keep, ScanReport, scan_streaming};
 use georep_datapath::{Entry, EntryKind, Index, Known, Op, RelPath};
 
@@ -74,7 +74,7 @@ impl InFlight {
                 (op.class(), meta, places.collect())
             })
             .collect();
-        call.send(&Request::Batch(items)).await?;
+        call.batch(items).await?;
         self.batches.push_back(classes);
         Ok(())
     }
@@ -309,19 +309,20 @@ const KEPT_BYTES: u64 = 32 << 20;
 /// The distinct chunks of a file whose content is `bytes` (each hash once, in file
 /// order), as a write carries them.
 fn chunk_data(chunks: &[georep_datapath::ChunkRef], bytes: Vec<u8>) -> Vec<ChunkData> {
+    let bytes = bytes::Bytes::from(bytes);
     if let [only] = chunks
         && only.offset == 0
         && only.len as usize == bytes.len()
     {
-        return vec![(only.hash, bytes.into())];
+        return vec![(only.hash, bytes)];
     }
     let all: Vec<georep_datapath::Hash> = chunks.iter().map(|c| c.hash).collect();
     unique_wanted(chunks, &all)
         .into_iter()
         .filter_map(|c| {
             let at = usize::try_from(c.offset).ok()?;
-            let piece = bytes.get(at..at.checked_add(c.len as usize)?)?;
-            Some((c.hash, piece.to_vec().into()))
+            let end = at.checked_add(c.len as usize)?;
+            bytes.get(at..end).map(|_| (c.hash, bytes.slice(at..end)))
         })
         .collect()
 }
@@ -480,7 +481,7 @@ pub(super) fn read_chunks(
         .map(|chunk| {
             let mut bytes = vec![0; chunk.len as usize];
             file.read_exact_at(&mut bytes, chunk.offset)?;
-            Ok((chunk.hash, bytes.into()))
+            Ok((chunk.hash, bytes::Bytes::from(bytes)))
         })
         .collect()
 }
