@@ -57,6 +57,11 @@ impl ChunkSource for FileData {
     }
 }
 
+/// The open directory of the last file written in a run of independent writes (see
+/// [`Applier::apply_in_run`]).
+#[derive(Default)]
+pub struct Parents(Option<(RelPath, std::sync::Arc<OwnedFd>)>);
+
 /// Why an operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -237,6 +242,25 @@ impl Applier {
         Ok((fd, name))
     }
 
+    /// [`Self::parent`], kept in `parents` for the next path in the same directory.
+    fn parent_kept<'p>(
+        &self,
+        path: &'p RelPath,
+        parents: &mut Parents,
+    ) -> Result<(std::sync::Arc<OwnedFd>, &'p OsStr), ApplyError> {
+        let name = OsStr::from_bytes(path.file_name());
+        let parent = path.parent();
+        if let Some((kept, dir)) = &parents.0
+            && parent.as_ref() == Some(kept)
+        {
+            return Ok((dir.clone(), name));
+        }
+        let (dir, name) = self.parent(path)?;
+        let dir = std::sync::Arc::new(dir);
+        parents.0 = parent.map(|parent| (parent, dir.clone()));
+        Ok((dir, name))
+    }
+
     /// Appends to `out` what is at `path` here (and, if `below`, what is below it), each
     /// with whether it is a directory (volume content only: no temporary files,
     /// nothing reserved), never following a symlink; stops at `limit` entries in
@@ -379,6 +403,34 @@ impl Applier {
         self.current(path).map(|(_, chunks)| chunks)
     }
 
+    /// [`Self::apply`] for one of a run of operations that each change one file and
+    /// nothing else (small files' writes, files' metadata), in which no directory is
+    /// created, moved or removed: a write into the directory of the one before it does
+    /// not open that directory again (`parents` keeps it open). Between runs, a new
+    /// [`Parents`]: a directory moved or replaced meanwhile would still be written
+    /// into at its old place.
+    pub fn apply_in_run(
+        &self,
+        op: &Op,
+        data: &dyn ChunkSource,
+        parents: &mut Parents,
+    ) -> Result<(), ApplyError> {
+        match op {
+            Op::Write {
+                path,
+                size,
+                content,
+                chunks,
+                meta,
+            } if !under_reserved_top_level(path) => {
+                let mut write = self.begin_write_in(path, *size, content, chunks, Some(parents))?;
+                write.set_meta(meta.clone());
+                write.finish(self, data)
+            }
+            _ => self.apply(op, data),
+        }
+    }
+
     /// Applies one operation; `data` holds the chunk bytes a [`Op::Write`] needs.
     pub fn apply(&self, op: &Op, data: &dyn ChunkSource) -> Result<(), ApplyError> {
         let mut paths = vec![op.path()];
@@ -472,6 +524,18 @@ impl Applier {
         content: &Hash,
         chunks: &[ChunkRef],
     ) -> Result<PartialWrite, ApplyError> {
+        self.begin_write_in(path, size, content, chunks, None)
+    }
+
+    /// [`Self::begin_write`], the file's directory taken from (or kept in) `parents`.
+    fn begin_write_in(
+        &self,
+        path: &RelPath,
+        size: u64,
+        content: &Hash,
+        chunks: &[ChunkRef],
+        parents: Option<&mut Parents>,
+    ) -> Result<PartialWrite, ApplyError> {
         if under_reserved_top_level(path) {
             return Err(ApplyError::Reserved { path: path.clone() });
         }
@@ -485,7 +549,7 @@ impl Applier {
         if content_id(chunks) != *content || end != size {
             return Err(ApplyError::ContentMismatch { path: path.clone() });
         }
-        PartialWrite::create(self, path, chunks.to_vec(), false)
+        PartialWrite::create(self, path, chunks.to_vec(), false, parents)
     }
 
     /// Starts writing a file at `path` whose chunks are not known yet (a new file
@@ -496,7 +560,7 @@ impl Applier {
         if under_reserved_top_level(path) {
             return Err(ApplyError::Reserved { path: path.clone() });
         }
-        PartialWrite::create(self, path, Vec::new(), true)
+        PartialWrite::create(self, path, Vec::new(), true, None)
     }
 
     fn set_meta(&self, path: &RelPath, entry: &Entry) -> Result<(), ApplyError> {

@@ -27,7 +27,7 @@ pub mod path;
 pub mod proto;
 pub mod scan;
 
-pub use apply::{Applier, ApplyError, ChunkSource, FileData, Known, PartialWrite};
+pub use apply::{Applier, ApplyError, ChunkSource, FileData, Known, Parents, PartialWrite};
 pub use chunk::{ChunkRef, Hash, chunk_bytes, chunk_file};
 pub use index::{Entry, EntryKind, Index, Op, diff};
 pub use path::{PathError, RelPath};

@@ -680,3 +680,70 @@ fn chunks_known_from_the_index_are_trusted_only_while_they_hold() {
     let (_, have) = applier.lacking(&path, &new_chunks, Some(&place(&old)));
     assert!(have.is_some());
 }
+
+#[test]
+fn a_run_of_writes_that_keeps_its_directories_open_lands_each_file_in_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, secondary) = (dir.path().join("p"), dir.path().join("s"));
+    for sub in ["a", "b", "b/c"] {
+        fs::create_dir_all(primary.join(sub)).unwrap();
+    }
+    // Files alternating between directories (and the top), as a run may hold them.
+    let names = ["a/1", "b/1", "a/2", "top", "b/c/1", "b/2", "a/3", "top2"];
+    for (i, name) in names.iter().enumerate() {
+        fs::write(primary.join(name), format!("{name} {i}")).unwrap();
+    }
+    fs::create_dir_all(&secondary).unwrap();
+    let applier = Applier::open(&secondary).unwrap();
+    let (new, _) = scan(&primary, None).unwrap();
+    let ops = georep_datapath::index::fold_meta(
+        &diff(&Index::default(), &new),
+        georep_datapath::proto::SMALL_FILE,
+    );
+    let (writes, others): (Vec<Op>, Vec<Op>) = ops
+        .into_iter()
+        .partition(|op| matches!(op, Op::Write { .. }));
+    let mut by_name: BTreeMap<String, Op> = writes
+        .into_iter()
+        .map(|op| (op.path().to_string(), op))
+        .collect();
+    for op in others.iter().filter(|op| !matches!(op, Op::Meta { .. })) {
+        applier.apply(op, &FileData::new()).unwrap();
+    }
+    let sample = by_name["top"].clone();
+    let mut parents = georep_datapath::Parents::default();
+    for name in names {
+        let op = by_name.remove(name).unwrap();
+        let hashes: Vec<Hash> = match &op {
+            Op::Write { chunks, .. } => chunks.iter().map(|c| c.hash).collect(),
+            _ => unreachable!(),
+        };
+        let data = chunk_data(&primary, op.path(), &op, &hashes);
+        applier.apply_in_run(&op, &data, &mut parents).unwrap();
+    }
+    for op in others.iter().filter(|op| matches!(op, Op::Meta { .. })) {
+        applier.apply(op, &FileData::new()).unwrap();
+    }
+    assert_same(&primary, &secondary);
+    // A reserved path is refused in a run as anywhere.
+    let Op::Write {
+        size,
+        content,
+        chunks,
+        ..
+    } = sample
+    else {
+        unreachable!()
+    };
+    let reserved = Op::Write {
+        path: RelPath::new(".georep/x").unwrap(),
+        size,
+        content,
+        chunks,
+        meta: None,
+    };
+    assert!(matches!(
+        applier.apply_in_run(&reserved, &FileData::new(), &mut parents),
+        Err(ApplyError::Reserved { .. })
+    ));
+}

@@ -640,10 +640,13 @@ fn apply_writes(
     run: Vec<georep_datapath::proto::BatchItem>,
 ) -> Vec<Option<String>> {
     georep_datapath::parts::in_parts(run, PARALLEL_RUN, |part| {
+        // A run has no entry operation: its files' directories stay where they are.
+        let mut parents = georep_datapath::Parents::default();
         part.into_iter()
             .map(|(op, data)| {
                 let data: FileData = data.into_iter().collect();
-                refused(peer, applier.apply(&op, &data).map_err(|e| e.to_string()))
+                let applied = applier.apply_in_run(&op, &data, &mut parents);
+                refused(peer, applied.map_err(|e| e.to_string()))
             })
             .collect::<Vec<_>>()
     })

@@ -27,7 +27,7 @@ const PARALLEL_CHECKS: usize = 8;
 pub struct PartialWrite {
     path: RelPath,
     name: std::ffi::OsString,
-    dir: OwnedFd,
+    dir: std::sync::Arc<OwnedFd>,
     /// The temporary file's name, until it is renamed into place.
     temp: Option<std::ffi::OsString>,
     file: File,
@@ -52,8 +52,15 @@ impl PartialWrite {
         path: &RelPath,
         chunks: Vec<ChunkRef>,
         streamed: bool,
+        parents: Option<&mut super::Parents>,
     ) -> Result<PartialWrite, ApplyError> {
-        let (dir, name) = applier.parent(path)?;
+        let (dir, name) = match parents {
+            Some(parents) => applier.parent_kept(path, parents)?,
+            None => {
+                let (dir, name) = applier.parent(path)?;
+                (std::sync::Arc::new(dir), name)
+            }
+        };
         let temp = temp_name(name);
         let create = || {
             openat(
