@@ -415,24 +415,21 @@ impl Applier {
         data: &dyn ChunkSource,
         parents: &mut Parents,
     ) -> Result<(), ApplyError> {
-        match op {
-            Op::Write {
-                path,
-                size,
-                content,
-                chunks,
-                meta,
-            } if !under_reserved_top_level(path) => {
-                let mut write = self.begin_write_in(path, *size, content, chunks, Some(parents))?;
-                write.set_meta(meta.clone());
-                write.finish(self, data)
-            }
-            _ => self.apply(op, data),
-        }
+        self.apply_with(op, data, Some(parents))
     }
 
     /// Applies one operation; `data` holds the chunk bytes a [`Op::Write`] needs.
     pub fn apply(&self, op: &Op, data: &dyn ChunkSource) -> Result<(), ApplyError> {
+        self.apply_with(op, data, None)
+    }
+
+    /// [`Self::apply`], a write's directory taken from (or kept in) `parents` if given.
+    fn apply_with(
+        &self,
+        op: &Op,
+        data: &dyn ChunkSource,
+        parents: Option<&mut Parents>,
+    ) -> Result<(), ApplyError> {
         let mut paths = vec![op.path()];
         match op {
             Op::Rename { from, .. } => paths.push(from),
@@ -504,7 +501,7 @@ impl Applier {
                 chunks,
                 meta,
             } => {
-                let mut write = self.begin_write(path, *size, content, chunks)?;
+                let mut write = self.begin_write_in(path, *size, content, chunks, parents)?;
                 write.set_meta(meta.clone());
                 write.finish(self, data)
             }
