@@ -42,10 +42,43 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free UDP port on loopback (bound, then released).
+/// A port on loopback free for UDP and TCP (bound, then released), below the kernel's
+/// ephemeral range: between its choice and the agent's bind, no socket the kernel
+/// numbers itself (an agent's data-path endpoint, any client) can take it, and this
+/// process never hands the same port out twice. (Ports from the ephemeral range were
+/// taken that way now and then: "cannot listen on ...: Address already in use".)
 pub fn free_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind ephemeral port");
-    socket.local_addr().expect("local addr").port()
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        // An unusual range: fall back to what the kernel hands out.
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind ephemeral port");
+        return socket.local_addr().expect("local addr").port();
+    };
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..10_000 {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u32(std::process::id());
+        let port = low + (random.finish() % u64::from(high - low)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let free = UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..{high}");
 }
 
 /// One node of a test cluster.
