@@ -138,11 +138,11 @@ fn cut_blocks(
     mut take: impl FnMut(u64, Bytes) -> bool,
 ) -> (Option<io::Error>, Option<u64>) {
     let block = block.max(MAX_CHUNK);
-    let mut carried: Vec<u8> = Vec::new();
     let mut offset = base;
+    // The next block, starting with what the last one left uncut.
+    let mut next = Vec::with_capacity(block);
     loop {
-        let mut bytes = Vec::with_capacity(block);
-        bytes.extend_from_slice(&carried);
+        let mut bytes = next;
         let wanted = block - bytes.len();
         let read = match (&mut reader).take(wanted as u64).read_to_end(&mut bytes) {
             Ok(read) => read,
@@ -170,7 +170,8 @@ fn cut_blocks(
         if ended {
             return (None, None);
         }
-        carried = bytes[start..].to_vec();
+        next = Vec::with_capacity(block);
+        next.extend_from_slice(&bytes[start..]);
         offset += start as u64;
     }
 }
