@@ -66,27 +66,43 @@ pub fn batch_request(items: Vec<BatchItem>) -> (Request, Vec<Bytes>) {
     (Request::Batch(heads), data)
 }
 
+/// `data` cut into consecutive pieces of `lens` bytes each (shared slices, not
+/// copies); `None` if `data` is not exactly as long as they add up to.
+pub fn split_data(lens: impl IntoIterator<Item = u32>, data: &Bytes) -> Option<Vec<Bytes>> {
+    let mut at = 0usize;
+    let pieces = lens
+        .into_iter()
+        .map(|len| {
+            let end = at.checked_add(len as usize)?;
+            let piece = data.get(at..end).map(|_| data.slice(at..end))?;
+            at = end;
+            Some(piece)
+        })
+        .collect::<Option<Vec<Bytes>>>()?;
+    (at == data.len()).then_some(pieces)
+}
+
 /// The operations of a [`Request::Batch`] with their chunk bytes, sliced out of `data`
 /// (the bytes that followed it, shared, not copied); `None` if `data` is not exactly
 /// as long as the chunk lengths add up to.
 pub fn batch_items(heads: Vec<BatchHead>, data: Bytes) -> Option<Vec<BatchItem>> {
-    let mut at = 0usize;
+    let lens = heads
+        .iter()
+        .flat_map(|(_, chunks)| chunks.iter().map(|(_, len)| *len));
+    let mut pieces = split_data(lens, &data)?.into_iter();
     let items = heads
         .into_iter()
         .map(|(op, chunks)| {
+            // As many pieces as chunks, in order (zip takes a hash before a piece).
             let chunks = chunks
                 .into_iter()
-                .map(|(hash, len)| {
-                    let end = at.checked_add(len as usize)?;
-                    let bytes = data.get(at..end).map(|_| data.slice(at..end))?;
-                    at = end;
-                    Some((hash, bytes))
-                })
-                .collect::<Option<Vec<ChunkData>>>()?;
-            Some((op, chunks))
+                .map(|(hash, _)| hash)
+                .zip(pieces.by_ref())
+                .collect();
+            (op, chunks)
         })
-        .collect::<Option<Vec<BatchItem>>>()?;
-    (at == data.len()).then_some(items)
+        .collect();
+    Some(items)
 }
 
 /// Chunk bytes a [`Request::Batch`] says follow it (an untrusted sum: saturating).

@@ -405,16 +405,10 @@ fn store(
             Request::Append(lens) => (lens, None),
             _ => return Response::Refused("not a piece of a file".into()),
         };
-        // `data` is exactly as long as `lens` add up to (read so).
-        let mut at = 0usize;
-        let pieces: Vec<&[u8]> = lens
-            .iter()
-            .map(|len| {
-                let bytes = &data[at..at + *len as usize];
-                at += *len as usize;
-                bytes
-            })
-            .collect();
+        // `data` is as long as `lens` add up to (read so): checked, not assumed.
+        let Some(pieces) = proto::split_data(lens, &data.into()) else {
+            return Response::Refused("a piece's bytes do not match its chunk lengths".into());
+        };
         let dropped = if hashes.is_some() {
             Response::Staged
         } else {
