@@ -295,18 +295,10 @@ pub fn chunk_file(path: &std::path::Path) -> io::Result<(Vec<ChunkRef>, Hash)> {
     Ok((chunks, content))
 }
 
-/// [`chunk_file`] for a file whose size a `stat` just gave (`size`): no second one.
-/// A file that has grown past [`READ_WHOLE`] since is streamed, never read whole.
-/// With `keep`, also the bytes the chunks describe when the file was read whole.
-pub fn chunk_file_of_size(
-    path: &std::path::Path,
-    size: u64,
-    keep: bool,
-) -> io::Result<(Vec<ChunkRef>, Hash, Option<Vec<u8>>)> {
-    chunk_open_file(open_nofollow(path)?, size, keep)
-}
-
-fn chunk_open_file(
+/// [`chunk_file`] of the open `file`, whose size a `stat` just gave (`size`): no
+/// second one. A file that has grown past [`READ_WHOLE`] since is streamed, never read
+/// whole. With `keep`, also the bytes the chunks describe when the file was read whole.
+pub fn chunk_open_file(
     mut file: std::fs::File,
     size: u64,
     keep: bool,
@@ -434,7 +426,8 @@ mod tests {
             // A size from an older stat (the file grew, or shrank, since): the chunks
             // are still those of what the file holds.
             for stale in [0, size as u64 / 2, READ_WHOLE, size as u64 + 5] {
-                let (chunks, content, kept) = chunk_file_of_size(&path, stale, true).unwrap();
+                let (chunks, content, kept) =
+                    chunk_open_file(open_nofollow(&path).unwrap(), stale, true).unwrap();
                 assert_eq!((chunks, content), streamed, "{size} bytes read as {stale}");
                 // Kept bytes are exactly what was chunked; a streamed file keeps none.
                 match kept {

@@ -6,11 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::chunk::chunk_file_of_size;
+use crate::chunk::chunk_open_file;
 use crate::index::{Entry, EntryKind, Index, is_volume_content, paths_at_and_below, synced_xattr};
 use crate::path::RelPath;
 
@@ -165,7 +164,11 @@ pub fn rescan(
                 .get(rel)
                 .map(|old| (old.kind.clone(), old.ino));
             let reuse = |_: &RelPath, _: &Entry| None;
-            if let Some((entry, _)) = read_entry(dir, rel, (&reuse, None), &mut report)
+            let at = At {
+                path: dir,
+                dir: None,
+            };
+            if let Some((entry, _)) = read_entry(at, rel, (&reuse, None), &mut report)
                 && same == Some((EntryKind::Dir, entry.ino))
             {
                 index.entries.insert(rel.clone(), entry);
@@ -301,6 +304,14 @@ fn read_children(
             return None;
         }
     };
+    // Its entries are read relative to it: one name looked up per entry, not every
+    // component of its path for each of the stat, open and xattr calls.
+    let opened = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok();
     let children: Vec<(PathBuf, RelPath)> = listing
         .flatten()
         .filter_map(|child| {
@@ -317,7 +328,11 @@ fn read_children(
         let entries: Vec<ReadEntry> = part
             .into_iter()
             .filter_map(|(path, rel)| {
-                read_entry(&path, &rel, (reuse, keep), &mut report)
+                let at = At {
+                    path: &path,
+                    dir: opened.as_ref().zip(path.file_name()),
+                };
+                read_entry(at, &rel, (reuse, keep), &mut report)
                     .map(|(entry, kept)| (rel, entry, kept))
             })
             .collect();
@@ -333,85 +348,116 @@ fn read_children(
     Some(out)
 }
 
-/// What tells one file or directory from another on a brick: its inode number, mixed
-/// with its birth time where the filesystem records one (ext4, XFS, btrfs do). ext4
-/// gives a freed inode number to the next file created, often in the same second: by
-/// number alone, "remove a, create b" looked like "a renamed to b", and with
-/// `ignore-deletes` the secondary lost `a`. Hard links share an inode, so they share
-/// this too.
-pub fn identity(meta: &std::fs::Metadata) -> u64 {
-    let Some(born) = meta
-        .created()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-    else {
-        return meta.ino();
+/// What tells one file or directory from another on a brick: its inode number `ino`,
+/// mixed with its birth time `born` (seconds, nanoseconds) where the filesystem
+/// records one (ext4, XFS, btrfs do). ext4 gives a freed inode number to the next file
+/// created, often in the same second: by number alone, "remove a, create b" looked like
+/// "a renamed to b", and with `ignore-deletes` the secondary lost `a`. Hard links share
+/// an inode, so they share this too.
+pub fn identity(ino: u64, born: Option<(i64, u32)>) -> u64 {
+    // A birth time before 1970 counts as none (as it did when read through std).
+    let Some((secs, nanos)) = born.filter(|(secs, _)| *secs >= 0) else {
+        return ino;
     };
     // splitmix64's finalizer: every bit of the birth time moves every bit of the mix.
-    let mut z = born
-        .as_secs()
+    let mut z = (secs as u64)
         .wrapping_mul(1_000_000_007)
-        .wrapping_add(u64::from(born.subsec_nanos()));
+        .wrapping_add(u64::from(nanos));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    meta.ino() ^ z ^ (z >> 31)
+    ino ^ z ^ (z >> 31)
 }
 
 /// Fewest entries in a directory read on several threads.
 const PARALLEL_LISTING: usize = 64;
 
-/// The entry at `path` (`rel` under the root); `None` when it is not volume data
+/// Where [`read_entry`] reads an entry: its full path, and, when its directory is
+/// open, that directory and its name in it (then used instead of the path).
+struct At<'a> {
+    path: &'a Path,
+    dir: Option<(&'a std::os::fd::OwnedFd, &'a std::ffi::OsStr)>,
+}
+
+impl At<'_> {
+    /// The entry's status, not following a final symlink (with its birth time where
+    /// the filesystem has one).
+    fn stat(&self) -> io::Result<rustix::fs::Statx> {
+        use rustix::fs::{AtFlags, StatxFlags};
+        let flags = AtFlags::SYMLINK_NOFOLLOW;
+        let mask = StatxFlags::BASIC_STATS | StatxFlags::BTIME;
+        Ok(match self.dir {
+            Some((dir, name)) => rustix::fs::statx(dir, name, flags, mask)?,
+            None => rustix::fs::statx(rustix::fs::CWD, self.path, flags, mask)?,
+        })
+    }
+
+    /// The entry opened for reading, not following a final symlink.
+    fn open(&self) -> io::Result<std::fs::File> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match self.dir {
+            Some((dir, name)) => rustix::fs::openat(dir, name, flags, Mode::empty())?,
+            None => rustix::fs::open(self.path, flags, Mode::empty())?,
+        };
+        Ok(std::fs::File::from(fd))
+    }
+}
+
+/// The entry at `at` (`rel` under the root); `None` when it is not volume data
 /// (device, fifo, socket) or could not be read (a failure in `report`).
 fn read_entry(
-    path: &Path,
+    at: At<'_>,
     rel: &RelPath,
     (reuse, keep): (&Reuse<'_>, Option<&Keep>),
     report: &mut ScanReport,
 ) -> Option<(Entry, Option<Vec<u8>>)> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
+    let fail = |report: &mut ScanReport, error: io::Error| {
+        if error.kind() != io::ErrorKind::NotFound {
+            report.failures.push((rel.clone(), error.to_string()));
+        }
+    };
+    let stat = match at.stat() {
+        Ok(stat) => stat,
         Err(error) => {
-            if error.kind() != io::ErrorKind::NotFound {
-                report.failures.push((rel.clone(), error.to_string()));
-            }
+            fail(report, error);
             return None;
         }
     };
-    let file_type = meta.file_type();
-    let kind = if file_type.is_dir() {
-        EntryKind::Dir
-    } else if file_type.is_symlink() {
-        match std::fs::read_link(path) {
+    let kind = match u32::from(stat.stx_mode) & nix::libc::S_IFMT {
+        nix::libc::S_IFDIR => EntryKind::Dir,
+        nix::libc::S_IFLNK => match std::fs::read_link(at.path) {
             Ok(target) => EntryKind::Symlink(target.as_os_str().as_bytes().to_vec()),
             Err(error) => {
                 report.failures.push((rel.clone(), error.to_string()));
                 return None;
             }
-        }
-    } else if file_type.is_file() {
-        EntryKind::File
-    } else {
+        },
+        nix::libc::S_IFREG => EntryKind::File,
         // Devices, fifos and sockets are not volume data.
-        return None;
+        _ => return None,
     };
+    let born = rustix::fs::StatxFlags::from_bits_retain(stat.stx_mask)
+        .contains(rustix::fs::StatxFlags::BTIME)
+        .then_some((stat.stx_btime.tv_sec, stat.stx_btime.tv_nsec));
     let mut entry = Entry {
         size: if kind == EntryKind::File {
-            meta.len()
+            stat.stx_size
         } else {
             0
         },
-        kind,
-        mode: meta.permissions().mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime: meta.mtime(),
-        mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
-        ino: identity(&meta),
-        xattrs: if file_type.is_symlink() {
-            Vec::new()
+        mode: u32::from(stat.stx_mode) & 0o7777,
+        uid: stat.stx_uid,
+        gid: stat.stx_gid,
+        mtime: stat.stx_mtime.tv_sec,
+        mtime_nsec: stat.stx_mtime.tv_nsec,
+        ino: identity(stat.stx_ino, born),
+        // A file read below has its attributes read through the open file instead.
+        xattrs: if kind == EntryKind::Dir {
+            read_xattrs(at.path)
         } else {
-            read_xattrs(path)
+            Vec::new()
         },
+        kind,
         chunks: Vec::new(),
         content: None,
     };
@@ -431,33 +477,38 @@ fn read_entry(
         Some(old) => {
             entry.chunks = old.chunks.clone();
             entry.content = old.content;
+            entry.xattrs = read_xattrs(at.path);
         }
-        None if keep.is_some_and(|keep| keep.defers(entry.size)) => {}
+        None if keep.is_some_and(|keep| keep.defers(entry.size)) => {
+            entry.xattrs = read_xattrs(at.path);
+        }
         None => {
             let keeping = keep.is_some_and(|keep| keep.take(entry.size));
             // What was taken from the budget is the size the stat gave: a file read at
             // another size is not kept; what is not kept goes back to the budget.
-            let read = chunk_file_of_size(path, entry.size, keeping).map(|(c, h, bytes)| {
-                (c, h, bytes.filter(|bytes| bytes.len() as u64 == entry.size))
+            let read = at.open().and_then(|file| {
+                let xattrs = read_file_xattrs(&file);
+                let (chunks, content, bytes) = chunk_open_file(file, entry.size, keeping)?;
+                let bytes = bytes.filter(|bytes| bytes.len() as u64 == entry.size);
+                Ok((chunks, content, bytes, xattrs))
             });
             if keeping
-                && !matches!(read, Ok((_, _, Some(_))))
+                && !matches!(read, Ok((_, _, Some(_), _)))
                 && let Some(keep) = keep
             {
                 keep.give_back(entry.size);
             }
             match read {
-                Ok((chunks, content, bytes)) => {
+                Ok((chunks, content, bytes, xattrs)) => {
                     report.files_hashed += 1;
                     report.bytes_hashed += entry.size;
                     entry.chunks = chunks;
                     entry.content = Some(content);
+                    entry.xattrs = xattrs;
                     kept = bytes;
                 }
                 Err(error) => {
-                    if error.kind() != io::ErrorKind::NotFound {
-                        report.failures.push((rel.clone(), error.to_string()));
-                    }
+                    fail(report, error);
                     return None;
                 }
             }
@@ -466,14 +517,31 @@ fn read_entry(
     Some((entry, kept))
 }
 
+/// The synced extended attributes of the entry at `path` (not following a final
+/// symlink), sorted.
 fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else {
+    synced_xattrs(xattr::list(path), |name| xattr::get(path, name))
+}
+
+/// [`read_xattrs`] of an open file.
+fn read_file_xattrs(file: &std::fs::File) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use xattr::FileExt;
+    synced_xattrs(file.list_xattr(), |name| file.get_xattr(name))
+}
+
+/// The synced ones of the attributes `names`, each with its value from `get`, sorted
+/// (none when they cannot be listed; one that went away meanwhile is left out).
+fn synced_xattrs(
+    names: io::Result<xattr::XAttrs>,
+    get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = names else {
         return Vec::new();
     };
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
         .filter(|name| synced_xattr(name.as_bytes()))
         .filter_map(|name| {
-            let value = xattr::get(path, &name).ok()??;
+            let value = get(&name).ok()??;
             Some((name.as_bytes().to_vec(), value))
         })
         .collect();
@@ -496,6 +564,80 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// What std's metadata says of `path`, in an entry's terms (kind aside).
+    fn as_std_sees(path: &Path) -> (u64, u32, u32, u32, i64, u32, u64) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = fs::symlink_metadata(path).unwrap();
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| (d.as_secs() as i64, d.subsec_nanos()));
+        let size = if meta.is_file() { meta.len() } else { 0 };
+        (
+            size,
+            meta.permissions().mode() & 0o7777,
+            meta.uid(),
+            meta.gid(),
+            meta.mtime(),
+            meta.mtime_nsec() as u32,
+            identity(meta.ino(), born),
+        )
+    }
+
+    #[test]
+    fn a_scan_reads_each_entry_as_stat_and_its_attributes_say() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir(root.join("d")).unwrap();
+        // More files than one thread reads: some are read on the listing's threads.
+        for i in 0..(PARALLEL_LISTING + 6) {
+            let file = root.join(format!("d/f{i}"));
+            fs::write(&file, vec![i as u8; i]).unwrap();
+            xattr::set(&file, "user.n", i.to_string().as_bytes()).unwrap();
+        }
+        xattr::set(root.join("d"), "user.dir", b"yes").unwrap();
+        std::os::unix::fs::symlink("d/f1", root.join("link")).unwrap();
+        let check = |index: &Index| {
+            assert_eq!(index.entries.len(), PARALLEL_LISTING + 6 + 2);
+            for (path, entry) in &index.entries {
+                let at = root.join(path.as_path());
+                let seen = (
+                    entry.size,
+                    entry.mode,
+                    entry.uid,
+                    entry.gid,
+                    entry.mtime,
+                    entry.mtime_nsec,
+                    entry.ino,
+                );
+                assert_eq!(seen, as_std_sees(&at), "{path}");
+                let xattrs: Vec<(Vec<u8>, Vec<u8>)> = match entry.kind {
+                    EntryKind::Symlink(_) => Vec::new(),
+                    _ => xattr::list(&at)
+                        .unwrap()
+                        .map(|n| (n.as_bytes().to_vec(), xattr::get(&at, &n).unwrap().unwrap()))
+                        .collect(),
+                };
+                assert!(!xattrs.is_empty() || path.to_string() == "link");
+                assert_eq!(entry.xattrs, xattrs, "{path}");
+            }
+            let link = RelPath::new("link").unwrap();
+            assert_eq!(
+                index.entries[&link].kind,
+                EntryKind::Symlink(b"d/f1".to_vec())
+            );
+        };
+        // Read afresh (each file opened and hashed), then again with every file's
+        // hashes reused (its attributes read through its path).
+        let (index, report) = scan(root, None).unwrap();
+        assert_eq!(report.files_hashed, (PARALLEL_LISTING + 6) as u64);
+        check(&index);
+        let (again, report) = scan(root, Some(&index)).unwrap();
+        assert_eq!(report.files_hashed, 0);
+        check(&again);
     }
 
     #[test]

@@ -747,3 +747,47 @@ fn a_run_of_writes_that_keeps_its_directories_open_lands_each_file_in_its_own() 
         Err(ApplyError::Reserved { .. })
     ));
 }
+
+#[test]
+fn a_new_file_gets_exactly_its_mode_and_owner_whatever_it_was_created_with() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, secondary) = (dir.path().join("p"), dir.path().join("s"));
+    fs::create_dir_all(&primary).unwrap();
+    fs::create_dir_all(&secondary).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    // Modes the umask would change at creation, set-id and sticky bits (set only after
+    // the owner), and the mode a file is created with when nothing else is known.
+    let modes = [
+        0o644, 0o666, 0o600, 0o400, 0o4755, 0o2750, 0o1777, 0o000, 0o777,
+    ];
+    // As root, owners other than the one creating: a chown must come before the mode
+    // (it clears set-id bits).
+    let owners: &[(u32, u32)] = if root {
+        &[(0, 0), (1234, 5678), (0, 5678), (1234, 0)]
+    } else {
+        &[(u32::MAX, u32::MAX)]
+    };
+    let mut wanted = BTreeMap::new();
+    for (i, mode) in modes.iter().enumerate() {
+        for (j, owner) in owners.iter().enumerate() {
+            let name = format!("f{i}-{j}");
+            let path = primary.join(&name);
+            fs::write(&path, format!("{name} content")).unwrap();
+            if *owner != (u32::MAX, u32::MAX) {
+                std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).unwrap();
+            }
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+            let meta = fs::metadata(&path).unwrap();
+            wanted.insert(name, (meta.mode() & 0o7777, meta.uid(), meta.gid()));
+        }
+    }
+    let applier = Applier::open(&secondary).unwrap();
+    sync(&primary, &applier, &Index::default(), false);
+    for (name, want) in &wanted {
+        let meta = fs::metadata(secondary.join(name)).unwrap();
+        let got = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+        assert_eq!(got, *want, "{name}: mode and owner (mode {:o})", want.0);
+    }
+    assert_same(&primary, &secondary);
+}

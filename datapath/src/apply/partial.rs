@@ -46,13 +46,14 @@ pub struct PartialWrite {
 
 impl PartialWrite {
     /// A write of `chunks` (a streamed one: none yet) to `path`, into a temporary
-    /// file created beside it.
+    /// file created beside it with the permission bits of `mode`.
     pub(super) fn create(
         applier: &Applier,
         path: &RelPath,
         chunks: Vec<ChunkRef>,
         streamed: bool,
         parents: Option<&mut super::Parents>,
+        mode: u32,
     ) -> Result<PartialWrite, ApplyError> {
         let (dir, name) = match parents {
             Some(parents) => applier.parent_kept(path, parents)?,
@@ -71,7 +72,7 @@ impl PartialWrite {
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
+                Mode::from_bits_truncate(mode & 0o777),
             )
         };
         // A temporary file of an interrupted write is in the way only rarely: removed
