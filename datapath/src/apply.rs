@@ -306,6 +306,48 @@ impl Applier {
         }
     }
 
+    /// Removes the temporary files that interrupted writes left in the directories of
+    /// `places` (a journal's, see [`crate::journal`]: where a batch or a streamed file
+    /// was being written when its writer died). A temporary file is named for the
+    /// process writing it: those of this process and of any process running here are
+    /// left alone. Returns how many were removed.
+    ///
+    /// (Without this, a secondary agent killed mid-write left its partial file behind
+    /// for good: the agent after it writes under another name.)
+    pub fn sweep_temporaries(&self, places: &[(RelPath, bool)]) -> usize {
+        let dirs: std::collections::BTreeSet<Option<RelPath>> =
+            places.iter().map(|(path, _)| path.parent()).collect();
+        let mut removed = 0;
+        for dir in dirs {
+            let how = beneath(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC);
+            let opened = match &dir {
+                Some(dir) => openat2(self.root.as_fd(), dir.as_path(), how),
+                None => openat2(self.root.as_fd(), ".", how),
+            };
+            let Ok(fd) = opened else {
+                continue;
+            };
+            let Ok(dup) = fd.try_clone() else {
+                continue;
+            };
+            let Ok(mut listing) = nix::dir::Dir::from_fd(dup) else {
+                continue;
+            };
+            let stale: Vec<std::ffi::CString> = listing
+                .iter()
+                .flatten()
+                .map(|entry| entry.file_name().to_owned())
+                .filter(|name| temp_writer(name.to_bytes()).is_some_and(|pid| !running(pid)))
+                .collect();
+            for name in stale {
+                if unlinkat(fd.as_fd(), name.as_c_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Which of `chunks` the file now at `path` lacks (what the primary must send),
     /// and the chunks it is taken to have when that comes from `known` (its size and
     /// mtime still match, and it has not been caught wrong): then the file is not
@@ -700,6 +742,31 @@ fn file_type(stat: &nix::sys::stat::FileStat) -> nix::sys::stat::SFlag {
 
 fn exists(dir: &OwnedFd, name: &OsStr) -> bool {
     nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+}
+
+/// The process a temporary file's name says writes it (see [`temp_name`]); `None`
+/// for any other name.
+fn temp_writer(name: &[u8]) -> Option<u32> {
+    let rest = name.strip_prefix(TEMP_PREFIX.as_bytes())?;
+    let mut parts = rest.rsplitn(2, |b| *b == b'.');
+    let pid = parts.next()?;
+    parts.next()?;
+    std::str::from_utf8(pid).ok()?.parse().ok()
+}
+
+/// Whether process `pid` runs on this host (this one included).
+fn running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let Some(pid) = i32::try_from(pid).ok().filter(|pid| *pid > 0) else {
+        return false;
+    };
+    // Signal 0 checks only that the process exists; EPERM: it does, someone else's.
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(Errno::ESRCH)
+    )
 }
 
 /// The permission bits of a temporary file whose final mode is not known yet.

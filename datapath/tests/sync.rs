@@ -791,3 +791,53 @@ fn a_new_file_gets_exactly_its_mode_and_owner_whatever_it_was_created_with() {
     }
     assert_same(&primary, &secondary);
 }
+
+#[test]
+fn temporary_files_of_a_writer_that_died_are_swept_and_a_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let secondary = dir.path();
+    fs::create_dir_all(secondary.join("a/b")).unwrap();
+    // A process that has ended, and one that runs (besides this one).
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let dead = ended.id();
+    ended.wait().unwrap();
+    let mut live = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let temp = |dir: &str, file: &str, pid: u32| {
+        let path = secondary
+            .join(dir)
+            .join(format!(".georep-tmp.{file}.{pid}"));
+        fs::write(&path, b"partial").unwrap();
+        path
+    };
+    let stale = [temp("a/b", "x", dead), temp("", "y", dead)];
+    let kept = [
+        temp("a/b", "z", std::process::id()),
+        temp("a/b", "w", live.id()),
+        // Not in a directory the journal names.
+        temp("a", "v", dead),
+    ];
+    fs::write(secondary.join("a/b/.georep-tmp.not-a-pid"), b"other").unwrap();
+    fs::write(secondary.join("a/b/plain.42"), b"volume data").unwrap();
+    let applier = Applier::open(secondary).unwrap();
+    let places = [
+        (RelPath::new("a/b/f").unwrap(), false),
+        (RelPath::new("a/b/g").unwrap(), false),
+        (RelPath::new("top").unwrap(), false),
+        (RelPath::new("gone/h").unwrap(), false),
+    ];
+    let swept = applier.sweep_temporaries(&places);
+    let _ = live.kill();
+    let _ = live.wait();
+    assert_eq!(swept, 2);
+    for path in &stale {
+        assert!(!path.exists(), "{} left", path.display());
+    }
+    for path in &kept {
+        assert!(path.exists(), "{} removed", path.display());
+    }
+    assert!(secondary.join("a/b/.georep-tmp.not-a-pid").exists());
+    assert!(secondary.join("a/b/plain.42").exists());
+}

@@ -306,6 +306,15 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     )])
     .unwrap();
     fs::write(&journal, frame).unwrap();
+    // And what a secondary agent killed mid-write leaves beside it: a temporary file
+    // named for a process that has ended. One of a running process stays.
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let dead = ended.id();
+    ended.wait().unwrap();
+    let partial = secondary.join(format!("fresh/.georep-tmp.lost.{dead}"));
+    fs::write(&partial, b"half a file").unwrap();
+    let in_use = secondary.join(format!("fresh/.georep-tmp.busy.{}", std::process::id()));
+    fs::write(&in_use, b"being written").unwrap();
     cluster.restart(2);
     wait_same(
         &cluster,
@@ -320,6 +329,12 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
         "the journal removed once the next index is saved",
         || !journal.exists(),
     );
+    assert!(!partial.exists(), "a dead writer's temporary file was left");
+    assert!(
+        in_use.exists(),
+        "a running writer's temporary file was removed"
+    );
+    fs::remove_file(&in_use).unwrap();
     cluster.wait_until(WAIT, "Active again", || {
         worker_status(&cluster).as_deref() == Some("Active")
     });

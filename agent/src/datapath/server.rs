@@ -221,6 +221,7 @@ async fn serve_stream(
             (Some(granted), Request::Open { write: op, known }) => {
                 let applier = granted.applier.clone();
                 let open = granted.open.clone();
+                let journal = granted.journal_file.clone();
                 let who = peer.clone();
                 tokio::task::spawn_blocking(move || {
                     let Op::Write {
@@ -233,6 +234,11 @@ async fn serve_stream(
                     else {
                         return Response::Refused("Open names no file write".into());
                     };
+                    // Journaled first: if this agent dies mid-write, the next one
+                    // removes the partial temporary file (see `saved_state`).
+                    if let Err(error) = record(&journal, &[(path.clone(), false)]) {
+                        return Response::Refused(format!("cannot journal the write: {error}"));
+                    }
                     let (missing, have) = applier.lacking(path, chunks, known.as_ref());
                     let Ok(mut open) = open.lock() else {
                         return Response::Refused("stream state unusable".into());
@@ -259,7 +265,12 @@ async fn serve_stream(
                 let applier = granted.applier.clone();
                 let open = granted.open.clone();
                 let who = peer.clone();
+                let journal = granted.journal_file.clone();
                 tokio::task::spawn_blocking(move || {
+                    // Journaled first, as an `Open`'s.
+                    if let Err(error) = record(&journal, &[(path.clone(), false)]) {
+                        return Response::Refused(format!("cannot journal the write: {error}"));
+                    }
                     let Ok(mut open) = open.lock() else {
                         return Response::Refused("stream state unusable".into());
                     };
@@ -457,6 +468,11 @@ fn saved_state(applier: &Applier, (index_file, journal_file): &(PathBuf, PathBuf
     let places = std::fs::read(journal_file)
         .map(|bytes| journal::read(&bytes))
         .unwrap_or_default();
+    // What a writer that died mid-write left: nothing else removes it.
+    let swept = applier.sweep_temporaries(&places);
+    if swept > 0 {
+        tracing::info!(journal = %journal_file.display(), swept, "removed temporary files of interrupted writes");
+    }
     let mut present = Vec::new();
     for (path, below) in &places {
         applier.present(path, *below, MAX_UNSAVED, &mut present);
