@@ -167,16 +167,12 @@ pub async fn run(
 ) {
     let report = |f: &dyn Fn(&mut SyncProgress)| update(&progress, f);
     let root = brick.clone();
-    let watch = tokio::select! {
-        _ = cancel.cancelled() => return,
-        watch = tokio::task::spawn_blocking(move || BrickWatch::start(&root)) => match watch {
-            Ok(watch) => watch,
-            Err(error) => {
-                tracing::error!(brick = %brick.display(), %error, "cannot start watching the brick");
-                return;
-            }
-        },
-    };
+    // Watching a large tree (a watch per directory) takes a while: the first
+    // connection, its Hello and the saved index's download go on meanwhile, and only
+    // the first walk waits for it.
+    let mut watch = Watch::Starting(tokio::task::spawn_blocking(move || {
+        BrickWatch::start(&root)
+    }));
     let mut attempt = 0usize;
     let mut backoff = FIRST_RETRY;
     while !cancel.is_cancelled() {
@@ -203,7 +199,7 @@ pub async fn run(
         let (node, addr) = plan.secondaries[start % plan.secondaries.len()].clone();
         let began = std::time::Instant::now();
         let outcome = session(
-            (&brick, &watch),
+            (&brick, &mut watch),
             (&plan, &plan_file),
             replica_set,
             &node,
@@ -236,6 +232,30 @@ pub async fn run(
     }
 }
 
+/// A brick's change watch: being set up, ready, or failed to start.
+enum Watch {
+    Starting(tokio::task::JoinHandle<BrickWatch>),
+    Ready(BrickWatch),
+    Failed(String),
+}
+
+impl Watch {
+    /// The watch, once its setup has finished.
+    async fn ready(&mut self) -> Result<&BrickWatch, String> {
+        if let Watch::Starting(setup) = self {
+            *self = match setup.await {
+                Ok(watch) => Watch::Ready(watch),
+                Err(error) => Watch::Failed(format!("cannot start watching the brick: {error}")),
+            };
+        }
+        match self {
+            Watch::Ready(watch) => Ok(watch),
+            Watch::Failed(error) => Err(error.clone()),
+            Watch::Starting(_) => Err("the brick's watch is still starting".into()),
+        }
+    }
+}
+
 /// Applies `f` to the shared progress (a poisoned lock skips the report).
 fn update(progress: &Mutex<SyncProgress>, f: &dyn Fn(&mut SyncProgress)) {
     if let Ok(mut p) = progress.lock() {
@@ -261,7 +281,7 @@ fn read_plan(path: &Path) -> Result<WorkerPlan, String> {
 
 /// One connection's life: until cancelled (`Ok`) or the connection fails (`Err`).
 async fn session(
-    (brick, watch): (&Path, &BrickWatch),
+    (brick, watch): (&Path, &mut Watch),
     (plan, plan_file): (&WorkerPlan, &Path),
     replica_set: u32,
     node: &str,
@@ -315,6 +335,10 @@ async fn session(
     // What a worker before us applied without saving the index: whatever is there now
     // is sent again or removed, never assumed.
     synced.forget(&unsaved, &present);
+    let watch = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        watch = watch.ready() => watch?,
+    };
     tracing::info!(brick = %brick.display(), secondary = %node, entries = synced.entries.len(), unsaved = unsaved.len(), "syncing");
     let mut jobs = Jobs::new(
         conn.clone(),
