@@ -756,9 +756,6 @@ fn temp_writer(name: &[u8]) -> Option<u32> {
 
 /// Whether process `pid` runs on this host (this one included).
 fn running(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
     let Some(pid) = i32::try_from(pid).ok().filter(|pid| *pid > 0) else {
         return false;
     };

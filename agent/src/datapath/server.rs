@@ -234,10 +234,8 @@ async fn serve_stream(
                     else {
                         return Response::Refused("Open names no file write".into());
                     };
-                    // Journaled first: if this agent dies mid-write, the next one
-                    // removes the partial temporary file (see `saved_state`).
-                    if let Err(error) = record(&journal, &[(path.clone(), false)]) {
-                        return Response::Refused(format!("cannot journal the write: {error}"));
+                    if let Err(refused) = journal_write(&journal, path) {
+                        return refused;
                     }
                     let (missing, have) = applier.lacking(path, chunks, known.as_ref());
                     let Ok(mut open) = open.lock() else {
@@ -267,9 +265,8 @@ async fn serve_stream(
                 let who = peer.clone();
                 let journal = granted.journal_file.clone();
                 tokio::task::spawn_blocking(move || {
-                    // Journaled first, as an `Open`'s.
-                    if let Err(error) = record(&journal, &[(path.clone(), false)]) {
-                        return Response::Refused(format!("cannot journal the write: {error}"));
+                    if let Err(refused) = journal_write(&journal, &path) {
+                        return refused;
                     }
                     let Ok(mut open) = open.lock() else {
                         return Response::Refused("stream state unusable".into());
@@ -548,6 +545,14 @@ fn save_last(saving: &Saving, index_file: &Path, bytes: &[u8]) -> Result<(), Str
         .and_then(|()| parts.file.sync_all())
         .and_then(|()| std::fs::rename(&parts.temp, index_file))
         .map_err(|error| format!("{}: {error}", index_file.display()))
+}
+
+/// Journals the file `path` before its temporary file is created (an `Open` or
+/// `OpenNew`): if this agent dies mid-write, the next worker's Hello removes what it
+/// left (see `saved_state`). `Err`: the refusal to answer with.
+fn journal_write(journal: &Path, path: &georep_datapath::RelPath) -> Result<(), Response> {
+    record(journal, &[(path.clone(), false)])
+        .map_err(|error| Response::Refused(format!("cannot journal the write: {error}")))
 }
 
 /// Appends `touched` to the journal at `path`, durably, before their batch is applied
