@@ -8,10 +8,12 @@
 //! files opened `O_NOFOLLOW`). A symlink or `..` on the way therefore fails instead of
 //! leading elsewhere, also when someone swaps a directory for a symlink meanwhile.
 //!
-//! File content is written to a temporary file beside its destination, each chunk
-//! (sent, or copied from the current file) verified against its BLAKE3 hash and the
-//! chunk list against the content identity ([`crate::chunk::content_id`]), fsynced,
-//! then renamed into place: a reader sees the old file or the new one, never a part.
+//! File content is written to a file without a name (`O_TMPFILE`) in its
+//! destination's directory (where the file system has none: a named temporary file
+//! beside it), each chunk (sent, or copied from the current file) verified against
+//! its BLAKE3 hash and the chunk list against the content identity
+//! ([`crate::chunk::content_id`]), fsynced, then linked (or renamed) into place: a
+//! reader sees the old file or the new one, never a part.
 //! Chunks the destination's current file already has are copied from it; only the
 //! others must be sent ([`Applier::missing_chunks`]).
 //!
@@ -153,6 +155,9 @@ pub struct Applier {
     /// Files whose [`Known`] chunks turned out wrong: chunked again, not trusted, until
     /// a write of them succeeds.
     distrusted: std::sync::Mutex<std::collections::HashSet<RelPath>>,
+    /// Whether files are written unnamed (`O_TMPFILE`) and linked in when complete;
+    /// turned off for good the first time the file system refuses one.
+    unnamed: std::sync::atomic::AtomicBool,
 }
 
 /// What the sender's saved index says the file at a path is: trusted when the file
@@ -207,18 +212,101 @@ impl Applier {
             Mode::empty(),
         )
         .map_err(std::io::Error::from)?;
+        let privileged = nix::unistd::geteuid().is_root();
+        // Linking an unnamed file in needs CAP_DAC_READ_SEARCH or /proc.
+        let unnamed = privileged || Path::new(PROC_FDS).is_dir();
         Ok(Applier {
             root: fd,
             root_path: root.to_path_buf(),
-            privileged: nix::unistd::geteuid().is_root(),
+            privileged,
+            unnamed: std::sync::atomic::AtomicBool::new(unnamed),
             last_chunked: std::sync::Mutex::new(None),
             distrusted: std::sync::Mutex::new(Default::default()),
         })
     }
 
+    /// This applier, writing through named temporary files only (renamed into place),
+    /// as it does on a file system without `O_TMPFILE`.
+    pub fn with_named_temporaries(self) -> Applier {
+        self.unnamed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
     /// The root.
     pub fn root(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Creates a file without a name (`O_TMPFILE`) in `dir` with the permission bits
+    /// of `mode`; `None` where the file system cannot (then, and from then on, writes
+    /// use named temporary files).
+    ///
+    /// (A named temporary file costs a name created and a rename: a quarter of the
+    /// secondary's CPU on small files. And an unnamed one leaves nothing behind when
+    /// its writer dies.)
+    fn create_unnamed(&self, dir: &OwnedFd, mode: u32) -> nix::Result<Option<OwnedFd>> {
+        use std::sync::atomic::Ordering;
+        if !self.unnamed.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+        match openat(
+            dir.as_fd(),
+            ".",
+            flags,
+            Mode::from_bits_truncate(mode & 0o777),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            // The file system (EOPNOTSUPP) or the kernel (EISDIR, EINVAL) has none.
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+                self.unnamed.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Names the complete unnamed file `file` `name` in `dir`, atomically replacing
+    /// what is there.
+    fn link_in(&self, file: &File, dir: &OwnedFd, name: &OsStr) -> nix::Result<()> {
+        match self.link_unnamed(file, dir, name) {
+            Err(Errno::EEXIST) => {}
+            linked => return linked,
+        }
+        // Something is there: linked under a temporary name, renamed over it.
+        let temp = temp_name(name);
+        let linked = match self.link_unnamed(file, dir, &temp) {
+            Err(Errno::EEXIST) => {
+                let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                self.link_unnamed(file, dir, &temp)
+            }
+            linked => linked,
+        };
+        linked?;
+        renameat(dir.as_fd(), temp.as_os_str(), dir.as_fd(), name).inspect_err(|_| {
+            let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        })
+    }
+
+    /// Links the unnamed file `file` as `name` in `dir` (EEXIST if taken).
+    fn link_unnamed(&self, file: &File, dir: &OwnedFd, name: &OsStr) -> nix::Result<()> {
+        use std::os::fd::AsRawFd;
+        // The descriptor itself, with CAP_DAC_READ_SEARCH; else (ENOENT) its /proc link.
+        if self.privileged {
+            match linkat(file.as_fd(), "", dir.as_fd(), name, AtFlags::AT_EMPTY_PATH) {
+                Err(Errno::ENOENT) => {}
+                linked => return linked,
+            }
+        }
+        let link = format!("{PROC_FDS}/{}", file.as_raw_fd());
+        linkat(
+            nix::fcntl::AT_FDCWD,
+            link.as_str(),
+            dir.as_fd(),
+            name,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        )
     }
 
     /// The parent directory of `path`, opened beneath the root without symlinks, and
@@ -766,6 +854,9 @@ fn running(pid: u32) -> bool {
     )
 }
 
+/// Where this process's open files are linked.
+const PROC_FDS: &str = "/proc/self/fd";
+
 /// The permission bits of a temporary file whose final mode is not known yet.
 const TEMP_MODE: u32 = 0o600;
 
@@ -776,4 +867,38 @@ fn temp_name(name: &OsStr) -> std::ffi::OsString {
     let mut out = std::ffi::OsString::from(TEMP_PREFIX);
     out.push(format!("{:?}.{}", hash, PID.get_or_init(std::process::id)));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without CAP_DAC_READ_SEARCH (not root), an unnamed file is linked in through
+    /// its /proc link: new files and files replacing others arrive whole, and nothing
+    /// named is left beside them.
+    #[test]
+    fn an_unnamed_file_is_linked_in_through_proc_when_not_privileged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut applier = Applier::open(dir.path()).unwrap();
+        applier.privileged = false;
+        let path = RelPath::new("f").unwrap();
+        for content in [&b"first"[..], &b"second, replacing it"[..]] {
+            let (chunks, id) = crate::chunk::chunk_bytes(content);
+            let listing = || -> Vec<_> {
+                std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect()
+            };
+            let before = listing();
+            let mut write = applier
+                .begin_write(&path, content.len() as u64, &id, &chunks)
+                .unwrap();
+            write.put(&chunks[0].hash, content).unwrap();
+            assert_eq!(listing(), before, "the file being written has a name");
+            write.finish(&applier, &FileData::new()).unwrap();
+            assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), content);
+            assert_eq!(listing(), vec![std::ffi::OsString::from("f")]);
+        }
+    }
 }

@@ -127,10 +127,24 @@ fn build_tree(root: &Path) {
 
 #[test]
 fn a_tree_and_every_kind_of_edit_arrive_exactly() {
+    every_kind_of_edit(false);
+}
+
+/// The same where files cannot be created unnamed (no `O_TMPFILE`, as on a FUSE
+/// mount): written to named temporary files, renamed into place.
+#[test]
+fn a_tree_and_every_kind_of_edit_arrive_exactly_through_named_temporary_files() {
+    every_kind_of_edit(true);
+}
+
+fn every_kind_of_edit(named: bool) {
     let primary = tempfile::tempdir().unwrap();
     let secondary = tempfile::tempdir().unwrap();
     build_tree(primary.path());
-    let applier = Applier::open(secondary.path()).unwrap();
+    let mut applier = Applier::open(secondary.path()).unwrap();
+    if named {
+        applier = applier.with_named_temporaries();
+    }
     let (index, sent) = sync(primary.path(), &applier, &Index::default(), false);
     assert_same(primary.path(), secondary.path());
     assert!(sent >= 6 << 20, "{sent}");
@@ -500,11 +514,13 @@ fn a_file_written_in_pieces_is_checked_piece_by_piece() {
     drop(write);
     assert!(listing().is_empty(), "left behind: {:?}", listing());
 
-    // Put in pieces, in any order.
+    // Put in pieces, in any order; the file has no name until it is complete (a
+    // writer killed now leaves nothing behind).
     let mut write = applier.begin_write(&path, size, &id, &chunks).unwrap();
     for chunk in chunks.iter().rev().take(2) {
         write.put(&chunk.hash, &bytes_of(chunk)).unwrap();
     }
+    assert!(listing().is_empty(), "named while written: {:?}", listing());
     let rest: Vec<(Hash, Vec<u8>)> = chunks
         .iter()
         .rev()

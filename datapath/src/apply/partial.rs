@@ -1,7 +1,7 @@
-//! A large file being written on the secondary: its temporary copy beside the
-//! destination, filled chunk by chunk as pieces arrive (or appended to, when streamed),
-//! each chunk checked against its hash (or hashed here, when appended), then completed
-//! and renamed into place.
+//! A file being written on the secondary: its unnamed (or temporary) copy in the
+//! destination's directory, filled chunk by chunk as pieces arrive (or appended to,
+//! when streamed), each chunk checked against its hash (or hashed here, when
+//! appended), then completed and linked (or renamed) into place.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,8 +28,8 @@ pub struct PartialWrite {
     path: RelPath,
     name: std::ffi::OsString,
     dir: std::sync::Arc<OwnedFd>,
-    /// The temporary file's name, until it is renamed into place.
-    temp: Option<std::ffi::OsString>,
+    /// Where the file is until it is placed (`None` once it is).
+    temp: Option<Temp>,
     file: File,
     chunks: Vec<ChunkRef>,
     /// Where each hash occurs in `chunks`.
@@ -42,6 +42,18 @@ pub struct PartialWrite {
     /// Begun without a chunk list ([`Applier::begin_stream`]): chunks are appended
     /// ([`PartialWrite::append`]), hashed here.
     streamed: bool,
+}
+
+/// Where a file being written is until it is complete.
+#[derive(Debug)]
+enum Temp {
+    /// A temporary file named beside the destination ([`temp_name`]), renamed into
+    /// place; removed if the write is dropped.
+    Named(std::ffi::OsString),
+    /// A file without a name (`O_TMPFILE`), linked in at the destination once
+    /// complete. Nothing to remove if the write is dropped or its writer dies: the
+    /// kernel frees it with its last descriptor.
+    Unnamed,
 }
 
 impl PartialWrite {
@@ -62,29 +74,15 @@ impl PartialWrite {
                 (std::sync::Arc::new(dir), name)
             }
         };
-        let temp = temp_name(name);
-        let create = || {
-            openat(
-                dir.as_fd(),
-                temp.as_os_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(mode & 0o777),
-            )
-        };
-        // A temporary file of an interrupted write is in the way only rarely: removed
-        // then, not tried before every file (a failing unlink costs a lookup).
-        let fd = match create() {
-            Err(Errno::EEXIST) => {
-                let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-                create()
+        let created = match applier.create_unnamed(&dir, mode) {
+            Ok(Some(fd)) => Ok((Temp::Unnamed, fd)),
+            Ok(None) => {
+                let temp = temp_name(name);
+                create_named(&dir, &temp, mode).map(|fd| (Temp::Named(temp), fd))
             }
-            created => created,
-        }
-        .map_err(|e| io(path, "create temporary file", e))?;
+            Err(e) => Err(e),
+        };
+        let (temp, fd) = created.map_err(|e| io(path, "create temporary file", e))?;
         let mut at: HashMap<Hash, Vec<usize>> = HashMap::new();
         for (i, chunk) in chunks.iter().enumerate() {
             at.entry(chunk.hash).or_default().push(i);
@@ -349,17 +347,24 @@ impl PartialWrite {
             what: "fsync",
             source,
         })?;
-        let Some(temp) = self.temp.take() else {
-            return Ok(());
-        };
-        if let Err(e) = renameat(
-            self.dir.as_fd(),
-            temp.as_os_str(),
-            self.dir.as_fd(),
-            self.name.as_os_str(),
-        ) {
-            self.temp = Some(temp);
-            return Err(io(&self.path, "rename into place", e));
+        match self.temp.take() {
+            None => {}
+            Some(Temp::Named(temp)) => {
+                if let Err(e) = renameat(
+                    self.dir.as_fd(),
+                    temp.as_os_str(),
+                    self.dir.as_fd(),
+                    self.name.as_os_str(),
+                ) {
+                    self.temp = Some(Temp::Named(temp));
+                    return Err(io(&self.path, "rename into place", e));
+                }
+            }
+            Some(Temp::Unnamed) => {
+                applier
+                    .link_in(&self.file, &self.dir, &self.name)
+                    .map_err(|e| io(&self.path, "link into place", e))?;
+            }
         }
         if let Ok(mut distrusted) = applier.distrusted.lock() {
             distrusted.remove(&self.path);
@@ -402,12 +407,34 @@ impl PartialWrite {
 
 impl Drop for PartialWrite {
     fn drop(&mut self) {
-        if let Some(temp) = self.temp.take() {
+        if let Some(Temp::Named(temp)) = self.temp.take() {
             let _ = unlinkat(
                 self.dir.as_fd(),
                 temp.as_os_str(),
                 UnlinkatFlags::NoRemoveDir,
             );
         }
+    }
+}
+
+/// Creates the temporary file `temp` in `dir` with the permission bits of `mode`,
+/// removing one an interrupted write left there first if it is in the way.
+fn create_named(dir: &OwnedFd, temp: &std::ffi::OsStr, mode: u32) -> nix::Result<OwnedFd> {
+    let create = || {
+        openat(
+            dir.as_fd(),
+            temp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode & 0o777),
+        )
+    };
+    // A temporary file of an interrupted write is in the way only rarely: removed
+    // then, not tried before every file (a failing unlink costs a lookup).
+    match create() {
+        Err(Errno::EEXIST) => {
+            let _ = unlinkat(dir.as_fd(), temp, UnlinkatFlags::NoRemoveDir);
+            create()
+        }
+        created => created,
     }
 }
