@@ -114,8 +114,10 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     let mut grant: Option<Grant> = None;
-    // A large file's piece being stored while the next request is read (its answer
-    // goes out when stored, before anything else is answered).
+    // A large file's piece being stored, or a batch being applied, while the next
+    // request is read (its answer goes out when done, before anything else is
+    // answered): the next batch crosses the connection and is read while this one is
+    // applied, not after.
     let mut storing: Option<tokio::task::JoinHandle<Response>> = None;
     loop {
         let read = {
@@ -149,19 +151,37 @@ async fn serve_stream(
                 return;
             }
         };
-        let request = match (&grant, request) {
-            (Some(granted), request @ (Request::Stage(_) | Request::Append(_))) => {
-                storing = Some(store(granted, &peer, request, data));
-                continue;
-            }
-            (_, request) => request,
-        };
+        let request =
+            match (&grant, request) {
+                (Some(granted), request @ (Request::Stage(_) | Request::Append(_))) => {
+                    storing = Some(store(granted, &peer, request, data));
+                    continue;
+                }
+                (Some(granted), Request::Batch(heads)) => {
+                    // Fenced as every write (see below), before anything is applied.
+                    let applying =
+                        match fence(&agent, &peer, &granted.primary_volume, granted.replica_set)
+                            .await
+                        {
+                            Ok(()) => apply_in_background(granted, &peer, heads, data),
+                            Err(reason) => Err(reason),
+                        };
+                    match applying {
+                        Ok(applying) => storing = Some(applying),
+                        Err(reason) => {
+                            tracing::warn!(%peer, %reason, "data path write refused");
+                            let _ = write_msg(&mut send, &Response::Refused(reason)).await;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                (_, request) => request,
+            };
         // Every write is fenced again: a view that changed since the Hello (the peer
         // no longer the Active node here) ends the stream before anything is applied.
-        if let (
-            Some(granted),
-            Request::Batch(_) | Request::SaveIndex(_) | Request::SaveIndexPart(_),
-        ) = (&grant, &request)
+        if let (Some(granted), Request::SaveIndex(_) | Request::SaveIndexPart(_)) =
+            (&grant, &request)
             && let Err(reason) =
                 fence(&agent, &peer, &granted.primary_volume, granted.replica_set).await
         {
@@ -289,34 +309,8 @@ async fn serve_stream(
             (Some(_), Request::Stage(_) | Request::Append(_)) => {
                 Response::Refused("a piece of a file out of order".into())
             }
-            (Some(granted), Request::Batch(heads)) => {
-                // `data` is exactly as long as the chunk lengths add up to (read so).
-                let Some(items) = proto::batch_items(heads, data.into()) else {
-                    let reason = "a batch's chunk bytes do not match its chunk lengths";
-                    tracing::warn!(%peer, reason, "data path stream ended");
-                    let _ = write_msg(&mut send, &Response::Refused(reason.into())).await;
-                    return;
-                };
-                let applier = granted.applier.clone();
-                let open = granted.open.clone();
-                let journal = granted.journal_file.clone();
-                let who = peer.clone();
-                let results = tokio::task::spawn_blocking(move || {
-                    let touched = journal::touched(items.iter().map(|(op, _)| op));
-                    record(&journal, &touched)?;
-                    let open = open.lock().ok().and_then(|mut open| open.take());
-                    Ok(apply_batch(&applier, open, &who, items))
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                match results {
-                    Ok(results) => Response::Applied(results),
-                    Err(error) => {
-                        tracing::warn!(%peer, %error, "batch not applied");
-                        Response::Refused(format!("cannot journal the batch: {error}"))
-                    }
-                }
-            }
+            // Answered in the background, above.
+            (Some(_), Request::Batch(_)) => Response::Refused("a batch out of order".into()),
             (Some(granted), Request::ReadIndex { offset }) => {
                 let part = granted.index.lock().ok().and_then(|mut index| {
                     let bytes = index.clone()?;
@@ -391,6 +385,34 @@ async fn read_request(
         _ => Vec::new(),
     };
     Ok(Some((request, data)))
+}
+
+/// Journals and applies the batch `heads` whose chunk bytes are `data` off the async
+/// threads; the answer to send once applied. Chunk bytes that do not match the
+/// batch's lengths: the reason, the stream to end.
+fn apply_in_background(
+    granted: &Grant,
+    peer: &str,
+    heads: Vec<proto::BatchHead>,
+    data: Vec<u8>,
+) -> Result<tokio::task::JoinHandle<Response>, String> {
+    // `data` is exactly as long as the chunk lengths add up to (read so).
+    let Some(items) = proto::batch_items(heads, data.into()) else {
+        return Err("a batch's chunk bytes do not match its chunk lengths".into());
+    };
+    let applier = granted.applier.clone();
+    let open = granted.open.clone();
+    let journal = granted.journal_file.clone();
+    let who = peer.to_string();
+    Ok(tokio::task::spawn_blocking(move || {
+        let touched = journal::touched(items.iter().map(|(op, _)| op));
+        if let Err(error) = record(&journal, &touched) {
+            tracing::warn!(peer = %who, %error, "batch not applied");
+            return Response::Refused(format!("cannot journal the batch: {error}"));
+        }
+        let open = open.lock().ok().and_then(|mut open| open.take());
+        Response::Applied(apply_batch(&applier, open, &who, items))
+    }))
 }
 
 /// Stores a piece of the stream's open write, a `Stage` or an `Append` (`request`)
