@@ -151,37 +151,12 @@ async fn serve_stream(
                 return;
             }
         };
-        let request =
-            match (&grant, request) {
-                (Some(granted), request @ (Request::Stage(_) | Request::Append(_))) => {
-                    storing = Some(store(granted, &peer, request, data));
-                    continue;
-                }
-                (Some(granted), Request::Batch(heads)) => {
-                    // Fenced as every write (see below), before anything is applied.
-                    let applying =
-                        match fence(&agent, &peer, &granted.primary_volume, granted.replica_set)
-                            .await
-                        {
-                            Ok(()) => apply_in_background(granted, &peer, heads, data),
-                            Err(reason) => Err(reason),
-                        };
-                    match applying {
-                        Ok(applying) => storing = Some(applying),
-                        Err(reason) => {
-                            tracing::warn!(%peer, %reason, "data path write refused");
-                            let _ = write_msg(&mut send, &Response::Refused(reason)).await;
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                (_, request) => request,
-            };
         // Every write is fenced again: a view that changed since the Hello (the peer
         // no longer the Active node here) ends the stream before anything is applied.
-        if let (Some(granted), Request::SaveIndex(_) | Request::SaveIndexPart(_)) =
-            (&grant, &request)
+        if let (
+            Some(granted),
+            Request::Batch(_) | Request::SaveIndex(_) | Request::SaveIndexPart(_),
+        ) = (&grant, &request)
             && let Err(reason) =
                 fence(&agent, &peer, &granted.primary_volume, granted.replica_set).await
         {
@@ -189,6 +164,24 @@ async fn serve_stream(
             let _ = write_msg(&mut send, &Response::Refused(reason)).await;
             return;
         }
+        let request = match (&grant, request) {
+            (Some(granted), request @ (Request::Stage(_) | Request::Append(_))) => {
+                storing = Some(store(granted, &peer, request, data));
+                continue;
+            }
+            (Some(granted), Request::Batch(heads)) => {
+                match apply_in_background(granted, &peer, heads, data) {
+                    Ok(applying) => storing = Some(applying),
+                    Err(reason) => {
+                        tracing::warn!(%peer, reason, "data path stream ended");
+                        let _ = write_msg(&mut send, &Response::Refused(reason.into())).await;
+                        return;
+                    }
+                }
+                continue;
+            }
+            (_, request) => request,
+        };
         let response = match (&grant, request) {
             (
                 _,
@@ -306,11 +299,10 @@ async fn serve_stream(
                 .unwrap_or_else(|e| Response::Refused(e.to_string()))
             }
             // Granted streams' pieces are stored above, while the next request is read.
-            (Some(_), Request::Stage(_) | Request::Append(_)) => {
-                Response::Refused("a piece of a file out of order".into())
-            }
             // Answered in the background, above.
-            (Some(_), Request::Batch(_)) => Response::Refused("a batch out of order".into()),
+            (Some(_), Request::Stage(_) | Request::Append(_) | Request::Batch(_)) => {
+                Response::Refused("a request out of order".into())
+            }
             (Some(granted), Request::ReadIndex { offset }) => {
                 let part = granted.index.lock().ok().and_then(|mut index| {
                     let bytes = index.clone()?;
@@ -395,10 +387,10 @@ fn apply_in_background(
     peer: &str,
     heads: Vec<proto::BatchHead>,
     data: Vec<u8>,
-) -> Result<tokio::task::JoinHandle<Response>, String> {
+) -> Result<tokio::task::JoinHandle<Response>, &'static str> {
     // `data` is exactly as long as the chunk lengths add up to (read so).
     let Some(items) = proto::batch_items(heads, data.into()) else {
-        return Err("a batch's chunk bytes do not match its chunk lengths".into());
+        return Err("a batch's chunk bytes do not match its chunk lengths");
     };
     let applier = granted.applier.clone();
     let open = granted.open.clone();
