@@ -36,11 +36,13 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 
 use crate::chunk::{ChunkRef, Hash, chunk_reader, content_id};
-use crate::index::{Entry, EntryKind, Op, TEMP_PREFIX, synced_xattr, under_reserved_top_level};
+use crate::index::{Entry, EntryKind, Op, synced_xattr, under_reserved_top_level};
 use crate::path::{PathError, RelPath};
 
 mod partial;
+mod temp;
 pub use partial::PartialWrite;
+use temp::temp_name;
 
 /// Chunk bytes sent for a write, by hash (shared slices of what was received).
 pub type FileData = HashMap<Hash, bytes::Bytes>;
@@ -214,7 +216,7 @@ impl Applier {
         .map_err(std::io::Error::from)?;
         let privileged = nix::unistd::geteuid().is_root();
         // Linking an unnamed file in needs CAP_DAC_READ_SEARCH or /proc.
-        let unnamed = privileged || Path::new(PROC_FDS).is_dir();
+        let unnamed = privileged || Path::new(temp::PROC_FDS).is_dir();
         Ok(Applier {
             root: fd,
             root_path: root.to_path_buf(),
@@ -236,77 +238,6 @@ impl Applier {
     /// The root.
     pub fn root(&self) -> &Path {
         &self.root_path
-    }
-
-    /// Creates a file without a name (`O_TMPFILE`) in `dir` with the permission bits
-    /// of `mode`; `None` where the file system cannot (then, and from then on, writes
-    /// use named temporary files).
-    ///
-    /// (A named temporary file costs a name created and a rename: a quarter of the
-    /// secondary's CPU on small files. And an unnamed one leaves nothing behind when
-    /// its writer dies.)
-    fn create_unnamed(&self, dir: &OwnedFd, mode: u32) -> nix::Result<Option<OwnedFd>> {
-        use std::sync::atomic::Ordering;
-        if !self.unnamed.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
-        match openat(
-            dir.as_fd(),
-            ".",
-            flags,
-            Mode::from_bits_truncate(mode & 0o777),
-        ) {
-            Ok(fd) => Ok(Some(fd)),
-            // The file system (EOPNOTSUPP) or the kernel (EISDIR, EINVAL) has none.
-            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
-                self.unnamed.store(false, Ordering::Relaxed);
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Names the complete unnamed file `file` `name` in `dir`, atomically replacing
-    /// what is there.
-    fn link_in(&self, file: &File, dir: &OwnedFd, name: &OsStr) -> nix::Result<()> {
-        match self.link_unnamed(file, dir, name) {
-            Err(Errno::EEXIST) => {}
-            linked => return linked,
-        }
-        // Something is there: linked under a temporary name, renamed over it.
-        let temp = temp_name(name);
-        let linked = match self.link_unnamed(file, dir, &temp) {
-            Err(Errno::EEXIST) => {
-                let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-                self.link_unnamed(file, dir, &temp)
-            }
-            linked => linked,
-        };
-        linked?;
-        renameat(dir.as_fd(), temp.as_os_str(), dir.as_fd(), name).inspect_err(|_| {
-            let _ = unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-        })
-    }
-
-    /// Links the unnamed file `file` as `name` in `dir` (EEXIST if taken).
-    fn link_unnamed(&self, file: &File, dir: &OwnedFd, name: &OsStr) -> nix::Result<()> {
-        use std::os::fd::AsRawFd;
-        // The descriptor itself, with CAP_DAC_READ_SEARCH; else (ENOENT) its /proc link.
-        if self.privileged {
-            match linkat(file.as_fd(), "", dir.as_fd(), name, AtFlags::AT_EMPTY_PATH) {
-                Err(Errno::ENOENT) => {}
-                linked => return linked,
-            }
-        }
-        let link = format!("{PROC_FDS}/{}", file.as_raw_fd());
-        linkat(
-            nix::fcntl::AT_FDCWD,
-            link.as_str(),
-            dir.as_fd(),
-            name,
-            AtFlags::AT_SYMLINK_FOLLOW,
-        )
     }
 
     /// The parent directory of `path`, opened beneath the root without symlinks, and
@@ -392,48 +323,6 @@ impl Applier {
                 self.present(&child, true, limit, out);
             }
         }
-    }
-
-    /// Removes the temporary files that interrupted writes left in the directories of
-    /// `places` (a journal's, see [`crate::journal`]: where a batch or a streamed file
-    /// was being written when its writer died). A temporary file is named for the
-    /// process writing it: those of this process and of any process running here are
-    /// left alone. Returns how many were removed.
-    ///
-    /// (Without this, a secondary agent killed mid-write left its partial file behind
-    /// for good: the agent after it writes under another name.)
-    pub fn sweep_temporaries(&self, places: &[(RelPath, bool)]) -> usize {
-        let dirs: std::collections::BTreeSet<Option<RelPath>> =
-            places.iter().map(|(path, _)| path.parent()).collect();
-        let mut removed = 0;
-        for dir in dirs {
-            let how = beneath(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC);
-            let opened = match &dir {
-                Some(dir) => openat2(self.root.as_fd(), dir.as_path(), how),
-                None => openat2(self.root.as_fd(), ".", how),
-            };
-            let Ok(fd) = opened else {
-                continue;
-            };
-            let Ok(dup) = fd.try_clone() else {
-                continue;
-            };
-            let Ok(mut listing) = nix::dir::Dir::from_fd(dup) else {
-                continue;
-            };
-            let stale: Vec<std::ffi::CString> = listing
-                .iter()
-                .flatten()
-                .map(|entry| entry.file_name().to_owned())
-                .filter(|name| temp_writer(name.to_bytes()).is_some_and(|pid| !running(pid)))
-                .collect();
-            for name in stale {
-                if unlinkat(fd.as_fd(), name.as_c_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        removed
     }
 
     /// Which of `chunks` the file now at `path` lacks (what the primary must send),
@@ -832,73 +721,5 @@ fn exists(dir: &OwnedFd, name: &OsStr) -> bool {
     nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
 }
 
-/// The process a temporary file's name says writes it (see [`temp_name`]); `None`
-/// for any other name.
-fn temp_writer(name: &[u8]) -> Option<u32> {
-    let rest = name.strip_prefix(TEMP_PREFIX.as_bytes())?;
-    let mut parts = rest.rsplitn(2, |b| *b == b'.');
-    let pid = parts.next()?;
-    parts.next()?;
-    std::str::from_utf8(pid).ok()?.parse().ok()
-}
-
-/// Whether process `pid` runs on this host (this one included).
-fn running(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid).ok().filter(|pid| *pid > 0) else {
-        return false;
-    };
-    // Signal 0 checks only that the process exists; EPERM: it does, someone else's.
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(Errno::ESRCH)
-    )
-}
-
-/// Where this process's open files are linked.
-const PROC_FDS: &str = "/proc/self/fd";
-
 /// The permission bits of a temporary file whose final mode is not known yet.
 const TEMP_MODE: u32 = 0o600;
-
-/// The temporary name a write to `name` uses (skipped by scans).
-fn temp_name(name: &OsStr) -> std::ffi::OsString {
-    let hash = Hash::of(name.as_bytes());
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let mut out = std::ffi::OsString::from(TEMP_PREFIX);
-    out.push(format!("{:?}.{}", hash, PID.get_or_init(std::process::id)));
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Without CAP_DAC_READ_SEARCH (not root), an unnamed file is linked in through
-    /// its /proc link: new files and files replacing others arrive whole, and nothing
-    /// named is left beside them.
-    #[test]
-    fn an_unnamed_file_is_linked_in_through_proc_when_not_privileged() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut applier = Applier::open(dir.path()).unwrap();
-        applier.privileged = false;
-        let path = RelPath::new("f").unwrap();
-        for content in [&b"first"[..], &b"second, replacing it"[..]] {
-            let (chunks, id) = crate::chunk::chunk_bytes(content);
-            let listing = || -> Vec<_> {
-                std::fs::read_dir(dir.path())
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name())
-                    .collect()
-            };
-            let before = listing();
-            let mut write = applier
-                .begin_write(&path, content.len() as u64, &id, &chunks)
-                .unwrap();
-            write.put(&chunks[0].hash, content).unwrap();
-            assert_eq!(listing(), before, "the file being written has a name");
-            write.finish(&applier, &FileData::new()).unwrap();
-            assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), content);
-            assert_eq!(listing(), vec![std::ffi::OsString::from("f")]);
-        }
-    }
-}

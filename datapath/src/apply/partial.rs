@@ -8,12 +8,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
 
-use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat, renameat};
-use nix::sys::stat::Mode;
+use nix::fcntl::renameat;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use super::{Applier, ApplyError, ChunkSource, io, temp_name};
+use super::temp::{create_named, temp_name};
+use super::{Applier, ApplyError, ChunkSource, io};
 use crate::chunk::{ChunkRef, Hash, content_id};
 use crate::index::{Entry, Op};
 use crate::path::RelPath;
@@ -414,27 +413,5 @@ impl Drop for PartialWrite {
                 UnlinkatFlags::NoRemoveDir,
             );
         }
-    }
-}
-
-/// Creates the temporary file `temp` in `dir` with the permission bits of `mode`,
-/// removing one an interrupted write left there first if it is in the way.
-fn create_named(dir: &OwnedFd, temp: &std::ffi::OsStr, mode: u32) -> nix::Result<OwnedFd> {
-    let create = || {
-        openat(
-            dir.as_fd(),
-            temp,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(mode & 0o777),
-        )
-    };
-    // A temporary file of an interrupted write is in the way only rarely: removed
-    // then, not tried before every file (a failing unlink costs a lookup).
-    match create() {
-        Err(Errno::EEXIST) => {
-            let _ = unlinkat(dir.as_fd(), temp, UnlinkatFlags::NoRemoveDir);
-            create()
-        }
-        created => created,
     }
 }
