@@ -566,6 +566,14 @@ impl Agent {
             .collect();
         if self.caught_up(&membership) {
             self.prepare_primaries(&views, &bricks).await;
+            // Write-ahead: the view that makes this agent start, stop or signal a
+            // monitor is on disk before it does. Killed right after, the agent comes
+            // back to the same view; from an older one it would stop the monitor it
+            // adopts (the end-of-pass persist below came too late once in CI).
+            let plans_changed = self.supervisor.lock().await.last_plans() != &plans;
+            if plans_changed {
+                self.persist().await;
+            }
         }
         let reports = {
             let mut supervisor = self.supervisor.lock().await;

@@ -313,6 +313,11 @@ impl Supervisor {
         })
     }
 
+    /// The plans the last [`Self::reconcile`] acted on (empty before the first).
+    pub fn last_plans(&self) -> &BTreeMap<SessionId, SessionPlan> {
+        &self.plans
+    }
+
     /// One level-triggered round: learn exits, decide, act. Returns the actions taken.
     pub fn reconcile(
         &mut self,

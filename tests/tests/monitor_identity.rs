@@ -302,3 +302,50 @@ fn sessions_never_share_a_directory() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cluster.session_monitors(0), vec![kept]);
 }
+
+/// The view that makes an agent start a monitor is on disk before the monitor starts.
+/// An agent killed the moment its monitor appears comes back alone (its peer is down
+/// too, so after the warm-up it acts on what it persisted) and keeps that monitor; it
+/// must not stop it for the older view from before `start`. CI once caught a restarted
+/// agent doing that to an adopted monitor.
+#[test]
+fn a_monitor_is_started_only_from_a_persisted_view() {
+    let mut cluster = two_nodes(TEST_MONITOR);
+    cluster.ok(1, &["create", "gv0", "n2::gv1"]);
+    let pid_file = cluster.nodes[0]
+        .data_dir
+        .join("geo-replication/gv0_n2_gv1/monitor.pid");
+    cluster.ok(1, &["start", "gv0", "n2::gv1", "--no-wait"]);
+    // As close to the spawn as polling gets: the pid file is written right after it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no monitor started\n{}",
+            cluster.logs_tail()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cluster.kill9(0);
+    let pid = one_monitor(&cluster, 0);
+    cluster.kill9(1);
+    cluster.restart(0);
+    cluster.wait_until(WAIT, "the lone agent to report its adopted monitor", || {
+        status_pid(&cluster, 0, "n2::gv1") == Some(u64::from(pid))
+    });
+    // Past the warm-up (2 s) after which a lone agent acts on its persisted view, and
+    // several reconcile rounds after it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        cluster.session_monitors(0),
+        vec![pid],
+        "the monitor started before the kill still runs, alone\n{}",
+        cluster.logs_tail()
+    );
+    cluster.restart(1);
+    cluster.wait_live(1, 2, WAIT);
+    cluster.ok(1, &["stop", "gv0", "n2::gv1"]);
+    cluster.wait_until(WAIT, "the adopted monitor to stop", || {
+        process_state(pid).is_none()
+    });
+}
