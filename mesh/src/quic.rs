@@ -48,10 +48,13 @@ const CONNECTION_RECEIVE_WINDOW: u32 = 2 * STREAM_RECEIVE_WINDOW;
 /// Per-connection send window (bytes in flight).
 const SEND_WINDOW: u64 = 2 * STREAM_RECEIVE_WINDOW as u64;
 
-/// Two connections to one peer established within this span are a simultaneous
-/// dial, resolved by address order; otherwise the newer replaces the older (which
-/// is likely dead: the peer restarted).
-const DUPLICATE_WINDOW_FACTOR: u32 = 2;
+/// Two connections to one peer whose handshakes overlapped (give or take this, for
+/// the one-way delay and scheduling) are a simultaneous dial, resolved by address
+/// order; otherwise the newer replaces the older, which is likely dead: the peer
+/// restarted. (A span measured from the first connection's establishment, as before,
+/// kept a peer restarted within it talking to the dead connection of its previous
+/// incarnation for up to that span: CI caught an agent cut off for 6 s that way.)
+const HANDSHAKE_SLACK: Duration = Duration::from_millis(500);
 
 /// How long a superseded connection stays open so frames in flight on it land.
 const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
@@ -144,6 +147,10 @@ struct Slot {
 struct Cached {
     conn: Connection,
     dialled: bool,
+    /// When its handshake began here: our first packet went out (dialled) or the
+    /// peer's first packet arrived (accepted).
+    began: Instant,
+    /// When its handshake completed here.
     since: Instant,
 }
 
@@ -420,10 +427,6 @@ impl Shared {
         tasks.spawn(task);
     }
 
-    fn duplicate_window(&self) -> Duration {
-        self.options.connect_timeout * DUPLICATE_WINDOW_FACTOR
-    }
-
     /// The slot of `to`, created if needed (bounded by `max_connections`).
     fn slot(&self, to: SocketAddr) -> Result<Arc<PeerSlot>, TransportError> {
         let mut peers = lock(&self.peers);
@@ -497,11 +500,12 @@ impl Shared {
             // Holding this peer's slot (not the map) across the dial: concurrent sends
             // to the same peer share one dial, sends to other peers are not delayed.
             match self.dial(to).await {
-                Ok((conn, peer_node)) => {
+                Ok((conn, peer_node, began)) => {
                     guard.failure = None;
                     guard.conn = Some(Cached {
                         conn: conn.clone(),
                         dialled: true,
+                        began,
                         since: Instant::now(),
                     });
                     drop(guard);
@@ -521,7 +525,9 @@ impl Shared {
         }
     }
 
-    async fn dial(&self, to: SocketAddr) -> Result<(Connection, String), TransportError> {
+    /// Dials `to`; the connection, the peer's node id, and when the handshake began
+    /// (after any wait for a dial slot).
+    async fn dial(&self, to: SocketAddr) -> Result<(Connection, String, Instant), TransportError> {
         let send_err = |reason: String| TransportError::Send { to, reason };
         let deadline = Instant::now() + self.options.connect_timeout;
         let dialling = async {
@@ -529,6 +535,7 @@ impl Shared {
                 .await
                 .map_err(|_| send_err("timed out waiting for a dial slot".into()))?
                 .map_err(|_| TransportError::Closed)?;
+            let began = Instant::now();
             let connecting = self
                 .endpoint
                 .connect_with(self.client_config.clone(), to, TLS_SERVER_NAME)
@@ -543,7 +550,7 @@ impl Shared {
                 })?
                 .map_err(|e| send_err(format!("handshake failed: {e}")))?;
             match peer_node_id(&conn) {
-                Ok(peer_node) => Ok((conn, peer_node)),
+                Ok(peer_node) => Ok((conn, peer_node, began)),
                 Err(reason) => {
                     conn.close(VarInt::from_u32(CLOSE_NO_NODE_ID), b"no node id");
                     Err(send_err(reason))
@@ -573,17 +580,25 @@ impl Shared {
         self.prune(to);
     }
 
-    /// Caches an accepted connection for sending to `from`, resolving duplicates.
-    async fn register_accepted(self: &Arc<Self>, from: SocketAddr, conn: &Connection) {
+    /// Caches an accepted connection for sending to `from`, resolving duplicates;
+    /// `began` is when the peer's first packet arrived.
+    async fn register_accepted(
+        self: &Arc<Self>,
+        from: SocketAddr,
+        conn: &Connection,
+        began: Instant,
+    ) {
+        // Before waiting for the slot, which a dial of ours may hold.
+        let new = Cached {
+            conn: conn.clone(),
+            dialled: false,
+            began,
+            since: Instant::now(),
+        };
         let Ok(slot) = self.slot(from) else {
             return; // full: the connection still delivers, we just do not send on it
         };
         let mut guard = slot.lock().await;
-        let new = Cached {
-            conn: conn.clone(),
-            dialled: false,
-            since: Instant::now(),
-        };
         let retired = match guard.conn.take() {
             Some(old) if old.is_open() => {
                 if self.keep_new(from, &old, &new) {
@@ -614,7 +629,8 @@ impl Shared {
 
     /// Whether `new` should replace the open connection `old` to `peer`.
     fn keep_new(&self, peer: SocketAddr, old: &Cached, new: &Cached) -> bool {
-        let simultaneous = new.since.duration_since(old.since) < self.duplicate_window();
+        let overlapped = |a: &Cached, b: &Cached| a.began <= b.since + HANDSHAKE_SLACK;
+        let simultaneous = overlapped(old, new) && overlapped(new, old);
         // Both ends agree on this rule: keep the connection the lower address dialled.
         let lower_dialled = |c: &Cached| c.dialled == (self.local_addr < peer);
         if simultaneous && lower_dialled(old) != lower_dialled(new) {
@@ -648,6 +664,7 @@ impl Shared {
     }
 
     async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming, remote: SocketAddr) {
+        let began = Instant::now();
         let connecting = match incoming.accept() {
             Ok(connecting) => connecting,
             Err(e) => {
@@ -681,7 +698,7 @@ impl Shared {
         };
         tracing::debug!(%remote, %peer_node, "accepted mesh connection");
         // Registered before reading: once a peer's frame is seen, replies reuse its connection.
-        self.register_accepted(remote, &conn).await;
+        self.register_accepted(remote, &conn, began).await;
         self.run_connection(conn, remote, peer_node).await;
     }
 

@@ -362,3 +362,71 @@ async fn quic_reconnects_after_peer_restart() {
     a.close().await;
     b.close().await;
 }
+
+/// A peer killed without a word (its process gone, no CONNECTION_CLOSE) comes back on
+/// its address and dials: its new connection replaces the dead one at once, even when
+/// the dead one was dialled by the lower address a second before (a rule for
+/// simultaneous dials once kept the dead connection for 6 s, and every reply with it).
+#[tokio::test]
+async fn quic_a_peer_killed_and_restarted_at_once_is_answered() {
+    let ca = TestCa::new();
+    let one = ca.link("node-one", QuicOptions::default());
+    let other_identity = ca.identity("node-other");
+    // The peer runs on a runtime of its own, so that it can die without closing.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The survivor has the lower address and dials first: a rule for simultaneous
+    // dials would then keep its (dead) connection.
+    let other = loop {
+        let _entered = runtime.enter();
+        let link = QuicLink::bind(
+            LOOPBACK.parse().unwrap(),
+            &other_identity,
+            QuicOptions::default(),
+        )
+        .unwrap();
+        if link.local_addr() > one.local_addr() {
+            break link;
+        }
+    };
+    let frame = Frame::new(FrameKind::Gossip, b"first".to_vec());
+    one.send(other.local_addr(), frame).await.unwrap();
+    recv_within(&other, WAIT)
+        .await
+        .expect("the first frame arrives");
+    let other_addr = other.local_addr();
+    // The agent CI caught died about a second after its connection was made (a
+    // restart within HANDSHAKE_SLACK of it is taken for a simultaneous dial and
+    // answered once the duplicate is closed, DUPLICATE_GRACE later).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Killed: its tasks and sockets go with its runtime, nothing is sent (dropping the
+    // link first would close its connections).
+    runtime.shutdown_background();
+    drop(other);
+
+    let deadline = Instant::now() + WAIT;
+    let other = loop {
+        match QuicLink::bind(other_addr, &other_identity, QuicOptions::default()) {
+            Ok(link) => break link,
+            Err(e) => assert!(Instant::now() < deadline, "cannot rebind: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let hello = Frame::new(FrameKind::Gossip, b"back".to_vec());
+    other.send(one.local_addr(), hello.clone()).await.unwrap();
+    assert_eq!(recv_within(&one, WAIT).await.unwrap().frame, hello);
+    let reply = Frame::new(FrameKind::Gossip, b"welcome".to_vec());
+    one.send(other_addr, reply.clone()).await.unwrap();
+    assert_eq!(
+        recv_within(&other, Duration::from_secs(3))
+            .await
+            .expect("the reply reaches the new incarnation")
+            .frame,
+        reply
+    );
+    one.close().await;
+    other.close().await;
+}
