@@ -60,6 +60,8 @@ const RECONCILE_TICK: Duration = Duration::from_secs(1);
 /// Session directories are rewritten when their content changes, and at least this
 /// often (to repair what was edited or removed behind the agent's back).
 const DIR_RESYNC: Duration = Duration::from_secs(10);
+/// Monitor logs are checked against `monitor_log_max_bytes` this often.
+const LOG_CHECK: Duration = Duration::from_secs(5);
 /// Shortest time a restarted agent waits for a peer before acting on its persisted view.
 const WARM_UP_MIN: Duration = Duration::from_secs(2);
 /// A monitor confirms a `start` once it has run this long (one that crashes at once
@@ -113,6 +115,8 @@ pub struct Agent {
     last_persisted: tokio::sync::Mutex<Option<MeshSnapshot>>,
     /// The session directories as last written, and when.
     last_dirs: Mutex<Option<(Vec<SessionDirState>, Instant)>>,
+    /// When the monitor logs' sizes were last checked.
+    last_log_check: Mutex<Option<Instant>>,
     /// What this node last published under `m/`, without its clock fields.
     published: Mutex<BTreeMap<SessionId, NodeSessionStatus>>,
     wall: Arc<dyn WallClock>,
@@ -310,6 +314,7 @@ impl Agent {
             sessions_root,
             last_persisted: tokio::sync::Mutex::new(snapshot),
             last_dirs: Mutex::new(None),
+            last_log_check: Mutex::new(None),
             published: Mutex::new(BTreeMap::new()),
             wall,
             wake: Notify::new(),
@@ -632,6 +637,7 @@ impl Agent {
             })
             .collect();
         self.sync_session_dirs(dir_states);
+        self.rotate_monitor_logs(&views);
         if self.caught_up(&membership) {
             self.end_leftovers(&views, &bricks);
         }
@@ -657,6 +663,46 @@ impl Agent {
             }
         }
         self.persist().await;
+    }
+
+    /// Rotates the monitor logs of `views`' sessions past `monitor_log_max_bytes`,
+    /// checked every [`LOG_CHECK`]: sizes here, the copying on the blocking pool.
+    fn rotate_monitor_logs(&self, views: &[(SessionView, Option<Hlc>)]) {
+        let max = self.config.monitor_log_max_bytes;
+        if max == 0 {
+            return;
+        }
+        match self.last_log_check.lock() {
+            Ok(mut last) if !last.is_some_and(|at| at.elapsed() < LOG_CHECK) => {
+                *last = Some(Instant::now());
+            }
+            _ => return,
+        }
+        let over: Vec<PathBuf> = views
+            .iter()
+            .map(|(view, _)| self.sessions_root.join(view.id.dir_name()))
+            .filter(|dir| {
+                std::fs::symlink_metadata(dir.join(crate::session_dir::LOG_FILE))
+                    .is_ok_and(|meta| meta.len() > max)
+            })
+            .collect();
+        if over.is_empty() {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            for dir in over {
+                let log = dir.join(crate::session_dir::LOG_FILE);
+                match crate::monitor_log::rotate_if_over(&dir, max) {
+                    Ok(true) => {
+                        tracing::info!(log = %log.display(), max_bytes = max, "rotated the monitor log");
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(log = %log.display(), %error, "cannot rotate the monitor log");
+                    }
+                }
+            }
+        });
     }
 
     /// Writes the session directories when what they must contain changed, and at

@@ -57,6 +57,7 @@ mod inspect;
 mod keys;
 mod monitor;
 mod monitor_command;
+mod monitor_log;
 mod monitor_report;
 mod process;
 mod reconcile;

@@ -1,5 +1,6 @@
 //! Real-process tests of monitor identity: monitors that exec, monitors of paused
-//! sessions whose agents die, pids reused by strangers, and session directories.
+//! sessions whose agents die, pids reused by strangers, session directories, and the
+//! monitor's log, which the monitor keeps open across agents.
 //!
 //! A monitor is found by its environment (`GEOREP_SESSION_DIR`) and by leading its own
 //! session, not by its command line, because these monitors change their command line.
@@ -348,4 +349,62 @@ fn a_monitor_is_started_only_from_a_persisted_view() {
     cluster.wait_until(WAIT, "the adopted monitor to stop", || {
         process_state(pid).is_none()
     });
+}
+
+/// A chatty monitor's log stays bounded: past `--monitor-log-max-bytes` the agent
+/// copies it to `monitor.log.1` and empties it, while the monitor (which keeps its
+/// descriptor, and is not restarted for it) goes on writing at the new end.
+#[test]
+fn a_chatty_monitors_log_is_rotated_under_it() {
+    const MAX: u64 = 64 * 1024;
+    let chatty = "/bin/sh -c 'trap \"exit 0\" TERM; while :; do yes georep-test-log-line | head -n 400; sleep 0.02; done' georep-test-monitor {session_dir} {node}";
+    let max = MAX.to_string();
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"])
+                .with_args(&["--monitor-log-max-bytes", &max]),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]),
+        ],
+        Some(chatty),
+    );
+    cluster.wait_live(0, 2, WAIT);
+    cluster.ok(1, &["create", "gv0", "n2::gv1"]);
+    cluster.ok(1, &["start", "gv0", "n2::gv1"]);
+    let pid = one_monitor(&cluster, 0);
+    let dir = cluster.nodes[0].data_dir.join("geo-replication/gv0_n2_gv1");
+    let (log, first) = (dir.join("monitor.log"), dir.join("monitor.log.1"));
+    cluster.wait_until(WAIT, "monitor.log to be rotated", || first.exists());
+    let size = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size(&first) > MAX,
+        "the copy holds what was there: {}",
+        size(&first)
+    );
+    // The monitor writes on into the emptied file, from its start: no hole of zeros.
+    cluster.wait_until(WAIT, "new lines in monitor.log", || size(&log) > 0);
+    let text = std::fs::read(&log).unwrap();
+    assert!(!text.contains(&0), "no hole where the old bytes were");
+    let lines = String::from_utf8_lossy(&text);
+    assert!(
+        lines
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("georep-test-log-line")),
+        "{}",
+        &lines[..lines.len().min(200)]
+    );
+    // Kept bounded while the monitor keeps writing (checked every 5 s).
+    cluster.wait_until(WAIT, "a second rotation", || {
+        dir.join("monitor.log.2").exists()
+    });
+    assert!(
+        size(&log) < 8 * MAX,
+        "monitor.log stays bounded: {}",
+        size(&log)
+    );
+    assert_eq!(cluster.session_monitors(0), vec![pid], "the same monitor");
+    let agent_log = std::fs::read_to_string(cluster.nodes[0].data_dir.join("georepd.log")).unwrap();
+    assert!(agent_log.contains("rotated the monitor log"), "{agent_log}");
+    cluster.ok(1, &["stop", "gv0", "n2::gv1"]);
+    cluster.wait_until(WAIT, "the monitor to stop", || process_state(pid).is_none());
 }

@@ -78,6 +78,10 @@ pub struct AgentArgs {
     /// reported gap) [default: 67108864 (64 MiB)].
     #[arg(long, value_name = "BYTES")]
     pub events_max_bytes: Option<u64>,
+    /// Size past which a session's monitor.log is rotated to monitor.log.1 (3 kept;
+    /// 0: never) [default: 67108864 (64 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    pub monitor_log_max_bytes: Option<u64>,
     /// Age beyond which journaled events go (a reported gap), e.g. `7d`, `12h`
     /// [default: 7d].
     #[arg(long, value_name = "DURATION", value_parser = parse_age)]

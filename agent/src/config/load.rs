@@ -18,6 +18,7 @@ pub(super) struct FileConfig {
     pub(super) data_listen: Option<SocketAddr>,
     pub(super) dbus: Option<super::DbusBus>,
     pub(super) events_max_bytes: Option<u64>,
+    pub(super) monitor_log_max_bytes: Option<u64>,
     pub(super) events_max_age: Option<Spanned<String>>,
     pub(super) seeds: Option<Vec<Spanned<String>>>,
     pub(super) api_socket: Option<PathBuf>,
@@ -473,6 +474,10 @@ pub(super) fn resolve(
         .events_max_bytes
         .or(file.events_max_bytes)
         .unwrap_or(DEFAULT_EVENTS_MAX_BYTES);
+    let monitor_log_max_bytes = args
+        .monitor_log_max_bytes
+        .or(file.monitor_log_max_bytes)
+        .unwrap_or(super::DEFAULT_MONITOR_LOG_MAX_BYTES);
     let events_max_age_ms = match (args.events_max_age, file.events_max_age) {
         (Some(age), _) => age.as_millis() as u64,
         (None, Some(text)) => {
@@ -610,6 +615,7 @@ pub(super) fn resolve(
         data_listen,
         dbus,
         events_max_bytes,
+        monitor_log_max_bytes,
         events_max_age_ms,
         ssh_gsyncd_command,
         ssh_tar_command,
@@ -749,6 +755,7 @@ impl AgentConfig {
             data_listen: None,
             dbus: None,
             events_max_bytes: DEFAULT_EVENTS_MAX_BYTES,
+            monitor_log_max_bytes: super::DEFAULT_MONITOR_LOG_MAX_BYTES,
             events_max_age_ms: DEFAULT_EVENTS_MAX_AGE_MS,
             ssh_gsyncd_command: DEFAULT_GSYNCD_COMMAND.to_string(),
             ssh_tar_command: DEFAULT_TAR_COMMAND.to_string(),

@@ -28,6 +28,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 500;
 /// Event journal bytes kept per origin node by default (64 MiB).
 pub const DEFAULT_EVENTS_MAX_BYTES: u64 = 64 << 20;
+/// A monitor's `monitor.log` is rotated past this size by default (64 MiB).
+pub const DEFAULT_MONITOR_LOG_MAX_BYTES: u64 = 64 << 20;
 /// Age of journaled events kept by default (7 days).
 pub const DEFAULT_EVENTS_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Default longest delay between restarts of a crashing monitor (30 s).
@@ -132,6 +134,8 @@ pub struct AgentConfig {
     pub dbus: Option<DbusBus>,
     /// Event journal bytes kept per origin.
     pub events_max_bytes: u64,
+    /// Size past which a session's `monitor.log` is rotated (0: never).
+    pub monitor_log_max_bytes: u64,
     /// Age (ms) beyond which journaled events go (`events_max_age = "7days"` in the
     /// file, as humantime writes it).
     #[serde(

@@ -122,6 +122,7 @@ fn the_shipped_example_loads_and_its_commented_values_are_the_defaults() {
         "dbus",
         "data_listen",
         "events_max_bytes",
+        "monitor_log_max_bytes",
         "events_max_age",
         "ssh_tar_command",
         "monitor_restart_max",
