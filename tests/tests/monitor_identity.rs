@@ -368,6 +368,7 @@ fn a_chatty_monitors_log_is_rotated_under_it() {
         Some(chatty),
     );
     cluster.wait_live(0, 2, WAIT);
+    cluster.wait_live(1, 2, WAIT);
     cluster.ok(1, &["create", "gv0", "n2::gv1"]);
     cluster.ok(1, &["start", "gv0", "n2::gv1"]);
     let pid = one_monitor(&cluster, 0);
