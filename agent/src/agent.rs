@@ -666,7 +666,7 @@ impl Agent {
     }
 
     /// Rotates the monitor logs of `views`' sessions past `monitor_log_max_bytes`,
-    /// checked every [`LOG_CHECK`]: sizes here, the copying on the blocking pool.
+    /// checked every [`LOG_CHECK`].
     fn rotate_monitor_logs(&self, views: &[(SessionView, Option<Hlc>)]) {
         let max = self.config.monitor_log_max_bytes;
         if max == 0 {
@@ -678,31 +678,10 @@ impl Agent {
             }
             _ => return,
         }
-        let over: Vec<PathBuf> = views
+        let dirs = views
             .iter()
-            .map(|(view, _)| self.sessions_root.join(view.id.dir_name()))
-            .filter(|dir| {
-                std::fs::symlink_metadata(dir.join(crate::session_dir::LOG_FILE))
-                    .is_ok_and(|meta| meta.len() > max)
-            })
-            .collect();
-        if over.is_empty() {
-            return;
-        }
-        tokio::task::spawn_blocking(move || {
-            for dir in over {
-                let log = dir.join(crate::session_dir::LOG_FILE);
-                match crate::monitor_log::rotate_if_over(&dir, max) {
-                    Ok(true) => {
-                        tracing::info!(log = %log.display(), max_bytes = max, "rotated the monitor log");
-                    }
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::warn!(log = %log.display(), %error, "cannot rotate the monitor log");
-                    }
-                }
-            }
-        });
+            .map(|(view, _)| self.sessions_root.join(view.id.dir_name()));
+        crate::monitor_log::rotate_those_over(dirs, max);
     }
 
     /// Writes the session directories when what they must contain changed, and at

@@ -78,6 +78,33 @@ pub fn rotate_if_over(dir: &Path, max_bytes: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Rotates the logs of those of `dirs` over `max_bytes`: sizes read here, the
+/// copying on tokio's blocking pool (nothing is spawned when none is over).
+pub fn rotate_those_over(dirs: impl Iterator<Item = PathBuf>, max_bytes: u64) {
+    let over: Vec<PathBuf> = dirs
+        .filter(|dir| {
+            fs::symlink_metadata(dir.join(LOG_FILE)).is_ok_and(|meta| meta.len() > max_bytes)
+        })
+        .collect();
+    if over.is_empty() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        for dir in over {
+            let log = dir.join(LOG_FILE);
+            match rotate_if_over(&dir, max_bytes) {
+                Ok(true) => {
+                    tracing::info!(log = %log.display(), max_bytes, "rotated the monitor log")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(log = %log.display(), %error, "cannot rotate the monitor log");
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,6 +124,12 @@ impl Member {
         self.info.as_ref().is_some_and(|info| info.hosts(volume))
     }
 
+    /// Whether the node hosts a brick of `volume` or may (its info has not arrived:
+    /// a just-restarted incarnation starts from nothing at its peers). For waits.
+    pub fn may_host(&self, volume: &str) -> bool {
+        self.info.as_ref().is_none_or(|info| info.hosts(volume))
+    }
+
     /// Whether a write by `origin` at `position` is merged on this node.
     pub fn has_seen(&self, origin: &str, position: WritePosition) -> bool {
         self.seen.get(origin).is_some_and(|mine| *mine >= position)

@@ -206,8 +206,7 @@ impl Agent {
             .collect();
         membership
             .live()
-            // As for monitors: a live node whose info has not arrived may be one.
-            .filter(|m| m.info.is_none() || m.hosts(&id.secondary_volume))
+            .filter(|m| m.may_host(&id.secondary_volume))
             .filter(|m| {
                 !installs.get(&m.node_id).is_some_and(|r| {
                     Some(&r.incarnation) == view.incarnation.as_ref()
@@ -233,10 +232,7 @@ impl Agent {
         let statuses = self.node_statuses(id).await;
         membership
             .live()
-            // A live node whose info has not arrived yet (just restarted: a new
-            // incarnation starts from nothing at its peers) may host the volume: it
-            // is waited for, not skipped.
-            .filter(|m| m.info.is_none() || m.hosts(&id.primary_volume))
+            .filter(|m| m.may_host(&id.primary_volume))
             .filter(|m| {
                 let status = statuses.get(&m.node_id);
                 let matches = match (wanted, status) {
