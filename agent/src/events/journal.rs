@@ -315,18 +315,23 @@ impl Journal {
     /// limit, never the newest. Rewrites the files that changed.
     pub fn enforce_retention(&mut self, now_ms: u64) -> io::Result<()> {
         let retention = self.retention;
-        let origins: Vec<String> = self.logs.keys().cloned().collect();
-        for origin in origins {
+        let too_old = |e: &Event| now_ms.saturating_sub(e.hlc.millis) > retention.max_age_ms;
+        // Only the logs over a limit (this runs every second over every stream).
+        let due: Vec<String> = self
+            .logs
+            .iter()
+            .filter(|(_, log)| {
+                log.bytes > retention.max_bytes
+                    || log.events.front().is_some_and(|(e, _)| too_old(e))
+            })
+            .map(|(origin, _)| origin.clone())
+            .collect();
+        for origin in due {
             let path = self.path(&origin);
             let Some(log) = self.logs.get_mut(&origin) else {
                 continue;
             };
-            let too_old = |e: &Event| now_ms.saturating_sub(e.hlc.millis) > retention.max_age_ms;
             let over = log.bytes > retention.max_bytes;
-            let stale = log.events.front().is_some_and(|(e, _)| too_old(e));
-            if !over && !stale {
-                continue;
-            }
             let target = if over {
                 retention.max_bytes / 4 * 3
             } else {

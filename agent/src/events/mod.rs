@@ -108,12 +108,65 @@ impl Filter {
     }
 }
 
-/// The other nodes' advertisements, decoded: their ranges, and per writer the
-/// newest epoch any of them holds.
-struct Advertised {
-    advertised: BTreeMap<String, Arc<Ranges>>,
-    epochs: BTreeMap<String, u64>,
+/// One stream of a node's advertisement, parsed once when the advertisement changes
+/// (a replication step runs many times per interval and reads every node's).
+struct AdStream {
+    stream: String,
+    /// Length of its writer's id at the start of `stream`, and its epoch (`None`:
+    /// not a stream id).
+    writer: Option<(usize, u64)>,
+    floor: u64,
+    high: u64,
 }
+
+impl AdStream {
+    fn writer(&self) -> Option<(&str, u64)> {
+        self.writer
+            .and_then(|(len, epoch)| Some((self.stream.get(..len)?, epoch)))
+    }
+}
+
+/// Raises `map[key]` to at least `value` (inserting it if absent).
+fn max_into(map: &mut BTreeMap<String, u64>, key: &str, value: u64) {
+    match map.get_mut(key) {
+        Some(at) => *at = (*at).max(value),
+        None => {
+            map.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// One node's advertisement, parsed.
+fn parse_ad(raw: &str) -> Option<Arc<[AdStream]>> {
+    let ranges = codec::decode::<Ranges>(raw).ok()?;
+    Some(
+        ranges
+            .into_iter()
+            .map(|(stream, (floor, high))| AdStream {
+                writer: parse_stream(&stream).map(|(w, e)| (w.len(), e)),
+                stream,
+                floor,
+                high,
+            })
+            .collect(),
+    )
+}
+
+/// The other nodes' advertisements, decoded: their streams by node, and per writer
+/// the newest epoch any of them holds.
+struct Advertised {
+    advertised: Vec<(Arc<str>, Arc<[AdStream]>)>,
+    epochs: BTreeMap<String, u64>,
+    /// Per stream, the highest seq any of them holds.
+    highs: BTreeMap<String, u64>,
+}
+
+/// A live node offering a stream: its (floor, high), address, and whether it is the
+/// stream's writer.
+type Offer = (u64, u64, SocketAddr, bool);
+
+/// A node's advertisement as decoded: its stamp, the node, what it says.
+type DecodedAd = ((u64, u64), Arc<str>, Arc<[AdStream]>);
 
 /// This node's journals, their replication, and the merged stream.
 pub struct EventHub {
@@ -129,8 +182,9 @@ pub struct EventHub {
     in_flight: Mutex<BTreeMap<String, Instant>>,
     /// What this node last advertised under [`EVENTS_KEY`].
     advertised: Mutex<Option<String>>,
-    /// Decoded advertisements, by node: the raw value and what it says.
-    decoded: Mutex<BTreeMap<String, (String, Arc<Ranges>)>>,
+    /// Decoded advertisements, by node: the value's stamp (generation, version) and
+    /// what it says.
+    decoded: Mutex<BTreeMap<String, DecodedAd>>,
     /// Every node's advertisement, as last read.
     seen: Mutex<OwnedValues>,
     /// What `seen` says, decoded (rebuilt when it changes).
@@ -287,29 +341,34 @@ impl EventHub {
                     return;
                 };
                 cache.retain(|node, _| theirs.get(node).is_some());
-                let advertised: BTreeMap<String, Arc<Ranges>> = theirs
-                    .iter()
-                    .filter(|(node, _)| *node != self.node_id)
-                    .filter_map(|(node, raw)| {
-                        let ranges = match cache.get(node) {
-                            Some((cached, ranges)) if cached == raw => ranges.clone(),
-                            _ => {
-                                let ranges = Arc::new(codec::decode::<Ranges>(raw).ok()?);
-                                cache.insert(node.to_string(), (raw.to_string(), ranges.clone()));
-                                ranges
-                            }
-                        };
-                        Some((node.to_string(), ranges))
+                let advertised: Vec<(Arc<str>, Arc<[AdStream]>)> = theirs
+                    .iter_stamped()
+                    .filter(|(node, _, _)| *node != self.node_id)
+                    .filter_map(|(node, stamp, raw)| match cache.get(node) {
+                        Some((cached, node, streams)) if *cached == stamp => {
+                            Some((node.clone(), streams.clone()))
+                        }
+                        _ => {
+                            let streams = parse_ad(raw)?;
+                            let id: Arc<str> = Arc::from(node);
+                            cache.insert(node.to_string(), (stamp, id.clone(), streams.clone()));
+                            Some((id, streams))
+                        }
                     })
                     .collect();
                 let mut epochs: BTreeMap<String, u64> = BTreeMap::new();
-                for stream in advertised.values().flat_map(|r| r.keys()) {
-                    if let Some((writer, epoch)) = parse_stream(stream) {
-                        let at = epochs.entry(writer.to_string()).or_insert(epoch);
-                        *at = (*at).max(epoch);
+                let mut highs: BTreeMap<String, u64> = BTreeMap::new();
+                for ad in advertised.iter().flat_map(|(_, streams)| streams.iter()) {
+                    max_into(&mut highs, &ad.stream, ad.high);
+                    if let Some((writer, epoch)) = ad.writer() {
+                        max_into(&mut epochs, writer, epoch);
                     }
                 }
-                let ads = Some(Arc::new(Advertised { advertised, epochs }));
+                let ads = Some(Arc::new(Advertised {
+                    advertised,
+                    epochs,
+                    highs,
+                }));
                 if let Ok(mut cached) = self.ads.lock() {
                     cached.clone_from(&ads);
                 }
@@ -320,25 +379,25 @@ impl EventHub {
         if let Ok(mut seen) = self.seen.lock() {
             *seen = theirs;
         }
-        let advertised = &ads.advertised;
         let mine = self.journal.lock().map(|j| j.ranges()).unwrap_or_default();
+        // Each stream held here with its writer and epoch, parsed once.
+        let mine_parsed: Vec<(&String, Option<(&str, u64)>)> =
+            mine.keys().map(|s| (s, parse_stream(s))).collect();
         // Each node's current epoch: the newest stream of it anyone knows of. Older
         // streams of a node are orphans (their writer lost them with a disk).
         let mut mine_epochs: BTreeMap<&str, u64> = BTreeMap::new();
         mine_epochs.insert(&self.node_id, self.epoch);
-        for stream in mine.keys() {
-            if let Some((writer, epoch)) = parse_stream(stream) {
-                let at = mine_epochs.entry(writer).or_insert(epoch);
-                *at = (*at).max(epoch);
-            }
+        for (writer, epoch) in mine_parsed.iter().filter_map(|(_, p)| *p) {
+            let at = mine_epochs.entry(writer).or_insert(epoch);
+            *at = (*at).max(epoch);
         }
         let current = |writer: &str| {
             let advertised = ads.epochs.get(writer).copied();
             let held = mine_epochs.get(writer).copied();
             advertised.max(held)
         };
-        let orphan = |stream: &str| {
-            parse_stream(stream).is_some_and(|(w, e)| current(w).is_some_and(|c| e < c))
+        let orphan = |parsed: Option<(&str, u64)>| {
+            parsed.is_some_and(|(w, e)| current(w).is_some_and(|c| e < c))
         };
         // Advertised: this node's current stream, and every orphan it holds.
         // (The current stream even before its first event: so that the others learn
@@ -346,14 +405,17 @@ impl EventHub {
         let empty = (1, 0);
         // A down writer's current stream is advertised by whoever holds it, too: else
         // the node that delivers it to webhooks meanwhile could not complete its copy.
-        let writer_down = |stream: &str| {
-            parse_stream(stream).is_some_and(|(w, _)| {
+        let writer_down = |parsed: Option<(&str, u64)>| {
+            parsed.is_some_and(|(w, _)| {
                 w != self.node_id && !membership.members.get(w).is_some_and(|m| m.live)
             })
         };
-        let mut ours: BTreeMap<&String, &(u64, u64)> = mine
+        let mut ours: BTreeMap<&String, &(u64, u64)> = mine_parsed
             .iter()
-            .filter(|(stream, _)| **stream == self.own || orphan(stream) || writer_down(stream))
+            .filter(|(stream, parsed)| {
+                **stream == self.own || orphan(*parsed) || writer_down(*parsed)
+            })
+            .filter_map(|(stream, _)| Some((*stream, mine.get(*stream)?)))
             .collect();
         ours.entry(&self.own).or_insert(&empty);
         if let Ok(value) = codec::encode(&ours) {
@@ -368,23 +430,26 @@ impl EventHub {
                 }
             }
         }
-        // Per stream: who advertises it (live nodes only), the writer first.
-        let mut holders: BTreeMap<&str, Vec<(u64, u64, SocketAddr, bool)>> = BTreeMap::new();
-        for (node, ranges) in advertised {
-            let Some(member) = membership.members.get(node).filter(|m| m.live) else {
+        // Per stream: who advertises it (live nodes only), the writer first; in
+        // stream order, then node order.
+        let mut offers: Vec<(&str, Offer)> = Vec::new();
+        for (node, streams) in &ads.advertised {
+            let Some(member) = membership.members.get(&**node).filter(|m| m.live) else {
                 continue;
             };
-            for (stream, (floor, high)) in ranges.iter() {
-                let by_writer = !orphan(stream)
-                    && parse_stream(stream).is_some_and(|(w, _)| w == node.as_str());
-                holders.entry(stream.as_str()).or_default().push((
-                    *floor,
-                    *high,
-                    member.gossip_addr,
-                    by_writer,
+            for ad in streams.iter() {
+                let parsed = ad.writer();
+                let by_writer = !orphan(parsed) && parsed.is_some_and(|(w, _)| w == &**node);
+                offers.push((
+                    ad.stream.as_str(),
+                    (ad.floor, ad.high, member.gossip_addr, by_writer),
                 ));
             }
         }
+        offers.sort_by(|a, b| a.0.cmp(b.0));
+        let holders = offers
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter_map(|group| Some((group.first()?.0, group)));
         let now = Instant::now();
         let mut round = self
             .round
@@ -394,17 +459,19 @@ impl EventHub {
                 *r
             })
             .unwrap_or(0);
-        for (stream, peers) in holders {
+        for (stream, group) in holders {
             let (my_floor, have) = mine.get(stream).copied().unwrap_or((1, 0));
-            let writer = peers.iter().find(|p| p.3);
-            let source = match writer {
-                Some(w) => Some(*w),
+            let peers = || group.iter().map(|(_, peer)| *peer);
+            let source = match peers().find(|p| p.3) {
+                Some(writer) => Some(writer),
                 None => {
-                    let best = peers.iter().map(|p| p.1).max().unwrap_or(0);
-                    let top: Vec<&(u64, u64, SocketAddr, bool)> =
-                        peers.iter().filter(|p| p.1 == best).collect();
+                    let best = peers().map(|p| p.1).max().unwrap_or(0);
+                    let top = || peers().filter(move |p| p.1 == best);
                     round = round.wrapping_add(1);
-                    (!top.is_empty()).then(|| *top[round as usize % top.len()])
+                    match top().count() {
+                        0 => None,
+                        n => top().nth(round as usize % n),
+                    }
                 }
             };
             let Some((floor, high, addr, _)) = source else {
@@ -501,7 +568,8 @@ impl EventHub {
             .unwrap_or(0) as u64
     }
 
-    /// Handles a journal frame from a peer; returns whether events were appended.
+    /// Handles a journal frame from a peer; returns whether a replication step should
+    /// follow soon: events were appended and more is known to exist.
     pub fn handle(&self, mesh: &MeshNode, received: &Received) -> bool {
         let Ok(message) = postcard::from_bytes::<AppMsg>(&received.frame.payload) else {
             tracing::debug!(from = %received.peer_node, "undecodable journal frame ignored");
@@ -536,10 +604,11 @@ impl EventHub {
                     let floor = if may_skip { floor } else { 0 };
                     let before = j.append(&origin, floor, &events, false).map_err(|_| ())?;
                     let older = j.prepend(&origin, &events).map_err(|_| ())?;
-                    Ok(before + older)
+                    let high = j.log(&origin).map_or(0, OriginLog::high);
+                    Ok((before, older, high))
                 });
                 match appended {
-                    Ok(n) if n > 0 => {
+                    Ok((before, older, high)) if before + older > 0 => {
                         // Progress: the next pull may go at once. (A batch that added
                         // nothing leaves its pull in flight until it times out, so two
                         // nodes never ping-pong pulls and batches without time passing.)
@@ -548,7 +617,17 @@ impl EventHub {
                             flights.remove(&format!("{origin}<"));
                         }
                         self.changed.send_modify(|n| *n = n.wrapping_add(1));
-                        true
+                        // A step soon only if there is more to pull: older history
+                        // came (what precedes it may be missing too), or someone
+                        // advertises more of the stream than this node now holds.
+                        // Else the periodic step is enough (at hundreds of nodes,
+                        // a step per batch was most of the agent's CPU).
+                        older > 0
+                            || self.ads.lock().is_ok_and(|ads| {
+                                ads.as_ref()
+                                    .and_then(|a| a.highs.get(&origin))
+                                    .is_some_and(|h| *h > high)
+                            })
                     }
                     _ => false,
                 }

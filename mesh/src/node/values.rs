@@ -19,6 +19,14 @@ impl OwnedValues {
             .map(|(node, (_, value))| (node.as_str(), value.as_str()))
     }
 
+    /// Every node's value with its stamp (generation, version), by node id: a value
+    /// whose stamp did not change is the same value, without comparing it.
+    pub fn iter_stamped(&self) -> impl Iterator<Item = (&str, (u64, u64), &str)> {
+        self.values
+            .iter()
+            .map(|(node, (stamp, value))| (node.as_str(), *stamp, value.as_str()))
+    }
+
     /// `node`'s value.
     pub fn get(&self, node: &str) -> Option<&str> {
         self.values.get(node).map(|(_, value)| value.as_str())
