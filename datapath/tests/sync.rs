@@ -400,6 +400,27 @@ fn hostile_operations_are_refused_and_write_nothing_outside() {
             "{op:?} was not refused"
         );
     }
+    // A file begun in pieces (a first sync's `OpenNew`, or `Open`) likewise.
+    for p in ["escape/owned", "file/under"] {
+        assert!(
+            matches!(
+                applier.begin_stream(&path(p)),
+                Err(ApplyError::Escapes { .. })
+            ),
+            "begin_stream({p}) was not refused"
+        );
+        assert!(
+            matches!(
+                applier.begin_write(&path(p), data.len() as u64, &chunks.1, &chunks.0),
+                Err(ApplyError::Escapes { .. })
+            ),
+            "begin_write({p}) was not refused"
+        );
+    }
+    assert!(matches!(
+        applier.begin_stream(&path(".georep/gv0_s1_gv1/x")),
+        Err(ApplyError::Reserved { .. })
+    ));
     // `..` cannot even be expressed.
     assert!(RelPath::new("../x").is_err());
     // The sync progress kept in the volume (and gluster's own trees) are not volume
