@@ -412,10 +412,8 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 frame = frames.recv() => match frame {
-                    // A batch that added events while more is known to exist: pull
-                    // the next one soon (batches arriving together share one step:
-                    // at hundreds of nodes they come many times per interval, and a
-                    // step reads every node).
+                    // Events added and more known to exist: pull soon (batches
+                    // arriving together share one step; a step reads every node).
                     Some(frame) => {
                         if self.events.handle(&self.mesh, &frame) {
                             next_sync = next_sync.min(Instant::now() + period / 8);
