@@ -520,7 +520,7 @@ impl Supervisor {
                 self.terminate(id, *pid, *resume, true, &why, now);
             }
             Action::Kill { id, pid } => {
-                let outcome = self.signal(id, *pid, MonitorSignal::Kill, now);
+                let (outcome, _) = self.signal(id, *pid, MonitorSignal::Kill, now);
                 let grace = secs(self.policy.kill_grace);
                 if let Some(monitor) = self.monitors.get_mut(id) {
                     if let Phase::Stopping { kill_sent, .. } = &mut monitor.phase {
@@ -536,9 +536,11 @@ impl Supervisor {
                     Action::Pause { .. } => (MonitorSignal::Stop, true, "desired Paused"),
                     _ => (MonitorSignal::Cont, false, "desired Started"),
                 };
-                let outcome = self.signal(id, *pid, signal, now);
+                let (outcome, sent) = self.signal(id, *pid, signal, now);
                 if let Some(monitor) = self.monitors.get_mut(id) {
-                    if let Phase::Running { sigstopped, .. } = &mut monitor.phase {
+                    // a signal that was not sent changes nothing: the next pass tries
+                    // again, and the report does not claim a state the group is not in
+                    if let (true, Phase::Running { sigstopped, .. }) = (sent, &mut monitor.phase) {
                         *sigstopped = Some(frozen);
                     }
                     monitor.last_decision = format!("{outcome} to monitor pid {pid} because {why}");
@@ -661,11 +663,11 @@ impl Supervisor {
                 restart,
             };
         }
-        let mut outcome = self.signal(id, pid, MonitorSignal::Term, now);
+        let (mut outcome, _) = self.signal(id, pid, MonitorSignal::Term, now);
         if resume {
             outcome = format!(
                 "{outcome}, {}",
-                self.signal(id, pid, MonitorSignal::Cont, now)
+                self.signal(id, pid, MonitorSignal::Cont, now).0
             );
         }
         if let Some(monitor) = self.monitors.get_mut(id) {
@@ -673,11 +675,18 @@ impl Supervisor {
         }
     }
 
-    /// Sends one signal; returns how it went, for the decision sentence. An adopted
-    /// monitor whose group is gone has exited (nobody else will tell us).
-    fn signal(&mut self, id: &SessionId, pid: u32, signal: MonitorSignal, now: Instant) -> String {
-        match self.backend.signal_group(pid, signal) {
-            Ok(()) => format!("sent {signal}"),
+    /// Sends one signal; returns how it went, for the decision sentence, and whether it
+    /// was sent. An adopted monitor whose group is gone has exited (nobody else will
+    /// tell us).
+    fn signal(
+        &mut self,
+        id: &SessionId,
+        pid: u32,
+        signal: MonitorSignal,
+        now: Instant,
+    ) -> (String, bool) {
+        let text = match self.backend.signal_group(pid, signal) {
+            Ok(()) => return (format!("sent {signal}"), true),
             Err(SuperviseError::NoSuchGroup { .. }) => {
                 let adopted = self
                     .monitors
@@ -693,7 +702,8 @@ impl Supervisor {
                 tracing::warn!(session = %id, pid, %error, "cannot signal monitor");
                 format!("could not send {signal} ({error})")
             }
-        }
+        };
+        (text, false)
     }
 
     /// What this node says about every session it has a plan or a monitor for.

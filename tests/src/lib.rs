@@ -686,6 +686,26 @@ pub fn process_state(pid: u32) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+/// Whether a process is frozen by SIGSTOP: stopped ('T'), or a `vfork` parent in D
+/// whose child was stopped before it could exec (it stays in D until the child runs).
+pub fn frozen(pid: u32) -> bool {
+    match process_state(pid) {
+        Some('T') => true,
+        Some('D') => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|list| {
+                list.split_whitespace()
+                    .filter_map(|c| c.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .any(|child| process_state(child) == Some('T')),
+        _ => false,
+    }
+}
+
 /// The process group of a process.
 pub fn process_group(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, process_state};
+use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, frozen, process_state};
 
 const SECONDARY: &str = "n4::gv1";
 
@@ -119,10 +119,10 @@ fn full_lifecycle_from_every_node() {
     for i in 0..3 {
         let pids = cluster.test_monitors(i);
         assert_eq!(pids.len(), 1, "node {i}: {pids:?}\n{}", cluster.logs_tail());
-        assert_eq!(
-            process_state(pids[0]),
-            Some('T'),
-            "node {i} monitor stopped"
+        assert!(
+            frozen(pids[0]),
+            "node {i} monitor stopped: {:?}",
+            process_state(pids[0])
         );
     }
     assert_eq!(

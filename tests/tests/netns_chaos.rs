@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use georep_tests::sites::Sites;
-use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, process_state, processes_matching};
+use georep_tests::{Cluster, NodeSpec, TEST_MONITOR, frozen, processes_matching};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -129,10 +129,7 @@ impl TwoSites {
     }
 
     fn frozen(&self, i: usize) -> Vec<bool> {
-        self.monitors(i)
-            .into_iter()
-            .map(|pid| process_state(pid) == Some('T'))
-            .collect()
+        self.monitors(i).into_iter().map(frozen).collect()
     }
 
     fn wait(&self, within: Duration, what: &str, check: impl FnMut() -> bool) {

@@ -223,7 +223,10 @@ impl ProcessBackend for RealBackend {
             .filter(|raw| *raw > 1 && *raw != getpgrp().as_raw())
             .ok_or(SuperviseError::UnsafeGroup { pgid })?;
         match killpg(Pid::from_raw(raw), sig.to_nix()) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                await_stop_state(Path::new("/proc"), pgid, sig);
+                Ok(())
+            }
             Err(Errno::ESRCH) => Err(SuperviseError::NoSuchGroup { pgid }),
             Err(errno) => Err(SuperviseError::Signal {
                 pgid,
@@ -260,6 +263,96 @@ impl ProcessBackend for RealBackend {
     }
 }
 
+/// How long [`await_stop_state`] waits for the kernel to act on a SIGSTOP or SIGCONT.
+const STOP_STATE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Waits, briefly and bounded, until the monitor `pgid` shows the state `sig` asks for:
+/// after SIGSTOP, it and its descendants frozen ([`tree_frozen`]); after SIGCONT, the
+/// leader no longer stopped. `killpg` returns when the signal is queued; a target stops
+/// only when it next runs (one in D state only when it leaves it), which on a loaded
+/// machine can come after the supervisor has reported it Paused and `pause` has
+/// confirmed. Returns whether the state was reached (false also when the leader is gone
+/// or the wait ran out: the report then rests on the signal alone, as before).
+fn await_stop_state(proc_root: &Path, pgid: u32, sig: MonitorSignal) -> bool {
+    let want_stopped = match sig {
+        MonitorSignal::Stop => true,
+        MonitorSignal::Cont => false,
+        MonitorSignal::Term | MonitorSignal::Kill => return true,
+    };
+    let deadline = std::time::Instant::now() + STOP_STATE_WAIT;
+    loop {
+        let Some(state) = proc_state(proc_root, pgid).filter(|s| !is_dead(*s)) else {
+            return false;
+        };
+        let reached = if want_stopped {
+            tree_frozen(proc_root, pgid, 0)
+        } else {
+            !is_stopped(state)
+        };
+        if reached {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::debug!(pgid, signal = %sig, %state, "monitor not yet in the state its signal asks for");
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// How deep [`tree_frozen`] follows children.
+const TREE_DEPTH: usize = 8;
+
+/// Whether process `pid` and its descendants are frozen: each stopped ('T'), gone, or
+/// waiting in D for a stopped child (a `vfork` parent whose child was stopped before it
+/// could exec: it stays in D until the child runs again, so it is frozen too).
+pub fn tree_frozen(proc_root: &Path, pid: u32, depth: usize) -> bool {
+    let Some(state) = proc_state(proc_root, pid).filter(|s| !is_dead(*s)) else {
+        return true;
+    };
+    let children = proc_children(proc_root, pid);
+    let frozen_itself = is_stopped(state)
+        || (state == 'D'
+            && children
+                .iter()
+                .any(|c| proc_state(proc_root, *c).is_some_and(is_stopped)));
+    frozen_itself
+        && (depth >= TREE_DEPTH
+            || children
+                .iter()
+                .all(|c| tree_frozen(proc_root, *c, depth + 1)))
+}
+
+/// The state letter of `/proc/<pid>/stat`, if the process exists.
+fn proc_state(proc_root: &Path, pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&stat).map(|s| s.state)
+}
+
+/// The children of every thread of `pid` (`/proc/<pid>/task/*/children`).
+fn proc_children(proc_root: &Path, pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn is_stopped(state: char) -> bool {
+    matches!(state, 'T' | 't')
+}
+
+fn is_dead(state: char) -> bool {
+    matches!(state, 'Z' | 'X' | 'x')
+}
+
 /// Makes `command`'s child call `setsid()` before it execs: it leads a new session and
 /// process group (pgid = sid = its pid), outside the agent's session. When the agent
 /// dies its process group is then never "orphaned with stopped members" by that death
@@ -286,7 +379,7 @@ fn in_new_session(command: &mut Command) {
 pub fn proc_identity(proc_root: &Path, pid: u32) -> Option<ProcessIdentity> {
     let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
     let stat = parse_stat(&stat)?;
-    if matches!(stat.state, 'Z' | 'X' | 'x') {
+    if is_dead(stat.state) {
         return None;
     }
     Some(ProcessIdentity {
@@ -337,5 +430,64 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    /// Kills a test's process group however the test ends.
+    struct GroupGuard(u32);
+
+    impl Drop for GroupGuard {
+        fn drop(&mut self) {
+            let _ = killpg(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+
+    fn state_of(pid: u32) -> char {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("the child's stat");
+        parse_stat(&stat).expect("a stat line").state
+    }
+
+    /// `pause` confirms once the supervisor reports the monitor Paused, and the
+    /// supervisor reports that when `signal_group` returns: so by then the monitor must
+    /// be stopped, not merely have a SIGSTOP queued. Real child, real signals; the
+    /// child keeps forking so that it is often asleep or running when signalled.
+    #[test]
+    fn a_stopped_group_is_stopped_when_the_signal_call_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = RealBackend::new();
+        let spec = SpawnSpec {
+            session: SessionId::parse("gv0", "n4::gv1").expect("session id"),
+            argv: [
+                "sh",
+                "-c",
+                "while :; do cat /proc/self/stat > /dev/null; done",
+            ]
+            .map(String::from)
+            .to_vec(),
+            session_dir: dir.path().to_path_buf(),
+            env: Vec::new(),
+        };
+        let pid = backend.spawn(&spec).expect("spawn the busy child");
+        let _guard = GroupGuard(pid);
+        for round in 0..300 {
+            backend
+                .signal_group(pid, MonitorSignal::Stop)
+                .expect("SIGSTOP");
+            assert!(
+                tree_frozen(Path::new("/proc"), pid, 0),
+                "round {round}: {} after SIGSTOP returned; children {:?}",
+                state_of(pid),
+                proc_children(Path::new("/proc"), pid)
+                    .into_iter()
+                    .map(|c| (c, proc_state(Path::new("/proc"), c)))
+                    .collect::<Vec<_>>()
+            );
+            backend
+                .signal_group(pid, MonitorSignal::Cont)
+                .expect("SIGCONT");
+            assert!(
+                !matches!(state_of(pid), 'T' | 't'),
+                "round {round}: still stopped after SIGCONT returned"
+            );
+        }
     }
 }
