@@ -373,3 +373,90 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     );
     wait_same(&cluster, survivor, &secondary, "the sync after the reset");
 }
+
+/// SIGCONTs a frozen agent however the test ends.
+struct Thaw(nix::unistd::Pid);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A stop in the middle of a round (a first sync whose secondary stopped answering, so
+/// the round cannot end) still ends the monitor by itself before the supervisor's
+/// SIGKILL: the worker drops the round and reports Stopped. The next start finishes.
+#[test]
+fn a_stop_in_the_middle_of_a_round_ends_the_monitor_cleanly_and_the_next_start_finishes() {
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv1:/bricks/n2/gv1"]),
+        ],
+        None,
+    );
+    cluster.wait_live(0, 2, WAIT);
+    let primary = brick_of(&cluster, 0);
+    let secondary = brick_of(&cluster, 1);
+    fs::write(primary.join("big.bin"), noise(128 << 20, 7)).unwrap();
+    fs::write(primary.join("small.txt"), b"small").unwrap();
+    let session = "n2::gv1";
+    cluster.ok(0, &["create", "gv0", session]);
+    cluster.ok(0, &["start", "gv0", session]);
+    let crawl = || {
+        cluster.json(0, &["status", "gv0", session])["sessions"][0]["workers"][0]["crawl_status"]
+            .as_str()
+            .map(String::from)
+    };
+    cluster.wait_until(WAIT, "the first walk", || {
+        crawl().as_deref() == Some("Hybrid Crawl")
+    });
+    let n2 = nix::unistd::Pid::from_raw(cluster.nodes[1].pid().expect("n2 running") as i32);
+    nix::sys::signal::kill(n2, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let thaw = Thaw(n2);
+    assert!(
+        !secondary.join("big.bin").exists(),
+        "the first sync ended before the secondary was frozen: the test needs a larger file"
+    );
+
+    // `--no-wait`: the frozen n2 cannot confirm; what counts is how the monitor ends.
+    cluster.ok(0, &["stop", "gv0", session, "--no-wait"]);
+    let log =
+        || fs::read_to_string(cluster.nodes[0].data_dir.join("georepd.log")).unwrap_or_default();
+    cluster.wait_until(WAIT, "the monitor to end", || {
+        let log = log();
+        log.contains("monitor exited") || log.contains("monitor killed")
+    });
+    assert!(
+        log().contains("monitor exited with status 0"),
+        "the monitor did not end by itself after SIGTERM:\n{}",
+        cluster.logs_tail()
+    );
+    let dir = cluster.nodes[0].data().sessions_root().join("gv0_n2_gv1");
+    let statuses: Vec<serde_json::Value> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            // a brick's status file is its path escaped (`%2F...`), beside monitor.status
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with('%') && name.ends_with(".status")
+        })
+        .map(|e| {
+            let bytes = fs::read(e.path()).unwrap();
+            serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                panic!(
+                    "{}: {error}: {:?}",
+                    e.path().display(),
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        })
+        .collect();
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0]["status"], "Stopped", "{statuses:?}");
+
+    drop(thaw);
+    cluster.wait_live(0, 2, WAIT);
+    cluster.ok(0, &["start", "gv0", session]);
+    wait_same(&cluster, &primary, &secondary, "the sync after the restart");
+}

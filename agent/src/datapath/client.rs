@@ -198,7 +198,7 @@ pub async fn run(
         let start = brick_hash(&brick) as usize + attempt;
         let (node, addr) = plan.secondaries[start % plan.secondaries.len()].clone();
         let began = std::time::Instant::now();
-        let outcome = session(
+        let running = session(
             (&brick, &mut watch),
             (&plan, &plan_file),
             replica_set,
@@ -206,8 +206,23 @@ pub async fn run(
             addr,
             &progress,
             &cancel,
-        )
-        .await;
+        );
+        tokio::pin!(running);
+        // The session looks at `cancel` between rounds; a round (a first sync of a
+        // large brick, a secondary that stopped answering) may take much longer than
+        // the supervisor waits before its SIGKILL. It gets STOP_GRACE to end cleanly,
+        // then is dropped where it is: as a lost connection, which the next start
+        // recovers from (the secondary journals every batch before applying it).
+        let outcome = tokio::select! {
+            outcome = &mut running => outcome,
+            () = cancel.cancelled() => match tokio::time::timeout(STOP_GRACE, &mut running).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::info!(brick = %brick.display(), secondary = %node, "stopped in the middle of a round; the next start goes on from what the secondary applied");
+                    return;
+                }
+            },
+        };
         match outcome {
             Ok(()) => return,
             Err(error) => {
@@ -231,6 +246,12 @@ pub async fn run(
         }
     }
 }
+
+/// How long a cancelled worker lets its round run on to a clean end (its index saved)
+/// before dropping it mid-round: less than the supervisor's grace between SIGTERM and
+/// SIGKILL (5 s by default), so that the monitor still exits by itself and reports
+/// Stopped.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// A brick's change watch: being set up, ready, or failed to start.
 enum Watch {
