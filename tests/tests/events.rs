@@ -354,8 +354,9 @@ fn built_in_workers_report_active_and_passive_per_brick() {
 
 #[test]
 fn volume_status_is_reported_once_and_a_filling_brick_is_reported() {
-    let mut mounts = georep_tests::tmpfs::Tmpfs::default();
+    // Declared first, dropped last: the mount goes before its directory is removed.
     let scratch = tempfile::tempdir().unwrap();
+    let mut mounts = georep_tests::tmpfs::Tmpfs::default();
     let small = scratch.path().join("small");
     mounts.mount(&small, "4m");
     let mut cluster = Cluster::start(
