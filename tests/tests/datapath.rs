@@ -398,19 +398,27 @@ fn a_stop_in_the_middle_of_a_round_ends_the_monitor_cleanly_and_the_next_start_f
     cluster.wait_live(0, 2, WAIT);
     let primary = brick_of(&cluster, 0);
     let secondary = brick_of(&cluster, 1);
-    fs::write(primary.join("big.bin"), noise(128 << 20, 7)).unwrap();
+    // Large enough that its sync takes a while even on a quiet machine (128 MiB took
+    // 0.5 s): the secondary is frozen as soon as the file's stream opens.
+    fs::write(primary.join("big.bin"), noise(512 << 20, 7)).unwrap();
     fs::write(primary.join("small.txt"), b"small").unwrap();
     let session = "n2::gv1";
     cluster.ok(0, &["create", "gv0", session]);
-    cluster.ok(0, &["start", "gv0", session]);
-    let crawl = || {
-        cluster.json(0, &["status", "gv0", session])["sessions"][0]["workers"][0]["crawl_status"]
-            .as_str()
-            .map(String::from)
-    };
-    cluster.wait_until(WAIT, "the first walk", || {
-        crawl().as_deref() == Some("Hybrid Crawl")
-    });
+    // `--no-wait`: the watch below begins at once, not after the confirmation.
+    cluster.ok(0, &["start", "gv0", session, "--no-wait"]);
+    let n2_log = cluster.nodes[1].data_dir.join("georepd.log");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !fs::read_to_string(&n2_log)
+        .unwrap_or_default()
+        .contains("kind=\"sync job\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the large file's stream never opened:\n{}",
+            cluster.logs_tail()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let n2 = nix::unistd::Pid::from_raw(cluster.nodes[1].pid().expect("n2 running") as i32);
     nix::sys::signal::kill(n2, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let thaw = Thaw(n2);
