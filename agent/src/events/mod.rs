@@ -165,8 +165,8 @@ struct Advertised {
 /// stream's writer.
 type Offer = (u64, u64, SocketAddr, bool);
 
-/// A node's advertisement as decoded: its stamp and what it says.
-type DecodedAd = ((u64, u64), Arc<[AdStream]>);
+/// A node's advertisement as decoded: its stamp, the node, what it says.
+type DecodedAd = ((u64, u64), Arc<str>, Arc<[AdStream]>);
 
 /// This node's journals, their replication, and the merged stream.
 pub struct EventHub {
@@ -184,7 +184,7 @@ pub struct EventHub {
     advertised: Mutex<Option<String>>,
     /// Decoded advertisements, by node: the value's stamp (generation, version) and
     /// what it says.
-    decoded: Mutex<BTreeMap<Arc<str>, DecodedAd>>,
+    decoded: Mutex<BTreeMap<String, DecodedAd>>,
     /// Every node's advertisement, as last read.
     seen: Mutex<OwnedValues>,
     /// What `seen` says, decoded (rebuilt when it changes).
@@ -344,14 +344,14 @@ impl EventHub {
                 let advertised: Vec<(Arc<str>, Arc<[AdStream]>)> = theirs
                     .iter_stamped()
                     .filter(|(node, _, _)| *node != self.node_id)
-                    .filter_map(|(node, stamp, raw)| match cache.get_key_value(node) {
-                        Some((id, (cached, streams))) if *cached == stamp => {
-                            Some((id.clone(), streams.clone()))
+                    .filter_map(|(node, stamp, raw)| match cache.get(node) {
+                        Some((cached, node, streams)) if *cached == stamp => {
+                            Some((node.clone(), streams.clone()))
                         }
                         _ => {
                             let streams = parse_ad(raw)?;
                             let id: Arc<str> = Arc::from(node);
-                            cache.insert(id.clone(), (stamp, streams.clone()));
+                            cache.insert(node.to_string(), (stamp, id.clone(), streams.clone()));
                             Some((id, streams))
                         }
                     })
@@ -380,17 +380,14 @@ impl EventHub {
             *seen = theirs;
         }
         let mine = self.journal.lock().map(|j| j.ranges()).unwrap_or_default();
-        // Each stream held here with its writer and epoch, parsed once, and its range.
-        type Held<'a> = (&'a String, Option<(&'a str, u64)>, &'a (u64, u64));
-        let mine_parsed: Vec<Held> = mine
-            .iter()
-            .map(|(s, range)| (s, parse_stream(s), range))
-            .collect();
+        // Each stream held here with its writer and epoch, parsed once.
+        let mine_parsed: Vec<(&String, Option<(&str, u64)>)> =
+            mine.keys().map(|s| (s, parse_stream(s))).collect();
         // Each node's current epoch: the newest stream of it anyone knows of. Older
         // streams of a node are orphans (their writer lost them with a disk).
         let mut mine_epochs: BTreeMap<&str, u64> = BTreeMap::new();
         mine_epochs.insert(&self.node_id, self.epoch);
-        for (writer, epoch) in mine_parsed.iter().filter_map(|(_, p, _)| *p) {
+        for (writer, epoch) in mine_parsed.iter().filter_map(|(_, p)| *p) {
             let at = mine_epochs.entry(writer).or_insert(epoch);
             *at = (*at).max(epoch);
         }
@@ -415,10 +412,10 @@ impl EventHub {
         };
         let mut ours: BTreeMap<&String, &(u64, u64)> = mine_parsed
             .iter()
-            .filter(|(stream, parsed, _)| {
+            .filter(|(stream, parsed)| {
                 **stream == self.own || orphan(*parsed) || writer_down(*parsed)
             })
-            .map(|(stream, _, range)| (*stream, *range))
+            .filter_map(|(stream, _)| Some((*stream, mine.get(*stream)?)))
             .collect();
         ours.entry(&self.own).or_insert(&empty);
         if let Ok(value) = codec::encode(&ours) {
@@ -433,8 +430,8 @@ impl EventHub {
                 }
             }
         }
-        // Per stream: who advertises it (live nodes only), in stream order, then node
-        // order; each offer says whether it is the writer's own.
+        // Per stream: who advertises it (live nodes only), the writer first; in
+        // stream order, then node order.
         let mut offers: Vec<(&str, Offer)> = Vec::new();
         for (node, streams) in &ads.advertised {
             let Some(member) = membership.members.get(&**node).filter(|m| m.live) else {
