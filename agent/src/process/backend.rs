@@ -267,34 +267,23 @@ impl ProcessBackend for RealBackend {
 const STOP_STATE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Waits, briefly and bounded, until the monitor `pgid` shows the state `sig` asks for:
-/// after SIGSTOP, it and its descendants frozen ([`tree_frozen`]); after SIGCONT, the
-/// leader no longer stopped. `killpg` returns when the signal is queued; a target stops
-/// only when it next runs (one in D state only when it leaves it), which on a loaded
-/// machine can come after the supervisor has reported it Paused and `pause` has
-/// confirmed. Returns whether the state was reached (false also when the leader is gone
-/// or the wait ran out: the report then rests on the signal alone, as before).
-fn await_stop_state(proc_root: &Path, pgid: u32, sig: MonitorSignal) -> bool {
-    let want_stopped = match sig {
-        MonitorSignal::Stop => true,
-        MonitorSignal::Cont => false,
-        MonitorSignal::Term | MonitorSignal::Kill => return true,
+/// after SIGSTOP, it and its descendants frozen ([`tree_frozen`]; a group that is gone
+/// counts); after SIGCONT, the leader no longer stopped. `killpg` returns when the
+/// signal is queued; a target stops only when it next runs (one in D state only when it
+/// leaves it), which on a loaded machine can come after the supervisor has reported it
+/// Paused and `pause` has confirmed. When the wait runs out, the report rests on the
+/// signal alone, as before.
+fn await_stop_state(proc_root: &Path, pgid: u32, sig: MonitorSignal) {
+    let reached = || match sig {
+        MonitorSignal::Stop => tree_frozen(proc_root, pgid, 0),
+        MonitorSignal::Cont => !proc_state(proc_root, pgid).is_some_and(is_stopped),
+        MonitorSignal::Term | MonitorSignal::Kill => true,
     };
     let deadline = std::time::Instant::now() + STOP_STATE_WAIT;
-    loop {
-        let Some(state) = proc_state(proc_root, pgid).filter(|s| !is_dead(*s)) else {
-            return false;
-        };
-        let reached = if want_stopped {
-            tree_frozen(proc_root, pgid, 0)
-        } else {
-            !is_stopped(state)
-        };
-        if reached {
-            return true;
-        }
+    while !reached() {
         if std::time::Instant::now() >= deadline {
-            tracing::debug!(pgid, signal = %sig, %state, "monitor not yet in the state its signal asks for");
-            return false;
+            tracing::debug!(pgid, signal = %sig, "monitor not yet in the state its signal asks for");
+            return;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
@@ -306,7 +295,7 @@ const TREE_DEPTH: usize = 8;
 /// Whether process `pid` and its descendants are frozen: each stopped ('T'), gone, or
 /// waiting in D for a stopped child (a `vfork` parent whose child was stopped before it
 /// could exec: it stays in D until the child runs again, so it is frozen too).
-pub fn tree_frozen(proc_root: &Path, pid: u32, depth: usize) -> bool {
+fn tree_frozen(proc_root: &Path, pid: u32, depth: usize) -> bool {
     let Some(state) = proc_state(proc_root, pid).filter(|s| !is_dead(*s)) else {
         return true;
     };
@@ -325,8 +314,13 @@ pub fn tree_frozen(proc_root: &Path, pid: u32, depth: usize) -> bool {
 
 /// The state letter of `/proc/<pid>/stat`, if the process exists.
 fn proc_state(proc_root: &Path, pid: u32) -> Option<char> {
+    read_stat(proc_root, pid).map(|s| s.state)
+}
+
+/// `/proc/<pid>/stat`, parsed, if the process exists.
+fn read_stat(proc_root: &Path, pid: u32) -> Option<Stat> {
     let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    parse_stat(&stat).map(|s| s.state)
+    parse_stat(&stat)
 }
 
 /// The children of every thread of `pid` (`/proc/<pid>/task/*/children`).
@@ -377,8 +371,7 @@ fn in_new_session(command: &mut Command) {
 
 /// Reads a process's identity under a procfs mount (`/proc` outside tests).
 pub fn proc_identity(proc_root: &Path, pid: u32) -> Option<ProcessIdentity> {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let stat = parse_stat(&stat)?;
+    let stat = read_stat(proc_root, pid)?;
     if is_dead(stat.state) {
         return None;
     }
@@ -441,11 +434,6 @@ mod tests {
         }
     }
 
-    fn state_of(pid: u32) -> char {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("the child's stat");
-        parse_stat(&stat).expect("a stat line").state
-    }
-
     /// `pause` confirms once the supervisor reports the monitor Paused, and the
     /// supervisor reports that when `signal_group` returns: so by then the monitor must
     /// be stopped, not merely have a SIGSTOP queued. Real child, real signals; the
@@ -474,8 +462,8 @@ mod tests {
                 .expect("SIGSTOP");
             assert!(
                 tree_frozen(Path::new("/proc"), pid, 0),
-                "round {round}: {} after SIGSTOP returned; children {:?}",
-                state_of(pid),
+                "round {round}: {:?} after SIGSTOP returned; children {:?}",
+                proc_state(Path::new("/proc"), pid),
                 proc_children(Path::new("/proc"), pid)
                     .into_iter()
                     .map(|c| (c, proc_state(Path::new("/proc"), c)))
@@ -485,7 +473,7 @@ mod tests {
                 .signal_group(pid, MonitorSignal::Cont)
                 .expect("SIGCONT");
             assert!(
-                !matches!(state_of(pid), 'T' | 't'),
+                !proc_state(Path::new("/proc"), pid).is_some_and(is_stopped),
                 "round {round}: still stopped after SIGCONT returned"
             );
         }
