@@ -691,7 +691,8 @@ pub fn process_state(pid: u32) -> Option<char> {
 pub fn frozen(pid: u32) -> bool {
     match process_state(pid) {
         Some('T') => true,
-        Some('D') => std::fs::read_dir(format!("/proc/{pid}/task"))
+        Some('D') => {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
             .flatten()
@@ -701,7 +702,10 @@ pub fn frozen(pid: u32) -> bool {
                     .filter_map(|c| c.parse().ok())
                     .collect::<Vec<u32>>()
             })
-            .any(|child| process_state(child) == Some('T')),
+            .any(|child| process_state(child) == Some('T'))
+            // read again after the child: see the backend's `tree_frozen`
+            && process_state(pid) == Some('D')
+        }
         _ => false,
     }
 }

@@ -300,11 +300,16 @@ fn tree_frozen(proc_root: &Path, pid: u32, depth: usize) -> bool {
         return true;
     };
     let children = proc_children(proc_root, pid);
+    // The D case reads the parent again after its child: a parent read in D while
+    // its vfork child was still exec'ing (and then stopped from its own queued
+    // SIGSTOP) is already runnable, not frozen. A child seen stopped cannot exec, so a
+    // parent still in D after that stays in D until SIGCONT.
     let frozen_itself = is_stopped(state)
         || (state == 'D'
             && children
                 .iter()
-                .any(|c| proc_state(proc_root, *c).is_some_and(is_stopped)));
+                .any(|c| proc_state(proc_root, *c).is_some_and(is_stopped))
+            && proc_state(proc_root, pid) == Some('D'));
     frozen_itself
         && (depth >= TREE_DEPTH
             || children
