@@ -135,6 +135,10 @@ enum Phase {
         process: Process,
         /// `None` after adoption: the previous agent may or may not have frozen it.
         sigstopped: Option<bool>,
+        /// The last SIGSTOP was seen to take effect ([`ProcessBackend::frozen`]): only
+        /// then is the monitor reported Paused (a stop takes effect when the target
+        /// next runs, which on a loaded machine can be later than the signal call).
+        frozen: bool,
     },
     Stopping {
         process: Process,
@@ -203,6 +207,7 @@ fn state_of(monitor: &Monitor, plan: Option<&SessionPlan>, faulty_after: u32) ->
     match &monitor.phase {
         Phase::Running {
             sigstopped: Some(true),
+            frozen: true,
             ..
         } => MonitorState::Paused,
         Phase::Running { .. } if faulty => MonitorState::Faulty,
@@ -353,6 +358,7 @@ impl Supervisor {
             *self.actions_taken.entry(action.kind()).or_default() += 1;
             self.apply(action, plans, now);
         }
+        self.check_frozen();
         let faulty_after = self.policy.faulty_after;
         self.monitors.retain(|id, monitor| {
             let plan = plans.get(id);
@@ -371,6 +377,20 @@ impl Supervisor {
         });
         self.plans = plans.clone();
         actions
+    }
+
+    /// Looks whether monitors sent SIGSTOP are frozen yet (see `Phase::Running::frozen`).
+    fn check_frozen(&mut self) {
+        for monitor in self.monitors.values_mut() {
+            if let Phase::Running {
+                process,
+                sigstopped: Some(true),
+                frozen: frozen @ false,
+            } = &mut monitor.phase
+            {
+                *frozen = self.backend.frozen(process.pid);
+            }
+        }
     }
 
     fn collect_exits(&mut self, now: Instant) {
@@ -463,6 +483,7 @@ impl Supervisor {
                 Phase::Running {
                     process,
                     sigstopped,
+                    ..
                 } => ObservedMonitor::Running {
                     pid: process.pid,
                     // Unknown after adoption: assume the opposite of what the plan wants
@@ -540,8 +561,17 @@ impl Supervisor {
                 if let Some(monitor) = self.monitors.get_mut(id) {
                     // a signal that was not sent changes nothing: the next pass tries
                     // again, and the report does not claim a state the group is not in
-                    if let (true, Phase::Running { sigstopped, .. }) = (sent, &mut monitor.phase) {
+                    if let (
+                        true,
+                        Phase::Running {
+                            sigstopped,
+                            frozen: seen,
+                            ..
+                        },
+                    ) = (sent, &mut monitor.phase)
+                    {
                         *sigstopped = Some(frozen);
+                        *seen = false;
                     }
                     monitor.last_decision = format!("{outcome} to monitor pid {pid} because {why}");
                 }
@@ -614,6 +644,7 @@ impl Supervisor {
                         started: Some(now),
                     },
                     sigstopped: Some(false),
+                    frozen: false,
                 };
                 if std::mem::take(&mut monitor.respawn) {
                     monitor.restarts = monitor.restarts.saturating_add(1);
@@ -763,6 +794,12 @@ impl Supervisor {
                 } else {
                     (now + STOPPING_POLL).min(*since + self.policy.kill_grace)
                 }),
+                // A SIGSTOP not yet seen to take effect: look again soon.
+                Phase::Running {
+                    sigstopped: Some(true),
+                    frozen: false,
+                    ..
+                } => Some(now + STOPPING_POLL),
                 Phase::Running { process, .. } => Some(
                     match process.started.filter(|_| monitor.consecutive_crashes > 0) {
                         Some(started) => poll.min(started + self.policy.stable_after),

@@ -120,6 +120,10 @@ impl ProcessBackend for SimBackend {
     fn try_reap(&self) -> Vec<ExitNotice> {
         self.inner.try_reap()
     }
+
+    fn frozen(&self, pgid: u32) -> bool {
+        self.inner.frozen(pgid)
+    }
 }
 
 #[cfg(test)]

@@ -686,28 +686,34 @@ pub fn process_state(pid: u32) -> Option<char> {
     after.trim_start().chars().next()
 }
 
-/// Whether a process is frozen by SIGSTOP: stopped ('T'), or a `vfork` parent in D
-/// whose child was stopped before it could exec (it stays in D until the child runs).
+/// Whether a process is frozen by SIGSTOP: every thread stopped ('T'), or a `vfork`
+/// parent in D whose child was stopped before it could exec (it stays in D until the
+/// child runs). Its children are not looked at, except for that.
 pub fn frozen(pid: u32) -> bool {
-    match process_state(pid) {
-        Some('T') => true,
-        Some('D') => {
-            std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-            .flat_map(|list| {
-                list.split_whitespace()
-                    .filter_map(|c| c.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+        .collect();
+    let task_state = |task: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{task}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    };
+    let child_stopped = |task: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{task}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
             .any(|child| process_state(child) == Some('T'))
+    };
+    !tasks.is_empty()
+        && tasks.iter().all(|task| match task_state(task) {
+            Some('T') | None => true,
             // read again after the child: see the backend's `tree_frozen`
-            && process_state(pid) == Some('D')
-        }
-        _ => false,
-    }
+            Some('D') => child_stopped(task) && task_state(task) == Some('D'),
+            _ => false,
+        })
 }
 
 /// The process group of a process.

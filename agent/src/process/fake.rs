@@ -25,12 +25,16 @@ struct FakeWorld {
     signals: Vec<(u32, MonitorSignal)>,
     spawned: Vec<(u32, SpawnSpec)>,
     failing_spawns: u32,
+    /// SIGSTOP takes effect only at [`FakeBackend::settle_stops`].
+    stops_lag: bool,
 }
 
 #[derive(Debug, Clone)]
 struct FakeProcess {
     identity: ProcessIdentity,
     stopped: bool,
+    /// A SIGSTOP took effect (see [`FakeBackend::lag_stops`]).
+    frozen: bool,
     term_pending: bool,
     ignores_term: bool,
     /// Only our own children can be waited for; others just vanish.
@@ -65,6 +69,7 @@ impl FakeBackend {
                 signals: Vec::new(),
                 spawned: Vec::new(),
                 failing_spawns: 0,
+                stops_lag: false,
             }),
         }
     }
@@ -102,6 +107,7 @@ impl FakeBackend {
             FakeProcess {
                 identity,
                 stopped: false,
+                frozen: false,
                 term_pending: false,
                 ignores_term: false,
                 child: false,
@@ -139,6 +145,19 @@ impl FakeBackend {
     pub fn is_stopped(&self, pid: u32) -> Option<bool> {
         lock(&self.world).processes.get(&pid).map(|p| p.stopped)
     }
+
+    /// From now on a SIGSTOP takes effect only at the next [`Self::settle_stops`], as
+    /// on a loaded machine where the target has not run since the signal.
+    pub fn lag_stops(&self) {
+        lock(&self.world).stops_lag = true;
+    }
+
+    /// Makes every SIGSTOP sent so far take effect.
+    pub fn settle_stops(&self) {
+        for process in lock(&self.world).processes.values_mut() {
+            process.frozen = process.stopped;
+        }
+    }
 }
 
 impl ProcessBackend for FakeBackend {
@@ -165,6 +184,7 @@ impl ProcessBackend for FakeBackend {
             FakeProcess {
                 identity,
                 stopped: false,
+                frozen: false,
                 term_pending: false,
                 ignores_term: false,
                 child: true,
@@ -176,6 +196,7 @@ impl ProcessBackend for FakeBackend {
 
     fn signal_group(&self, pgid: u32, sig: MonitorSignal) -> Result<(), SuperviseError> {
         let mut world = lock(&self.world);
+        let stops_lag = world.stops_lag;
         let Some(process) = world.processes.get_mut(&pgid) else {
             return Err(SuperviseError::NoSuchGroup { pgid });
         };
@@ -190,10 +211,12 @@ impl ProcessBackend for FakeBackend {
             MonitorSignal::Kill => Some("killed by signal 9"),
             MonitorSignal::Stop => {
                 process.stopped = true;
+                process.frozen = !stops_lag;
                 None
             }
             MonitorSignal::Cont => {
                 process.stopped = false;
+                process.frozen = false;
                 (process.term_pending && !process.ignores_term).then_some("killed by signal 15")
             }
         };
@@ -206,6 +229,13 @@ impl ProcessBackend for FakeBackend {
 
     fn identity(&self, pid: u32) -> Option<ProcessIdentity> {
         lock(&self.world).processes.get(&pid).map(|p| p.identity)
+    }
+
+    fn frozen(&self, pgid: u32) -> bool {
+        lock(&self.world)
+            .processes
+            .get(&pgid)
+            .is_none_or(|p| p.stopped && p.frozen)
     }
 
     fn try_reap(&self) -> Vec<ExitNotice> {

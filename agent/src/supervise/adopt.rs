@@ -50,6 +50,7 @@ impl Supervisor {
                             started: self.now,
                         },
                         sigstopped: None,
+                        frozen: false,
                     };
                     self.monitors.insert(id, monitor);
                 }

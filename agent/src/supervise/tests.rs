@@ -222,6 +222,29 @@ fn pause_and_resume_signal_the_group_and_stop_continues_a_paused_monitor() {
     assert_eq!(rig.report().state, MonitorState::Stopped);
 }
 
+/// `pause` confirms when every node reports Paused, so Paused must mean frozen: a
+/// SIGSTOP whose target has not run since (a loaded machine) is reported Started, the
+/// supervisor looks again soon without signalling again, and reports Paused once the
+/// stop took effect.
+#[test]
+fn a_monitor_is_reported_paused_only_once_its_stop_took_effect() {
+    let mut rig = Rig::new();
+    rig.at(&plans(DesiredState::Started, 1), 0.0);
+    let pid = rig.report().pid.unwrap();
+    rig.fake.lag_stops();
+    let paused = plans(DesiredState::Paused, 1);
+    assert_eq!(rig.at(&paused, 1.0), vec![Action::Pause { id: sid(), pid }]);
+    assert_eq!(rig.report().state, MonitorState::Started);
+    let soon = rig.t0 + Duration::from_secs(1) + STOPPING_POLL;
+    assert!(rig.sup.next_wakeup().is_some_and(|at| at <= soon));
+    assert_eq!(rig.at(&paused, 1.1), vec![]);
+    assert_eq!(rig.report().state, MonitorState::Started);
+    rig.fake.settle_stops();
+    assert_eq!(rig.at(&paused, 1.2), vec![]);
+    assert_eq!(rig.report().state, MonitorState::Paused);
+    assert_eq!(rig.fake.signals(), vec![(pid, MonitorSignal::Stop)]);
+}
+
 #[test]
 fn paused_session_without_monitor_spawns_nothing_and_reports_paused() {
     let mut rig = Rig::new();
