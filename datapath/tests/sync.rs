@@ -849,12 +849,23 @@ fn temporary_files_of_a_writer_that_died_are_swept_and_a_live_ones_kept() {
         fs::write(&path, b"partial").unwrap();
         path
     };
-    let stale = [temp("a/b", "x", dead), temp("", "y", dead)];
+    // Another host's (several secondary agents can share one mounted volume): its
+    // pids mean nothing here, only how long the file has gone unwritten counts.
+    let abandoned = temp("a/b", "u.hotherhost", live.id());
+    fs::File::options()
+        .write(true)
+        .open(&abandoned)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
+        .unwrap();
+    let stale = [temp("a/b", "x", dead), temp("", "y", dead), abandoned];
     let kept = [
         temp("a/b", "z", std::process::id()),
         temp("a/b", "w", live.id()),
         // Not in a directory the journal names.
         temp("a", "v", dead),
+        // Another host's, being written: its pid is no process here.
+        temp("a/b", "t.hotherhost", dead),
     ];
     fs::write(secondary.join("a/b/.georep-tmp.not-a-pid"), b"other").unwrap();
     fs::write(secondary.join("a/b/plain.42"), b"volume data").unwrap();
@@ -868,7 +879,7 @@ fn temporary_files_of_a_writer_that_died_are_swept_and_a_live_ones_kept() {
     let swept = applier.sweep_temporaries(&places);
     let _ = live.kill();
     let _ = live.wait();
-    assert_eq!(swept, 2);
+    assert_eq!(swept, 3);
     for path in &stale {
         assert!(!path.exists(), "{} left", path.display());
     }

@@ -92,9 +92,12 @@ impl Applier {
 
     /// Removes the temporary files that interrupted writes left in the directories of
     /// `places` (a journal's, see [`crate::journal`]: where a batch or a streamed file
-    /// was being written when its writer died). A temporary file is named for the
-    /// process writing it: those of this process and of any process running here are
-    /// left alone. Returns how many were removed.
+    /// was being written when its writer died). A temporary file is named for the host
+    /// and process writing it: one of this host is removed when its process no longer
+    /// runs; one of another host (several secondary agents can share one mounted
+    /// volume, Gluster's case) when it has not been written to for
+    /// [`FOREIGN_TEMP_STALE`], since this host cannot see that host's processes.
+    /// Returns how many were removed.
     ///
     /// (Without this, a secondary agent killed mid-write left its partial file behind
     /// for good: the agent after it writes under another name.)
@@ -121,7 +124,13 @@ impl Applier {
                 .iter()
                 .flatten()
                 .map(|entry| entry.file_name().to_owned())
-                .filter(|name| temp_writer(name.to_bytes()).is_some_and(|pid| !running(pid)))
+                .filter(|name| match temp_writer(name.to_bytes()) {
+                    None => false,
+                    Some(writer) if writer.host.is_none_or(|host| host == host_tag()) => {
+                        !running(writer.pid)
+                    }
+                    Some(_) => untouched_for(&fd, name, FOREIGN_TEMP_STALE),
+                })
                 .collect();
             for name in stale {
                 if unlinkat(fd.as_fd(), name.as_c_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
@@ -133,14 +142,70 @@ impl Applier {
     }
 }
 
-/// The process a temporary file's name says writes it (see [`temp_name`]); `None`
-/// for any other name.
-fn temp_writer(name: &[u8]) -> Option<u32> {
+/// How long a temporary file of another host must have gone unwritten before a
+/// sweep here takes its writer for dead. A live write adds to its file at least
+/// every few seconds: a stalled stream is dropped by QUIC's 10 s idle timeout.
+pub const FOREIGN_TEMP_STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Who a temporary file's name says writes it (see [`temp_name`]).
+#[derive(Debug, PartialEq, Eq)]
+struct Writer<'a> {
+    /// The writer's [`host_tag`]; `None` in names from before hosts were named
+    /// (taken as this host's).
+    host: Option<&'a [u8]>,
+    /// The writing process on that host.
+    pid: u32,
+}
+
+/// The writer a temporary file's name states; `None` for any other name.
+fn temp_writer(name: &[u8]) -> Option<Writer<'_>> {
     let rest = name.strip_prefix(TEMP_PREFIX.as_bytes())?;
-    let mut parts = rest.rsplitn(2, |b| *b == b'.');
-    let pid = parts.next()?;
-    parts.next()?;
-    std::str::from_utf8(pid).ok()?.parse().ok()
+    let mut parts = rest.rsplitn(3, |b| *b == b'.');
+    let pid = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let middle = parts.next()?;
+    let host = match parts.next() {
+        Some(_) => Some(middle.strip_prefix(b"h")?),
+        None => None,
+    };
+    Some(Writer { host, pid })
+}
+
+/// Whether `name` in `dir` was last modified at least `age` ago (false when it
+/// cannot be read, or its time is in the future).
+fn untouched_for(dir: &OwnedFd, name: &std::ffi::CStr, age: std::time::Duration) -> bool {
+    let Ok(stat) = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        return false;
+    };
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(stat.st_mtime).unwrap_or(0),
+            u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+        );
+    std::time::SystemTime::now()
+        .duration_since(modified)
+        .is_ok_and(|elapsed| elapsed >= age)
+}
+
+/// A short tag for this host in temporary names: 8 hex digits of the BLAKE3 hash of
+/// its host name, machine id and pid namespace, the scope in which a pid names one
+/// process. Agents sharing that scope (several on one machine, as in tests) share
+/// the tag and judge each other's temporary files by pid.
+fn host_tag() -> &'static [u8] {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let mut hasher = blake3::Hasher::new();
+        for source in ["/proc/sys/kernel/hostname", "/etc/machine-id"] {
+            hasher.update(&std::fs::read(source).unwrap_or_default());
+            hasher.update(b"\0");
+        }
+        let namespace = std::fs::read_link("/proc/self/ns/pid").unwrap_or_default();
+        hasher.update(namespace.as_os_str().as_bytes());
+        hasher.finalize().as_bytes()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+    .as_bytes()
 }
 
 /// Whether process `pid` runs on this host (this one included).
@@ -158,12 +223,15 @@ fn running(pid: u32) -> bool {
 /// Where this process's open files are linked.
 pub(super) const PROC_FDS: &str = "/proc/self/fd";
 
-/// The temporary name a write to `name` uses (skipped by scans).
+/// The temporary name a write to `name` uses (skipped by scans):
+/// `.georep-tmp.<hash of name>.h<host tag>.<pid>`.
 pub(super) fn temp_name(name: &OsStr) -> std::ffi::OsString {
     let hash = Hash::of(name.as_bytes());
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let mut out = std::ffi::OsString::from(TEMP_PREFIX);
-    out.push(format!("{:?}.{}", hash, PID.get_or_init(std::process::id)));
+    out.push(format!("{:?}.h", hash));
+    out.push(OsStr::from_bytes(host_tag()));
+    out.push(format!(".{}", PID.get_or_init(std::process::id)));
     out
 }
 
@@ -193,6 +261,55 @@ pub(super) fn create_named(dir: &OwnedFd, temp: &OsStr, mode: u32) -> nix::Resul
 mod tests {
     use super::*;
     use crate::FileData;
+
+    #[test]
+    fn temporary_names_say_which_host_and_process_write_them() {
+        let name = temp_name(OsStr::new("report.pdf"));
+        assert_eq!(
+            temp_writer(name.as_bytes()),
+            Some(Writer {
+                host: Some(host_tag()),
+                pid: std::process::id()
+            })
+        );
+        assert_eq!(host_tag().len(), 8);
+        // names from before hosts were named
+        assert_eq!(
+            temp_writer(b".georep-tmp.0123456789ab.42"),
+            Some(Writer {
+                host: None,
+                pid: 42
+            })
+        );
+        assert_eq!(temp_writer(b".georep-tmp.0123456789ab.xhost.42"), None);
+        assert_eq!(temp_writer(b".georep-tmp.not-a-pid"), None);
+        assert_eq!(temp_writer(b"plain.42"), None);
+    }
+
+    /// A temporary file of this host whose writer died is swept by pid, in the name
+    /// format this code writes.
+    #[test]
+    fn this_hosts_temporary_file_of_a_dead_writer_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        let dead = ended.id();
+        ended.wait().unwrap();
+        let mine = temp_name(OsStr::new("f"));
+        let cut = mine.as_bytes().iter().rposition(|b| *b == b'.').unwrap();
+        let stale = dir.path().join(OsStr::from_bytes(
+            &[&mine.as_bytes()[..cut], format!(".{dead}").as_bytes()].concat(),
+        ));
+        std::fs::write(&stale, b"partial").unwrap();
+        let live = dir.path().join(&mine);
+        std::fs::write(&live, b"being written").unwrap();
+        let applier = Applier::open(dir.path()).unwrap();
+        assert_eq!(
+            applier.sweep_temporaries(&[(RelPath::new("f").unwrap(), false)]),
+            1
+        );
+        assert!(!stale.exists());
+        assert!(live.exists());
+    }
 
     /// Without CAP_DAC_READ_SEARCH (not root), an unnamed file is linked in through
     /// its /proc link: new files and files replacing others arrive whole, and nothing
