@@ -252,6 +252,10 @@ pub async fn run(
 /// SIGKILL (5 s by default), so that the monitor still exits by itself and reports
 /// Stopped.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+const _: () = assert!(
+    STOP_GRACE.as_millis() < crate::reconcile::DEFAULT_KILL_GRACE.as_millis(),
+    "a stopped monitor must end its round before the supervisor's SIGKILL"
+);
 
 /// A brick's change watch: being set up, ready, or failed to start.
 enum Watch {
