@@ -293,9 +293,20 @@ fn read_children(
     (reuse, keep): (&Reuse<'_>, Option<&Keep>),
     report: &mut ScanReport,
 ) -> Option<Vec<ReadEntry>> {
-    let listing = match std::fs::read_dir(dir) {
-        Ok(listing) => listing,
-        Err(error) => {
+    // One descriptor for the listing and for reading the entries relative to it: one
+    // name looked up per entry, not every component of its path for each of the
+    // stat, open and xattr calls; and the entries listed are the entries read, even
+    // if the directory is renamed meanwhile.
+    let opened = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|fd| rustix::fs::Dir::read_from(&fd).map(|listing| (fd, listing)));
+    let (opened, listing) = match opened {
+        Ok(opened) => opened,
+        Err(errno) => {
+            let error = io::Error::from(errno);
             if error.kind() != io::ErrorKind::NotFound
                 && let Some(rel) = RelPath::under(root, dir)
             {
@@ -304,18 +315,14 @@ fn read_children(
             return None;
         }
     };
-    // Its entries are read relative to it: one name looked up per entry, not every
-    // component of its path for each of the stat, open and xattr calls.
-    let opened = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .ok();
     let children: Vec<(PathBuf, RelPath)> = listing
         .flatten()
         .filter_map(|child| {
-            let path = child.path();
+            let name = std::ffi::OsStr::from_bytes(child.file_name().to_bytes());
+            if name == "." || name == ".." {
+                return None;
+            }
+            let path = dir.join(name);
             let rel = RelPath::under(root, &path).filter(is_volume_content)?;
             Some((path, rel))
         })
@@ -330,7 +337,7 @@ fn read_children(
             .filter_map(|(path, rel)| {
                 let at = At {
                     path: &path,
-                    dir: opened.as_ref().zip(path.file_name()),
+                    dir: Some(&opened).zip(path.file_name()),
                 };
                 read_entry(at, &rel, (reuse, keep), &mut report)
                     .map(|(entry, kept)| (rel, entry, kept))
