@@ -69,10 +69,16 @@ fn edit(bricks: &[&Path]) {
     }
 }
 
-/// Connects to n3's data endpoint with node `i`'s certificate and says Hello for
-/// `session`; the answer, as text.
-fn hello_as(cluster: &Cluster, i: usize, session: &str) -> String {
-    use georep_datapath::proto::{ALPN, Request, Response};
+/// Connects to n3's data endpoint with node `i`'s certificate, opens one stream and
+/// sends each of `steps` (a message body, postcard-encoded, and the raw bytes that
+/// follow it) in turn, reading one answer after each: the answers, as far as the
+/// stream went (an error, as text, ends it).
+fn data_exchange(
+    cluster: &Cluster,
+    i: usize,
+    steps: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Vec<Result<georep_datapath::proto::Response, String>> {
+    use georep_datapath::proto::{ALPN, Response};
     let keys = cluster.json(0, &["inspect", "keys", "n3", "data"]);
     let addr: std::net::SocketAddr = keys["keys"][0]["raw"]
         .as_str()
@@ -94,24 +100,53 @@ fn hello_as(cluster: &Cluster, i: usize, session: &str) -> String {
         endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
         let conn = endpoint.connect(addr, "georep").unwrap().await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let body = postcard::to_stdvec(&Request::Hello {
-            session: session.to_string(),
-            replica_set: 0,
-            index: true,
-        })
-        .unwrap();
-        send.write_all(&(body.len() as u32).to_le_bytes())
-            .await
-            .unwrap();
-        send.write_all(&body).await.unwrap();
-        let mut len = [0u8; 4];
-        recv.read_exact(&mut len).await.unwrap();
-        let mut body = vec![0; u32::from_le_bytes(len) as usize];
-        recv.read_exact(&mut body).await.unwrap();
-        let response: Response = postcard::from_bytes(&body).unwrap();
+        let mut answers = Vec::new();
+        for (body, data) in steps {
+            let exchange = async {
+                send.write_all(&(body.len() as u32).to_le_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                send.write_all(&body).await.map_err(|e| e.to_string())?;
+                send.write_all(&data).await.map_err(|e| e.to_string())?;
+                let mut len = [0u8; 4];
+                recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+                let mut answer = vec![0; u32::from_le_bytes(len) as usize];
+                recv.read_exact(&mut answer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                postcard::from_bytes::<Response>(&answer).map_err(|e| e.to_string())
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(20), exchange)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 20 s".to_string()));
+            let ended = answer.is_err();
+            answers.push(answer);
+            if ended {
+                break;
+            }
+        }
         conn.close(0u32.into(), b"");
-        format!("{response:?}")
+        answers
     })
+}
+
+/// A Hello for `session` (replica set 0), encoded.
+fn hello(session: &str, index: bool) -> (Vec<u8>, Vec<u8>) {
+    let request = georep_datapath::proto::Request::Hello {
+        session: session.to_string(),
+        replica_set: 0,
+        index,
+    };
+    (postcard::to_stdvec(&request).unwrap(), Vec::new())
+}
+
+/// Connects to n3's data endpoint with node `i`'s certificate and says Hello for
+/// `session`; the answer, as text.
+fn hello_as(cluster: &Cluster, i: usize, session: &str) -> String {
+    format!(
+        "{:?}",
+        data_exchange(cluster, i, vec![hello(session, true)])
+    )
 }
 
 /// Where the secondary journals batches of replica set 0 (next to its saved index).
@@ -467,4 +502,154 @@ fn a_stop_in_the_middle_of_a_round_ends_the_monitor_cleanly_and_the_next_start_f
     cluster.wait_live(0, 2, WAIT);
     cluster.ok(0, &["start", "gv0", session]);
     wait_same(&cluster, &primary, &secondary, "the sync after the restart");
+}
+
+/// The secondary refuses, over the wire, what a hostile or broken primary could send
+/// (issue 13's hostile-input item, beyond the Hello checks above): a large file begun
+/// through a symlink that leads out of the volume, its pieces, a batch writing
+/// through that symlink, a chunk whose bytes do not match its hash, and a path with
+/// `..` that no honest encoder can produce. Each is refused and logged, nothing lands
+/// outside the volume or under the wrong name, and the session goes on replicating.
+/// Real agents, the Active node's own certificate, real QUIC.
+#[test]
+fn hostile_writes_over_the_wire_are_refused_logged_and_land_nowhere() {
+    use georep_datapath::proto::{Request, Response, batch_request};
+    use georep_datapath::{Op, RelPath};
+    let cluster = Cluster::start(
+        &[
+            NodeSpec::new("n1", &["gv0:/bricks/n1/gv0:0"]),
+            NodeSpec::new("n2", &["gv0:/bricks/n2/gv0:0"]),
+            NodeSpec::new("n3", &["gv1:/bricks/n3/gv1"]),
+        ],
+        None,
+    );
+    cluster.wait_live(0, 3, WAIT);
+    let bricks = [brick_of(&cluster, 0), brick_of(&cluster, 1)];
+    let secondary = brick_of(&cluster, 2);
+    for brick in &bricks {
+        fs::write(brick.join("a.txt"), b"honest\n").unwrap();
+    }
+    cluster.ok(0, &["create", "gv0", SECONDARY]);
+    cluster.ok(0, &["config", "gv0", SECONDARY, "change-interval", "1"]);
+    cluster.ok(0, &["start", "gv0", SECONDARY]);
+    wait_same(&cluster, &bricks[0], &secondary, "the initial sync");
+    let mut active = None;
+    cluster.wait_until(WAIT, "an Active worker in Changelog Crawl", || {
+        active = active_node(&cluster, 2);
+        active.is_some()
+    });
+    let active_i = if active.as_deref() == Some("n1") {
+        0
+    } else {
+        1
+    };
+
+    let outside = tempfile::tempdir().unwrap();
+    symlink(outside.path(), secondary.join("escape")).unwrap();
+    let encode = |request: &Request| postcard::to_stdvec(request).unwrap();
+    let path = |p: &str| RelPath::new(p).unwrap();
+    let stolen = b"stolen".to_vec();
+    let (chunks, content) = georep_datapath::chunk_bytes(&stolen);
+    let write = |p: &str| Op::Write {
+        path: path(p),
+        size: stolen.len() as u64,
+        content,
+        chunks: chunks.clone(),
+        meta: None,
+    };
+    let batch = |op: Op, bytes: &[u8]| {
+        let (request, data) =
+            batch_request(vec![(op, vec![(chunks[0].hash, bytes.to_vec().into())])]);
+        (encode(&request), data.concat())
+    };
+    // One stream of a sync job, as the Active worker opens for a large file.
+    let answers = data_exchange(
+        &cluster,
+        active_i,
+        vec![
+            hello("gv0_n3_gv1", false),
+            (
+                encode(&Request::OpenNew {
+                    path: path("escape/owned"),
+                }),
+                Vec::new(),
+            ),
+            (
+                encode(&Request::Append(vec![stolen.len() as u32])),
+                stolen.clone(),
+            ),
+            batch(write("escape/batched"), &stolen),
+            // the same length, other bytes: they do not match the hash
+            batch(write("mismatch.txt"), b"forged"),
+        ],
+    );
+    let shown = format!("{answers:?}");
+    assert_eq!(answers.len(), 5, "{shown}");
+    assert!(matches!(answers[0], Ok(Response::Ready { .. })), "{shown}");
+    assert!(matches!(answers[1], Ok(Response::Opened)), "{shown}");
+    // the pieces of a refused file are dropped, no hashes answered
+    assert!(
+        matches!(&answers[2], Ok(Response::Appended(h)) if h.is_empty()),
+        "{shown}"
+    );
+    for (i, why) in [(3, "leaves the volume"), (4, "does not match its hash")] {
+        let refused = match &answers[i] {
+            Ok(Response::Applied(outcomes)) if outcomes.len() == 1 => outcomes[0].as_deref(),
+            _ => None,
+        };
+        assert!(
+            refused.is_some_and(|error| error.contains(why)),
+            "answer {i} is not a refusal saying {why:?}: {shown}"
+        );
+    }
+    // `..` cannot be expressed with RelPath: the bytes are forged.
+    let mut dotdot = encode(&Request::OpenNew {
+        path: path("xx/owned"),
+    });
+    let at = dotdot.windows(2).position(|w| w == b"xx").unwrap();
+    dotdot[at..at + 2].copy_from_slice(b"..");
+    let answers = data_exchange(
+        &cluster,
+        active_i,
+        vec![hello("gv0_n3_gv1", false), (dotdot, Vec::new())],
+    );
+    let shown = format!("{answers:?}");
+    assert!(matches!(answers[0], Ok(Response::Ready { .. })), "{shown}");
+    // not decodable: the stream ends unanswered
+    assert!(
+        answers.get(1).is_some_and(|answer| answer.is_err()),
+        "a path with .. was answered: {shown}"
+    );
+
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "something was written outside the volume"
+    );
+    assert!(!secondary.join("mismatch.txt").exists());
+    assert!(!secondary.parent().unwrap().join("owned").exists());
+    let log = fs::read_to_string(cluster.nodes[2].data_dir.join("georepd.log")).unwrap();
+    for said in [
+        "data path write refused",
+        "data path operation refused",
+        "data path stream dropped",
+    ] {
+        assert!(
+            log.contains(said),
+            "n3's log does not say {said:?}:\n{}",
+            cluster.logs_tail()
+        );
+    }
+
+    // The session goes on.
+    fs::remove_file(secondary.join("escape")).unwrap();
+    for brick in &bricks {
+        fs::write(brick.join("b.txt"), b"after\n").unwrap();
+    }
+    wait_same(
+        &cluster,
+        &bricks[0],
+        &secondary,
+        "a file written after the hostile streams",
+    );
 }
