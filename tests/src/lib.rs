@@ -681,7 +681,12 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
 
 /// The state letter of a process (`R`, `S`, `T` stopped, `Z` zombie...).
 pub fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_state(&format!("/proc/{pid}/stat"))
+}
+
+/// The state letter of a process's or thread's `stat` file at `path`.
+fn stat_state(path: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let after = stat.rsplit_once(')')?.1;
     after.trim_start().chars().next()
 }
@@ -696,10 +701,7 @@ pub fn frozen(pid: u32) -> bool {
         .flatten()
         .map(|task| task.file_name().to_string_lossy().into_owned())
         .collect();
-    let task_state = |task: &str| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{task}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.trim_start().chars().next()
-    };
+    let task_state = |task: &str| stat_state(&format!("/proc/{pid}/task/{task}/stat"));
     let child_stopped = |task: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/task/{task}/children"))
             .unwrap_or_default()

@@ -305,9 +305,7 @@ const TREE_DEPTH: usize = 8;
 /// frozen too). Every thread counts: a group stop stops each thread when it next runs,
 /// so a multi-threaded monitor's main thread can be stopped while a worker still runs.
 fn tree_frozen(proc_root: &Path, pid: u32, depth: usize) -> bool {
-    if proc_state(proc_root, pid).is_none_or(is_dead) {
-        return true;
-    }
+    // A process that is gone has no threads; a zombie's are dead: frozen either way.
     let children = proc_children(proc_root, pid);
     let child_stopped = || {
         children
@@ -347,12 +345,11 @@ fn proc_tasks(proc_root: &Path, pid: u32) -> Vec<u32> {
 
 /// The state letter of thread `task` of `pid`, if it exists.
 fn task_state(proc_root: &Path, pid: u32, task: u32) -> Option<char> {
-    let path = proc_root
+    let dir = proc_root
         .join(pid.to_string())
         .join("task")
-        .join(task.to_string())
-        .join("stat");
-    parse_stat(&fs::read_to_string(path).ok()?).map(|s| s.state)
+        .join(task.to_string());
+    stat_in(&dir).map(|s| s.state)
 }
 
 /// The state letter of `/proc/<pid>/stat`, if the process exists.
@@ -362,8 +359,12 @@ fn proc_state(proc_root: &Path, pid: u32) -> Option<char> {
 
 /// `/proc/<pid>/stat`, parsed, if the process exists.
 fn read_stat(proc_root: &Path, pid: u32) -> Option<Stat> {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    parse_stat(&stat)
+    stat_in(&proc_root.join(pid.to_string()))
+}
+
+/// The `stat` file of a process's or thread's procfs directory, parsed.
+fn stat_in(dir: &Path) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)
 }
 
 /// The children of every thread of `pid` (`/proc/<pid>/task/*/children`).
@@ -505,7 +506,7 @@ mod tests {
             // what `frozen` said must hold: a second look finds it frozen too
             assert!(
                 tree_frozen(proc_root, pid, 0),
-                "round {round}: threads {:?} after SIGSTOP returned; children {:?}",
+                "round {round}: threads {:?} after frozen() said so; children {:?}",
                 states(pid),
                 proc_children(proc_root, pid)
                     .into_iter()
@@ -540,7 +541,7 @@ mod tests {
     /// signals; the child keeps forking so that it is often asleep or running when
     /// signalled (and sometimes in `vfork`).
     #[test]
-    fn a_stopped_group_is_stopped_when_the_signal_call_returns() {
+    fn a_stopped_group_is_stopped_whenever_frozen_says_so() {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = RealBackend::new();
         let argv = [
