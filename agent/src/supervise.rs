@@ -39,6 +39,21 @@ use crate::session_dir::{self, CONFIG_FILE, PID_FILE};
 /// How often a monitor we signalled to stop is checked for its exit (it is expected
 /// any moment; a restart's new monitor starts as soon as the old one is gone).
 const STOPPING_POLL: Duration = Duration::from_millis(50);
+/// How soon a monitor sent SIGSTOP is looked at again when the stop had not yet taken
+/// effect (it does when each thread next runs: usually within a millisecond). Each
+/// further look waits twice as long, up to [`STOP_LOOK_MAX`]: a thread in D on a hung
+/// mount may not stop for minutes.
+const STOP_LOOK_FIRST: Duration = Duration::from_millis(5);
+/// The longest wait between two looks at a SIGSTOP not yet taken effect.
+const STOP_LOOK_MAX: Duration = Duration::from_secs(1);
+
+/// The wait before the next look at a SIGSTOP not yet seen to take effect, after
+/// `looks` that found it so (the first in the pass that sent it).
+fn stop_look_delay(looks: u32) -> Duration {
+    STOP_LOOK_FIRST
+        .checked_mul(1 << looks.saturating_sub(1).min(16))
+        .map_or(STOP_LOOK_MAX, |delay| delay.min(STOP_LOOK_MAX))
+}
 /// Tunables of the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupervisePolicy {
@@ -139,6 +154,8 @@ enum Phase {
         /// then is the monitor reported Paused (a stop takes effect when the target
         /// next runs, which on a loaded machine can be later than the signal call).
         frozen: bool,
+        /// Looks since the last SIGSTOP that did not find it in effect yet.
+        looks: u32,
     },
     Stopping {
         process: Process,
@@ -386,9 +403,13 @@ impl Supervisor {
                 process,
                 sigstopped: Some(true),
                 frozen: frozen @ false,
+                looks,
             } = &mut monitor.phase
             {
                 *frozen = self.backend.frozen(process.pid);
+                if !*frozen {
+                    *looks = looks.saturating_add(1);
+                }
             }
         }
     }
@@ -566,12 +587,14 @@ impl Supervisor {
                         Phase::Running {
                             sigstopped,
                             frozen: seen,
+                            looks,
                             ..
                         },
                     ) = (sent, &mut monitor.phase)
                     {
                         *sigstopped = Some(frozen);
                         *seen = false;
+                        *looks = 0;
                     }
                     monitor.last_decision = format!("{outcome} to monitor pid {pid} because {why}");
                 }
@@ -645,6 +668,7 @@ impl Supervisor {
                     },
                     sigstopped: Some(false),
                     frozen: false,
+                    looks: 0,
                 };
                 if std::mem::take(&mut monitor.respawn) {
                     monitor.restarts = monitor.restarts.saturating_add(1);
@@ -794,12 +818,14 @@ impl Supervisor {
                 } else {
                     (now + STOPPING_POLL).min(*since + self.policy.kill_grace)
                 }),
-                // A SIGSTOP not yet seen to take effect: look again soon.
+                // A SIGSTOP not yet seen to take effect: look again soon, then less
+                // often.
                 Phase::Running {
                     sigstopped: Some(true),
                     frozen: false,
+                    looks,
                     ..
-                } => Some(now + STOPPING_POLL),
+                } => Some(now + stop_look_delay(*looks)),
                 Phase::Running { process, .. } => Some(
                     match process.started.filter(|_| monitor.consecutive_crashes > 0) {
                         Some(started) => poll.min(started + self.policy.stable_after),

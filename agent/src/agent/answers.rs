@@ -199,24 +199,7 @@ impl Agent {
         }
         let membership = self.mesh.topology().await;
         let installs = self.key_installs(id).await;
-        let primaries: Vec<&str> = membership
-            .live()
-            .filter(|m| m.hosts(&id.primary_volume))
-            .map(|m| m.node_id.as_str())
-            .collect();
-        membership
-            .live()
-            .filter(|m| m.may_host(&id.secondary_volume))
-            .filter(|m| {
-                !installs.get(&m.node_id).is_some_and(|r| {
-                    Some(&r.incarnation) == view.incarnation.as_ref()
-                        && r.rotation == view.key_rotation
-                        && r.error.is_none()
-                        && primaries.iter().all(|p| r.installed.iter().any(|i| i == p))
-                })
-            })
-            .map(|m| m.node_id.clone())
-            .collect()
+        keys_pending(&membership, &installs, &view)
     }
 
     /// Live primary nodes whose monitor does not yet match what `op` asked for.
@@ -415,4 +398,124 @@ fn op_message(id: &SessionId, op: &SessionOp) -> BTreeMap<String, String> {
         SessionOp::ResetConfig { key } => put("option", key.clone()),
     }
     message
+}
+
+/// Live secondary nodes of `view`'s session that have not reported every live
+/// primary's current keys installed. A live node whose info has not arrived yet may
+/// host either volume, so it is waited for as both, as monitors are waited for: its
+/// installs, and its keys at every secondary (until its info says otherwise).
+fn keys_pending(
+    membership: &Membership,
+    installs: &BTreeMap<String, KeyInstall>,
+    view: &SessionView,
+) -> Vec<String> {
+    let id = &view.id;
+    let primaries: Vec<&str> = membership
+        .live()
+        .filter(|m| m.may_host(&id.primary_volume))
+        .map(|m| m.node_id.as_str())
+        .collect();
+    membership
+        .live()
+        .filter(|m| m.may_host(&id.secondary_volume))
+        .filter(|m| {
+            !installs.get(&m.node_id).is_some_and(|r| {
+                Some(&r.incarnation) == view.incarnation.as_ref()
+                    && r.rotation == view.key_rotation
+                    && r.error.is_none()
+                    && primaries.iter().all(|p| r.installed.iter().any(|i| i == p))
+            })
+        })
+        .map(|m| m.node_id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use georep_mesh::{Member, SessionOptions};
+
+    /// n1 and n2 host the primary volume gv0, n3 the secondary gv1; `unknown` nodes
+    /// are live but their info has not arrived.
+    fn membership(unknown: &[&str]) -> Membership {
+        let member = |id: &str, volume: Option<&str>| Member {
+            node_id: id.to_string(),
+            generation: 1,
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            live: true,
+            scheduled_for_deletion: false,
+            heartbeat: 1,
+            last_heard_ms: Some(0),
+            key_count: 0,
+            max_version: 0,
+            info: volume.map(|volume| NodeInfo {
+                bricks: vec![Brick {
+                    volume: volume.to_string(),
+                    path: format!("/bricks/{id}"),
+                    replica_set: 0,
+                }],
+                ..NodeInfo::default()
+            }),
+            seen: Default::default(),
+        };
+        let known = [("n1", "gv0"), ("n2", "gv0"), ("n3", "gv1")];
+        Membership {
+            self_id: "n1".to_string(),
+            members: known
+                .iter()
+                .map(|(id, volume)| (id.to_string(), member(id, Some(volume))))
+                .chain(unknown.iter().map(|id| (id.to_string(), member(id, None))))
+                .collect(),
+        }
+    }
+
+    fn view() -> SessionView {
+        SessionView {
+            id: SessionId::parse("gv0", "n3::gv1").unwrap(),
+            exists: true,
+            incarnation: Some(Hlc::new(5, 1, "n1")),
+            deleted: None,
+            desired: DesiredState::Created,
+            desired_stamp: None,
+            options: SessionOptions::default(),
+            config: BTreeMap::new(),
+            key_rotation: None,
+        }
+    }
+
+    fn installed(primaries: &[&str]) -> KeyInstall {
+        KeyInstall {
+            incarnation: Hlc::new(5, 1, "n1"),
+            rotation: None,
+            user: "root".to_string(),
+            file: "/root/.ssh/authorized_keys".to_string(),
+            installed: primaries.iter().map(ToString::to_string).collect(),
+            missing: BTreeMap::new(),
+            error: None,
+        }
+    }
+
+    /// `create --push-pem` confirms once every secondary installed every primary's
+    /// keys; a live node whose info has not arrived may be either, so the wait covers
+    /// it as a primary (its keys not installed yet) and as a secondary (no report).
+    #[test]
+    fn push_pem_waits_for_a_live_node_whose_info_has_not_arrived() {
+        let (view, empty) = (view(), BTreeMap::new());
+        let all = BTreeMap::from([("n3".to_string(), installed(&["n1", "n2"]))]);
+        assert_eq!(keys_pending(&membership(&[]), &empty, &view), ["n3"]);
+        assert!(keys_pending(&membership(&[]), &all, &view).is_empty());
+        assert_eq!(
+            keys_pending(&membership(&["n5"]), &all, &view),
+            ["n3", "n5"]
+        );
+        let mut with_n5 = BTreeMap::from([("n3".to_string(), installed(&["n1", "n2", "n5"]))]);
+        assert_eq!(keys_pending(&membership(&["n5"]), &with_n5, &view), ["n5"]);
+        with_n5.insert("n5".to_string(), installed(&["n1", "n2", "n5"]));
+        assert!(keys_pending(&membership(&["n5"]), &with_n5, &view).is_empty());
+        // Another incarnation's installs do not count.
+        let mut old = installed(&["n1", "n2"]);
+        old.incarnation = Hlc::new(4, 0, "n1");
+        let stale = BTreeMap::from([("n3".to_string(), old)]);
+        assert_eq!(keys_pending(&membership(&[]), &stale, &view), ["n3"]);
+    }
 }

@@ -51,6 +51,7 @@ impl Supervisor {
                         },
                         sigstopped: None,
                         frozen: false,
+                        looks: 0,
                     };
                     self.monitors.insert(id, monitor);
                 }

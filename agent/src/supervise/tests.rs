@@ -235,13 +235,53 @@ fn a_monitor_is_reported_paused_only_once_its_stop_took_effect() {
     let paused = plans(DesiredState::Paused, 1);
     assert_eq!(rig.at(&paused, 1.0), vec![Action::Pause { id: sid(), pid }]);
     assert_eq!(rig.report().state, MonitorState::Started);
-    let soon = rig.t0 + Duration::from_secs(1) + STOPPING_POLL;
+    let soon = rig.t0 + Duration::from_secs(1) + STOP_LOOK_FIRST;
     assert!(rig.sup.next_wakeup().is_some_and(|at| at <= soon));
     assert_eq!(rig.at(&paused, 1.1), vec![]);
     assert_eq!(rig.report().state, MonitorState::Started);
     rig.fake.settle_stops();
     assert_eq!(rig.at(&paused, 1.2), vec![]);
     assert_eq!(rig.report().state, MonitorState::Paused);
+    assert_eq!(rig.fake.signals(), vec![(pid, MonitorSignal::Stop)]);
+}
+
+/// A stop that does not take effect (a thread in D on a hung mount) is looked at
+/// again soon, then less and less often: 5 ms, 10, 20, ... up to once a second, never
+/// signalled again; once it takes effect the monitor is Paused and the looks end.
+#[test]
+fn a_stop_not_taking_effect_is_looked_at_less_and_less_often() {
+    let mut rig = Rig::new();
+    rig.at(&plans(DesiredState::Started, 1), 0.0);
+    let pid = rig.report().pid.unwrap();
+    rig.fake.lag_stops();
+    let paused = plans(DesiredState::Paused, 1);
+    let mut at = rig.t0 + Duration::from_secs(1);
+    assert_eq!(
+        rig.sup.reconcile(&paused, at),
+        vec![Action::Pause { id: sid(), pid }]
+    );
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let next = rig.sup.next_wakeup().expect("a wake-up while not frozen");
+        waits.push(next - at);
+        at = next;
+        assert_eq!(rig.sup.reconcile(&paused, at), vec![]);
+        assert_eq!(rig.report().state, MonitorState::Started);
+    }
+    let ms = |n| Duration::from_millis(n);
+    assert_eq!(
+        waits,
+        [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000].map(ms)
+    );
+    rig.fake.settle_stops();
+    at += ms(1000);
+    assert_eq!(rig.sup.reconcile(&paused, at), vec![]);
+    assert_eq!(rig.report().state, MonitorState::Paused);
+    assert_eq!(
+        rig.sup.next_wakeup(),
+        Some(at + SupervisePolicy::default().poll_interval),
+        "no more looks once frozen: the usual poll"
+    );
     assert_eq!(rig.fake.signals(), vec![(pid, MonitorSignal::Stop)]);
 }
 
