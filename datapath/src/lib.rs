@@ -14,6 +14,8 @@
 //! - [`apply`]: the secondary side: each operation checked and applied under the
 //!   volume's root; file contents written to a temporary file, verified, fsynced and
 //!   renamed into place.
+//! - [`index_log`]: the saved index as a base and a log of deltas (a round's save
+//!   sends what changed, not the whole index).
 //! - [`journal`]: the secondary's record of where batches applied since the index
 //!   was last saved left something (a worker taking over re-checks those places).
 //! - [`proto`]: what a primary worker and a secondary agent say to each other.
@@ -21,6 +23,7 @@
 pub mod apply;
 pub mod chunk;
 pub mod index;
+pub mod index_log;
 pub mod journal;
 pub mod parts;
 pub mod path;

@@ -19,7 +19,8 @@ use crate::path::RelPath;
 /// (`/5`: a [`Request::Stage`]'s chunk bytes follow it raw; a file opened with
 /// `OpenNew` is sent in [`Request::Append`]s, hashed by the secondary.)
 /// (`/6`: a [`Request::Batch`]'s chunk bytes follow it raw too.)
-pub const ALPN: &[u8] = b"georep-data/6";
+/// (`/7`: a round's save may send only what changed, [`Request::SaveIndexDelta`].)
+pub const ALPN: &[u8] = b"georep-data/7";
 /// Largest message accepted (a batch of chunk data).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most bytes of a saved index one message carries (an index larger than this is
@@ -169,12 +170,19 @@ pub enum Request {
         /// Where to start.
         offset: u64,
     },
-    /// A part of the index being saved, not the last (see `SaveIndex`).
+    /// A part of the index (or delta) being saved, not the last (see `SaveIndex` and
+    /// `SaveIndexDelta`).
     SaveIndexPart(ByteBuf),
     /// The last part (or the whole) of the index of what the secondary now has of
     /// this replica set (postcard of [`crate::Index`]), kept for the next worker: the
     /// parts before it and it replace the saved index at once.
     SaveIndex(ByteBuf),
+    /// The last part (or the whole) of what changed in the index since this stream
+    /// read it at Hello or last saved it (postcard of
+    /// [`crate::index_log::IndexDelta`]): appended to the saved index's log (see
+    /// [`crate::index_log`]). Refused when the saved index is not the one this stream
+    /// knows (nothing read or saved on it yet, or another stream saved since).
+    SaveIndexDelta(ByteBuf),
 }
 
 /// From the secondary.

@@ -280,6 +280,42 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     edit(&[&bricks[0], &bricks[1]]);
     wait_same(&cluster, &bricks[0], &secondary, "the live edits");
 
+    // A round that changes one file saves what changed in the index, not all of it
+    // (a million-file brick's index is ~200 MiB): its index bytes are a small part of
+    // the first save's, which was whole.
+    for brick in &bricks {
+        fs::write(brick.join("fresh/one-more.txt"), b"one more").unwrap();
+    }
+    wait_same(&cluster, &bricks[0], &secondary, "one more file");
+    let active_i = if active_node(&cluster, 2).as_deref() == Some("n1") {
+        0
+    } else {
+        1
+    };
+    let saves: Vec<u64> = fs::read_to_string(
+        cluster.nodes[active_i]
+            .data()
+            .sessions_root()
+            .join("gv0_n3_gv1/monitor.log"),
+    )
+    .unwrap_or_default()
+    .lines()
+    .filter(|l| l.contains("round synced"))
+    .filter_map(|l| {
+        let value = l.split("index_bytes=").nth(1)?;
+        value
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    })
+    .collect();
+    let (first, last) = (saves.first().copied(), saves.last().copied());
+    assert!(
+        saves.len() >= 2 && first.zip(last).is_some_and(|(f, l)| l * 20 < f),
+        "index bytes saved per round: {saves:?}"
+    );
+
     // A checkpoint completes once a round that began after it synced everything.
     cluster.ok(0, &["config", "gv0", SECONDARY, "checkpoint", "now"]);
     cluster.wait_until(WAIT, "the checkpoint completed", || {

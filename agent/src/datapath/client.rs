@@ -350,13 +350,19 @@ async fn session(
         } => (index_len, unsaved, present),
         other => return Err(format!("unexpected answer to hello: {other:?}")),
     };
-    let mut synced: Index = match index_len {
+    let (mut synced, read_whole): (Index, bool) = match index_len {
         Some(len) => {
             let bytes = read_index(&mut call, len).await?;
-            postcard::from_bytes(&bytes).unwrap_or_default()
+            match postcard::from_bytes(&bytes) {
+                Ok(index) => (index, true),
+                Err(_) => (Index::default(), false),
+            }
         }
-        None => Index::default(),
+        None => (Index::default(), false),
     };
+    // A round's save sends only what changed when `synced` is exactly the saved index
+    // (see `save_index`); the first save after anything forgotten here is whole.
+    let mut saved_is_synced = read_whole && unsaved.is_empty();
     // What a worker before us applied without saving the index: whatever is there now
     // is sent again or removed, never assumed.
     synced.forget(&unsaved, &present);
@@ -456,8 +462,11 @@ async fn session(
         keep_unreadable(&mut now, &synced, &report.failures);
         if first {
             // The index may come from another replica's worker: its inodes are not
-            // ours. Same path, same kind and content: the same entry.
-            adopt_inodes(&mut synced, &now);
+            // ours. Same path, same kind and content: the same entry. The saved index
+            // then differs from `synced` in more than the round changes: saved whole.
+            if adopt_inodes(&mut synced, &now) {
+                saved_is_synced = false;
+            }
         }
         let mut ops = match &created {
             _ if idle => Vec::new(),
@@ -504,7 +513,9 @@ async fn session(
                         .or_insert_with(|| entry.clone());
                 }
             }
-            save_index(&mut call, &next).await?;
+            let index_bytes =
+                save_index(&mut call, saved_is_synced.then_some(&synced), &next).await?;
+            saved_is_synced = true;
             synced = next;
             // What a round cost (seconds in all, and when the scan and the sending
             // had ended) and how the connection carries it (datagram size found by MTU
@@ -517,6 +528,7 @@ async fn session(
                     .map_or(0, |(_, _, there)| there.entries.len()),
                 ops = ops.len(),
                 bytes,
+                index_bytes,
                 hashed = report.files_hashed,
                 seconds = round_clock.elapsed().as_secs_f64(),
                 scanned_after = scanned_after.as_secs_f64(),
@@ -575,23 +587,35 @@ async fn read_index(call: &mut Channel, len: u64) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Saves `index` on the secondary, in parts when it is large.
-async fn save_index(call: &mut Channel, index: &Index) -> Result<(), String> {
+/// Saves `index` on the secondary, in parts when it is large: only what changed since
+/// `saved` when that is the index saved there, else whole. Returns the bytes sent.
+async fn save_index(
+    call: &mut Channel,
+    saved: Option<&Index>,
+    index: &Index,
+) -> Result<u64, String> {
+    use georep_datapath::index_log::IndexDelta;
     use georep_datapath::proto::INDEX_PART;
-    let bytes = postcard::to_stdvec(index).map_err(|e| e.to_string())?;
+    let bytes = match saved {
+        Some(saved) => postcard::to_stdvec(&IndexDelta::between(saved, index)),
+        None => postcard::to_stdvec(index),
+    }
+    .map_err(|e| e.to_string())?;
+    // Never empty (postcard writes a map's length), so there is a last part: an empty
+    // delta is sent too, which tells the secondary that what it applied is saved.
     let mut parts = bytes.chunks(INDEX_PART).peekable();
     while let Some(part) = parts.next() {
-        let request = if parts.peek().is_some() {
-            Request::SaveIndexPart(part.to_vec().into())
-        } else {
-            Request::SaveIndex(part.to_vec().into())
+        let request = match (parts.peek().is_some(), saved.is_some()) {
+            (true, _) => Request::SaveIndexPart(part.to_vec().into()),
+            (false, true) => Request::SaveIndexDelta(part.to_vec().into()),
+            (false, false) => Request::SaveIndex(part.to_vec().into()),
         };
         match call.call(&request).await? {
             Response::Saved => {}
             other => return Err(format!("unexpected answer to save: {other:?}")),
         }
     }
-    Ok(())
+    Ok(bytes.len() as u64)
 }
 
 /// What a round reads of the brick.
@@ -618,13 +642,18 @@ fn keep_unreadable(now: &mut Index, synced: &Index, failures: &[(RelPath, String
 }
 
 /// Takes `now`'s inodes for entries of `synced` at the same path with the same kind
-/// and content.
-fn adopt_inodes(synced: &mut Index, now: &Index) {
+/// and content; whether any differed.
+fn adopt_inodes(synced: &mut Index, now: &Index) -> bool {
+    let mut changed = false;
     for (path, entry) in synced.entries.iter_mut() {
-        if let Some(current) = now.entries.get(path).filter(|c| c.same_content(entry)) {
+        if let Some(current) = now.entries.get(path).filter(|c| c.same_content(entry))
+            && entry.ino != current.ino
+        {
             entry.ino = current.ino;
+            changed = true;
         }
     }
+    changed
 }
 
 type Counts = (u64, u64, u64);

@@ -2,7 +2,7 @@
 //! operations and the applier): the secondary agent's server ([`server`]) and the
 //! primary worker's client ([`client`]), one connection per worker on an endpoint of
 //! its own (the mesh's endpoint has windows sized for gossip; bulk data must not
-//! starve it), authenticated with the mesh's certificates under ALPN `georep-data/6`
+//! starve it), authenticated with the mesh's certificates under ALPN `georep-data/7`
 //! ([`georep_datapath::proto::ALPN`]).
 //!
 //! Each agent publishes the address of its data endpoint under the mesh key
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod client;
+mod saved_index;
 pub mod server;
 pub mod watch;
 

@@ -17,6 +17,7 @@ use georep_datapath::{Applier, FileData, Op, journal, proto};
 use georep_mesh::{NodeIdentity, SessionView};
 use tokio_util::sync::CancellationToken;
 
+use super::saved_index::{self, IndexFiles, Saving, Stored};
 use super::{read_data, read_msg, transport_config, write_msg};
 use crate::agent::Agent;
 
@@ -81,7 +82,7 @@ pub async fn serve(endpoint: quinn::Endpoint, agent: Arc<Agent>, shutdown: Cance
 /// What a stream is allowed to touch, once its Hello is accepted.
 struct Grant {
     applier: Arc<Applier>,
-    index_file: PathBuf,
+    index_files: IndexFiles,
     /// Where batches applied since the index was saved touched (see
     /// [`georep_datapath::journal`]).
     journal_file: PathBuf,
@@ -91,6 +92,8 @@ struct Grant {
     index: std::sync::Mutex<Option<Arc<Vec<u8>>>>,
     /// The index being saved in parts: its temporary file, until the last part.
     saving: Arc<Saving>,
+    /// The saved index as this stream read or last saved it (what a delta adds to).
+    stored: Arc<std::sync::Mutex<Option<Stored>>>,
     /// The primary volume and replica set the stream writes for (see [`fence`]).
     primary_volume: String,
     /// The replica set of `primary_volume` this stream's worker syncs.
@@ -155,7 +158,10 @@ async fn serve_stream(
         // no longer the Active node here) ends the stream before anything is applied.
         if let (
             Some(granted),
-            Request::Batch(_) | Request::SaveIndex(_) | Request::SaveIndexPart(_),
+            Request::Batch(_)
+            | Request::SaveIndex(_)
+            | Request::SaveIndexPart(_)
+            | Request::SaveIndexDelta(_),
         ) = (&grant, &request)
             && let Err(reason) =
                 fence(&agent, &peer, &granted.primary_volume, granted.replica_set).await
@@ -196,15 +202,18 @@ async fn serve_stream(
                     // sync jobs (large files in flight at once) do not.
                     let kind = if index { "session" } else { "sync job" };
                     tracing::info!(%peer, %session, replica_set, kind, "data path stream ready");
-                    let (saved, unsaved, present) = if index {
+                    let (saved, unsaved, present, stored) = if index {
                         let applier = granted.applier.clone();
-                        let files = (granted.index_file.clone(), granted.journal_file.clone());
+                        let files = (granted.index_files.clone(), granted.journal_file.clone());
                         tokio::task::spawn_blocking(move || saved_state(&applier, &files))
                             .await
                             .unwrap_or_default()
                     } else {
                         Default::default()
                     };
+                    if let Ok(mut known) = granted.stored.lock() {
+                        *known = stored;
+                    }
                     if !unsaved.is_empty() {
                         tracing::info!(%peer, %session, replica_set, places = unsaved.len(), present = present.len(), "batches were applied after the last saved index: what they changed is re-checked");
                     }
@@ -321,8 +330,8 @@ async fn serve_stream(
             }
             (Some(granted), Request::SaveIndexPart(bytes)) => {
                 let saving = granted.saving.clone();
-                let file = granted.index_file.clone();
-                tokio::task::spawn_blocking(move || save_part(&saving, &file, &bytes))
+                let file = granted.index_files.base.clone();
+                tokio::task::spawn_blocking(move || saved_index::save_part(&saving, &file, &bytes))
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()))
                     .map_or_else(
@@ -330,12 +339,26 @@ async fn serve_stream(
                         |()| Response::Saved,
                     )
             }
-            (Some(granted), Request::SaveIndex(bytes)) => {
+            (Some(granted), request @ (Request::SaveIndex(_) | Request::SaveIndexDelta(_))) => {
                 let saving = granted.saving.clone();
-                let file = granted.index_file.clone();
-                let saved = tokio::task::spawn_blocking(move || save_last(&saving, &file, &bytes))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                let files = granted.index_files.clone();
+                let stored = granted.stored.clone();
+                let saved = tokio::task::spawn_blocking(move || match request {
+                    Request::SaveIndex(bytes) => {
+                        let saved = saved_index::save_last(&saving, &files, &bytes);
+                        let known = saved.as_ref().ok().cloned();
+                        if let Ok(mut stored) = stored.lock() {
+                            *stored = known;
+                        }
+                        saved.map(drop)
+                    }
+                    Request::SaveIndexDelta(bytes) => {
+                        saved_index::save_delta(&saving, &stored, &files, &bytes)
+                    }
+                    _ => Err("not a save".to_string()),
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 match saved {
                     Ok(()) => {
                         // The index describes everything applied: the journal is done.
@@ -470,12 +493,19 @@ type SavedState = (
     Option<Vec<u8>>,
     Vec<journal::Touched>,
     Vec<(georep_datapath::RelPath, bool)>,
+    Option<Stored>,
 );
 
 /// The saved index of a replica set, the places the journal says batches applied
 /// after it changed, and what is now there.
-fn saved_state(applier: &Applier, (index_file, journal_file): &(PathBuf, PathBuf)) -> SavedState {
-    let index = std::fs::read(index_file).ok();
+fn saved_state(
+    applier: &Applier,
+    (index_files, journal_file): &(IndexFiles, PathBuf),
+) -> SavedState {
+    let (index, stored) = match index_files.load() {
+        Some((bytes, stored)) => (Some(bytes), stored),
+        None => (None, None),
+    };
     let places = std::fs::read(journal_file)
         .map(|bytes| journal::read(&bytes))
         .unwrap_or_default();
@@ -497,68 +527,7 @@ fn saved_state(applier: &Applier, (index_file, journal_file): &(PathBuf, PathBuf
     }
     present.sort();
     present.dedup();
-    (index, places, present)
-}
-
-/// The index being saved in parts on a stream.
-type Saving = std::sync::Mutex<Option<IndexParts>>;
-
-/// The temporary file the parts of an index go to; removed if the stream ends before
-/// the last part (after it, it is the index).
-struct IndexParts {
-    temp: PathBuf,
-    file: std::fs::File,
-}
-
-impl Drop for IndexParts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.temp);
-    }
-}
-
-/// Appends a part of the index being saved to `index_file` to its temporary file
-/// (created by the first part).
-fn save_part(saving: &Saving, index_file: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut saving = saving
-        .lock()
-        .map_err(|_| "stream state unusable".to_string())?;
-    if saving.is_none() {
-        static PARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = PARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut name = index_file.as_os_str().to_os_string();
-        name.push(format!(".part-{}-{n}", std::process::id()));
-        let temp = PathBuf::from(name);
-        let file = std::fs::File::create(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
-        *saving = Some(IndexParts { temp, file });
-    }
-    let Some(parts) = saving.as_mut() else {
-        return Err("no index being saved".into());
-    };
-    parts
-        .file
-        .write_all(bytes)
-        .map_err(|e| format!("{}: {e}", parts.temp.display()))
-}
-
-/// Saves the index whose last part (or whole) is `bytes` at `index_file`, durably and
-/// at once (the parts before it were kept by [`save_part`]).
-fn save_last(saving: &Saving, index_file: &Path, bytes: &[u8]) -> Result<(), String> {
-    let parts = saving
-        .lock()
-        .map_err(|_| "stream state unusable".to_string())?
-        .take();
-    let Some(mut parts) = parts else {
-        return georep_store::write_atomic(index_file, bytes).map_err(|e| e.to_string());
-    };
-    use std::io::Write;
-    // Dropped, `parts` removes its temporary file: renamed, there is none left.
-    parts
-        .file
-        .write_all(bytes)
-        .and_then(|()| parts.file.sync_all())
-        .and_then(|()| std::fs::rename(&parts.temp, index_file))
-        .map_err(|error| format!("{}: {error}", index_file.display()))
+    (index, places, present, stored)
 }
 
 /// Journals the file `path` before its temporary file is created (an `Open` or
@@ -787,11 +756,12 @@ async fn authorize(
     let dir = progress_dir(&brick.path, session, &view)?;
     Ok(Grant {
         applier: Arc::new(applier),
-        index_file: dir.join(format!("replica-set-{replica_set}.index")),
+        index_files: IndexFiles::at(dir.join(format!("replica-set-{replica_set}.index"))),
         journal_file: dir.join(format!("replica-set-{replica_set}.journal")),
         open: Arc::new(std::sync::Mutex::new(None)),
         index: std::sync::Mutex::new(None),
         saving: Arc::new(std::sync::Mutex::new(None)),
+        stored: Arc::new(std::sync::Mutex::new(None)),
         primary_volume: view.id.primary_volume.clone(),
         replica_set,
     })
