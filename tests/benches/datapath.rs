@@ -11,7 +11,9 @@
 //!
 //! Our times run from `georep start` (or the edit) until the destination shows the
 //! result; they include up to one `change-interval` (1 s) of waiting for the next scan.
-//! Bytes are the chunk bytes the worker sent (its status file's `bytes_sent`).
+//! Bytes are the chunk bytes the worker sent (its status file's `bytes_sent`) plus the
+//! index it saved on the secondary (whole on a connection's first save, then what
+//! changed: its monitor log's `index_bytes`).
 //! Memory: every run writes into memory the host already backs (free page reporting
 //! off for the run where the VM has it, and each run's writes warmed first: see
 //! [`NoPageReporting`] and [`warm`]), so no tool pays a hypervisor's first touch.
@@ -248,10 +250,10 @@ fn tar_pipe(src: &Path, dst: &Path) -> (f64, f64) {
 }
 
 /// The worker's `bytes_sent`, from its status file on node 0 (written every second:
-/// read after the next write).
+/// read after the next write), plus the index bytes its rounds saved on the secondary.
 fn bytes_sent(cluster: &Cluster) -> u64 {
     std::thread::sleep(Duration::from_millis(2500));
-    cluster.worker_bytes_sent(&[0])
+    cluster.worker_bytes_sent(&[0]) + cluster.worker_index_saves(0).iter().sum::<u64>()
 }
 
 /// Polls `done` every 5 ms until true; returns when the poll that saw it done began,

@@ -384,6 +384,32 @@ impl Cluster {
             .sum()
     }
 
+    /// The index bytes each round of node `i`'s workers saved on the secondary, in
+    /// order (from the `round synced` lines of its monitor logs): the whole index on a
+    /// connection's first save, what changed after.
+    pub fn worker_index_saves(&self, i: usize) -> Vec<u64> {
+        let root = self.nodes[i].data().sessions_root();
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|session| std::fs::read_to_string(session.path().join("monitor.log")).ok())
+            .flat_map(|log| {
+                log.lines()
+                    .filter(|l| l.contains("round synced"))
+                    .filter_map(|l| {
+                        let value = l.split("index_bytes=").nth(1)?;
+                        value
+                            .split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .collect::<Vec<u64>>()
+            })
+            .collect()
+    }
+
     /// The node dies: SIGKILLs its agent and the process groups of its monitors.
     pub fn kill9_node(&mut self, i: usize) {
         let monitors = self.session_monitors(i);

@@ -292,24 +292,7 @@ fn a_replica_set_replicates_live_edits_and_survives_losing_its_active_node() {
     } else {
         1
     };
-    let saves: Vec<u64> = fs::read_to_string(
-        cluster.nodes[active_i]
-            .data()
-            .sessions_root()
-            .join("gv0_n3_gv1/monitor.log"),
-    )
-    .unwrap_or_default()
-    .lines()
-    .filter(|l| l.contains("round synced"))
-    .filter_map(|l| {
-        let value = l.split("index_bytes=").nth(1)?;
-        value
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    })
-    .collect();
+    let saves = cluster.worker_index_saves(active_i);
     let (first, last) = (saves.first().copied(), saves.last().copied());
     assert!(
         saves.len() >= 2 && first.zip(last).is_some_and(|(f, l)| l * 20 < f),
