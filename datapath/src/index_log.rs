@@ -28,23 +28,31 @@ pub struct IndexDelta {
     pub removed: Vec<RelPath>,
     /// Entries added or changed.
     pub upserts: Vec<(RelPath, Entry)>,
-    /// Files whose entry changed with a chunk list that kept most of its start and end.
+    /// Files whose entry changed with a chunk list that kept most of its chunks.
     pub patched: Vec<(RelPath, ChunkPatch)>,
 }
 
-/// A file's entry changed, its chunk list in its middle only: the old list's first
-/// `keep_front` and last `keep_back` chunks stay (the latter moved by the change in
-/// length), `middle` replaces what was between them.
+/// A file's entry changed, its chunk list in places only (a write here and there in
+/// a large file): the old list with runs of chunks replaced, each by the chunks now
+/// there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkPatch {
     /// The new entry, with no chunks.
     pub entry: Entry,
-    /// Chunks kept from the start.
-    pub keep_front: u32,
-    /// Chunks kept from the end.
-    pub keep_back: u32,
-    /// The chunks between them: each one's length and hash, in order.
-    pub middle: Vec<(u32, Hash)>,
+    /// The replacements, in file order, not overlapping.
+    pub splices: Vec<Splice>,
+}
+
+/// One run of a chunk list replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Splice {
+    /// Index in the old list of the first chunk replaced.
+    pub at: u32,
+    /// How many old chunks are replaced (0: an insertion).
+    pub remove: u32,
+    /// The chunks in their place: each one's length and hash, in order (their offsets
+    /// follow from the chunks before them).
+    pub insert: Vec<(u32, Hash)>,
 }
 
 /// A chunk list this long or longer is patched rather than sent whole when most of
@@ -52,69 +60,108 @@ pub struct ChunkPatch {
 const PATCH_MIN: usize = 8;
 
 impl ChunkPatch {
-    /// The patch turning `old`'s chunk list into `new`'s, if most of it stays.
+    /// The patch turning `old`'s chunk list into `new`'s, if most of it stays. A
+    /// change realigns content-defined chunks a chunk or two later, so walking both
+    /// lists finds each changed run and where the old list picks up again; the patch is
+    /// checked by applying it.
     fn between(old: &Entry, new: &Entry) -> Option<ChunkPatch> {
         if old.chunks.len() < PATCH_MIN || new.chunks.len() < PATCH_MIN {
             return None;
         }
-        let same = |a: &ChunkRef, b: &ChunkRef| a.len == b.len && a.hash == b.hash;
-        let front = old
-            .chunks
-            .iter()
-            .zip(&new.chunks)
-            .take_while(|(a, b)| same(a, b))
-            .count();
-        let room = old.chunks.len().min(new.chunks.len()) - front;
-        let back = old
-            .chunks
-            .iter()
-            .rev()
-            .zip(new.chunks.iter().rev())
-            .take(room)
-            .take_while(|(a, b)| same(a, b))
-            .count();
-        let middle = &new.chunks[front..new.chunks.len() - back];
-        if middle.len() * 2 > new.chunks.len() {
+        let key = |c: &ChunkRef| (c.len, c.hash);
+        // Where each chunk is in the old list, in order.
+        let mut places: std::collections::HashMap<(u32, Hash), Vec<usize>> =
+            std::collections::HashMap::with_capacity(old.chunks.len());
+        for (i, chunk) in old.chunks.iter().enumerate() {
+            places.entry(key(chunk)).or_default().push(i);
+        }
+        // The first place of `chunk` in the old list at or after `from`.
+        let next_place = |chunk: &ChunkRef, from: usize| {
+            let at = places.get(&key(chunk))?;
+            at.get(at.partition_point(|i| *i < from)).copied()
+        };
+        let (old_chunks, new_chunks) = (&old.chunks, &new.chunks);
+        let (mut splices, mut inserted) = (Vec::new(), 0usize);
+        let (mut i, mut j) = (0usize, 0usize);
+        while i < new_chunks.len() {
+            if old_chunks
+                .get(j)
+                .is_some_and(|o| key(o) == key(&new_chunks[i]))
+            {
+                (i, j) = (i + 1, j + 1);
+                continue;
+            }
+            // A changed run begins: new chunks not in the rest of the old list go in,
+            // up to the first one that is, where the old list resumes.
+            let mut insert = Vec::new();
+            let resume = loop {
+                let Some(chunk) = new_chunks.get(i) else {
+                    break old_chunks.len();
+                };
+                if let Some(at) = next_place(chunk, j) {
+                    break at;
+                }
+                insert.push((chunk.len, chunk.hash));
+                i += 1;
+            };
+            inserted += insert.len();
+            splices.push(Splice {
+                at: u32::try_from(j).ok()?,
+                remove: u32::try_from(resume - j).ok()?,
+                insert,
+            });
+            j = resume;
+        }
+        if j < old_chunks.len() {
+            splices.push(Splice {
+                at: u32::try_from(j).ok()?,
+                remove: u32::try_from(old_chunks.len() - j).ok()?,
+                insert: Vec::new(),
+            });
+        }
+        if inserted * 2 > new.chunks.len() || splices.len() * 2 > new.chunks.len() {
             return None;
         }
-        Some(ChunkPatch {
+        let patch = ChunkPatch {
             entry: Entry {
                 chunks: Vec::new(),
                 ..new.clone()
             },
-            keep_front: u32::try_from(front).ok()?,
-            keep_back: u32::try_from(back).ok()?,
-            middle: middle.iter().map(|c| (c.len, c.hash)).collect(),
-        })
+            splices,
+        };
+        (patch.clone().apply(old).as_ref() == Some(new)).then_some(patch)
     }
 
-    /// The new entry, from the old one; `None` when the old list is too short for
-    /// what the patch keeps (then the entry is dropped, and the file sent again).
+    /// The new entry, from the old one; `None` when the splices do not fit the old
+    /// list (then the entry is dropped, and the file sent again).
     fn apply(self, old: &Entry) -> Option<Entry> {
-        let (front, back) = (self.keep_front as usize, self.keep_back as usize);
-        if front.checked_add(back)? > old.chunks.len() {
-            return None;
-        }
-        let mut chunks = Vec::with_capacity(front + self.middle.len() + back);
-        chunks.extend_from_slice(&old.chunks[..front]);
-        let start = old.chunks.first().map_or(0, |c| c.offset);
-        let mut at = chunks
-            .last()
-            .map_or(start, |c: &ChunkRef| c.offset + u64::from(c.len));
-        for (len, hash) in self.middle {
+        let mut chunks = Vec::with_capacity(old.chunks.len());
+        let mut at = old.chunks.first().map_or(0, |c| c.offset);
+        let mut push = |chunks: &mut Vec<ChunkRef>, len: u32, hash: Hash| {
             chunks.push(ChunkRef {
                 offset: at,
                 len,
                 hash,
             });
             at += u64::from(len);
+        };
+        let mut next = 0usize;
+        for splice in self.splices {
+            let start = splice.at as usize;
+            let end = start.checked_add(splice.remove as usize)?;
+            for kept in old.chunks.get(next..start)? {
+                push(&mut chunks, kept.len, kept.hash);
+            }
+            for (len, hash) in splice.insert {
+                push(&mut chunks, len, hash);
+            }
+            if end > old.chunks.len() {
+                return None;
+            }
+            next = end;
         }
-        for kept in &old.chunks[old.chunks.len() - back..] {
-            chunks.push(ChunkRef {
-                offset: at,
-                ..*kept
-            });
-            at += u64::from(kept.len);
+        for kept in old.chunks.get(next..)? {
+            push(&mut chunks, kept.len, kept.hash);
         }
         Some(Entry {
             chunks,
@@ -376,10 +423,11 @@ mod tests {
         }
     }
 
-    /// A file of 100 chunks changed in its middle is sent as a patch of the chunks that
+    /// A file of 100 chunks changed in places is sent as a patch of the chunks that
     /// changed, and the patch rebuilds exactly the new list: an overwrite, an insertion
-    /// that moves every later chunk, a cut, a change at either end. A change of most
-    /// of the list, or a short list, goes whole.
+    /// that moves every later chunk, a cut, a change at either end, changes in two and
+    /// in many places, a list of identical chunks. A change of most of the list, or a
+    /// short list, goes whole.
     #[test]
     fn a_chunk_list_changed_in_its_middle_travels_as_a_patch() {
         let old = chunked(&[1000; 100], 0);
@@ -393,12 +441,43 @@ mod tests {
         head.chunks[0].hash = Hash([0xdd; 32]);
         let mut tail = old.clone();
         tail.chunks.push(chunked(&[5], 0xcc).chunks[0]);
-        for (case, mut new, middle) in [
-            ("overwrite", overwrite, 1),
-            ("insert", insert, 1),
-            ("cut", cut, 0),
-            ("head", head, 1),
-            ("tail", tail, 1),
+        let mut two_places = old.clone();
+        two_places.chunks[10].hash = Hash([0xe1; 32]);
+        two_places.chunks[90].len = 1500;
+        let mut scattered = old.clone();
+        for k in (3..100).step_by(10) {
+            scattered.chunks[k].hash = Hash([0xe2 ^ k as u8; 32]);
+        }
+        scattered.chunks.remove(55);
+        scattered.chunks.insert(20, chunked(&[333], 0x77).chunks[0]);
+        // Content-defined chunks of a run of zeros are all alike.
+        let zeros = chunked(&[1000; 100], 0)
+            .chunks
+            .iter()
+            .map(|c| ChunkRef {
+                hash: Hash([0; 32]),
+                ..*c
+            })
+            .collect::<Vec<_>>();
+        let mut zeros_changed = zeros.clone();
+        zeros_changed[60].hash = Hash([0x99; 32]);
+        let zeros_old = Entry {
+            chunks: zeros,
+            ..old.clone()
+        };
+        let zeros_new = Entry {
+            chunks: zeros_changed,
+            ..old.clone()
+        };
+        for (case, from, mut new, inserted) in [
+            ("overwrite", &old, overwrite, 1),
+            ("insert", &old, insert, 1),
+            ("cut", &old, cut, 0),
+            ("head", &old, head, 1),
+            ("tail", &old, tail, 1),
+            ("two places", &old, two_places, 2),
+            ("scattered", &old, scattered, 11),
+            ("zeros", &zeros_old, zeros_new, 1),
         ] {
             // Offsets as a real chunk list has them: contiguous from 0.
             let mut at = 0;
@@ -408,15 +487,21 @@ mod tests {
             }
             new.size = at;
             new.mtime = 7;
-            let delta = IndexDelta::between(&one(&old), &one(&new));
+            let delta = IndexDelta::between(&one(from), &one(&new));
             assert!(delta.upserts.is_empty(), "{case}");
             assert_eq!(delta.patched.len(), 1, "{case}");
-            assert_eq!(delta.patched[0].1.middle.len(), middle, "{case}");
-            let mut applied = one(&old);
+            let sent: usize = delta.patched[0]
+                .1
+                .splices
+                .iter()
+                .map(|s| s.insert.len())
+                .sum();
+            assert_eq!(sent, inserted, "{case}: {:?}", delta.patched[0].1.splices);
+            let mut applied = one(from);
             delta.apply(&mut applied);
             assert_eq!(applied, one(&new), "{case}");
         }
-        let rewritten = chunked(&[1000; 100], 9);
+        let rewritten = chunked(&[1000; 100], 100);
         let whole = IndexDelta::between(&one(&old), &one(&rewritten));
         assert_eq!((whole.upserts.len(), whole.patched.len()), (1, 0));
         let (short, mut short_new) = (chunked(&[10; 4], 0), chunked(&[10; 4], 0));
@@ -431,6 +516,56 @@ mod tests {
         let mut index = Index::default();
         delta.apply(&mut index);
         assert!(index.entries.is_empty());
+    }
+
+    /// Random edits of random chunk lists (hashes from a small alphabet, so chunks
+    /// repeat): whatever the delta holds, applying it gives the new index exactly.
+    #[test]
+    fn random_edits_of_chunk_lists_round_trip() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut patched = 0;
+        for round in 0..300 {
+            let len = 8 + next(150) as usize;
+            let lens: Vec<u32> = (0..len).map(|_| 100 + next(3) as u32).collect();
+            let mut old = chunked(&lens, 0);
+            for chunk in &mut old.chunks {
+                chunk.hash = Hash([next(6) as u8; 32]);
+            }
+            let mut new = old.clone();
+            for _ in 0..=next(6) {
+                let at = next(new.chunks.len() as u64 + 1) as usize;
+                let chunk = ChunkRef {
+                    offset: 0,
+                    len: 100 + next(3) as u32,
+                    hash: Hash([next(9) as u8; 32]),
+                };
+                match next(3) {
+                    0 if at < new.chunks.len() => new.chunks[at] = chunk,
+                    1 if at < new.chunks.len() => drop(new.chunks.remove(at)),
+                    _ => new.chunks.insert(at, chunk),
+                }
+            }
+            let mut at = 0;
+            for chunk in &mut new.chunks {
+                chunk.offset = at;
+                at += u64::from(chunk.len);
+            }
+            let delta = IndexDelta::between(&one(&old), &one(&new));
+            patched += delta.patched.len();
+            let mut applied = one(&old);
+            delta.apply(&mut applied);
+            assert_eq!(applied, one(&new), "round {round}");
+        }
+        assert!(
+            patched > 100,
+            "most small edits travel as patches: {patched}"
+        );
     }
 
     fn encoded(delta: &IndexDelta) -> Vec<u8> {
