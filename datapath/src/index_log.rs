@@ -177,39 +177,32 @@ impl IndexDelta {
         let mut olds = old.entries.iter().peekable();
         let mut news = new.entries.iter().peekable();
         loop {
-            match (olds.peek(), news.peek()) {
+            // Which side's next path comes first (a side that has ended comes last).
+            let order = match (olds.peek(), news.peek()) {
                 (None, None) => break,
-                (Some((path, _)), None) => {
-                    delta.removed.push((*path).clone());
-                    olds.next();
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((old_path, _)), Some((new_path, _))) => old_path.cmp(new_path),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    if let Some((path, _)) = olds.next() {
+                        delta.removed.push(path.clone());
+                    }
                 }
-                (None, Some((path, entry))) => {
-                    delta.upserts.push(((*path).clone(), (*entry).clone()));
-                    news.next();
+                std::cmp::Ordering::Greater => {
+                    if let Some((path, entry)) = news.next() {
+                        delta.upserts.push((path.clone(), entry.clone()));
+                    }
                 }
-                (Some((old_path, old_entry)), Some((new_path, new_entry))) => {
-                    match old_path.cmp(new_path) {
-                        std::cmp::Ordering::Less => {
-                            delta.removed.push((*old_path).clone());
-                            olds.next();
-                        }
-                        std::cmp::Ordering::Greater => {
-                            delta
-                                .upserts
-                                .push(((*new_path).clone(), (*new_entry).clone()));
-                            news.next();
-                        }
-                        std::cmp::Ordering::Equal => {
-                            if old_entry != new_entry {
-                                match ChunkPatch::between(old_entry, new_entry) {
-                                    Some(patch) => delta.patched.push(((*new_path).clone(), patch)),
-                                    None => delta
-                                        .upserts
-                                        .push(((*new_path).clone(), (*new_entry).clone())),
-                                }
-                            }
-                            olds.next();
-                            news.next();
+                std::cmp::Ordering::Equal => {
+                    if let (Some((_, old_entry)), Some((path, new_entry))) =
+                        (olds.next(), news.next())
+                        && old_entry != new_entry
+                    {
+                        match ChunkPatch::between(old_entry, new_entry) {
+                            Some(patch) => delta.patched.push((path.clone(), patch)),
+                            None => delta.upserts.push((path.clone(), new_entry.clone())),
                         }
                     }
                 }

@@ -17,7 +17,7 @@ use georep_datapath::{Applier, FileData, Op, journal, proto};
 use georep_mesh::{NodeIdentity, SessionView};
 use tokio_util::sync::CancellationToken;
 
-use super::saved_index::{self, IndexFiles, Saving, Stored};
+use super::saved_index::SavedIndex;
 use super::{read_data, read_msg, transport_config, write_msg};
 use crate::agent::Agent;
 
@@ -82,7 +82,8 @@ pub async fn serve(endpoint: quinn::Endpoint, agent: Arc<Agent>, shutdown: Cance
 /// What a stream is allowed to touch, once its Hello is accepted.
 struct Grant {
     applier: Arc<Applier>,
-    index_files: IndexFiles,
+    /// The replica set's saved index, as this stream reads and saves it.
+    saved: Arc<SavedIndex>,
     /// Where batches applied since the index was saved touched (see
     /// [`georep_datapath::journal`]).
     journal_file: PathBuf,
@@ -90,10 +91,6 @@ struct Grant {
     open: Arc<std::sync::Mutex<Option<OpenWrite>>>,
     /// The saved index as it was at Hello, while the worker reads it in parts.
     index: std::sync::Mutex<Option<Arc<Vec<u8>>>>,
-    /// The index being saved in parts: its temporary file, until the last part.
-    saving: Arc<Saving>,
-    /// The saved index as this stream read or last saved it (what a delta adds to).
-    stored: Arc<std::sync::Mutex<Option<Stored>>>,
     /// The primary volume and replica set the stream writes for (see [`fence`]).
     primary_volume: String,
     /// The replica set of `primary_volume` this stream's worker syncs.
@@ -202,18 +199,15 @@ async fn serve_stream(
                     // sync jobs (large files in flight at once) do not.
                     let kind = if index { "session" } else { "sync job" };
                     tracing::info!(%peer, %session, replica_set, kind, "data path stream ready");
-                    let (saved, unsaved, present, stored) = if index {
+                    let (saved, unsaved, present) = if index {
                         let applier = granted.applier.clone();
-                        let files = (granted.index_files.clone(), granted.journal_file.clone());
+                        let files = (granted.saved.clone(), granted.journal_file.clone());
                         tokio::task::spawn_blocking(move || saved_state(&applier, &files))
                             .await
                             .unwrap_or_default()
                     } else {
                         Default::default()
                     };
-                    if let Ok(mut known) = granted.stored.lock() {
-                        *known = stored;
-                    }
                     if !unsaved.is_empty() {
                         tracing::info!(%peer, %session, replica_set, places = unsaved.len(), present = present.len(), "batches were applied after the last saved index: what they changed is re-checked");
                     }
@@ -329,50 +323,27 @@ async fn serve_stream(
                 }
             }
             (Some(granted), Request::SaveIndexPart(bytes)) => {
-                let saving = granted.saving.clone();
-                let file = granted.index_files.base.clone();
-                tokio::task::spawn_blocking(move || saved_index::save_part(&saving, &file, &bytes))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
-                    .map_or_else(
-                        |error| Response::Refused(format!("cannot save the index: {error}")),
-                        |()| Response::Saved,
-                    )
-            }
-            (Some(granted), request @ (Request::SaveIndex(_) | Request::SaveIndexDelta(_))) => {
-                let saving = granted.saving.clone();
-                let files = granted.index_files.clone();
-                let stored = granted.stored.clone();
-                let saved = tokio::task::spawn_blocking(move || match request {
-                    Request::SaveIndex(bytes) => {
-                        let saved = saved_index::save_last(&saving, &files, &bytes);
-                        let known = saved.as_ref().ok().cloned();
-                        if let Ok(mut stored) = stored.lock() {
-                            *stored = known;
-                        }
-                        saved.map(drop)
-                    }
-                    Request::SaveIndexDelta(bytes) => {
-                        saved_index::save_delta(&saving, &stored, &files, &bytes)
-                    }
-                    _ => Err("not a save".to_string()),
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                match saved {
-                    Ok(()) => {
-                        // The index describes everything applied: the journal is done.
-                        match std::fs::remove_file(&granted.journal_file) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(error) => {
-                                tracing::warn!(%peer, %error, "cannot empty the data path journal")
-                            }
-                        }
-                        Response::Saved
-                    }
+                let saved = granted.saved.clone();
+                match blocking(move || saved.save_part(&bytes)).await {
+                    Ok(()) => Response::Saved,
                     Err(error) => Response::Refused(format!("cannot save the index: {error}")),
                 }
+            }
+            (Some(granted), Request::SaveIndex(bytes)) => {
+                let saved = granted.saved.clone();
+                index_saved(
+                    granted,
+                    &peer,
+                    blocking(move || saved.save_whole(&bytes)).await,
+                )
+            }
+            (Some(granted), Request::SaveIndexDelta(bytes)) => {
+                let saved = granted.saved.clone();
+                index_saved(
+                    granted,
+                    &peer,
+                    blocking(move || saved.save_delta(&bytes)).await,
+                )
             }
         };
         if let Err(error) = write_msg(&mut send, &response).await {
@@ -493,19 +464,15 @@ type SavedState = (
     Option<Vec<u8>>,
     Vec<journal::Touched>,
     Vec<(georep_datapath::RelPath, bool)>,
-    Option<Stored>,
 );
 
 /// The saved index of a replica set, the places the journal says batches applied
 /// after it changed, and what is now there.
 fn saved_state(
     applier: &Applier,
-    (index_files, journal_file): &(IndexFiles, PathBuf),
+    (saved, journal_file): &(Arc<SavedIndex>, PathBuf),
 ) -> SavedState {
-    let (index, stored) = match index_files.load() {
-        Some((bytes, stored)) => (Some(bytes), stored),
-        None => (None, None),
-    };
+    let index = saved.load();
     let places = std::fs::read(journal_file)
         .map(|bytes| journal::read(&bytes))
         .unwrap_or_default();
@@ -527,7 +494,30 @@ fn saved_state(
     }
     present.sort();
     present.dedup();
-    (index, places, present, stored)
+    (index, places, present)
+}
+
+/// Runs `save` on tokio's blocking pool; a panic there is an error like any other.
+async fn blocking(
+    save: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    tokio::task::spawn_blocking(save)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+/// The answer to saving the index (whole or a delta): once saved, it describes
+/// everything applied, so the journal is done.
+fn index_saved(granted: &Grant, peer: &str, saved: Result<(), String>) -> Response {
+    if let Err(error) = saved {
+        return Response::Refused(format!("cannot save the index: {error}"));
+    }
+    match std::fs::remove_file(&granted.journal_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(%peer, %error, "cannot empty the data path journal"),
+    }
+    Response::Saved
 }
 
 /// Journals the file `path` before its temporary file is created (an `Open` or
@@ -756,12 +746,12 @@ async fn authorize(
     let dir = progress_dir(&brick.path, session, &view)?;
     Ok(Grant {
         applier: Arc::new(applier),
-        index_files: IndexFiles::at(dir.join(format!("replica-set-{replica_set}.index"))),
+        saved: Arc::new(SavedIndex::at(
+            dir.join(format!("replica-set-{replica_set}.index")),
+        )),
         journal_file: dir.join(format!("replica-set-{replica_set}.journal")),
         open: Arc::new(std::sync::Mutex::new(None)),
         index: std::sync::Mutex::new(None),
-        saving: Arc::new(std::sync::Mutex::new(None)),
-        stored: Arc::new(std::sync::Mutex::new(None)),
         primary_volume: view.id.primary_volume.clone(),
         replica_set,
     })
